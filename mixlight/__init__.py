@@ -1,0 +1,79 @@
+"""mixlight: extremely parameter-efficient Mixture-of-Experts fine-tuning (MoV, MoLoRA).
+
+The core is numpy + einops + attrs; torch and JAX backends are plugins loaded on demand.
+Importing ``mixlight`` imports neither framework.
+"""
+
+from mixlight._backends import (
+    Backend,
+    BackendPlugin,
+    installed_backends,
+    load_backend,
+    primitives_for,
+    register_backend,
+)
+from mixlight._version import __version__
+from mixlight.adapter_file import AdapterFileError, read_adapter, write_adapter
+from mixlight.api import (
+    ParameterCount,
+    aux_losses,
+    disable_adapters,
+    inject,
+    load_adapter,
+    routing_stats,
+    save_adapter,
+    trainable_parameters,
+)
+from mixlight.config import AdapterConfig, Site, SoftMerge, TopK
+from mixlight.experts import (
+    ExpertKind,
+    LowRank,
+    ParamSpec,
+    Vectors,
+    expert_kinds,
+    register_expert,
+)
+from mixlight.presets import IA3, LoRA, MoLoRA, MoV
+from mixlight.primitives import Primitives
+from mixlight.site_spec import ModuleShape, SiteResult, SiteSpec, apply_site, plan_sites
+
+__all__ = [
+    "IA3",
+    "AdapterConfig",
+    "AdapterFileError",
+    "Backend",
+    "BackendPlugin",
+    "ExpertKind",
+    "LoRA",
+    "LowRank",
+    "MoLoRA",
+    "MoV",
+    "ModuleShape",
+    "ParamSpec",
+    "ParameterCount",
+    "Primitives",
+    "Site",
+    "SiteResult",
+    "SiteSpec",
+    "SoftMerge",
+    "TopK",
+    "Vectors",
+    "__version__",
+    "apply_site",
+    "aux_losses",
+    "disable_adapters",
+    "expert_kinds",
+    "inject",
+    "installed_backends",
+    "load_adapter",
+    "load_backend",
+    "plan_sites",
+    "primitives_for",
+    "read_adapter",
+    "register_backend",
+    "register_expert",
+    "routing_stats",
+    "save_adapter",
+    "trainable_parameters",
+    "write_adapter",
+]

@@ -1,0 +1,223 @@
+"""Backend plugins: registry, discovery through entry points, and selection.
+
+A backend ships a light :class:`BackendPlugin` under the ``mixlight.backends`` entry-point
+group. The plugin names its framework module but does not import it; the heavy
+:class:`Backend` is loaded only when asked for by name or when an array or model of that
+framework shows up (the framework is then already in ``sys.modules``), as einops does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from importlib import metadata
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+import numpy as np
+
+from mixlight.primitives import NUMPY_PRIMITIVES, Primitives
+
+ENTRY_POINT_GROUP = "mixlight.backends"
+ENV_VAR = "MIXLIGHT_BACKEND"
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a backend provides. Model methods take the framework's module type."""
+
+    name: str
+    primitives: Primitives
+
+    def owns_array(self, x: Any) -> bool: ...
+
+    def owns_model(self, model: Any) -> bool: ...
+
+    def is_injected(self, model: Any) -> bool: ...
+
+    def inject(self, model: Any, config: Any) -> Any: ...
+
+    def adapter_state(self, model: Any) -> Any:
+        """``(AdapterConfig, [SiteSpec], {canonical name: np.ndarray})`` of an injected model."""
+        ...
+
+    def load_adapter_state(self, model: Any, arrays: Mapping[str, np.ndarray]) -> None: ...
+
+    def trainable_parameters(self, model: Any) -> Any: ...
+
+    def aux_losses(self, model: Any) -> Any: ...
+
+    def routing_stats(self, model: Any) -> Any: ...
+
+    def disable_adapters(self, model: Any) -> contextlib.AbstractContextManager: ...
+
+
+@attrs.frozen
+class BackendPlugin:
+    """Registry entry: cheap to import, names the framework and how to load the backend.
+
+    Attributes:
+      name: backend name used in configs, ``backend=`` and ``MIXLIGHT_BACKEND``.
+      framework: top-level module of the framework (``"torch"``, ``"jax"``).
+      extra: the pip extra that installs it (``"torch"`` for ``mixlight[torch]``).
+      load: returns the :class:`Backend`; imports the framework.
+    """
+
+    name: str
+    framework: str
+    extra: str
+    load: Callable[[], Backend]
+
+
+class NumpyBackend:
+    """The reference backend: numpy arrays only; it has no models."""
+
+    name = "numpy"
+    primitives = NUMPY_PRIMITIVES
+
+    def owns_array(self, x: Any) -> bool:
+        return isinstance(x, (np.ndarray, np.generic))
+
+    def owns_model(self, model: Any) -> bool:
+        return False
+
+    def _no_models(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            "the numpy backend evaluates the reference math on arrays and has no models; "
+            "pass a torch nn.Module (mixlight[torch]) or a flax nnx.Module (mixlight[jax])"
+        )
+
+    is_injected = inject = adapter_state = load_adapter_state = _no_models
+    trainable_parameters = aux_losses = routing_stats = disable_adapters = _no_models
+
+
+_NUMPY = NumpyBackend()
+_PLUGINS: dict[str, BackendPlugin] = {
+    "numpy": BackendPlugin("numpy", "numpy", "", lambda: _NUMPY),
+}
+_LOADED: dict[str, Backend] = {"numpy": _NUMPY}
+_DISCOVERED = False
+
+
+def register_backend(plugin: BackendPlugin) -> None:
+    """Register a backend by hand (entry points do this for installed packages)."""
+    _PLUGINS[plugin.name] = plugin
+    _LOADED.pop(plugin.name, None)
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _PLUGINS:
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as err:  # a broken third-party plugin must not break mixlight
+            warnings.warn(
+                f"skipping mixlight backend entry point {ep.value!r}: {err}", stacklevel=3
+            )
+            continue
+        if not isinstance(plugin, BackendPlugin):
+            warnings.warn(
+                f"skipping entry point {ep.name!r} = {ep.value!r} in group {ENTRY_POINT_GROUP!r}: "
+                "it must name a mixlight.BackendPlugin",
+                stacklevel=3,
+            )
+            continue
+        _PLUGINS[plugin.name] = plugin
+
+
+def installed_backends() -> dict[str, BackendPlugin]:
+    """Registered backend plugins by name (their frameworks may still be missing)."""
+    _discover()
+    return dict(_PLUGINS)
+
+
+def load_backend(name: str) -> Backend:
+    """The backend called ``name``; errors name the installed ones or the extra to install."""
+    _discover()
+    if name in _LOADED:
+        return _LOADED[name]
+    plugin = _PLUGINS.get(name)
+    if plugin is None:
+        raise ValueError(
+            f"unknown mixlight backend {name!r}; installed backends: {sorted(_PLUGINS)}"
+        )
+    try:
+        importlib.import_module(plugin.framework)
+    except ImportError:
+        raise ImportError(
+            f"the {name!r} backend needs {plugin.framework!r}, which is not installed: "
+            f'pip install "mixlight[{plugin.extra}]"'
+        ) from None
+    _LOADED[name] = plugin.load()
+    return _LOADED[name]
+
+
+def _candidates() -> Iterator[Backend]:
+    """Loaded backends, then those whose framework is already imported."""
+    _discover()
+    yield from list(_LOADED.values())
+    for name, plugin in list(_PLUGINS.items()):
+        if name not in _LOADED and plugin.framework in sys.modules:
+            yield load_backend(name)
+
+
+def primitives_for(x: Any) -> Primitives:
+    """The primitive table for ``x``'s array type."""
+    for backend in _candidates():
+        if backend.owns_array(x):
+            return backend.primitives
+    raise TypeError(
+        f"no mixlight backend handles arrays of type {type(x).__module__}.{type(x).__name__}; "
+        f"installed backends: {sorted(installed_backends())}"
+    )
+
+
+def backend_for_model(model: Any, backend: str | None = None, config: Any = None) -> Backend:
+    """Select a backend: explicit ``backend``, then ``config.backend``, then
+    ``$MIXLIGHT_BACKEND``, then the model's type. An explicit choice must own the model."""
+    name = backend or getattr(config, "backend", None) or os.environ.get(ENV_VAR) or None
+    if name is not None:
+        chosen = load_backend(name)
+        if not chosen.owns_model(model):
+            raise TypeError(
+                f"backend {name!r} (chosen by "
+                + (
+                    "argument"
+                    if backend
+                    else "config.backend"
+                    if config and config.backend
+                    else f"${ENV_VAR}"
+                )
+                + f") cannot handle a {type(model).__module__}.{type(model).__name__}"
+            )
+        return chosen
+    for candidate in _candidates():
+        if candidate.owns_model(model):
+            return candidate
+    raise TypeError(
+        f"no mixlight backend handles models of type "
+        f"{type(model).__module__}.{type(model).__name__}; expected a torch nn.Module "
+        f'(pip install "mixlight[torch]") or a flax nnx.Module (pip install "mixlight[jax]")'
+    )
+
+
+@contextlib.contextmanager
+def _isolated_registry() -> Iterator[None]:
+    """Testing aid: restore the registry after registering throwaway backends."""
+    plugins, loaded = dict(_PLUGINS), dict(_LOADED)
+    try:
+        yield
+    finally:
+        _PLUGINS.clear()
+        _PLUGINS.update(plugins)
+        _LOADED.clear()
+        _LOADED.update(loaded)

@@ -1,0 +1,92 @@
+"""The public model functions; each dispatches to the backend that owns the model."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from mixlight._backends import backend_for_model
+from mixlight.adapter_file import check_fits, read_adapter, write_adapter
+from mixlight.config import AdapterConfig
+
+
+def inject(model: Any, config: AdapterConfig, *, backend: str | None = None) -> Any:
+    """Wrap the modules matched by ``config``'s sites in adapters, freeze everything else,
+    and return the model (modified in place)."""
+    if not isinstance(config, AdapterConfig):
+        raise TypeError(
+            f"inject(model, config): config must be a mixlight.AdapterConfig (e.g. "
+            f"mixlight.MoV()), got {type(config).__name__}"
+        )
+    return backend_for_model(model, backend, config).inject(model, config)
+
+
+def save_adapter(model: Any, directory: str | os.PathLike) -> Path:
+    """Write the model's adapter to ``directory`` (adapter_config.json + adapter.safetensors)."""
+    config, specs, arrays = backend_for_model(model).adapter_state(model)
+    return write_adapter(directory, config, specs, arrays)
+
+
+def load_adapter(model: Any, directory: str | os.PathLike, *, backend: str | None = None) -> Any:
+    """Load an adapter directory into ``model``.
+
+    An un-injected model is injected from the file's config first (whatever backend wrote the
+    file); an injected one must have the same config. Shapes are checked against the model.
+    """
+    adapter = read_adapter(directory)
+    config = attrs.evolve(adapter.config, backend=None)
+    chosen = backend_for_model(model, backend)
+    if not chosen.is_injected(model):
+        chosen.inject(model, config)
+    current, specs, _ = chosen.adapter_state(model)
+    if attrs.evolve(current, backend=None) != config:
+        raise ValueError(
+            f"the model already carries a different adapter ({current.method}) than {directory} "
+            f"({config.method}); load into a fresh model or remove the adapter first"
+        )
+    check_fits(adapter, specs, str(directory))
+    chosen.load_adapter_state(model, adapter.arrays)
+    return model
+
+
+def trainable_parameters(model: Any) -> Any:
+    """Trainable and total parameter counts (and percent) of an injected model."""
+    return backend_for_model(model).trainable_parameters(model)
+
+
+def aux_losses(model: Any) -> Any:
+    """Weighted router auxiliary losses from the model's last forward pass, summed (a scalar
+    of the model's framework; 0 when no site has a non-zero loss weight)."""
+    return backend_for_model(model).aux_losses(model)
+
+
+def routing_stats(model: Any) -> dict[str, dict[str, Any]]:
+    """Per-site routing statistics (numpy) from the model's last forward pass."""
+    return backend_for_model(model).routing_stats(model)
+
+
+def disable_adapters(model: Any) -> contextlib.AbstractContextManager:
+    """Context manager that runs the frozen base model."""
+    return backend_for_model(model).disable_adapters(model)
+
+
+@attrs.frozen
+class ParameterCount:
+    """Counts returned by :func:`trainable_parameters`."""
+
+    trainable: int
+    total: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / max(self.total, 1)
+
+    def __str__(self) -> str:
+        return (
+            f"trainable params: {self.trainable:,} || all params: {self.total:,} || "
+            f"trainable%: {self.percent:.4f}"
+        )

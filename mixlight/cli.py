@@ -1,0 +1,91 @@
+"""The ``mixlight`` command: ``info``, ``inspect DIR``, ``demo``, ``bench``.
+
+Heavy subcommands import their backend only when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+import mixlight as ml
+
+
+def _info(args: argparse.Namespace) -> int:
+    print(f"mixlight {ml.__version__}")
+    print("backends:")
+    for name, plugin in sorted(ml.installed_backends().items()):
+        try:
+            ml.load_backend(name)
+            state = "available"
+        except ImportError as err:
+            state = f"not usable: {err}"
+        print(f"  {name:8s} framework={plugin.framework:6s} {state}")
+    print("expert kinds:")
+    for name, cls in sorted(ml.expert_kinds().items()):
+        print(f"  {name:10s} {cls.__module__}.{cls.__name__}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    adapter = ml.read_adapter(args.directory)
+    cfg = adapter.config
+    total = sum(int(np.prod(a.shape)) for a in adapter.arrays.values())
+    print(
+        f"{args.directory}: {cfg.method} (format {adapter.format_version}, "
+        f"written by mixlight {adapter.mixlight_version})"
+    )
+    print(f"  experts: {cfg.num_experts}  router: {cfg.router}  routing: {cfg.routing}")
+    print(f"  base-model fingerprint: {adapter.fingerprint[:16]}")
+    print(f"  sites ({len(adapter.specs)} modules, {total:,} parameters):")
+    for spec in adapter.specs:
+        count = sum(int(np.prod(p.shape)) for p in spec.param_specs().values())
+        heads = f" heads={spec.heads}" if spec.heads else ""
+        print(
+            f"    {spec.path}  {spec.expert.kind} d_in={spec.d_in} d_out={spec.d_out}"
+            f"{heads}  params={count:,}"
+        )
+    return 0
+
+
+def _demo(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    from mixlight.demo.cli import main as demo_main
+
+    return demo_main(list(rest))
+
+
+def _bench(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    from mixlight.bench_cli import main as bench_main
+
+    return bench_main(list(rest))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mixlight", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="list backends and expert kinds")
+    inspect = sub.add_parser("inspect", help="describe an adapter directory")
+    inspect.add_argument("directory")
+    sub.add_parser(
+        "demo", help="instruction tuning in miniature (see `mixlight demo -h`)", add_help=False
+    )
+    sub.add_parser(
+        "bench", help="speed and memory benchmarks (see `mixlight bench -h`)", add_help=False
+    )
+    args, rest = parser.parse_known_args(argv)
+    if args.command in ("demo", "bench"):
+        return {"demo": _demo, "bench": _bench}[args.command](args, rest)
+    if rest:
+        parser.error(f"unrecognised arguments: {' '.join(rest)}")
+    try:
+        return {"info": _info, "inspect": _inspect}[args.command](args)
+    except (ValueError, OSError) as err:
+        print(f"mixlight {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

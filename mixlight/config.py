@@ -1,0 +1,206 @@
+"""Adapter configuration: routers, sites and the config that ties them together.
+
+Every class here is a frozen attrs class, validated at construction, and round-trips exactly
+through :meth:`AdapterConfig.to_dict` / :meth:`AdapterConfig.from_dict` (plain JSON types).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import attrs
+
+from mixlight import _validate as v
+from mixlight.experts import ExpertKind, expert_from_dict
+
+
+@attrs.frozen
+class SoftMerge:
+    """Soft merging (the paper's default): softmax over all experts in float32.
+
+    Auxiliary-loss weights default to 0 (the paper uses none with soft merging).
+    """
+
+    kind: ClassVar[str] = "soft_merge"
+    load_balance_weight: float = attrs.field(default=0.0, validator=v.non_negative_float)
+    z_loss_weight: float = attrs.field(default=0.0, validator=v.non_negative_float)
+
+    @property
+    def top_k(self) -> int | None:
+        return None
+
+    renormalize: ClassVar[bool] = True
+
+
+@attrs.frozen
+class TopK:
+    """Keep the k most probable experts per token.
+
+    ``renormalize=True`` rescales the kept probabilities to sum to 1; ``False`` reproduces the
+    reference code's masked softmax (which shrinks a fresh MoV's output by about k/E).
+    """
+
+    kind: ClassVar[str] = "top_k"
+    k: int = attrs.field(validator=v.int_at_least(1))
+    renormalize: bool = attrs.field(default=True, validator=v.instance_of(bool, what="a bool"))
+    load_balance_weight: float = attrs.field(default=0.0, validator=v.non_negative_float)
+    z_loss_weight: float = attrs.field(default=0.0, validator=v.non_negative_float)
+
+    @property
+    def top_k(self) -> int:
+        return self.k
+
+
+Router = SoftMerge | TopK
+_ROUTERS: dict[str, type] = {"soft_merge": SoftMerge, "top_k": TopK}
+
+
+def _router_from_dict(data: Mapping[str, Any]) -> Router:
+    fields = dict(data)
+    name = fields.pop("kind", None)
+    if name not in _ROUTERS:
+        raise ValueError(f"unknown router kind {name!r}; allowed: {sorted(_ROUTERS)}")
+    return _ROUTERS[name](**fields)
+
+
+def _to_dict(obj: Any) -> dict[str, Any]:
+    return {"kind": obj.kind, **attrs.asdict(obj, recurse=False)}
+
+
+def _check_heads(inst: Any, attribute: Any, value: Any) -> None:
+    if value is None or value == "auto":
+        return
+    v.int_at_least(1)(inst, attribute, value)
+
+
+@attrs.frozen
+class Site:
+    """Where an adapter goes and what it does there.
+
+    Attributes:
+      pattern: regular expression matched against the *full* module path
+        (``encoder.block.0.layer.0.SelfAttention.k``).
+      expert: the expert kind (:class:`~mixlight.Vectors`, :class:`~mixlight.LowRank`, ...).
+      router_input: ``"output"`` routes on the adapted tensor (MoV), ``"input"`` on the
+        module's input (MoLoRA); None takes the expert kind's default.
+      heads: per-head routing (router kernel ``[d_head, E]`` shared by all heads,
+        probabilities ``[..., heads, E]``): an int, ``"auto"`` (the backend reads the
+        attention module's head count, e.g. HF T5's ``n_heads``), or None for one router over
+        the whole width.
+    """
+
+    pattern: str = attrs.field(validator=v.regex)
+    expert: ExpertKind = attrs.field(
+        validator=v.instance_of(ExpertKind, what="an expert kind such as mixlight.Vectors()")
+    )
+    router_input: str | None = attrs.field(
+        default=None, validator=v.one_of((None, "output", "input"))
+    )
+    heads: int | str | None = attrs.field(default=None, validator=_check_heads)
+
+    def __attrs_post_init__(self) -> None:
+        if self.heads is not None and not self.expert.supports_heads:
+            raise ValueError(
+                f"Site(pattern={self.pattern!r}).heads={self.heads!r}: expert kind "
+                f"{self.expert.kind!r} does not support per-head routing; use heads=None"
+            )
+
+    @property
+    def reads(self) -> str:
+        """Where the router reads: ``"output"`` or ``"input"``."""
+        return self.router_input or self.expert.router_reads
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pattern": self.pattern,
+            "expert": self.expert.to_dict(),
+            "router_input": self.router_input,
+            "heads": self.heads,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Site:
+        fields = dict(data)
+        fields["expert"] = expert_from_dict(fields["expert"])
+        return cls(**fields)
+
+
+def _check_sites(inst: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, tuple) or not value or not all(isinstance(s, Site) for s in value):
+        raise ValueError(
+            f"AdapterConfig.sites={value!r}: must be a non-empty sequence of mixlight.Site"
+        )
+
+
+@attrs.frozen
+class AdapterConfig:
+    """A whole adapter: its sites, expert count, router and routing input.
+
+    Attributes:
+      sites: where adapters go; each module path may match at most one site.
+      num_experts: E. With E == 1 there is no router (IA3, LoRA).
+      router: :class:`SoftMerge` or :class:`TopK`.
+      routing: ``"token"`` (each token routes on its own representation) or ``"sequence"``
+        (each sequence routes once on the masked mean of its router inputs; the mask is the
+        ``attention_mask`` the model is called with — see the backend docs).
+      backend: pin a backend by name (else chosen by model type or ``$MIXLIGHT_BACKEND``).
+      method: a label for summaries and files (``"MoV"``, ``"MoLoRA"``, ...).
+    """
+
+    sites: tuple[Site, ...] = attrs.field(converter=tuple, validator=_check_sites)
+    num_experts: int = attrs.field(validator=v.int_at_least(1))
+    router: Router = attrs.field(
+        factory=SoftMerge,
+        validator=v.instance_of(SoftMerge, TopK, what="mixlight.SoftMerge() or mixlight.TopK(k)"),
+    )
+    routing: str = attrs.field(default="token", validator=v.one_of(("token", "sequence")))
+    backend: str | None = attrs.field(
+        default=None, validator=v.instance_of(str, type(None), what="a backend name or None")
+    )
+    method: str = attrs.field(default="custom", validator=v.instance_of(str, what="a string"))
+
+    def __attrs_post_init__(self) -> None:
+        k = self.router.top_k
+        if k is not None and k > self.num_experts:
+            raise ValueError(
+                f"TopK.k={k} exceeds AdapterConfig.num_experts={self.num_experts}: "
+                f"k must be between 1 and num_experts"
+            )
+
+    @property
+    def has_router(self) -> bool:
+        return self.num_experts > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "num_experts": self.num_experts,
+            "router": _to_dict(self.router),
+            "routing": self.routing,
+            "backend": self.backend,
+            "sites": [s.to_dict() for s in self.sites],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, allow_unknown: bool = False) -> AdapterConfig:
+        """Inverse of :meth:`to_dict`. Unknown keys are an error, or a warning (and ignored)
+        with ``allow_unknown`` — used for files from a newer minor format version."""
+        fields = dict(data)
+        known = {f.name for f in attrs.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            if not allow_unknown:
+                raise ValueError(
+                    f"unknown AdapterConfig keys {unknown}; known keys: {sorted(known)}"
+                )
+            warnings.warn(
+                f"ignoring AdapterConfig keys {unknown} written by a newer mixlight",
+                stacklevel=2,
+            )
+            for key in unknown:
+                del fields[key]
+        fields["router"] = _router_from_dict(fields.get("router", {"kind": "soft_merge"}))
+        fields["sites"] = tuple(Site.from_dict(s) for s in fields["sites"])
+        return cls(**fields)

@@ -1,0 +1,213 @@
+"""Sites resolved against a model: one :class:`SiteSpec` per adapted module.
+
+Backends list their modules and describe each matched one (:class:`ModuleShape`); the core
+matches patterns, checks shapes, builds parameter specs and applies the math
+(:func:`apply_site`), so every backend shares one implementation of the rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+import numpy as np
+
+from mixlight.config import AdapterConfig, Router, Site
+from mixlight.experts import ExpertKind, ParamSpec
+from mixlight.math import (
+    load_balance_loss,
+    pool_sequence,
+    router_logits,
+    router_probs,
+    router_z_loss,
+)
+
+Array = Any
+
+
+@attrs.frozen
+class ModuleShape:
+    """What a backend reports about a matched module: input and output widths, and its head
+    count when it belongs to an attention layer (used by ``Site(heads="auto")``)."""
+
+    d_in: int
+    d_out: int
+    heads: int | None = None
+
+
+@attrs.frozen
+class SiteSpec:
+    """One adapted module: its path, its site, and the widths it was resolved with."""
+
+    path: str
+    site: Site
+    num_experts: int
+    router: Router
+    routing: str
+    d_in: int
+    d_out: int
+    heads: int | None
+
+    @property
+    def expert(self) -> ExpertKind:
+        return self.site.expert
+
+    @property
+    def reads(self) -> str:
+        return self.site.reads
+
+    @property
+    def has_router(self) -> bool:
+        return self.num_experts > 1
+
+    @property
+    def d_route(self) -> int:
+        width = self.d_out if self.reads == "output" else self.d_in
+        return width // (self.heads or 1)
+
+    def param_specs(self) -> dict[str, ParamSpec]:
+        """Specs by short name (``vectors``, ``lora_A``, ``router``, ...)."""
+        specs = dict(self.expert.param_specs(self.num_experts, self.d_in, self.d_out))
+        if self.has_router:
+            specs["router"] = ParamSpec(
+                (self.d_route, self.num_experts), "normal", 0.02, ("embed", "expert")
+            )
+        return specs
+
+    def canonical_name(self, short: str) -> str:
+        return f"{self.path}.{short}"
+
+    def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Fresh float32 parameters by short name."""
+        return {name: spec.initialise(rng) for name, spec in self.param_specs().items()}
+
+    def shape_entry(self) -> dict[str, Any]:
+        """The base-model facts this site depends on, recorded in adapter files."""
+        return {"d_in": self.d_in, "d_out": self.d_out, "heads": self.heads}
+
+
+def plan_sites(
+    config: AdapterConfig,
+    module_paths: Iterable[str],
+    describe: Callable[[str, Site], ModuleShape],
+) -> list[SiteSpec]:
+    """Match the config's sites against a model's module paths.
+
+    ``describe(path, site)`` is the backend's: it checks the module's type (raising a
+    ``TypeError`` naming the path and type) and reports its widths.
+    Raises ``ValueError`` when a pattern matches nothing (listing sample paths) or a module
+    matches two sites.
+    """
+    paths = list(module_paths)
+    compiled = [(site, re.compile(site.pattern)) for site in config.sites]
+    matched: dict[str, Site] = {}
+    for site, regex in compiled:
+        hits = [p for p in paths if regex.fullmatch(p)]
+        if not hits:
+            sample = [p for p in paths if p][:25]
+            raise ValueError(
+                f"Site pattern {site.pattern!r} matched no module (patterns must match the "
+                f"whole path). Sample of this model's module paths: {sample}"
+            )
+        for path in hits:
+            if path in matched:
+                raise ValueError(
+                    f"module {path!r} matches two sites: {matched[path].pattern!r} and "
+                    f"{site.pattern!r}; make the patterns disjoint"
+                )
+            matched[path] = site
+    specs = []
+    for path in paths:
+        if path in matched:
+            specs.append(_resolve(config, path, matched[path], describe(path, matched[path])))
+    return specs
+
+
+def _resolve(config: AdapterConfig, path: str, site: Site, shape: ModuleShape) -> SiteSpec:
+    heads: int | None
+    if site.heads == "auto":
+        if shape.heads is None:
+            raise ValueError(
+                f"Site(pattern={site.pattern!r}, heads='auto') matched {path!r}, which is not "
+                "inside an attention module with a known head count; give heads=<int>"
+            )
+        heads = shape.heads
+    else:
+        heads = site.heads  # type: ignore[assignment]
+    if not config.has_router:
+        heads = None  # one expert: no router, nothing is routed per head
+    spec = SiteSpec(
+        path,
+        site,
+        config.num_experts,
+        config.router,
+        config.routing,
+        shape.d_in,
+        shape.d_out,
+        heads,
+    )
+    width = spec.d_out if spec.reads == "output" else spec.d_in
+    if heads and width % heads:
+        raise ValueError(f"{path}: width {width} is not divisible by heads={heads}")
+    return spec
+
+
+@attrs.frozen
+class SiteResult:
+    """Output of one site: adapted output ``[..., d_out]``; float32 probabilities and logits
+    ``[..., E]`` (``[..., H, E]`` per head; seq axis 1 under sequence routing), None without
+    a router."""
+
+    out: Array
+    probs: Array | None
+    logits: Array | None
+
+
+def route(spec: SiteSpec, router_weight: Array, route_in: Array, mask: Array | None = None):
+    """Routing for one site: ``(probs, logits)``; see :class:`SiteResult` for shapes."""
+    if spec.routing == "sequence":
+        route_in = pool_sequence(route_in, mask)
+    logits = router_logits(route_in, router_weight, spec.heads)
+    return router_probs(logits, spec.router.top_k, spec.router.renormalize), logits
+
+
+def apply_site(
+    spec: SiteSpec,
+    params: Mapping[str, Array],
+    x: Array,
+    h: Array,
+    mask: Array | None = None,
+) -> SiteResult:
+    """The reference forward of one site, for any array type.
+
+    Args:
+      params: by short name, shapes from :meth:`SiteSpec.param_specs`.
+      x: the module's input ``[..., d_in]``.  h: its frozen output ``[..., d_out]``.
+      mask: ``[batch, seq]`` padding mask, used by sequence routing only.
+    """
+    probs = logits = None
+    if spec.has_router:
+        probs, logits = route(spec, params["router"], h if spec.reads == "output" else x, mask)
+    return SiteResult(spec.expert.mix(params, probs, x, h, spec.heads), probs, logits)
+
+
+def aux_loss_terms(spec: SiteSpec, logits: Array) -> dict[str, Array]:
+    """Weighted auxiliary losses of one site (only those with a non-zero weight)."""
+    terms = {}
+    if spec.router.load_balance_weight:
+        k = spec.router.top_k or 1
+        terms["load_balance"] = load_balance_loss(logits, k) * spec.router.load_balance_weight
+    if spec.router.z_loss_weight:
+        terms["z_loss"] = router_z_loss(logits) * spec.router.z_loss_weight
+    return terms
+
+
+def fingerprint(specs: Iterable[SiteSpec]) -> tuple[dict[str, dict[str, Any]], str]:
+    """The adapted-module shapes of a base model and their sha256."""
+    entries = {s.path: s.shape_entry() for s in specs}
+    digest = hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
+    return entries, digest

@@ -1,0 +1,99 @@
+"""Hypothesis strategies for shapes, configs, sites and arrays."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+from hypothesis import strategies as st
+
+from mixlight.config import AdapterConfig, Site, SoftMerge, TopK
+from mixlight.experts import ExpertKind, LowRank, Vectors
+from mixlight.site_spec import SiteSpec
+
+
+@attrs.frozen
+class SiteCase:
+    """One drawn site with numpy inputs: ``x [batch, seq, d_in]``, ``h [batch, seq, d_out]``,
+    ``mask [batch, seq]`` (1 = token), params by short name."""
+
+    spec: SiteSpec
+    params: dict[str, np.ndarray]
+    x: np.ndarray
+    h: np.ndarray
+    mask: np.ndarray
+
+
+def routers(num_experts: int) -> st.SearchStrategy:
+    """SoftMerge, or TopK with 1 <= k <= num_experts, renormalised or not."""
+    weights = st.sampled_from([0.0, 0.01, 0.5])
+    soft = st.builds(SoftMerge, weights, weights)
+    top = st.builds(TopK, st.integers(1, num_experts), st.booleans(), weights, weights)
+    return st.one_of(soft, top)
+
+
+def expert_kinds() -> st.SearchStrategy[ExpertKind]:
+    return st.one_of(
+        st.just(Vectors()),
+        st.builds(LowRank, st.integers(1, 6), st.sampled_from([1.0, 8.0, 16.0])),
+    )
+
+
+_PATTERNS = st.sampled_from([r"encoder\..*\.k", r".*\.(q|v)", r"layers\.\d+\.mlp\.fc1", r"attn"])
+
+
+@st.composite
+def adapter_configs(draw: Any) -> AdapterConfig:
+    """Valid AdapterConfigs of every shape (for JSON round trips)."""
+    num_experts = draw(st.integers(1, 16))
+    sites = []
+    for pattern in draw(st.lists(_PATTERNS, min_size=1, max_size=3, unique=True)):
+        expert = draw(expert_kinds())
+        heads = draw(st.sampled_from([None, 2, "auto"])) if expert.supports_heads else None
+        sites.append(Site(pattern, expert, draw(st.sampled_from([None, "output", "input"])), heads))
+    return AdapterConfig(
+        sites,
+        num_experts,
+        draw(routers(num_experts)),
+        draw(st.sampled_from(["token", "sequence"])),
+        draw(st.sampled_from([None, "torch", "jax"])),
+        draw(st.sampled_from(["custom", "MoV-10"])),
+    )
+
+
+@st.composite
+def site_cases(draw: Any, expert: ExpertKind | None = None, max_experts: int = 12) -> SiteCase:
+    """A random site (expert kind, E, router, routing, heads, widths) with random inputs."""
+    expert = expert if expert is not None else draw(expert_kinds())
+    num_experts = draw(st.integers(1, max_experts))
+    router = draw(routers(num_experts))
+    routing = draw(st.sampled_from(["token", "sequence"]))
+    heads = draw(st.sampled_from([None, 1, 2, 4])) if expert.supports_heads else None
+    reads = draw(st.sampled_from(["output", "input"]))
+    d_head = draw(st.integers(1, 6))
+    d_out = d_head * (heads or draw(st.integers(1, 3)))
+    d_in = d_out if (heads and reads == "input") else draw(st.integers(1, 12))
+    batch, seq = draw(st.integers(1, 3)), draw(st.integers(1, 5))
+    spec = SiteSpec(
+        "model.layer.0.proj",
+        Site("model.layer.0.proj", expert, reads, heads),
+        num_experts,
+        router,
+        routing,
+        d_in,
+        d_out,
+        heads if num_experts > 1 else None,
+    )
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    params = spec.init_params(rng)
+    # Move every parameter off its initial value so the test sees real mixing.
+    params = {
+        n: (p + rng.standard_normal(p.shape).astype(np.float32) * 0.5) for n, p in params.items()
+    }
+    lengths = rng.integers(1, seq + 1, size=batch)
+    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.float32)
+    x = rng.standard_normal((batch, seq, d_in)).astype(np.float32)
+    h = rng.standard_normal((batch, seq, d_out)).astype(np.float32)
+    return SiteCase(spec, params, x, h, mask)

@@ -1,0 +1,83 @@
+"""Backend plugins: registry, selection order, errors; the core imports no framework."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import mixlight as ml
+from mixlight import _backends
+
+
+def test_import_mixlight_imports_no_framework():
+    code = (
+        "import sys, mixlight, mixlight.math, mixlight.testing, mixlight.cli;"
+        "mixlight.installed_backends();"
+        "print(','.join(m for m in ('torch','jax','flax','transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_numpy_primitives_by_array_type():
+    assert ml.primitives_for(np.zeros(3)).name == "numpy"
+    with pytest.raises(TypeError, match="no mixlight backend handles arrays of type builtins.list"):
+        ml.primitives_for([1.0])
+
+
+def test_unknown_backend_lists_installed():
+    with pytest.raises(ValueError, match=r"unknown mixlight backend 'mlx'; installed backends: \["):
+        ml.load_backend("mlx")
+
+
+def test_missing_framework_names_the_extra():
+    plugin = ml.BackendPlugin("fake", "no_such_framework_xyz", "fake", lambda: None)
+    with _backends._isolated_registry():
+        ml.register_backend(plugin)
+        with pytest.raises(ImportError, match=r'pip install "mixlight\[fake\]"'):
+            ml.load_backend("fake")
+
+
+class _Model:
+    pass
+
+
+class _FakeBackend(_backends.NumpyBackend):
+    name = "fake"
+
+    def owns_model(self, model):
+        return isinstance(model, _Model)
+
+    def inject(self, model, config):
+        model.injected = config
+        return model
+
+
+def test_selection_order(monkeypatch):
+    with _backends._isolated_registry():
+        ml.register_backend(ml.BackendPlugin("fake", "numpy", "fake", _FakeBackend))
+        model = _Model()
+        assert ml.inject(model, ml.MoV()) is model  # inferred from the model type
+        monkeypatch.setenv("MIXLIGHT_BACKEND", "numpy")
+        with pytest.raises(TypeError, match=r"backend 'numpy' \(chosen by \$MIXLIGHT_BACKEND\)"):
+            ml.inject(model, ml.MoV())
+        ml.inject(model, ml.MoV(backend="fake"))  # config beats the environment
+        with pytest.raises(TypeError, match=r"chosen by argument"):
+            ml.inject(model, ml.MoV(backend="fake"), backend="numpy")  # argument beats config
+
+
+def test_unowned_model_is_refused(monkeypatch):
+    monkeypatch.delenv("MIXLIGHT_BACKEND", raising=False)
+    with pytest.raises(TypeError, match="no mixlight backend handles models of type"):
+        ml.trainable_parameters(object())
+
+
+def test_inject_rejects_non_config():
+    with pytest.raises(TypeError, match="config must be a mixlight.AdapterConfig"):
+        ml.inject(_Model(), {"num_experts": 4})
+
+
+def test_numpy_backend_has_no_models():
+    with pytest.raises(TypeError, match="has no models"):
+        ml.load_backend("numpy").inject(None, ml.MoV())
