@@ -129,7 +129,9 @@ def plan_sites(
 
 def _resolve(config: AdapterConfig, path: str, site: Site, shape: ModuleShape) -> SiteSpec:
     heads: int | None
-    if site.heads == "auto":
+    if not config.has_router:
+        heads = None  # one expert: no router, nothing is routed per head
+    elif site.heads == "auto":
         if shape.heads is None:
             raise ValueError(
                 f"Site(pattern={site.pattern!r}, heads='auto') matched {path!r}, which is not "
@@ -138,8 +140,6 @@ def _resolve(config: AdapterConfig, path: str, site: Site, shape: ModuleShape) -
         heads = shape.heads
     else:
         heads = site.heads  # type: ignore[assignment]
-    if not config.has_router:
-        heads = None  # one expert: no router, nothing is routed per head
     spec = SiteSpec(
         path,
         site,

@@ -170,7 +170,7 @@ def test_aux_losses_hand_computed():
 
 def test_router_logits_per_head_share_the_kernel():
     rng = np.random.default_rng(0)
-    x, w = rng.standard_normal((2, 6)).astype(np.float32), rng.standard_normal((3, 5))
+    x, w = (rng.standard_normal(s).astype(np.float32) for s in ((2, 6), (3, 5)))
     logits = router_logits(x, w, heads=2)
     assert logits.shape == (2, 2, 5) and logits.dtype == np.float32
     np.testing.assert_allclose(logits[:, 1], x[:, 3:] @ w, rtol=1e-5)

@@ -1,0 +1,29 @@
+"""mixlight's torch backend: adapter layers, injection, the fused hot path.
+
+Use the framework-neutral functions (``mixlight.inject``, ``mixlight.save_adapter``, ...) on
+``nn.Module``s; this package adds torch-specific pieces. Its names load lazily, so that the
+entry point (:mod:`mixlight_torch._plugin`) can be discovered without importing torch.
+"""
+
+import importlib
+from typing import Any
+
+from mixlight_torch._plugin import plugin
+
+_EXPORTS = {
+    "AdapterLayer": "mixlight_torch.layers",
+    "TorchBackend": "mixlight_torch.backend",
+    "adapter_layers": "mixlight_torch.model",
+    "remove_adapters": "mixlight_torch.model",
+    "fused_molora": "mixlight_torch.fused",
+    "fused_mov": "mixlight_torch.fused",
+    "rank_classification": "mixlight_torch.evaluate",
+}
+
+__all__ = ["plugin", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mixlight_torch' has no attribute {name!r}")

@@ -1,0 +1,80 @@
+"""The torch implementation of the :class:`mixlight.Backend` protocol."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mixlight import AdapterConfig, ParameterCount
+from mixlight.adapter_file import check_arrays
+from mixlight.math import routing_summary
+from mixlight.site_spec import aux_loss_terms
+from mixlight_torch import model as _model
+from mixlight_torch.primitives import TORCH_PRIMITIVES
+
+
+class TorchBackend:
+    name = "torch"
+    primitives = TORCH_PRIMITIVES
+
+    def owns_array(self, x: Any) -> bool:
+        return isinstance(x, torch.Tensor)
+
+    def owns_model(self, model: Any) -> bool:
+        return isinstance(model, nn.Module)
+
+    def is_injected(self, model: nn.Module) -> bool:
+        return "mixlight_state" in model.__dict__
+
+    def inject(self, model: nn.Module, config: AdapterConfig) -> nn.Module:
+        return _model.inject(model, config)
+
+    def adapter_state(self, model: nn.Module):
+        state = _model.state_of(model)
+        arrays = {
+            name: p.detach().to("cpu", torch.float32).numpy().copy()
+            for name, p in _model.adapter_parameters(model)
+        }
+        return state.config, state.specs, arrays
+
+    def load_adapter_state(self, model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
+        state = _model.state_of(model)
+        check_arrays(state.specs, arrays, "adapter arrays")
+        with torch.no_grad():
+            for name, param in _model.adapter_parameters(model):
+                param.copy_(torch.from_numpy(np.asarray(arrays[name])))
+
+    def trainable_parameters(self, model: nn.Module) -> ParameterCount:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return ParameterCount(trainable, sum(p.numel() for p in model.parameters()))
+
+    def aux_losses(self, model: nn.Module) -> torch.Tensor:
+        _model.state_of(model)
+        total = torch.zeros(())
+        for layer in _model.adapter_layers(model).values():
+            if layer.last_logits is not None:
+                for term in aux_loss_terms(layer.spec, layer.last_logits).values():
+                    total = total.to(term.device) + term
+        return total
+
+    def routing_stats(self, model: nn.Module) -> dict[str, dict[str, Any]]:
+        _model.state_of(model)
+        return {
+            path: routing_summary(layer.last_probs.detach().float().cpu().numpy())
+            for path, layer in _model.adapter_layers(model).items()
+            if layer.last_probs is not None
+        }
+
+    @contextlib.contextmanager
+    def disable_adapters(self, model: nn.Module) -> Iterator[nn.Module]:
+        switch = _model.state_of(model).switch
+        previous, switch.enabled = switch.enabled, False
+        try:
+            yield model
+        finally:
+            switch.enabled = previous

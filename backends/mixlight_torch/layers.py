@@ -1,0 +1,99 @@
+"""The adapter layer: wraps a frozen module and applies one site's routed mixture."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mixlight import LowRank, SiteSpec, Vectors, apply_site
+from mixlight.site_spec import route
+from mixlight_torch.fused import fused_molora, fused_mov
+
+
+class AdapterSwitch:
+    """Shared by all layers of one model: adapters on/off and the sequence-routing masks
+    captured from the model's last call (plain object: no global state)."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self.masks: list[torch.Tensor] = []
+
+    def mask_for(self, route_in: torch.Tensor) -> torch.Tensor | None:
+        """The captured ``[batch, seq]`` mask matching ``route_in [batch, seq, d]``."""
+        for mask in self.masks:
+            if tuple(mask.shape) == tuple(route_in.shape[:2]):
+                return mask
+        return None
+
+
+class AdapterLayer(nn.Module):
+    """A frozen ``base`` module plus one site's adapter parameters.
+
+    ``forward(x)`` returns the adapted ``base(x)``: ``x [..., d_in] -> [..., d_out]``.
+    Parameters live in ``self.adapter`` under their short canonical names (``router``,
+    ``vectors``, ``lora_A``, ``lora_B``), float32. Attributes the base module has (``weight``,
+    ``in_features``, ...) stay readable through the layer, as model code expects.
+    The last forward's routing probabilities and logits are kept in ``last_probs`` and
+    ``last_logits`` for :func:`mixlight.aux_losses` and :func:`mixlight.routing_stats`.
+    """
+
+    def __init__(
+        self, base: nn.Module, spec: SiteSpec, params: dict[str, np.ndarray], switch: AdapterSwitch
+    ) -> None:
+        super().__init__()
+        self.base = base
+        self.spec = spec
+        self.switch = switch
+        device = next((p.device for p in base.parameters()), torch.device("cpu"))
+        self.adapter = nn.ParameterDict(
+            {n: nn.Parameter(torch.from_numpy(a).to(device)) for n, a in params.items()}
+        )
+        self.last_probs: torch.Tensor | None = None
+        self.last_logits: torch.Tensor | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base":
+                raise
+            return getattr(self.base, name)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        h = self.base(x, *args, **kwargs)
+        if not self.switch.enabled:
+            return h
+        # Autocast off: routers stay float32; mixing runs in the activations' own dtypes.
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            out, probs, logits = self.mix(x, h)
+        self.last_probs, self.last_logits = probs, logits
+        return out
+
+    def mix(self, x: torch.Tensor, h: torch.Tensor):
+        """``(out, probs, logits)``: the fused path where one applies, else the core math."""
+        spec, p = self.spec, self.adapter
+        token = spec.routing == "token"
+        if isinstance(spec.expert, Vectors) and spec.reads == "output" and token:
+            if not spec.has_router:
+                return h * p["vectors"][0].to(h.dtype), None, None
+            return fused_mov(
+                h, p["router"], p["vectors"], spec.heads, spec.router.top_k, spec.router.renormalize
+            )
+        if isinstance(spec.expert, LowRank) and token:
+            probs = logits = None
+            if spec.has_router:
+                probs, logits = route(spec, p["router"], h if spec.reads == "output" else x)
+            delta = fused_molora(x, probs, p["lora_A"], p["lora_B"], spec.expert.scale)
+            return h + delta.to(h.dtype), probs, logits
+        route_in = h if spec.reads == "output" else x
+        mask = self.switch.mask_for(route_in) if spec.routing == "sequence" else None
+        result = apply_site(spec, dict(p.items()), x, h, mask)
+        return result.out, result.probs, result.logits
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        heads = f", heads={s.heads}" if s.heads else ""
+        return f"{s.expert.kind}, experts={s.num_experts}, d_in={s.d_in}, d_out={s.d_out}{heads}"

@@ -1,0 +1,147 @@
+"""Injection into any ``nn.Module`` by module-path pattern, and the model-level state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mixlight import AdapterConfig, ModuleShape, Site, SiteSpec, plan_sites
+from mixlight_torch.layers import AdapterLayer, AdapterSwitch
+
+_HEAD_COUNT_ATTRS = ("n_heads", "num_heads", "num_attention_heads", "n_head")
+# Siblings whose input is an activation's output, to size parameterless activation modules.
+_CONSUMERS = ("wo", "fc2", "down_proj", "c_proj", "dense_4h_to_h", "output")
+
+
+class MixlightState:
+    """Attached to an injected model as ``model.mixlight_state``."""
+
+    def __init__(
+        self, config: AdapterConfig, specs: list[SiteSpec], switch: AdapterSwitch, hook: Any
+    ) -> None:
+        self.config = config
+        self.specs = specs
+        self.switch = switch
+        self.hook = hook
+
+
+def state_of(model: nn.Module) -> MixlightState:
+    state = model.__dict__.get("mixlight_state")
+    if state is None:
+        raise ValueError(
+            f"{type(model).__name__} has no mixlight adapter; call mixlight.inject(model, config) "
+            "or mixlight.load_adapter(model, directory) first"
+        )
+    return state
+
+
+def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
+    """Adapter layers by the path of the module they wrap."""
+    return {path: m for path, m in model.named_modules() if isinstance(m, AdapterLayer)}
+
+
+def _width(module: nn.Module, which: str) -> int | None:
+    if isinstance(module, nn.Linear):
+        return module.in_features if which == "in" else module.out_features
+    weight = getattr(module, "weight", None)  # HF Conv1D stores [in, out]
+    if type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor):
+        return int(weight.shape[0] if which == "in" else weight.shape[1])
+    return None
+
+
+def _describe(model: nn.Module, path: str, site: Site) -> ModuleShape:
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path)
+    module = parent.get_submodule(name)
+    heads = next(
+        (
+            int(getattr(parent, a))
+            for a in _HEAD_COUNT_ATTRS
+            if isinstance(getattr(parent, a, None), int)
+        ),
+        None,
+    )
+    if isinstance(module, AdapterLayer):
+        raise ValueError(f"{path} already carries a mixlight adapter")
+    d_in, d_out = _width(module, "in"), _width(module, "out")
+    if d_in is not None and d_out is not None:
+        return ModuleShape(d_in, d_out, heads)
+    if site.expert.fits_activations and not any(True for _ in module.parameters()):
+        # A parameterless activation: its width is the input width of the layer it feeds.
+        for sibling in _CONSUMERS:
+            width = _width(getattr(parent, sibling, None), "in")  # type: ignore[arg-type]
+            if width is not None:
+                return ModuleShape(width, width, heads)
+        raise TypeError(
+            f"cannot tell the width of activation module {path} ({type(module).__name__}): "
+            f"its parent has none of {list(_CONSUMERS)} as a Linear; target a Linear instead"
+        )
+    kinds = "nn.Linear or HF Conv1D" + (
+        ", or a parameterless activation" if site.expert.fits_activations else ""
+    )
+    raise TypeError(
+        f"Site {site.pattern!r} matched {path} of type {type(module).__name__}; expert kind "
+        f"{site.expert.kind!r} adapts {kinds} modules"
+    )
+
+
+def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
+    """Wrap matched modules in :class:`AdapterLayer`s in place and freeze everything else.
+
+    Adapter parameters are drawn from a numpy generator seeded from torch's RNG, so
+    ``torch.manual_seed`` makes injection reproducible.
+    """
+    if "mixlight_state" in model.__dict__:
+        raise ValueError(
+            "this model already carries a mixlight adapter; call "
+            "mixlight_torch.remove_adapters(model) first or use a fresh model"
+        )
+    paths = [p for p, _ in model.named_modules() if p]
+    specs = plan_sites(config, paths, lambda path, site: _describe(model, path, site))
+    rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+    switch = AdapterSwitch()
+    model.requires_grad_(False)
+    for spec in specs:
+        parent_path, _, name = spec.path.rpartition(".")
+        parent = model.get_submodule(parent_path)
+        layer = AdapterLayer(parent.get_submodule(name), spec, spec.init_params(rng), switch)
+        setattr(parent, name, layer)
+    hook = None
+    if config.routing == "sequence":
+        hook = model.register_forward_pre_hook(_capture_masks(switch), with_kwargs=True)
+    model.__dict__["mixlight_state"] = MixlightState(config, specs, switch, hook)
+    return model
+
+
+def _capture_masks(switch: AdapterSwitch):
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        switch.masks = [
+            m
+            for m in (kwargs.get("attention_mask"), kwargs.get("decoder_attention_mask"))
+            if isinstance(m, torch.Tensor) and m.ndim == 2
+        ]
+
+    return hook
+
+
+def remove_adapters(model: nn.Module) -> nn.Module:
+    """Put the original modules back and forget the adapter (parameters stay frozen)."""
+    state = state_of(model)
+    for path, layer in adapter_layers(model).items():
+        parent_path, _, name = path.rpartition(".")
+        setattr(model.get_submodule(parent_path), name, layer.base)
+    if state.hook is not None:
+        state.hook.remove()
+    del model.__dict__["mixlight_state"]
+    return model
+
+
+def adapter_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """``(canonical name, parameter)`` pairs, canonical names as in adapter files."""
+    for path, layer in adapter_layers(model).items():
+        for short, param in layer.adapter.items():
+            yield f"{path}.{short}", param

@@ -1,0 +1,23 @@
+"""The primitive table for ``torch.Tensor``."""
+
+import torch
+
+from mixlight import Primitives
+
+
+def _top_k_mask(x: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.zeros_like(x).scatter(-1, x.topk(k, dim=-1).indices, 1.0)
+
+
+def _to_float32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+TORCH_PRIMITIVES = Primitives(
+    name="torch",
+    softmax=lambda x: torch.softmax(x, dim=-1),
+    logsumexp=lambda x: torch.logsumexp(x, dim=-1),
+    top_k_mask=_top_k_mask,
+    to_float32=_to_float32,
+    cast_like=lambda x, ref: x.to(ref.dtype),
+)
