@@ -14,6 +14,7 @@ _EXPORTS = {
     "AdapterLayer": "mixlight_torch.layers",
     "TorchBackend": "mixlight_torch.backend",
     "adapter_layers": "mixlight_torch.model",
+    "check_finite": "mixlight_torch.model",
     "remove_adapters": "mixlight_torch.model",
     "fused_molora": "mixlight_torch.fused",
     "fused_mov": "mixlight_torch.fused",

@@ -19,6 +19,7 @@ class AdapterSwitch:
 
     def __init__(self) -> None:
         self.enabled = True
+        self.check_finite = False
         self.masks: list[torch.Tensor] = []
 
     def mask_for(self, route_in: torch.Tensor) -> torch.Tensor | None:
@@ -66,11 +67,21 @@ class AdapterLayer(nn.Module):
         h = self.base(x, *args, **kwargs)
         if not self.switch.enabled:
             return h
+        if self.switch.check_finite:
+            self._check_finite(x, h)
         # Autocast off: routers stay float32; mixing runs in the activations' own dtypes.
         with torch.autocast(device_type=h.device.type, enabled=False):
             out, probs, logits = self.mix(x, h)
         self.last_probs, self.last_logits = probs, logits
         return out
+
+    def _check_finite(self, x: torch.Tensor, h: torch.Tensor) -> None:
+        for name, t in (("input", x), ("base-module output", h)):
+            if not torch.isfinite(t).all():
+                raise FloatingPointError(
+                    f"{self.spec.path}: non-finite values (NaN/inf) in the {name} of this "
+                    f"adapted {type(self.base).__name__}"
+                )
 
     def mix(self, x: torch.Tensor, h: torch.Tensor):
         """``(out, probs, logits)``: the fused path where one applies, else the core math."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -145,3 +146,16 @@ def adapter_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
     for path, layer in adapter_layers(model).items():
         for short, param in layer.adapter.items():
             yield f"{path}.{short}", param
+
+
+@contextlib.contextmanager
+def check_finite(model: nn.Module) -> Iterator[nn.Module]:
+    """Within this context every adapter layer checks its input and its base module's output
+    for NaN/inf and raises ``FloatingPointError`` naming the site path (costs a reduction per
+    site, so it is off by default)."""
+    switch = state_of(model).switch
+    previous, switch.check_finite = switch.check_finite, True
+    try:
+        yield model
+    finally:
+        switch.check_finite = previous

@@ -1,6 +1,7 @@
 """NNX T5 (mixlight_jax.t5): loader, cached greedy decoding and module paths on tiny random
 checkpoints; logits and generation against HuggingFace's torch T5 where torch is installed."""
 
+import importlib.util
 import json
 import os
 
@@ -243,6 +244,19 @@ def test_missing_directory_and_files(v11_checkpoint, tmp_path):
         from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text((v11_checkpoint / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        from_pretrained(tmp_path)
+
+
+def test_torch_bin_without_torch_is_a_clear_error(v11_checkpoint, tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text((v11_checkpoint / "config.json").read_text())
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "torch" else find_spec(name, *a),
+    )
+    with pytest.raises(CheckpointError, match="pytorch_model.bin needs torch"):
         from_pretrained(tmp_path)
 
 

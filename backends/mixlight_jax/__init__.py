@@ -1,0 +1,1 @@
+"""mixlight's JAX backend (Flax NNX)."""
