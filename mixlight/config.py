@@ -7,7 +7,7 @@ through :meth:`AdapterConfig.to_dict` / :meth:`AdapterConfig.from_dict` (plain J
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import attrs
@@ -127,6 +127,10 @@ class Site:
         return cls(**fields)
 
 
+def _to_sites(value: Iterable[Site]) -> tuple[Site, ...]:
+    return tuple(value)
+
+
 def _check_sites(inst: Any, attribute: Any, value: Any) -> None:
     if not isinstance(value, tuple) or not value or not all(isinstance(s, Site) for s in value):
         raise ValueError(
@@ -149,7 +153,7 @@ class AdapterConfig:
       method: a label for summaries and files (``"MoV"``, ``"MoLoRA"``, ...).
     """
 
-    sites: tuple[Site, ...] = attrs.field(converter=tuple, validator=_check_sites)
+    sites: tuple[Site, ...] = attrs.field(converter=_to_sites, validator=_check_sites)
     num_experts: int = attrs.field(validator=v.int_at_least(1))
     router: Router = attrs.field(
         factory=SoftMerge,

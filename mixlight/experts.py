@@ -84,7 +84,7 @@ class ExpertKind(abc.ABC):
         """
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, **attrs.asdict(self, recurse=False)}
+        return {"kind": self.kind, **attrs.asdict(self, recurse=False)}  # type: ignore[arg-type]
 
 
 _EXPERTS: dict[str, type[ExpertKind]] = {}
@@ -96,7 +96,8 @@ def register_expert(cls: type[ExpertKind]) -> type[ExpertKind]:
     Usable as a class decorator. Re-registering the same class is a no-op; another class
     under a taken name is an error.
     """
-    if not (isinstance(cls, type) and issubclass(cls, ExpertKind) and attrs.has(cls)):
+    is_attrs_class = attrs.has(cls)  # (a plain bool: attrs.has would narrow cls for mypy)
+    if not (isinstance(cls, type) and issubclass(cls, ExpertKind) and is_attrs_class):
         raise TypeError(
             f"register_expert({cls!r}): expected an attrs class subclassing mixlight.ExpertKind"
         )

@@ -10,7 +10,7 @@ echo "== core: neither torch nor jax installed"
 .venv-core/bin/python -m pytest tests/core -q
 echo "== lint and types"
 .venv/bin/ruff check .
-.venv/bin/ruff format --check .
+.venv/bin/ruff format --check mixlight backends tests examples
 .venv/bin/mypy
 echo "== full suite"
 .venv/bin/python -m pytest tests -q

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -35,7 +37,7 @@ def naive_molora(
 ) -> np.ndarray:
     """``scale * sum_e p_e (x @ A_e) @ B_e``, one full expert output per loop step. float64."""
     x = np.asarray(x, np.float64)
-    out = 0.0
+    out: Any = 0.0
     for e in range(lora_A.shape[0]):
         expert_out = (x @ np.asarray(lora_A[e], np.float64)) @ np.asarray(lora_B[e], np.float64)
         weight = 1.0 if probs is None else np.asarray(probs, np.float64)[..., e : e + 1]

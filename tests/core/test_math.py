@@ -138,8 +138,10 @@ def test_unrenormalised_top1_shrinks_fresh_mov_by_its_probability():
 def test_sequence_routing_ignores_padding(case, extra):
     if case.spec.routing != "sequence" or case.spec.num_experts == 1:
         return
+
     def pad(a):
         return np.concatenate([a, 100 * np.ones(a.shape[:1] + (extra,) + a.shape[2:])], 1)
+
     mask = np.concatenate([case.mask, np.zeros((case.mask.shape[0], extra))], 1)
     a = reference(case)
     b = ml.apply_site(case.spec, case.params, pad(case.x), pad(case.h), mask)

@@ -6,10 +6,19 @@ transformers = pytest.importorskip("transformers")
 
 def tiny_t5_config(version="1.1", **overrides):
     kwargs = dict(
-        d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, num_decoder_layers=2,
-        vocab_size=100, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+        d_model=32,
+        d_kv=8,
+        num_heads=4,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        vocab_size=100,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
         feed_forward_proj="gated-gelu" if version == "1.1" else "relu",
-        tie_word_embeddings=version == "1.0", dropout_rate=0.0,
+        tie_word_embeddings=version == "1.0",
+        dropout_rate=0.0,
     )
     kwargs.update(overrides)
     return transformers.T5Config(**kwargs)

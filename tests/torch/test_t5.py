@@ -18,8 +18,9 @@ def logits(model, ids, mask, dec):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("make", [lambda: ml.MoV(10), lambda: ml.MoLoRA(4, 2),
-                                  lambda: ml.MoV(4, router=ml.TopK(2))])
+@pytest.mark.parametrize(
+    "make", [lambda: ml.MoV(10), lambda: ml.MoLoRA(4, 2), lambda: ml.MoV(4, router=ml.TopK(2))]
+)
 def test_fresh_adapter_leaves_logits_unchanged(version, make):
     model = tiny_t5(version)
     ids, mask, dec = batch()
@@ -31,8 +32,11 @@ def test_fresh_adapter_leaves_logits_unchanged(version, make):
 @pytest.mark.parametrize("version", VERSIONS)
 def test_hook_points_match_the_paper(version):
     model = ml.inject(tiny_t5(version), ml.MoV(10))
-    paths = set(ml.read_adapter if False else model.mixlight_state.specs and
-                (s.path for s in model.mixlight_state.specs))
+    paths = set(
+        ml.read_adapter
+        if False
+        else model.mixlight_state.specs and (s.path for s in model.mixlight_state.specs)
+    )
     assert "encoder.block.0.layer.0.SelfAttention.k" in paths
     assert "decoder.block.1.layer.1.EncDecAttention.v" in paths
     assert "decoder.block.1.layer.2.DenseReluDense.act" in paths
@@ -49,8 +53,14 @@ def test_hook_points_match_the_paper(version):
 def test_greedy_generation_with_cache_equals_recomputation(version, make):
     model = perturb(ml.inject(tiny_t5(version), make()), scale=0.5)
     ids, mask, _ = batch()
-    cached = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8,
-                            do_sample=False, num_beams=1, use_cache=True)
+    cached = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=8,
+        do_sample=False,
+        num_beams=1,
+        use_cache=True,
+    )
     dec = torch.full((ids.shape[0], 1), model.config.decoder_start_token_id)
     for _ in range(cached.shape[1] - 1):
         step = logits(model, ids, mask, dec)[:, -1].argmax(-1, keepdim=True)
@@ -62,8 +72,9 @@ def test_greedy_generation_with_cache_equals_recomputation(version, make):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("make", [lambda: ml.MoV(6), lambda: ml.MoLoRA(3, 2),
-                                  lambda: ml.IA3(), lambda: ml.LoRA(4)])
+@pytest.mark.parametrize(
+    "make", [lambda: ml.MoV(6), lambda: ml.MoLoRA(3, 2), lambda: ml.IA3(), lambda: ml.LoRA(4)]
+)
 def test_save_load_gives_identical_logits(tmp_path, version, make):
     model = perturb(ml.inject(tiny_t5(version), make()))
     ids, mask, dec = batch()
@@ -110,8 +121,9 @@ def test_remove_adapters_restores_modules():
 def _peft_ia3(model):
     from peft import IA3Config, get_peft_model
 
-    cfg = IA3Config(target_modules=["k", "v", "wo"], feedforward_modules=["wo"],
-                    init_ia3_weights=False)
+    cfg = IA3Config(
+        target_modules=["k", "v", "wo"], feedforward_modules=["wo"], init_ia3_weights=False
+    )
     return get_peft_model(model, cfg)
 
 
@@ -143,8 +155,10 @@ def test_one_expert_molora_equals_peft_lora(version):
     targets = ["q", "k", "v", "o", "wi_0" if version == "1.1" else "wi", "wo"]
     torch.manual_seed(3)
     peft_model = peft.get_peft_model(
-        tiny_t5(version), peft.LoraConfig(r=4, lora_alpha=16, target_modules=targets,
-                                          lora_dropout=0.0, init_lora_weights=False)
+        tiny_t5(version),
+        peft.LoraConfig(
+            r=4, lora_alpha=16, target_modules=targets, lora_dropout=0.0, init_lora_weights=False
+        ),
     ).eval()
     ours = ml.inject(tiny_t5(version), ml.MoLoRA(1, rank=4, alpha=16))
     base = logits(tiny_t5(version), ids, mask, dec)
