@@ -39,6 +39,57 @@ class ModuleShape:
     heads: int | None = None
 
 
+HEAD_COUNT_ATTRS = ("n_heads", "num_heads", "num_attention_heads", "n_head")
+# Siblings whose input is an activation's output, to size parameterless activation modules.
+ACTIVATION_CONSUMERS = ("wo", "fc2", "down_proj", "c_proj", "dense_4h_to_h", "output")
+
+
+def describe_module(
+    path: str,
+    site: Site,
+    module: Any,
+    parent: Any,
+    width: Callable[[Any, str], int | None],
+    has_params: Callable[[Any], bool],
+) -> ModuleShape:
+    """The shared rules by which backends report a matched module's :class:`ModuleShape`.
+
+    Args:
+      module, parent: the matched module and the module that holds it.
+      width: ``width(module, "in" | "out")``: the backend's width of a linear-like module,
+        None for anything else (including None).
+      has_params: whether a module holds any parameters.
+    The head count comes from the parent (``n_heads``, ``num_heads``, ...); a parameterless
+    activation takes the input width of the sibling it feeds (``wo``, ``fc2``, ``c_proj``...).
+    """
+    heads = next(
+        (
+            int(getattr(parent, a))
+            for a in HEAD_COUNT_ATTRS
+            if isinstance(getattr(parent, a, None), int)
+        ),
+        None,
+    )
+    d_in, d_out = width(module, "in"), width(module, "out")
+    if d_in is not None and d_out is not None:
+        return ModuleShape(d_in, d_out, heads)
+    if site.expert.fits_activations and not has_params(module):
+        for sibling in ACTIVATION_CONSUMERS:
+            consumed = width(getattr(parent, sibling, None), "in")
+            if consumed is not None:
+                return ModuleShape(consumed, consumed, heads)
+        raise TypeError(
+            f"cannot tell the width of activation module {path} ({type(module).__name__}): its "
+            f"parent has none of {list(ACTIVATION_CONSUMERS)} as a linear layer; target a linear "
+            "layer instead"
+        )
+    kinds = "linear" + (" or parameterless activation" if site.expert.fits_activations else "")
+    raise TypeError(
+        f"Site {site.pattern!r} matched {path} of type {type(module).__name__}; expert kind "
+        f"{site.expert.kind!r} adapts {kinds} modules"
+    )
+
+
 @attrs.frozen
 class SiteSpec:
     """One adapted module: its path, its site, and the widths it was resolved with."""

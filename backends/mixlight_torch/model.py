@@ -11,11 +11,8 @@ import torch
 from torch import nn
 
 from mixlight import AdapterConfig, ModuleShape, Site, SiteSpec, plan_sites
+from mixlight.site_spec import describe_module
 from mixlight_torch.layers import AdapterLayer, AdapterSwitch
-
-_HEAD_COUNT_ATTRS = ("n_heads", "num_heads", "num_attention_heads", "n_head")
-# Siblings whose input is an activation's output, to size parameterless activation modules.
-_CONSUMERS = ("wo", "fc2", "down_proj", "c_proj", "dense_4h_to_h", "output")
 
 
 class MixlightState:
@@ -45,7 +42,8 @@ def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
     return {path: m for path, m in model.named_modules() if isinstance(m, AdapterLayer)}
 
 
-def _width(module: nn.Module, which: str) -> int | None:
+def _width(module: nn.Module | None, which: str) -> int | None:
+    """Width of an ``nn.Linear`` or HF ``Conv1D``; None for anything else."""
     if isinstance(module, nn.Linear):
         return module.in_features if which == "in" else module.out_features
     weight = getattr(module, "weight", None)  # HF Conv1D stores [in, out]
@@ -58,35 +56,10 @@ def _describe(model: nn.Module, path: str, site: Site) -> ModuleShape:
     parent_path, _, name = path.rpartition(".")
     parent = model.get_submodule(parent_path)
     module = parent.get_submodule(name)
-    heads = next(
-        (
-            int(getattr(parent, a))
-            for a in _HEAD_COUNT_ATTRS
-            if isinstance(getattr(parent, a, None), int)
-        ),
-        None,
-    )
     if isinstance(module, AdapterLayer):
         raise ValueError(f"{path} already carries a mixlight adapter")
-    d_in, d_out = _width(module, "in"), _width(module, "out")
-    if d_in is not None and d_out is not None:
-        return ModuleShape(d_in, d_out, heads)
-    if site.expert.fits_activations and not any(True for _ in module.parameters()):
-        # A parameterless activation: its width is the input width of the layer it feeds.
-        for sibling in _CONSUMERS:
-            width = _width(getattr(parent, sibling, None), "in")  # type: ignore[arg-type]
-            if width is not None:
-                return ModuleShape(width, width, heads)
-        raise TypeError(
-            f"cannot tell the width of activation module {path} ({type(module).__name__}): "
-            f"its parent has none of {list(_CONSUMERS)} as a Linear; target a Linear instead"
-        )
-    kinds = "nn.Linear or HF Conv1D" + (
-        ", or a parameterless activation" if site.expert.fits_activations else ""
-    )
-    raise TypeError(
-        f"Site {site.pattern!r} matched {path} of type {type(module).__name__}; expert kind "
-        f"{site.expert.kind!r} adapts {kinds} modules"
+    return describe_module(
+        path, site, module, parent, _width, lambda m: any(True for _ in m.parameters())
     )
 
 
