@@ -29,31 +29,49 @@ class TorchBackend:
         return isinstance(model, nn.Module)
 
     def is_injected(self, model: nn.Module) -> bool:
-        return "mixlight_state" in model.__dict__
+        return "mixlight_state" in _model.unwrap(model).__dict__
 
     def inject(self, model: nn.Module, config: AdapterConfig) -> nn.Module:
         return _model.inject(model, config)
 
+    def adapter_specs(self, model: nn.Module):
+        state = _model.state_of(_model.unwrap(model))
+        return state.config, state.specs
+
     def adapter_state(self, model: nn.Module):
-        state = _model.state_of(model)
-        arrays = {
-            name: p.detach().to("cpu", torch.float32).numpy().copy()
-            for name, p in _model.adapter_parameters(model)
-        }
-        return state.config, state.specs, arrays
+        model = _model.unwrap(model)
+        config, specs = self.adapter_specs(model)
+        arrays = {}
+        for name, p in _model.adapter_parameters(model):
+            if _is_dtensor(p):
+                raise ValueError(
+                    f"{name} is sharded (DTensor): gathering needs every rank, so save with "
+                    "mixlight_torch.distributed.save_adapter_distributed(model, directory) "
+                    "called on all ranks"
+                )
+            arrays[name] = p.detach().to("cpu", torch.float32).numpy().copy()
+        return config, specs, arrays
 
     def load_adapter_state(self, model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
-        state = _model.state_of(model)
-        check_arrays(state.specs, arrays, "adapter arrays")
+        model = _model.unwrap(model)
+        check_arrays(self.adapter_specs(model)[1], arrays, "adapter arrays")
         with torch.no_grad():
             for name, param in _model.adapter_parameters(model):
-                param.copy_(torch.from_numpy(np.asarray(arrays[name])))
+                full = torch.from_numpy(np.asarray(arrays[name])).to(param.device, param.dtype)
+                if _is_dtensor(param):  # FSDP2: each rank keeps its own slice
+                    from torch.distributed.tensor import distribute_tensor
+
+                    full = distribute_tensor(
+                        full, param.device_mesh, param.placements, src_data_rank=None
+                    )
+                param.copy_(full)
 
     def trainable_parameters(self, model: nn.Module) -> ParameterCount:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return ParameterCount(trainable, sum(p.numel() for p in model.parameters()))
 
     def aux_losses(self, model: nn.Module) -> torch.Tensor:
+        model = _model.unwrap(model)
         _model.state_of(model)
         total = torch.zeros(())
         for layer in _model.adapter_layers(model).values():
@@ -63,6 +81,7 @@ class TorchBackend:
         return total
 
     def routing_stats(self, model: nn.Module) -> dict[str, dict[str, Any]]:
+        model = _model.unwrap(model)
         _model.state_of(model)
         return {
             path: routing_summary(layer.last_probs.detach().float().cpu().numpy())
@@ -72,9 +91,13 @@ class TorchBackend:
 
     @contextlib.contextmanager
     def disable_adapters(self, model: nn.Module) -> Iterator[nn.Module]:
-        switch = _model.state_of(model).switch
+        switch = _model.state_of(_model.unwrap(model)).switch
         previous, switch.enabled = switch.enabled, False
         try:
             yield model
         finally:
             switch.enabled = previous
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    return type(t).__name__ == "DTensor"

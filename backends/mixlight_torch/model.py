@@ -27,6 +27,17 @@ class MixlightState:
         self.hook = hook
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The injected model inside a DDP (``.module``) or ``torch.compile`` (``._orig_mod``)
+    wrapper; ``model`` itself when it carries the adapter (FSDP2 shards in place)."""
+    while "mixlight_state" not in model.__dict__:
+        inner = model.__dict__.get("_orig_mod") or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            break
+        model = inner
+    return model
+
+
 def state_of(model: nn.Module) -> MixlightState:
     state = model.__dict__.get("mixlight_state")
     if state is None:
