@@ -39,7 +39,11 @@ class Backend(Protocol):
 
     def is_injected(self, model: Any) -> bool: ...
 
-    def inject(self, model: Any, config: Any) -> Any: ...
+    def inject(self, model: Any, config: Any, seed: int | None = None) -> Any: ...
+
+    def adapter_specs(self, model: Any) -> Any:
+        """``(AdapterConfig, [SiteSpec])`` of an injected model (no array copies)."""
+        ...
 
     def adapter_state(self, model: Any) -> Any:
         """``(AdapterConfig, [SiteSpec], {canonical name: np.ndarray})`` of an injected model."""
@@ -91,7 +95,7 @@ class NumpyBackend:
             "pass a torch nn.Module (mixlight[torch]) or a flax nnx.Module (mixlight[jax])"
         )
 
-    is_injected = inject = adapter_state = load_adapter_state = _no_models
+    is_injected = inject = adapter_specs = adapter_state = load_adapter_state = _no_models
     trainable_parameters = aux_losses = routing_stats = disable_adapters = _no_models
 
 

@@ -14,15 +14,22 @@ from mixlight.adapter_file import check_fits, read_adapter, write_adapter
 from mixlight.config import AdapterConfig
 
 
-def inject(model: Any, config: AdapterConfig, *, backend: str | None = None) -> Any:
+def inject(
+    model: Any, config: AdapterConfig, *, backend: str | None = None, seed: int | None = None
+) -> Any:
     """Wrap the modules matched by ``config``'s sites in adapters, freeze everything else,
-    and return the model (modified in place)."""
+    and return the model (modified in place).
+
+    ``seed`` fixes the adapters' initial values (drawn with numpy from the canonical
+    initialisers, so a seed gives the same adapter in every backend); None takes it from the
+    framework's own RNG where it has one (``torch.manual_seed``), else 0.
+    """
     if not isinstance(config, AdapterConfig):
         raise TypeError(
             f"inject(model, config): config must be a mixlight.AdapterConfig (e.g. "
             f"mixlight.MoV()), got {type(config).__name__}"
         )
-    return backend_for_model(model, backend, config).inject(model, config)
+    return backend_for_model(model, backend, config).inject(model, config, seed)
 
 
 def save_adapter(model: Any, directory: str | os.PathLike) -> Path:
@@ -42,7 +49,7 @@ def load_adapter(model: Any, directory: str | os.PathLike, *, backend: str | Non
     chosen = backend_for_model(model, backend)
     if not chosen.is_injected(model):
         chosen.inject(model, config)
-    current, specs, _ = chosen.adapter_state(model)
+    current, specs = chosen.adapter_specs(model)
     if attrs.evolve(current, backend=None) != config:
         raise ValueError(
             f"the model already carries a different adapter ({current.method}) than {directory} "

@@ -226,6 +226,16 @@ def route(spec: SiteSpec, router_weight: Array, route_in: Array, mask: Array | N
     return router_probs(logits, spec.router.top_k, spec.router.renormalize), logits
 
 
+def select_mask(masks: Iterable[Array], route_in: Array) -> Array | None:
+    """The ``[batch, seq]`` padding mask that fits ``route_in [batch, seq, d]``, or None.
+
+    Backends capture the masks a model is called with (encoder ``attention_mask``, decoder
+    ``decoder_attention_mask``); each sequence-routed site takes the one whose shape matches
+    its router input. A site with no matching mask pools over every position.
+    """
+    return next((m for m in masks if tuple(m.shape) == tuple(route_in.shape[:2])), None)
+
+
 def apply_site(
     spec: SiteSpec,
     params: Mapping[str, Array],

@@ -1,1 +1,34 @@
-"""mixlight's JAX backend (Flax NNX)."""
+"""mixlight's JAX backend: Flax NNX adapter layers, injection, the custom_vjp hot path, T5.
+
+Use the framework-neutral functions (``mixlight.inject``, ``mixlight.save_adapter``, ...) on
+``nnx.Module``s; this package adds JAX-specific pieces (a seeded :func:`inject`, the
+:class:`AdapterParam` filter for optimizers, sequence-routing masks, the fused ops, and the
+NNX T5 in :mod:`mixlight_jax.t5`). Its names load lazily, so that the entry point
+(:mod:`mixlight_jax._plugin`) can be discovered without importing jax.
+"""
+
+import importlib
+from typing import Any
+
+from mixlight_jax._plugin import plugin
+
+_EXPORTS = {
+    "AdapterLayer": "mixlight_jax.layers",
+    "AdapterParam": "mixlight_jax.params",
+    "JaxBackend": "mixlight_jax.backend",
+    "RoutingTrace": "mixlight_jax.layers",
+    "adapter_layers": "mixlight_jax.model",
+    "fused_molora": "mixlight_jax.fused",
+    "fused_mov": "mixlight_jax.fused",
+    "inject": "mixlight_jax.model",
+    "remove_adapters": "mixlight_jax.model",
+    "sequence_masks": "mixlight_jax.model",
+}
+
+__all__ = ["plugin", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mixlight_jax' has no attribute {name!r}")

@@ -31,8 +31,8 @@ class TorchBackend:
     def is_injected(self, model: nn.Module) -> bool:
         return "mixlight_state" in _model.unwrap(model).__dict__
 
-    def inject(self, model: nn.Module, config: AdapterConfig) -> nn.Module:
-        return _model.inject(model, config)
+    def inject(self, model: nn.Module, config: AdapterConfig, seed: int | None = None) -> nn.Module:
+        return _model.inject(model, config, seed)
 
     def adapter_specs(self, model: nn.Module):
         state = _model.state_of(_model.unwrap(model))

@@ -11,11 +11,11 @@ an injected model (see ``docs/scaling.md``):
   Parameters become ``DTensor`` shards; during forward FSDP2 swaps in the full tensors, so
   :class:`~mixlight_torch.layers.AdapterLayer` and the fused ops see plain tensors.
 
-``mixlight.save_adapter`` and ``mixlight.load_adapter`` do not work on either: a DDP wrapper
-carries no adapter state, and ``DTensor`` shards cannot become numpy arrays.
-:func:`save_adapter_distributed`, called on every rank, gathers the full adapter and writes
-it once; :func:`load_adapter_distributed` loads a file into an injected, already wrapped or
-sharded model. (``mixlight.load_adapter`` on the plain model before sharding works too.)
+``mixlight.load_adapter``, ``aux_losses`` and ``routing_stats`` work on a wrapped or sharded
+model (each rank loads its own slice of every ``DTensor``; call it on every rank).
+``mixlight.save_adapter`` cannot gather ``DTensor`` shards from one rank; call
+:func:`save_adapter_distributed` on every rank instead: it gathers the full adapter and
+writes it once.
 """
 
 from __future__ import annotations
@@ -26,16 +26,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-import attrs
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from mixlight.adapter_file import check_fits, read_adapter, write_adapter
+from mixlight.adapter_file import write_adapter
 from mixlight_torch import model as _model
 
 __all__ = [
-    "load_adapter_distributed",
     "save_adapter_distributed",
     "shard_batch",
     "shard_model",
@@ -151,30 +149,3 @@ def save_adapter_distributed(
             f"save_adapter_distributed: rank 0 failed to write: {outcome[0]}"
         ) from error
     return Path(directory)
-
-
-def load_adapter_distributed(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
-    """``mixlight.load_adapter`` for an injected model under DDP or FSDP2; call it on every
-    rank. Each rank reads the directory and copies its own shard (no communication). The
-    model's adapter config and adapted-module shapes must match the file's (``ValueError`` /
-    :class:`~mixlight.AdapterFileError` otherwise, as ``mixlight.load_adapter``)."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
-
-    inner = _model.unwrap(model)
-    state = _model.state_of(inner)
-    adapter = read_adapter(directory)
-    if attrs.evolve(adapter.config, backend=None) != attrs.evolve(state.config, backend=None):
-        raise ValueError(
-            f"the model carries a different adapter ({state.config.method}) than {directory} "
-            f"({adapter.config.method}); inject the file's config before sharding"
-        )
-    check_fits(adapter, state.specs, str(directory))
-    with torch.no_grad():
-        for name, param in _model.adapter_parameters(inner):
-            full = torch.from_numpy(adapter.arrays[name]).to(param.device, param.dtype)
-            if isinstance(param, DTensor):
-                full = distribute_tensor(
-                    full, param.device_mesh, param.placements, src_data_rank=None
-                )
-            param.copy_(full)
-    return model

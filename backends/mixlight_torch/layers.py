@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mixlight import LowRank, SiteSpec, Vectors, apply_site
-from mixlight.site_spec import route
+from mixlight.site_spec import route, select_mask
 from mixlight_torch.fused import fused_molora, fused_mov
 
 
@@ -21,13 +21,6 @@ class AdapterSwitch:
         self.enabled = True
         self.check_finite = False
         self.masks: list[torch.Tensor] = []
-
-    def mask_for(self, route_in: torch.Tensor) -> torch.Tensor | None:
-        """The captured ``[batch, seq]`` mask matching ``route_in [batch, seq, d]``."""
-        for mask in self.masks:
-            if tuple(mask.shape) == tuple(route_in.shape[:2]):
-                return mask
-        return None
 
 
 class AdapterLayer(nn.Module):
@@ -100,7 +93,7 @@ class AdapterLayer(nn.Module):
             delta = fused_molora(x, probs, p["lora_A"], p["lora_B"], spec.expert.scale)
             return h + delta.to(h.dtype), probs, logits
         route_in = h if spec.reads == "output" else x
-        mask = self.switch.mask_for(route_in) if spec.routing == "sequence" else None
+        mask = select_mask(self.switch.masks, route_in) if spec.routing == "sequence" else None
         result = apply_site(spec, dict(p.items()), x, h, mask)
         return result.out, result.probs, result.logits
 

@@ -74,11 +74,11 @@ def _describe(model: nn.Module, path: str, site: Site) -> ModuleShape:
     )
 
 
-def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
+def inject(model: nn.Module, config: AdapterConfig, seed: int | None = None) -> nn.Module:
     """Wrap matched modules in :class:`AdapterLayer`s in place and freeze everything else.
 
-    Adapter parameters are drawn from a numpy generator seeded from torch's RNG, so
-    ``torch.manual_seed`` makes injection reproducible.
+    Adapter parameters are drawn from a numpy generator seeded with ``seed``, or from torch's
+    RNG when None, so ``torch.manual_seed`` makes injection reproducible.
     """
     if "mixlight_state" in model.__dict__:
         raise ValueError(
@@ -87,7 +87,7 @@ def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
         )
     paths = [p for p, _ in model.named_modules() if p]
     specs = plan_sites(config, paths, lambda path, site: _describe(model, path, site))
-    rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+    rng = np.random.default_rng(int(torch.randint(0, 2**62, ())) if seed is None else seed)
     switch = AdapterSwitch()
     model.requires_grad_(False)
     for spec in specs:

@@ -49,7 +49,7 @@ class _FakeBackend(_backends.NumpyBackend):
     def owns_model(self, model):
         return isinstance(model, _Model)
 
-    def inject(self, model, config):
+    def inject(self, model, config, seed=None):
         model.injected = config
         return model
 

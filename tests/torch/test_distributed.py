@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 from mixlight_torch.distributed import (
-    load_adapter_distributed,
     save_adapter_distributed,
     shard_batch,
     shard_model,
@@ -87,7 +86,7 @@ def _worker(rank: int, out: Path) -> None:
     fsdp = train(shard_model(injected()), batch)
     save_adapter_distributed(fsdp, out / "fsdp")
     sharded_logits = logits(fsdp)
-    resumed = logits(load_adapter_distributed(shard_model(injected()), out / "fsdp"))
+    resumed = logits(ml.load_adapter(shard_model(injected()), out / "fsdp"))
     if rank == 0:
         np.save(out / "fsdp_logits.npy", sharded_logits.numpy())
         np.save(out / "fsdp_resumed_logits.npy", resumed.numpy())

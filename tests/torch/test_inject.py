@@ -114,7 +114,9 @@ def test_no_match_lists_module_paths():
 
 def test_wrong_module_type_names_path_and_type():
     with pytest.raises(
-        TypeError, match=r"matched encoder\.block\.0\.layer\.0 of type T5LayerSelfAttention; expert kind .low_rank. adapts linear modules"
+        TypeError,
+        match=r"matched encoder\.block\.0\.layer\.0 of type T5LayerSelfAttention; "
+        r"expert kind .low_rank. adapts linear modules",
     ):
         ml.inject(tiny_t5(), ml.MoLoRA(2, targets=[r"encoder\.block\.0\.layer\.0"]))
 

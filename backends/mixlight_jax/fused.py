@@ -1,0 +1,193 @@
+"""Fused, memory-lean MoV and MoLoRA ops: ``jax.custom_vjp`` with hand-written backward passes.
+
+The forward of each op *is* the core math of :mod:`mixlight.math` (``router_logits``,
+``router_probs``, ``mix_vectors``, ``lowrank_mixture``) run on jax arrays, so the values
+equal the reference by construction. What changes is what is kept for backward:
+
+* :func:`fused_mov` keeps ``h``, the router kernel, the expert vectors and the ``[..., E]``
+  probabilities. The merged ``[..., d]`` scaling vector (as wide as ``h``) is recomputed in
+  backward, and so is the full softmax when the unrenormalised top-k backward needs it.
+* :func:`fused_molora` keeps ``x``, ``probs`` and the two LoRA kernels; the ``[..., E*r]``
+  low-rank activations are recomputed in backward.
+
+Both run under ``jax.jit``, ``vmap`` and ``grad``; routers compute in float32 (float64 under
+``jax_enable_x64`` for float64 inputs), MoLoRA in ``x``'s dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from einops import rearrange, reduce, repeat
+
+from mixlight.math import lowrank_mixture, merge_vectors, mix_vectors, router_logits, router_probs
+
+__all__ = ["fused_molora", "fused_mov"]
+
+
+def fused_mov(
+    h: jax.Array,
+    router_weight: jax.Array,
+    vectors: jax.Array,
+    heads: int | None = None,
+    top_k: int | None = None,
+    renormalize: bool = True,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """MoV with a token router: ``h * (router_probs(router_logits(h)) @ vectors)``.
+
+    Args:
+      h: ``[..., d]``, any float dtype; both the router input and the scaled activation.
+      router_weight: ``[d_route, E]``, ``d_route = d`` (or ``d // heads``, shared by all heads).
+      vectors: ``[E, d]``, head-major (``d = heads * d_head``) when routed per head.
+      heads: route each head's slice of ``h`` separately (``heads=1`` keeps a head axis).
+      top_k: keep the ``top_k`` largest probabilities (None, or ``>= E``: soft merge).
+      renormalize: divide the kept probabilities by their sum (else a masked softmax).
+    Returns:
+      ``out [..., d]`` in h's dtype, and ``probs``, ``logits`` ``[..., E]`` (``[..., heads, E]``
+      per head) in float32.
+    """
+    d, n_heads = h.shape[-1], heads or 1
+    if d % n_heads:
+        raise ValueError(f"fused_mov: width {d} is not divisible by heads={heads}")
+    n_experts = router_weight.shape[-1]
+    if router_weight.shape != (d // n_heads, n_experts):
+        raise ValueError(
+            f"fused_mov: router_weight has shape {tuple(router_weight.shape)}; expected "
+            f"[{d // n_heads}, E]"
+        )
+    if vectors.shape != (n_experts, d):
+        raise ValueError(
+            f"fused_mov: vectors has shape {tuple(vectors.shape)}; expected [{n_experts}, {d}]"
+        )
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"fused_mov: top_k must be at least 1; got {top_k}")
+    if top_k is not None and top_k >= n_experts:
+        top_k = None
+    return _mov(h, router_weight, vectors, heads or None, top_k, bool(renormalize))
+
+
+def _mov_forward(h, router_weight, vectors, heads, top_k, renormalize):
+    logits = router_logits(h, router_weight, heads)
+    probs = router_probs(logits, top_k, renormalize)
+    return mix_vectors(h, probs, vectors, heads), probs, logits
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _mov(h, router_weight, vectors, heads, top_k, renormalize):
+    return _mov_forward(h, router_weight, vectors, heads, top_k, renormalize)
+
+
+def _mov_fwd(h, router_weight, vectors, heads, top_k, renormalize):
+    out, probs, logits = _mov_forward(h, router_weight, vectors, heads, top_k, renormalize)
+    return (out, probs, logits), (h, router_weight, vectors, probs)
+
+
+def _mov_bwd(heads, top_k, renormalize, saved, grads):
+    """Gradients of ``h [..., d]``, ``router_weight [k, E]`` and ``vectors [E, d]`` from those of
+    ``out``, ``probs`` and ``logits``. Works per head: ``[..., H, k]`` and ``[..., H, E]``."""
+    h, router_weight, vectors, probs = saved
+    g_out, g_probs, g_logits = grads
+    n_heads, n_experts = heads or 1, vectors.shape[0]
+    cdt = probs.dtype
+    split = functools.partial(rearrange, pattern="... (h k) -> ... h k", h=n_heads)
+    p = probs.reshape(*h.shape[:-1], n_heads, n_experts)
+    per_head = split(vectors.astype(cdt))  # [E, H, k]
+    g_merged = split((g_out * h).astype(cdt))  # [..., H, k]
+    g_v = jnp.einsum("...he,...hk->ehk", p, g_merged).reshape(vectors.shape)
+    g_p = g_probs.reshape(p.shape) + jnp.einsum("...hk,ehk->...he", g_merged, per_head)
+    dot = jnp.sum(g_p * p, axis=-1, keepdims=True)
+    if top_k is not None and not renormalize:  # p = mask * softmax: needs the full softmax
+        full = jax.nn.softmax(router_logits(h, router_weight, n_heads), axis=-1)
+        g_l = p * g_p - full * dot
+    else:  # a softmax over the kept experts
+        g_l = p * (g_p - dot)
+    g_l = g_l + g_logits.reshape(p.shape)
+    hr = split(h.astype(cdt))
+    g_w = jnp.einsum("...hk,...he->ke", hr, g_l)
+    merged = merge_vectors(probs, vectors.astype(cdt), heads)  # recomputed, [..., d]
+    g_route = rearrange(
+        jnp.einsum("...he,ke->...hk", g_l, router_weight.astype(cdt)), "... h k -> ... (h k)"
+    )
+    g_h = g_route.astype(h.dtype) + g_out * merged.astype(h.dtype)
+    return g_h, g_w.astype(router_weight.dtype), g_v.astype(vectors.dtype)
+
+
+_mov.defvjp(_mov_fwd, _mov_bwd)
+
+
+def fused_molora(
+    x: jax.Array,
+    probs: jax.Array | None,
+    lora_A: jax.Array,
+    lora_B: jax.Array,
+    scale: float,
+) -> jax.Array:
+    """MoLoRA delta ``scale * sum_e p_e (x @ A_e) @ B_e`` as two matmuls over the
+    concatenated experts, computed and returned in x's dtype.
+
+    Args:
+      x: ``[..., d_in]``.
+      probs: ``[..., E]``, broadcastable to x's leading axes (from the router, differentiated
+        normally); None when ``E == 1``.
+      lora_A: ``[E, d_in, r]``.  lora_B: ``[E, r, d_out]``.
+      scale: the LoRA scale ``alpha / r``.
+    Returns:
+      ``[..., d_out]`` in x's dtype.
+    """
+    n_experts, d_in, rank = lora_A.shape
+    if x.shape[-1] != d_in or lora_B.shape[:2] != (n_experts, rank):
+        raise ValueError(
+            f"fused_molora: x {tuple(x.shape)}, lora_A {tuple(lora_A.shape)} and lora_B "
+            f"{tuple(lora_B.shape)} do not fit x [..., d_in], A [E, d_in, r], B [E, r, d_out]"
+        )
+    if probs is None and n_experts != 1:
+        raise ValueError(f"fused_molora: {n_experts} experts need routing probabilities")
+    if probs is not None and probs.shape[-1] != n_experts:
+        raise ValueError(f"fused_molora: probs {tuple(probs.shape)} do not end in E={n_experts}")
+    return _molora(x, probs, lora_A, lora_B, float(scale))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _molora(x, probs, lora_A, lora_B, scale):
+    return lowrank_mixture(x, probs, lora_A, lora_B, scale)
+
+
+def _molora_fwd(x, probs, lora_A, lora_B, scale):
+    return lowrank_mixture(x, probs, lora_A, lora_B, scale), (x, probs, lora_A, lora_B)
+
+
+def _molora_bwd(scale, saved, g_delta):
+    """Gradients of ``x``, ``probs``, ``lora_A``, ``lora_B``; recomputes ``u0 = x @ A_cat``
+    ``[..., E*r]`` in x's dtype."""
+    x, probs, lora_A, lora_B = saved
+    n_experts, d_in, rank = lora_A.shape
+    dt = x.dtype
+    a_cat = rearrange(lora_A.astype(dt), "e i r -> i (e r)")
+    b_cat = rearrange(lora_B.astype(dt), "e r o -> (e r) o")
+    g = g_delta.astype(dt) * scale
+    u0 = x @ a_cat
+    p_rep = None if probs is None else repeat(probs.astype(dt), "... e -> ... (e r)", r=rank)
+    u = u0 if p_rep is None else u0 * p_rep
+    flat = functools.partial(rearrange, pattern="... f -> (...) f")
+    g_b = (flat(u).T @ flat(g)).reshape(lora_B.shape)
+    g_u = g @ b_cat.T  # [..., E*r]
+    g_p = None
+    if probs is not None:
+        g_p = reduce(g_u * u0, "... (e r) -> ... e", "sum", r=rank)
+        g_p = _sum_to_shape(g_p, probs.shape).astype(probs.dtype)
+    g_u0 = g_u if p_rep is None else g_u * p_rep
+    g_x = g_u0 @ a_cat.T
+    g_a = rearrange(flat(x).T @ flat(g_u0), "i (e r) -> e i r", r=rank)
+    return g_x.astype(x.dtype), g_p, g_a.astype(lora_A.dtype), g_b.astype(lora_B.dtype)
+
+
+def _sum_to_shape(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Undo broadcasting: sum ``x`` over the axes that ``shape`` lacks or has as 1."""
+    x = x.sum(axis=tuple(range(x.ndim - len(shape)))) if x.ndim > len(shape) else x
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and x.shape[i] != 1)
+    return x.sum(axis=axes, keepdims=True) if axes else x
+
+
+_molora.defvjp(_molora_fwd, _molora_bwd)
