@@ -159,6 +159,7 @@ def saved_bytes(spec: SiteSpec, fused: bool, n: int) -> int:
     """Bytes the adapter adds to what autograd keeps for backward over ``n`` tokens at one
     site (its input, its base output and its parameters excluded: those exist either way)."""
     import torch
+
     from mixlight_torch.layers import AdapterLayer, AdapterSwitch
 
     rng = np.random.default_rng(0)

@@ -23,12 +23,12 @@ import os
 
 import torch
 import torch.distributed as dist
-from mixlight_torch.distributed import save_adapter_distributed, shard_batch, shard_model
 from torch.distributed.device_mesh import init_device_mesh
 from torch.nn.parallel import DistributedDataParallel
 from transformers import T5Config, T5ForConditionalGeneration
 
 import mixlight as ml
+from mixlight_torch.distributed import save_adapter_distributed, shard_batch, shard_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -13,9 +13,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from mixlight_jax import AdapterParam
 
 import mixlight as ml
+from mixlight_jax import AdapterParam
 
 LOGICAL_RULES = [("expert", None), ("embed", None), ("mlp", None), ("rank", None)]
 

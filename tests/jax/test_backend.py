@@ -24,6 +24,10 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+
+import mixlight as ml  # noqa: E402
+from mixlight.math import lowrank_mixture, mix_vectors, router_logits, router_probs  # noqa: E402
+from mixlight.testing import check_site, site_cases  # noqa: E402
 from mixlight_jax import (  # noqa: E402
     AdapterParam,
     adapter_layers,
@@ -35,10 +39,6 @@ from mixlight_jax import (  # noqa: E402
     t5,
 )
 from mixlight_jax.layers import mix  # noqa: E402
-
-import mixlight as ml  # noqa: E402
-from mixlight.math import lowrank_mixture, mix_vectors, router_logits, router_probs  # noqa: E402
-from mixlight.testing import check_site, site_cases  # noqa: E402
 
 HERE = Path(__file__).parent
 BF16 = jnp.bfloat16

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from safetensors.numpy import load_file, save_file
+
 from mixlight_jax.t5 import (
     CheckpointError,
     T5Config,
@@ -20,7 +22,6 @@ from mixlight_jax.t5 import (
     hf_state_key,
     module_paths,
 )
-from safetensors.numpy import load_file, save_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before any transformers import
 

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+import mixlight as ml
 from mixlight_torch.distributed import (
     save_adapter_distributed,
     shard_batch,
     shard_model,
 )
 from mixlight_torch.model import adapter_parameters
-
-import mixlight as ml
 from tests.torch.conftest import perturb, tiny_t5
 
 ROOT = Path(__file__).resolve().parents[2]

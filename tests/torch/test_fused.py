@@ -10,9 +10,9 @@ torch = pytest.importorskip("torch")
 
 from hypothesis import assume, given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from mixlight_torch.fused import fused_molora, fused_mov  # noqa: E402
 
 from mixlight.math import lowrank_mixture, mix_vectors, router_logits, router_probs  # noqa: E402
+from mixlight_torch.fused import fused_molora, fused_mov  # noqa: E402
 
 Tensor = torch.Tensor
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
-from mixlight_torch.layers import AdapterLayer, AdapterSwitch
 
 import mixlight as ml
 from mixlight.testing import check_site, site_cases
+from mixlight_torch.layers import AdapterLayer, AdapterSwitch
 from tests.torch.conftest import perturb, tiny_t5
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

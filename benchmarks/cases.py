@@ -1,0 +1,192 @@
+"""The benchmark cases: shapes (full and ``--quick``), targets, and the runner.
+
+A case builds :class:`~benchmarks.impl.Group`s of implementations; :func:`run_case` times
+each group in interleaved rounds, counts the bytes saved for backward (and the CUDA peak),
+checks the targets and, for every missed time target, profiles where the implementation
+spends more time than the one it is compared with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from benchmarks import measure
+from benchmarks.analysis import analysis_for
+from benchmarks.impl import Group
+from benchmarks.sites import molora_group, mov_group
+from benchmarks.t5 import T5Shape, generation_group, training_group
+
+MOV_EXPERTS = (1, 10, 30, 60)
+MOLORA_EXPERTS = (4, 10, 16)
+RANK = 4
+
+
+@dataclass(frozen=True)
+class Target:
+    """``metric(impl) / metric(versus) <= bound`` in group ``group``; metric ``"time"`` (the
+    median of per-round time ratios) or ``"saved"`` (bytes saved for backward)."""
+
+    group: str
+    impl: str
+    versus: str
+    metric: str
+    bound: float
+
+    def describe(self) -> str:
+        what = "time" if self.metric == "time" else "saved activations"
+        return f"{self.group}: {self.impl} {what} <= {self.bound:.3g}x {self.versus}"
+
+
+@dataclass(frozen=True)
+class Case:
+    """A numbered case: ``build(quick, device) -> (groups, shapes text)``."""
+
+    number: int
+    title: str
+    build: Callable[[bool, torch.device], tuple[list[Group], str]]
+    targets: tuple[Target, ...]
+    repeats: int
+
+
+def _site_shape(quick: bool) -> tuple[int, int]:
+    return (64, 32) if quick else (8192, 1024)
+
+
+def _build_mov(quick: bool, device: torch.device) -> tuple[list[Group], str]:
+    tokens, d = _site_shape(quick)
+    groups = [mov_group(tokens, d, e, device) for e in MOV_EXPERTS]
+    return groups, f"h [{tokens}, {d}] float32, router [{d}, E], vectors [E, {d}], no heads"
+
+
+def _build_molora(quick: bool, device: torch.device) -> tuple[list[Group], str]:
+    tokens, d = _site_shape(quick)
+    groups = [molora_group(tokens, d, e, RANK, device) for e in MOLORA_EXPERTS]
+    return groups, (
+        f"x [{tokens}, {d}] float32, d_in = d_out = {d}, r = {RANK}, router [{d}, E]; the "
+        "adapter delta only (no frozen base Linear)"
+    )
+
+
+def _t5_shape(quick: bool, batch: int = 4) -> T5Shape:
+    """t5-v1_1-small at batch 4 (batch 8 takes ~10 s a step on 2 shared cores), or tiny."""
+    if quick:
+        return T5Shape(32, 8, 4, 64, 2, 100, 2, 16, 8)
+    return T5Shape.small(batch=batch)
+
+
+def _build_training(quick: bool, device: torch.device) -> tuple[list[Group], str]:
+    shape = _t5_shape(quick)
+    return [training_group(shape, device)], shape.describe() + "; random weights, dropout 0"
+
+
+def _build_generation(quick: bool, device: torch.device) -> tuple[list[Group], str]:
+    shape, new_tokens = _t5_shape(quick, batch=1), 8 if quick else 64
+    text = f"{shape.describe()} (source only); {new_tokens} new tokens, greedy, KV cache"
+    return [generation_group(shape, new_tokens, device)], text
+
+
+CASES = {
+    1: Case(
+        1,
+        "MoV site, forward + backward",
+        _build_mov,
+        (
+            Target("E=10", "fused", "ia3", "time", 1.3),
+            Target("E=10", "fused", "ia3", "saved", 1.05),
+        ),
+        repeats=10,
+    ),
+    2: Case(
+        2,
+        "MoLoRA site, forward + backward",
+        _build_molora,
+        (
+            *(Target(f"E={e}", "fused", "lora", "time", 1.1) for e in MOLORA_EXPERTS),
+            Target("E=16", "fused", "loop", "time", 1 / 3),
+            *(Target(f"E={e}", "fused", "loop", "saved", 0.2) for e in MOLORA_EXPERTS),
+        ),
+        repeats=5,
+    ),
+    3: Case(
+        3,
+        "T5 training step (forward + backward)",
+        _build_training,
+        (
+            Target("train step", "mov-10", "peft-ia3", "time", 1.05),
+            Target("train step", "molora-10-r4", "peft-lora-r40", "time", 1.10),
+            Target("train step", "mov-10", "peft-ia3", "saved", 1.05),
+        ),
+        repeats=5,
+    ),
+    4: Case(
+        4,
+        "Cached greedy generation",
+        _build_generation,
+        (Target("generate", "mov-10", "base", "time", 1.15),),
+        repeats=5,
+    ),
+}
+
+
+def _ratio(t: Target, results: dict[str, dict], times: dict[str, list[float]]) -> float | None:
+    """The measured value of ``t``'s ratio (None when a side saved nothing)."""
+    if t.metric == "saved":
+        a, b = results[t.impl]["saved_bytes"], results[t.versus]["saved_bytes"]
+        return a / b if a and b else None
+    rounds = [x / y for x, y in zip(times[t.impl], times[t.versus], strict=True)]
+    return measure.median_iqr(rounds)[1]
+
+
+def run_group(group: Group, repeats: int, warmup: int, device: torch.device):
+    """``(per-implementation results, raw times)`` for one group."""
+    steps = {name: impl.step for name, impl in group.impls.items()}
+    times = measure.time_interleaved(steps, repeats, warmup, device)
+    timings = measure.summarize(times, group.baseline)
+    results = {}
+    for name, impl in group.impls.items():
+        saved = None
+        if impl.backward is not None:
+            saved = measure.saved_bytes(impl.forward, impl.frozen)
+        results[name] = {
+            **timings[name].as_dict(),
+            "saved_bytes": saved,
+            "cuda_peak_bytes": measure.cuda_peak_bytes(impl.step, device),
+        }
+    return results, times
+
+
+def run_case(
+    case: Case, quick: bool, repeats: int | None, device: torch.device, profile: bool = True
+) -> dict:
+    """Run every group of ``case``; a JSON-ready dict with results, targets and profiles."""
+    groups, shapes = case.build(quick, device)
+    n = repeats or (3 if quick else case.repeats)
+    warmup = 1
+    out_groups, raw = [], {}
+    for group in groups:
+        results, times = run_group(group, n, warmup, device)
+        raw[group.label] = (group, results, times)
+        out_groups.append({"label": group.label, "baseline": group.baseline, "impls": results})
+    targets = []
+    for t in case.targets:
+        group, results, times = raw[t.group]
+        ratio = _ratio(t, results, times)
+        entry = {"target": t.describe(), "ratio": ratio, "bound": t.bound}
+        entry["met"] = None if ratio is None else ratio <= t.bound
+        if profile and entry["met"] is False and t.metric == "time":
+            impls = group.impls
+            entry["profile"] = measure.profile_diff(impls[t.impl].step, impls[t.versus].step)
+        targets.append(entry)
+    return {
+        "case": case.number,
+        "title": case.title,
+        "shapes": shapes,
+        "repeats": n,
+        "warmup": warmup,
+        "groups": out_groups,
+        "targets": targets,
+        "analysis": analysis_for(case.number, device.type, quick),
+    }

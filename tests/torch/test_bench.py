@@ -1,0 +1,88 @@
+"""The benchmark suite on tiny shapes: every compared implementation computes the same
+numbers (outputs and gradients), and the results writer produces its sections. No speed
+assertions: speed and memory live in ``benchmarks/RESULTS.md``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from mixlight.bench_cli import import_benchmarks, main  # noqa: E402
+
+bench = import_benchmarks()
+from benchmarks.impl import check_same  # noqa: E402
+from benchmarks.sites import molora_group  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared CPU, OpenMP workers that spin-wait make tiny ops slow."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("number", sorted(bench.cases.CASES))
+def test_case_implementations_agree(number: int) -> None:
+    groups, shapes = bench.cases.CASES[number].build(True, CPU)
+    assert shapes
+    assert sum(check_same(g) for g in groups) >= len(groups)
+
+
+def test_lora_baseline_matches_uniformly_routed_molora() -> None:
+    group = molora_group(32, 16, 4, 4, CPU, router_std=0.0)
+    assert ("fused", "lora", ("out", "x")) in group.same
+    check_same(group)
+
+
+def test_peft_and_mixlight_ia3_have_the_same_gradients() -> None:
+    (group,), _ = bench.cases.CASES[3].build(True, CPU)
+    norms = {}
+    for name in ("peft-ia3", "mixlight-ia3"):
+        result = group.impls[name].step()
+        norms[name] = sorted(float(g.norm()) for k, g in result.items() if k != "out")
+    assert len(norms["peft-ia3"]) == len(norms["mixlight-ia3"]) > 0
+    torch.testing.assert_close(norms["peft-ia3"], norms["mixlight-ia3"], rtol=1e-4, atol=1e-7)
+
+
+def test_writer_produces_every_section(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    out = tmp_path / "results"
+    argv = ["--quick", "--cases", "1,4", "--repeats", "1", "--threads", "1", "--out", str(out)]
+    assert main(argv) == 0
+    text = (out / "RESULTS.md").read_text()
+    for section in (
+        "# mixlight benchmarks",
+        "Command: `mixlight bench --quick --cases 1,4 --repeats 1 --threads 1",
+        "Machine:",
+        "Libraries:",
+        "## Targets",
+        "## Case 1: MoV site",
+        "## Case 4: Cached greedy generation",
+        "E=10: fused time <= 1.3x ia3",
+        "## Notes",
+    ):
+        assert section in text
+    record = json.loads((out / "results.json").read_text())
+    assert [c["case"] for c in record["cases"]] == [1, 4]
+    assert {"torch", "transformers", "peft"} <= set(record["environment"]["versions"])
+    for case in record["cases"]:
+        for target in case["targets"]:
+            assert target["met"] in (True, False) and target["ratio"] > 0
+    (out / "RESULTS.md").unlink()
+    assert main(["--render", "--out", str(out)]) == 0
+    assert (out / "RESULTS.md").read_text() == text
+
+
+def test_bad_arguments_are_reported() -> None:
+    assert main(["--quick", "--cases", "9", "--out", "unused"]) == 2
+    with pytest.raises(SystemExit):
+        main(["--cases", "one"])
