@@ -170,13 +170,20 @@ def _mov_backward(
     g_l = _softmax_backward(probs, g_p, full)
     if g_logits is not None:
         g_l = g_l + g_logits.reshape(probs.shape)
-    g_w = torch.einsum("nhk,nhe->ke", hr, g_l).to(router_weight.dtype) if need_w else None
+    flat_l = g_l.reshape(-1, n_experts)  # [n*H, E]
+    g_w = None
+    if need_w:
+        # (g_l^T @ h)^T rather than h^T @ g_l: the same product, ~7x faster on CPU (MKL is
+        # slow with a long inner dimension and a skinny output).
+        g_w = (flat_l.T @ hr.reshape(-1, d_head)).T.to(router_weight.dtype)
     g_h = None
     if need_h:
-        g_h = torch.einsum("nhe,ke->nhk", g_l, w).reshape(h.shape).to(h.dtype)
-        if g_out is not None:
+        if g_out is None:
+            g_h = (flat_l @ w.T).reshape(h.shape).to(h.dtype)
+        else:
             merged = torch.einsum("nhe,ehk->nhk", probs, per_head).reshape(h.shape)
-            g_h = g_h + g_out * merged.to(h.dtype)
+            direct = (g_out * merged.to(h.dtype)).reshape(-1, d_head).to(cdt)
+            g_h = torch.addmm(direct, flat_l, w.T).reshape(h.shape).to(h.dtype)
     return g_h, g_w, g_v
 
 
