@@ -20,6 +20,8 @@ the torch code below runs on every device.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
@@ -27,9 +29,11 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 __all__ = ["FusedMoLoRA", "FusedMoV", "fused_molora", "fused_mov"]
 
 
-def _no_autocast(t: Tensor) -> torch.autocast:
-    """A context that turns autocast off on ``t``'s device type."""
-    return torch.autocast(device_type=t.device.type, enabled=False)
+def no_autocast(t: Tensor) -> contextlib.AbstractContextManager:
+    """A context that turns autocast off on ``t``'s device type (free when it is off)."""
+    if torch.is_autocast_enabled(t.device.type):
+        return torch.autocast(device_type=t.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _compute_dtype(h: Tensor) -> torch.dtype:
@@ -80,6 +84,29 @@ def _check_mov_shapes(h: Tensor, router_weight: Tensor, vectors: Tensor, heads: 
         )
 
 
+def _mov_forward(
+    h: Tensor,
+    router_weight: Tensor,
+    vectors: Tensor,
+    heads: int | None,
+    top_k: int | None,
+    renormalize: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The forward of :func:`fused_mov`: ``(out [..., d], probs, logits [..., (H,) E])``."""
+    n_heads = heads or 1
+    lead, d, n_experts = h.shape[:-1], h.shape[-1], vectors.shape[0]
+    cdt = _compute_dtype(h)
+    with no_autocast(h):
+        hr = h.reshape(-1, n_heads, d // n_heads).to(cdt)
+        logits = torch.einsum("nhk,ke->nhe", hr, router_weight.to(cdt))
+        probs = _mask_top_k(torch.softmax(logits, dim=-1), top_k, renormalize)
+        per_head = vectors.to(cdt).reshape(n_experts, n_heads, d // n_heads)
+        merged = torch.einsum("nhe,ehk->nhk", probs, per_head)
+        out = h * merged.reshape(h.shape).to(h.dtype)
+    routed_shape = (*lead, n_heads, n_experts) if heads else (*lead, n_experts)
+    return out, probs.reshape(routed_shape), logits.reshape(routed_shape)
+
+
 class FusedMoV(torch.autograd.Function):
     """Routed (IA)³ soft merge, ``(out, probs, logits)``; see :func:`fused_mov`.
 
@@ -97,23 +124,13 @@ class FusedMoV(torch.autograd.Function):
         top_k: int | None,
         renormalize: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        n_heads = heads or 1
-        lead, d, n_experts = h.shape[:-1], h.shape[-1], vectors.shape[0]
-        cdt = _compute_dtype(h)
-        with _no_autocast(h):
-            hr = h.reshape(-1, n_heads, d // n_heads).to(cdt)
-            logits = torch.einsum("nhk,ke->nhe", hr, router_weight.to(cdt))
-            probs = _mask_top_k(torch.softmax(logits, dim=-1), top_k, renormalize)
-            per_head = vectors.to(cdt).reshape(n_experts, n_heads, d // n_heads)
-            merged = torch.einsum("nhe,ehk->nhk", probs, per_head)
-            out = h * merged.reshape(h.shape).to(h.dtype)
-        # Only the inputs and the [n, H, E] probabilities: the merged [n, d] vector (and the
+        out, probs, logits = _mov_forward(h, router_weight, vectors, heads, top_k, renormalize)
+        # Only the inputs and the [.., E] probabilities: the merged [n, d] vector (and the
         # logits, for the unrenormalised top-k backward) are recomputed in backward.
         ctx.save_for_backward(h, router_weight, vectors, probs)
         ctx.heads, ctx.top_k, ctx.renormalize = heads, top_k, renormalize
         ctx.set_materialize_grads(False)
-        routed_shape = (*lead, n_heads, n_experts) if heads else (*lead, n_experts)
-        return out, probs.reshape(routed_shape), logits.reshape(routed_shape)
+        return out, probs, logits
 
     @staticmethod
     @once_differentiable
@@ -121,8 +138,9 @@ class FusedMoV(torch.autograd.Function):
         ctx: FunctionCtx, g_out: Tensor | None, g_probs: Tensor | None, g_logits: Tensor | None
     ) -> tuple[Tensor | None, ...]:
         h, router_weight, vectors, probs = ctx.saved_tensors
+        probs = probs.reshape(-1, ctx.heads or 1, probs.shape[-1])  # [n, H, E]
         masked_softmax = ctx.top_k is not None and not ctx.renormalize
-        with _no_autocast(h):
+        with no_autocast(h):
             g_h, g_w, g_v = _mov_backward(
                 (h, router_weight, vectors, probs),
                 (g_out, g_probs, g_logits),
@@ -213,6 +231,12 @@ def fused_mov(
         raise ValueError(f"fused_mov: top_k must be at least 1; got {top_k}")
     if top_k is not None and top_k >= vectors.shape[0]:
         top_k = None
+    if not (
+        torch.is_grad_enabled()
+        and (h.requires_grad or router_weight.requires_grad or vectors.requires_grad)
+    ):
+        # Inference (e.g. generation): skip the autograd.Function and its bookkeeping.
+        return _mov_forward(h, router_weight, vectors, heads or None, top_k, renormalize)
     return FusedMoV.apply(h, router_weight, vectors, heads or None, top_k, renormalize)
 
 
@@ -228,7 +252,7 @@ class FusedMoLoRA(torch.autograd.Function):
         lora_B: Tensor,
         scale: float,
     ) -> Tensor:
-        with _no_autocast(x):
+        with no_autocast(x):
             u = _molora_hidden(x, lora_A, probs)
             delta = torch.matmul(u, _b_cat(lora_B, x.dtype)) * scale
         ctx.save_for_backward(x, probs, lora_A, lora_B)
@@ -239,7 +263,7 @@ class FusedMoLoRA(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: FunctionCtx, g_delta: Tensor) -> tuple[Tensor | None, ...]:
         x, probs, lora_A, lora_B = ctx.saved_tensors
-        with _no_autocast(x):
+        with no_autocast(x):
             grads = _molora_backward(
                 x, probs, lora_A, lora_B, g_delta * ctx.scale, ctx.needs_input_grad[:4]
             )

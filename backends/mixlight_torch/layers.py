@@ -10,7 +10,7 @@ from torch import nn
 
 from mixlight import LowRank, SiteSpec, Vectors, apply_site
 from mixlight.site_spec import route, select_mask
-from mixlight_torch.fused import fused_molora, fused_mov
+from mixlight_torch.fused import fused_molora, fused_mov, no_autocast
 
 
 class AdapterSwitch:
@@ -63,9 +63,10 @@ class AdapterLayer(nn.Module):
         if self.switch.check_finite:
             self._check_finite(x, h)
         # Autocast off: routers stay float32; mixing runs in the activations' own dtypes.
-        with torch.autocast(device_type=h.device.type, enabled=False):
+        with no_autocast(h):
             out, probs, logits = self.mix(x, h)
-        self.last_probs, self.last_logits = probs, logits
+        # (plain attributes: nn.Module.__setattr__ is measurable per generated token)
+        self.__dict__.update(last_probs=probs, last_logits=logits)
         return out
 
     def _check_finite(self, x: torch.Tensor, h: torch.Tensor) -> None:
