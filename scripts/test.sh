@@ -14,3 +14,8 @@ echo "== lint and types"
 .venv/bin/mypy
 echo "== full suite"
 .venv/bin/python -m pytest tests -q
+echo "== main job smoke test: mixlight demo --quick"
+smoke=$(mktemp -d)
+.venv/bin/mixlight demo --quick --no-progress --out "$smoke/out" --cache-dir "$smoke/cache"
+test -s "$smoke/out/results.json"
+rm -rf "$smoke"
