@@ -1,0 +1,289 @@
+"""The demo's torch backend (interface in :mod:`mixlight.demo.experiment`).
+
+The built-in base is a tiny T5 v1.1 (gated-gelu, untied head) built from ``T5Config`` with a
+SentencePiece vocabulary, pre-trained on the demo corpus (span corruption mixed with prefix
+LM) and cached as ``save_pretrained`` + ``spiece.model`` under ``cache_dir/base-<hash>/``,
+which ``--model`` also accepts. Tuning pads each batch to its longest row; labels use -100
+for padding.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from torch import nn
+from tqdm.auto import tqdm
+
+import mixlight as ml
+from mixlight.demo.corruption import span_corruption
+from mixlight.demo.experiment import (
+    BaseSpec,
+    DemoConfig,
+    TuneSettings,
+    base_cache_name,
+    pretraining_data,
+)
+from mixlight.demo.schema import Example
+from mixlight.demo.tokenizer import EOS_ID, PAD_ID, Tokenizer, train_tokenizer
+from mixlight_torch.evaluate import as_encode, pad, rank_classification, truncate
+
+Pair = tuple[list[int], list[int]]
+
+
+@dataclass
+class Base:
+    """The frozen starting point every method copies, and its tokenizer."""
+
+    model: transformers.T5ForConditionalGeneration
+    encode: Callable[[str], list[int]]
+    path: Path
+    description: str
+
+
+def t5_config(spec: BaseSpec, vocab_size: int) -> transformers.T5Config:
+    """A T5 v1.1 config (gated-gelu, untied embeddings, no dropout) of ``spec``'s size."""
+    return transformers.T5Config(
+        vocab_size=vocab_size,
+        d_model=spec.d_model,
+        d_kv=spec.d_kv,
+        num_heads=spec.num_heads,
+        d_ff=spec.d_ff,
+        num_layers=spec.num_layers,
+        num_decoder_layers=spec.num_layers,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        dropout_rate=0.0,
+        pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+        decoder_start_token_id=PAD_ID,
+    )
+
+
+def make_optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """HF Adafactor as in the paper (parameter-scaled, constant lr, no momentum) or AdamW."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    return transformers.optimization.Adafactor(
+        params, lr=lr, scale_parameter=True, relative_step=False, warmup_init=False
+    )
+
+
+def collate(pairs: Sequence[Pair]) -> dict[str, torch.Tensor]:
+    """Model inputs for ``(input ids, target ids)`` pairs; padded labels are -100."""
+    input_ids, attention_mask = pad([p[0] for p in pairs], PAD_ID)
+    labels, _ = pad([p[1] for p in pairs], -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def batches(n: int, batch_size: int, steps: int, seed: int) -> Iterator[list[int]]:
+    """``steps`` batches of indices: reshuffled epochs from ``random.Random(seed)``, so every
+    method sees the same data order for the same seed."""
+    rng = random.Random(f"mixlight-demo-order:{seed}")
+    order: list[int] = []
+    for _ in range(steps):
+        while len(order) < batch_size:
+            epoch = list(range(n))
+            rng.shuffle(epoch)
+            order += epoch
+        yield order[:batch_size]
+        order = order[batch_size:]
+
+
+def train_loop(
+    model: nn.Module,
+    make_batch: Callable[[list[int]], dict[str, torch.Tensor]],
+    n: int,
+    settings: TuneSettings,
+    aux_loss: bool = False,
+) -> list[float]:
+    """Train ``model`` in place; return the loss of every step (none when nothing trains)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params or settings.steps == 0:
+        return []
+    optimizer = make_optimizer(settings.optimizer, params, settings.lr)
+    model.train()
+    losses: list[float] = []
+    steps = batches(n, settings.batch_size, settings.steps, settings.seed)
+    bar = tqdm(steps, total=settings.steps, desc=settings.label, disable=not settings.progress)
+    for indices in bar:
+        loss = model(**make_batch(indices)).loss
+        if aux_loss:
+            loss = loss + ml.aux_losses(model)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if len(losses) % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+    model.eval()
+    return losses
+
+
+def pretraining_pair(
+    chunk: list[int], rng: random.Random, tok: Tokenizer, prefix_lm: float
+) -> Pair:
+    """One pre-training example from ``chunk``: span corruption, or with probability
+    ``prefix_lm`` a prefix-LM split (T5's "LM adaptation": continue the text), EOS appended."""
+    if rng.random() < prefix_lm:
+        cut = rng.randint(1, len(chunk) - 1)
+        inputs, targets = chunk[:cut], chunk[cut:]
+    else:
+        inputs, targets = span_corruption(chunk, rng, tok.sentinel_ids)
+    return [*inputs, EOS_ID], [*targets, EOS_ID]
+
+
+def _pretrain(model: nn.Module, tok: Tokenizer, corpus: list[str], spec: BaseSpec, progress: bool):
+    """Pre-train on ``chunk_tokens``-long pieces of the concatenated corpus, each drawn
+    example corrupted (or split) afresh; return the mean loss of the last 100 steps."""
+    stream = [i for sentence in corpus for i in tok.encode(sentence)[:-1]]
+    size = spec.chunk_tokens
+    chunks = [stream[i : i + size] for i in range(0, len(stream) - size + 1, size)]
+    rng = random.Random(f"mixlight-demo-pretrain:{spec.seed}")
+
+    def make_batch(indices: list[int]) -> dict[str, torch.Tensor]:
+        return collate([pretraining_pair(chunks[i], rng, tok, spec.prefix_lm) for i in indices])
+
+    settings = TuneSettings(
+        steps=spec.pretrain_steps,
+        batch_size=spec.pretrain_batch_size,
+        lr=spec.pretrain_lr,
+        optimizer="adafactor",
+        seed=spec.seed,
+        dropout=0.0,
+        max_input_tokens=size,
+        max_target_tokens=size,
+        progress=progress,
+        label="pre-train base",
+    )
+    return float(np.mean(train_loop(model, make_batch, len(chunks), settings)[-100:]))
+
+
+def _build_base(cfg: DemoConfig, directory: Path) -> None:
+    """Train the tokenizer, pre-train the tiny T5 and write both to ``directory`` atomically."""
+    corpus, tokenizer_texts = pretraining_data(cfg)
+    tok = train_tokenizer(tokenizer_texts, vocab_size=cfg.base.vocab_size)
+    torch.manual_seed(cfg.base.seed)
+    model = transformers.T5ForConditionalGeneration(t5_config(cfg.base, tok.vocab_size))
+    start = time.perf_counter()
+    loss = _pretrain(model, tok, corpus, cfg.base, cfg.progress)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    try:
+        model.save_pretrained(tmp)
+        tok.save(tmp / "spiece.model")
+        info = {"final_loss": loss, "seconds": round(time.perf_counter() - start, 1)}
+        (tmp / "pretraining.json").write_text(json.dumps(info, indent=2) + "\n")
+        if not directory.exists():  # another run may have finished the same base first
+            os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_tokenizer(path: Path) -> Callable[[str], list[int]]:
+    """The checkpoint's own tokenizer: HF files when present, else ``spiece.model``."""
+    if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
+        return as_encode(transformers.AutoTokenizer.from_pretrained(str(path)))
+    return as_encode(Tokenizer.load(path / "spiece.model"))
+
+
+def prepare(cfg: DemoConfig) -> Base:
+    """The base model: ``cfg.model_path``, or the cached (built on first use) tiny T5."""
+    torch.set_num_threads(cfg.threads)
+    path = cfg.model_path
+    if path is None:
+        path = cfg.cache_dir / base_cache_name(cfg)
+        if not (path / "config.json").is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _build_base(cfg, path)
+        loss = json.loads((path / "pretraining.json").read_text())["final_loss"]
+        origin = f"tiny T5 v1.1 pre-trained here (final pre-training loss {loss:.2f}), {path}"
+    else:
+        origin = str(path)
+    model = transformers.T5ForConditionalGeneration.from_pretrained(str(path)).eval()
+    model.requires_grad_(False)
+    encode = lru_cache(maxsize=None)(_load_tokenizer(path))
+    n = sum(p.numel() for p in model.parameters())
+    return Base(model, encode, path, f"{origin} ({n / 1e6:.2f}M parameters)")
+
+
+def _set_dropout(model: nn.Module, rate: float) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = rate
+
+
+def tune(
+    base: Base,
+    adapter: ml.AdapterConfig | None,
+    examples: Sequence[Example],
+    settings: TuneSettings,
+) -> tuple[nn.Module, list[float]]:
+    """A trained copy of the base (``adapter`` injected; ``None``: all weights train) and its
+    loss at every step. Routers' auxiliary losses are added when the config weights them."""
+    torch.manual_seed(settings.seed)
+    model = copy.deepcopy(base.model)
+    if adapter is None:
+        model.requires_grad_(settings.steps > 0)
+    else:
+        ml.inject(model, adapter, seed=settings.seed)
+    _set_dropout(model, settings.dropout)
+    pairs = [
+        (
+            truncate(base.encode(e.inputs), settings.max_input_tokens),
+            truncate(base.encode(e.targets), settings.max_target_tokens),
+        )
+        for e in examples
+    ]
+
+    def make_batch(indices: list[int]) -> dict[str, torch.Tensor]:
+        return collate([pairs[i] for i in indices])
+
+    losses = train_loop(model, make_batch, len(pairs), settings, aux_loss=adapter is not None)
+    return model, losses
+
+
+def evaluate(
+    model: nn.Module, base: Base, examples: Sequence[Example], cfg: DemoConfig
+) -> tuple[list[bool], dict[str, dict[str, list[float]]]]:
+    """Rank-classification correctness and per-task mean routing probabilities."""
+    result = rank_classification(
+        model,
+        base.encode,
+        examples,
+        cfg.eval_batch_size,
+        max_input_tokens=cfg.max_input_tokens,
+        progress=cfg.progress,
+    )
+    routing = {
+        site: {task: np.asarray(p).round(5).tolist() for task, p in by_task.items()}
+        for site, by_task in result.routing.items()
+    }
+    return result.correct, routing
+
+
+def trainable_percent(model: nn.Module) -> float:
+    """% of the model's parameters that train (``ml.trainable_parameters`` when injected)."""
+    if "mixlight_state" in model.__dict__:
+        return float(ml.trainable_parameters(model).percent)
+    total = sum(p.numel() for p in model.parameters())
+    return 100.0 * sum(p.numel() for p in model.parameters() if p.requires_grad) / total
+
+
+def save(model: nn.Module, directory: Path) -> Path | None:
+    """``ml.save_adapter`` for adapter methods; full fine-tuning saves nothing (a full copy
+    of the base per run is not worth the disk)."""
+    if "mixlight_state" not in model.__dict__:
+        return None
+    return ml.save_adapter(model, directory)
