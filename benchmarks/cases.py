@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
+import mixlight
 from benchmarks import measure
 from benchmarks.analysis import analysis_for
 from benchmarks.impl import Group
-from benchmarks.sites import molora_group, mov_group
+from benchmarks.sites import compiled, molora_group, mov_group
 from benchmarks.t5 import T5Shape, generation_group, training_group
 
 MOV_EXPERTS = (1, 10, 30, 60)
@@ -59,6 +60,18 @@ def _build_mov(quick: bool, device: torch.device) -> tuple[list[Group], str]:
     tokens, d = _site_shape(quick)
     groups = [mov_group(tokens, d, e, device) for e in MOV_EXPERTS]
     return groups, f"h [{tokens}, {d}] float32, router [{d}, E], vectors [E, {d}], no heads"
+
+
+def _build_mov_compiled(quick: bool, device: torch.device) -> tuple[list[Group], str]:
+    tokens, d = _site_shape(quick)
+    backend = "aot_eager" if quick else "inductor"
+    mixlight.load_backend("torch")  # the core math's primitive lookup is then traceable
+    group = compiled(mov_group(tokens, d, 10, device), backend)
+    return (
+        [group],
+        f"case 1 at E=10 (h [{tokens}, {d}]), each implementation under "
+        f"torch.compile(fullgraph=True, backend={backend!r})",
+    )
 
 
 def _build_molora(quick: bool, device: torch.device) -> tuple[list[Group], str]:
@@ -127,6 +140,16 @@ CASES = {
         _build_generation,
         (Target("generate", "mov-10", "base", "time", 1.15),),
         repeats=5,
+    ),
+    5: Case(
+        5,
+        "MoV site under torch.compile, forward + backward",
+        _build_mov_compiled,
+        (
+            Target("E=10 compiled", "fused", "ia3", "time", 1.3),
+            Target("E=10 compiled", "unfused", "ia3", "time", 1.3),
+        ),
+        repeats=10,
     ),
 }
 

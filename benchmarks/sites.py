@@ -9,6 +9,8 @@ op, a per-expert Python loop, and one LoRA of rank ``E*r``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from benchmarks.impl import Group, Impl, Pairs, grads_of, new_generator, randn
@@ -42,6 +44,18 @@ def mov_group(tokens: int, d: int, n_experts: int, device: torch.device, seed: i
     if n_experts == 1:
         same.append(("fused", "ia3", ("out", "h")))
     return Group(f"E={n_experts}", "ia3", impls, same)
+
+
+def compiled(group: Group, backend: str) -> Group:
+    """``group`` with every forward under ``torch.compile(fullgraph=True)`` (backward is
+    compiled with it by AOT autograd); ``backend`` is ``"inductor"`` or ``"aot_eager"``."""
+    impls = {
+        name: dataclasses.replace(
+            impl, forward=torch.compile(impl.forward, backend=backend, fullgraph=True)
+        )
+        for name, impl in group.impls.items()
+    }
+    return Group(f"{group.label} compiled", group.baseline, impls, group.same)
 
 
 def _loop_molora(x: Tensor, probs: Tensor, lora_A: Tensor, lora_B: Tensor) -> Tensor:

@@ -32,6 +32,7 @@ class Backend(Protocol):
 
     name: str
     primitives: Primitives
+    # Optional: ``array_types``, exact array types registered for fast lookup when loaded.
 
     def owns_array(self, x: Any) -> bool: ...
 
@@ -104,6 +105,7 @@ _PLUGINS: dict[str, BackendPlugin] = {
     "numpy": BackendPlugin("numpy", "numpy", "", lambda: _NUMPY),
 }
 _LOADED: dict[str, Backend] = {"numpy": _NUMPY}
+_BY_TYPE: dict[type, Primitives] = {np.ndarray: NUMPY_PRIMITIVES}
 _DISCOVERED = False
 
 
@@ -111,6 +113,7 @@ def register_backend(plugin: BackendPlugin) -> None:
     """Register a backend by hand (entry points do this for installed packages)."""
     _PLUGINS[plugin.name] = plugin
     _LOADED.pop(plugin.name, None)
+    _BY_TYPE.clear()
 
 
 def _discover() -> None:
@@ -161,8 +164,10 @@ def load_backend(name: str) -> Backend:
             f"the {name!r} backend needs {plugin.framework!r}, which is not installed: "
             f'pip install "mixlight[{plugin.extra}]"'
         ) from None
-    _LOADED[name] = plugin.load()
-    return _LOADED[name]
+    backend = _LOADED[name] = plugin.load()
+    for array_type in getattr(backend, "array_types", ()):
+        _BY_TYPE[array_type] = backend.primitives
+    return backend
 
 
 def _candidates() -> Iterator[Backend]:
@@ -175,9 +180,17 @@ def _candidates() -> Iterator[Backend]:
 
 
 def primitives_for(x: Any) -> Primitives:
-    """The primitive table for ``x``'s array type."""
+    """The primitive table for ``x``'s array type.
+
+    After the first lookup of a type this is one dict lookup, which ``torch.compile`` and
+    ``jax.jit`` trace through (the first lookup may import and discover backends).
+    """
+    cached = _BY_TYPE.get(type(x))
+    if cached is not None:
+        return cached
     for backend in _candidates():
         if backend.owns_array(x):
+            _BY_TYPE[type(x)] = backend.primitives
             return backend.primitives
     raise TypeError(
         f"no mixlight backend handles arrays of type {type(x).__module__}.{type(x).__name__}; "
@@ -225,3 +238,5 @@ def _isolated_registry() -> Iterator[None]:
         _PLUGINS.update(plugins)
         _LOADED.clear()
         _LOADED.update(loaded)
+        _BY_TYPE.clear()
+        _BY_TYPE[np.ndarray] = NUMPY_PRIMITIVES

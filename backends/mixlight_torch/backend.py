@@ -21,6 +21,7 @@ from mixlight_torch.primitives import TORCH_PRIMITIVES
 class TorchBackend:
     name = "torch"
     primitives = TORCH_PRIMITIVES
+    array_types = (torch.Tensor, nn.Parameter)
 
     def owns_array(self, x: Any) -> bool:
         return isinstance(x, torch.Tensor)

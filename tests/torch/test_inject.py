@@ -173,3 +173,16 @@ def test_custom_expert_example_runs_in_torch(tmp_path, monkeypatch):
     with torch.no_grad():
         base = tiny_t5()(input_ids=ids, decoder_input_ids=ids).logits
         torch.testing.assert_close(model(input_ids=ids, decoder_input_ids=ids).logits, base)
+
+
+def test_core_math_compiles_fullgraph_on_torch():
+    from mixlight.math import mix_vectors, router_logits, router_probs
+
+    ml.load_backend("torch")
+
+    def mov(h, w, v):
+        return mix_vectors(h, router_probs(router_logits(h, w), 2), v)
+
+    h, w, v = torch.randn(3, 5, 8), torch.randn(8, 4), torch.randn(4, 8)
+    compiled = torch.compile(mov, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(h, w, v), mov(h, w, v))
