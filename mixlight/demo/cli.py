@@ -60,7 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--eval-data", type=Path, help="evaluate on this .jsonl instead of --data")
     p.add_argument("--backend", choices=BACKENDS, help="default torch")
-    p.add_argument("--threads", type=int, help=f"CPU threads (default {default.threads})")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help=f"CPU threads (default {default.threads}; --quick {QUICK.threads}; "
+        "use 1 on a busy machine)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
