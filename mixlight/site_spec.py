@@ -171,11 +171,17 @@ def plan_sites(
                     f"{site.pattern!r}; make the patterns disjoint"
                 )
             matched[path] = site
-    specs = []
-    for path in paths:
-        if path in matched:
-            specs.append(_resolve(config, path, matched[path], describe(path, matched[path])))
-    return specs
+    # A canonical order (natural sort of the paths), whatever order the backend walked the
+    # model in: parameters are drawn in this order, so one seed gives one adapter everywhere.
+    return [
+        _resolve(config, path, matched[path], describe(path, matched[path]))
+        for path in sorted(matched, key=_natural_key)
+    ]
+
+
+def _natural_key(path: str) -> list[tuple[int, int | str]]:
+    """``block.2`` before ``block.10``."""
+    return [(0, int(p)) if p.isdigit() else (1, p) for p in path.split(".")]
 
 
 def _resolve(config: AdapterConfig, path: str, site: Site, shape: ModuleShape) -> SiteSpec:

@@ -1,0 +1,313 @@
+"""The demo's JAX backend (interface in :mod:`mixlight.demo.experiment`), mirroring
+:mod:`mixlight_torch.instruct`.
+
+The base is a HF T5 checkpoint directory loaded with :func:`mixlight_jax.t5.from_pretrained`:
+``--model PATH``, or the built-in tiny T5, which is pre-trained and cached by the torch
+backend (the same ``cache_dir/base-<hash>/`` directory), so torch is needed for that step.
+Batches are padded to fixed lengths (``max_input_tokens`` / ``max_target_tokens``) so the
+jitted train and scoring steps compile once. The NNX T5 has no dropout, so
+``settings.dropout`` is not applied.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+import mixlight as ml
+from mixlight.demo.experiment import DemoConfig, DemoError, TuneSettings, base_cache_name
+from mixlight.demo.schema import Example
+from mixlight.demo.tokenizer import PAD_ID, Tokenizer
+from mixlight_jax import AdapterParam, adapter_layers, t5
+from mixlight_jax.model import is_injected
+
+Encode = Callable[[str], list[int]]
+
+
+@dataclass
+class Base:
+    """The frozen starting point every method copies, and its tokenizer."""
+
+    model: Any  # t5.T5ForConditionalGeneration
+    encode: Encode
+    path: Path
+    description: str
+
+
+def truncate(ids: list[int], limit: int | None) -> list[int]:
+    """The first ``limit`` ids, keeping the last one (EOS) last; all of them when it fits."""
+    return ids if limit is None or len(ids) <= limit else ids[: limit - 1] + ids[-1:]
+
+
+def pad_to(rows: Sequence[Sequence[int]], width: int, value: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad id lists to ``width``: ``(ids [len(rows), width], 1/0 mask of real tokens)``."""
+    ids = np.full((len(rows), width), value, np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def shift_right(labels: np.ndarray, mask: np.ndarray, start: int) -> np.ndarray:
+    """Decoder inputs: ``[start] + labels[:-1]``, padding replaced by ``PAD_ID``."""
+    labels = np.where(mask > 0, labels, PAD_ID)
+    return np.concatenate([np.full((len(labels), 1), start, np.int32), labels[:, :-1]], 1)
+
+
+def _load_tokenizer(path: Path) -> Encode:
+    """The checkpoint's own tokenizer: HF files when present, else ``spiece.model``."""
+    if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
+        import transformers
+
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+    else:
+        tokenizer = Tokenizer.load(path / "spiece.model")
+    return lambda text: list(tokenizer.encode(text))
+
+
+def prepare(cfg: DemoConfig) -> Base:
+    """The base model: ``cfg.model_path``, or the tiny T5 the torch backend pre-trains and
+    caches (built on first use; torch required for that)."""
+    path = cfg.model_path
+    if path is None:
+        cached = cfg.cache_dir / base_cache_name(cfg)
+        if (cached / "config.json").is_file() and (cached / "pretraining.json").is_file():
+            path = cached
+            loss = json.loads((path / "pretraining.json").read_text())["final_loss"]
+            origin = f"tiny T5 v1.1 pre-trained here (final pre-training loss {loss:.2f}), {path}"
+        else:
+            try:
+                from mixlight_torch import instruct as torch_instruct
+            except ImportError as error:
+                raise DemoError(
+                    "the jax demo needs a pre-trained base: pass --model PATH (a HF T5 "
+                    "checkpoint directory with its tokenizer), or install torch so the "
+                    f"built-in tiny T5 can be pre-trained ({error})"
+                ) from error
+            torch_base = torch_instruct.prepare(cfg)
+            path = torch_base.path
+            origin = torch_base.description.rsplit(" (", 1)[0]
+    else:
+        origin = str(path)
+    model = t5.from_pretrained(path)
+    encode = lru_cache(maxsize=None)(_load_tokenizer(Path(path)))
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    return Base(model, encode, Path(path), f"{origin} ({n / 1e6:.2f}M parameters)")
+
+
+def batches(n: int, batch_size: int, steps: int, seed: int) -> Iterator[list[int]]:
+    """``steps`` batches of indices, the same order as the torch backend for ``seed``."""
+    rng = random.Random(f"mixlight-demo-order:{seed}")
+    order: list[int] = []
+    for _ in range(steps):
+        while len(order) < batch_size:
+            epoch = list(range(n))
+            rng.shuffle(epoch)
+            order += epoch
+        yield order[:batch_size]
+        order = order[batch_size:]
+
+
+def make_optimizer(name: str, lr: float) -> optax.GradientTransformation:
+    """Adafactor (parameter-scaled, constant lr, no momentum) or AdamW, as the torch backend.
+    ``min_dim_size_to_factor=1`` factors every matrix as HF's Adafactor does (optax's default
+    128 would not, and full fine-tuning losses would drift from torch's)."""
+    if name == "adamw":
+        return optax.adamw(lr, weight_decay=0.0)
+    return optax.adafactor(lr, min_dim_size_to_factor=1, multiply_by_parameter_scale=True)
+
+
+def _decoder_start(model: Any) -> int:
+    start = getattr(model.config, "decoder_start_token_id", None)
+    return PAD_ID if start is None else int(start)
+
+
+def tune(
+    base: Base,
+    adapter: ml.AdapterConfig | None,
+    examples: Sequence[Example],
+    settings: TuneSettings,
+) -> tuple[Any, list[float]]:
+    """A trained copy of the base (``adapter`` injected; ``None``: all weights train) and its
+    loss at every step. Routers' auxiliary losses are added when the config weights them."""
+    model = nnx.clone(base.model)
+    if adapter is not None:
+        ml.inject(model, adapter, seed=settings.seed)
+        wrt: Any = AdapterParam
+    else:
+        wrt = nnx.Param
+    model.mixlight_demo_full = adapter is None and settings.steps > 0
+    pairs = [
+        (
+            truncate(base.encode(e.inputs), settings.max_input_tokens),
+            truncate(base.encode(e.targets), settings.max_target_tokens),
+        )
+        for e in examples
+    ]
+    if settings.steps == 0 or not pairs:
+        return model, []
+    in_len = max(len(p[0]) for p in pairs)
+    out_len = max(len(p[1]) for p in pairs)
+    start = _decoder_start(model)
+    optimizer = nnx.Optimizer(model, make_optimizer(settings.optimizer, settings.lr), wrt=wrt)
+    aux = adapter is not None
+
+    def loss_fn(model, ids, attn, dec_in, labels, label_mask):
+        logits = model(input_ids=ids, attention_mask=attn, decoder_input_ids=dec_in)
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+        token = jnp.take_along_axis(logp, labels[..., None], -1)[..., 0]
+        loss = -(token * label_mask).sum() / jnp.maximum(label_mask.sum(), 1)
+        if aux:
+            loss = loss + ml.aux_losses(model)
+        return loss
+
+    @nnx.jit
+    def step(model, optimizer, ids, attn, dec_in, labels, label_mask):
+        grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))
+        loss, grads = grad_fn(model, ids, attn, dec_in, labels, label_mask)
+        optimizer.update(model, grads)
+        return loss
+
+    losses: list[float] = []
+    order = batches(len(pairs), settings.batch_size, settings.steps, settings.seed)
+    bar = tqdm(order, total=settings.steps, desc=settings.label, disable=not settings.progress)
+    for indices in bar:
+        ids, attn = pad_to([pairs[i][0] for i in indices], in_len, PAD_ID)
+        labels, label_mask = pad_to([pairs[i][1] for i in indices], out_len, PAD_ID)
+        dec_in = shift_right(labels, label_mask, start)
+        loss = step(model, optimizer, ids, attn, dec_in, labels, label_mask.astype(np.float32))
+        losses.append(float(loss))
+        if len(losses) % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+    return model, losses
+
+
+def default_routing_sites(model: Any) -> list[str]:
+    """The last encoder and last decoder FFN activation sites that have a router."""
+    sites = [p for p, layer in adapter_layers(model).items() if layer.spec.has_router]
+    ffn = [p for p in sites if p.endswith("DenseReluDense.act")] or sites
+    chosen = []
+    for stack in ("encoder.", "decoder."):
+        in_stack = [p for p in ffn if p.startswith(stack)]
+        if in_stack:
+            chosen.append(
+                max(in_stack, key=lambda p: [int(t) for t in p.split(".") if t.isdigit()])
+            )
+    return chosen
+
+
+def _head_mean(probs: jax.Array) -> jax.Array:
+    """``[rows, seq, E]`` or ``[rows, seq, H, E]`` -> ``[rows, seq, E]`` (float32)."""
+    probs = probs.astype(jnp.float32)
+    return probs.reshape(*probs.shape[:2], -1, probs.shape[-1]).mean(2)
+
+
+def evaluate(
+    model: Any, base: Base, examples: Sequence[Example], cfg: DemoConfig
+) -> tuple[list[bool], dict[str, dict[str, list[float]]]]:
+    """Rank-classification correctness (summed log-likelihood of each choice's target ids,
+    EOS included; ties to the first choice) and per-task mean routing probabilities."""
+    if any(not e.choices or e.answer is None for e in examples):
+        raise ValueError("rank classification needs examples with choices and an answer")
+    encode = base.encode
+    inputs = [truncate(encode(e.inputs), cfg.max_input_tokens) for e in examples]
+    choices = [[encode(c) for c in e.choices or ()] for e in examples]
+    in_len = max(len(r) for r in inputs)
+    out_len = max(len(c) for cs in choices for c in cs)
+    n_choices = max(len(cs) for cs in choices)
+    size = max(1, min(cfg.eval_batch_size, len(examples)))
+    rows = size * n_choices
+    start = _decoder_start(model)
+    sites = default_routing_sites(model) if is_injected(model) else []
+
+    @nnx.jit
+    def score(model, ids, attn, owner, dec_in, labels, label_mask):
+        layers = adapter_layers(model) if sites else {}
+        hidden = model.encode(ids, attn)
+        probs = {s: _head_mean(layers[s].last_probs.get_value()) for s in sites if "encoder." in s}
+        logits = model.decode(dec_in, hidden[owner], attn[owner])
+        for s in sites:
+            if s.startswith("decoder."):
+                probs[s] = _head_mean(layers[s].last_probs.get_value())
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+        token = jnp.take_along_axis(logp, labels[..., None], -1)[..., 0]
+        return (token * label_mask).sum(1), probs
+
+    sums: dict[str, dict[str, np.ndarray]] = {s: {} for s in sites}
+    counts: dict[str, dict[str, float]] = {s: {} for s in sites}
+
+    def tally(site: str, probs: np.ndarray, mask: np.ndarray, tasks: Sequence[str | None]):
+        weighted = (probs * mask[..., None]).sum(1)
+        for task, row, count in zip(tasks, weighted, mask.sum(1), strict=True):
+            if task is None:
+                continue
+            sums[site][task] = sums[site].get(task, 0.0) + row
+            counts[site][task] = counts[site].get(task, 0.0) + float(count)
+
+    scores: list[list[float]] = []
+    starts = range(0, len(examples), size)
+    for first in tqdm(starts, desc="evaluate", disable=not cfg.progress, leave=False):
+        batch = range(first, min(first + size, len(examples)))
+        ids, attn = pad_to([inputs[i] for i in batch], in_len, PAD_ID)
+        ids = np.pad(ids, ((0, size - len(batch)), (0, 0)), constant_values=PAD_ID)
+        attn = np.pad(attn, ((0, size - len(batch)), (0, 0)))
+        owner = [k for k, i in enumerate(batch) for _ in choices[i]]
+        targets = [c for i in batch for c in choices[i]]
+        real = len(targets)
+        owner += [0] * (rows - real)
+        targets += [[]] * (rows - real)
+        labels, label_mask = pad_to(targets, out_len, PAD_ID)
+        dec_in = shift_right(labels, label_mask, start)
+        flat, probs = score(
+            model, ids, attn, np.asarray(owner, np.int32), dec_in, labels,
+            label_mask.astype(np.float32),
+        )  # fmt: skip
+        flat = np.asarray(flat).tolist()
+        tasks = [examples[i].task for i in batch]
+        row_tasks = [tasks[k] for k in owner[:real]]
+        for site, p in probs.items():
+            p = np.asarray(p)
+            if site.startswith("encoder."):
+                tally(site, p[: len(batch)], attn[: len(batch)].astype(np.float32), tasks)
+            else:
+                memory = "EncDecAttention" in site
+                mask = attn[np.asarray(owner)] if memory else label_mask
+                tally(site, p[:real], mask[:real].astype(np.float32), row_tasks)
+        k = 0
+        for i in batch:
+            scores.append(flat[k : k + len(choices[i])])
+            k += len(choices[i])
+    predicted = [int(np.argmax(s)) for s in scores]
+    correct = [p == e.answer for p, e in zip(predicted, examples, strict=True)]
+    routing = {
+        s: {t: (v / counts[s][t]).round(5).tolist() for t, v in by_task.items()}
+        for s, by_task in sums.items()
+    }
+    return correct, routing
+
+
+def trainable_percent(model: Any) -> float:
+    """% of the model's parameters that train (``ml.trainable_parameters`` when injected)."""
+    if is_injected(model):
+        return float(ml.trainable_parameters(model).percent)
+    return 100.0 if getattr(model, "mixlight_demo_full", False) else 0.0
+
+
+def save(model: Any, directory: Path) -> Path | None:
+    """``ml.save_adapter`` for adapter methods; full fine-tuning saves nothing."""
+    if not is_injected(model):
+        return None
+    return ml.save_adapter(model, directory)

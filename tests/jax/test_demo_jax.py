@@ -1,0 +1,65 @@
+"""The demo's JAX backend: an end-to-end quick run, and agreement with the torch backend."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from flax import nnx
+
+import mixlight as ml
+from mixlight.demo import cli
+from mixlight.demo.experiment import QUICK, _settings, validate
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("demo-cache")
+
+
+def test_quick_run_writes_results(tmp_path, cache_dir):
+    out = tmp_path / "out"
+    argv = ["--quick", "--backend", "jax", "--methods", "ia3,mov", "--steps", "3"]
+    argv += ["--out", str(out), "--cache-dir", str(cache_dir), "--no-progress"]
+    assert cli.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods_info"]) == {"ia3", "mov"}
+    assert (out / "adapters" / "mov-seed0" / "adapter_config.json").is_file()
+
+
+def test_matches_torch_backend(tmp_path, cache_dir):
+    from mixlight_jax import instruct as jax_instruct
+    from mixlight_torch import instruct as torch_instruct
+
+    cfg = dataclasses.replace(
+        QUICK, methods=("base",), out_dir=tmp_path, cache_dir=cache_dir, progress=False
+    )
+    plan = validate(cfg)
+    torch_base = torch_instruct.prepare(cfg)
+    jax_base = jax_instruct.prepare(cfg)
+    assert jax_base.path == torch_base.path
+    settings = _settings(cfg, "base", 0)
+    torch_model, torch_losses = torch_instruct.tune(torch_base, None, plan.train, settings)
+    jax_model, jax_losses = jax_instruct.tune(jax_base, None, plan.train, settings)
+    assert torch_losses == jax_losses == []
+    assert jax_instruct.trainable_percent(jax_model) == 0.0
+    assert jax_instruct.save(jax_model, tmp_path / "a") is None
+    torch_correct, _ = torch_instruct.evaluate(torch_model, torch_base, plan.eval, cfg)
+    jax_correct, routing = jax_instruct.evaluate(jax_model, jax_base, plan.eval, cfg)
+    assert jax_correct == torch_correct
+    assert routing == {}
+
+    # The same MoV adapter (torch's, loaded into the JAX model): same routing per task.
+    zero = dataclasses.replace(_settings(cfg, "mov", 0), steps=0)
+    torch_mov, _ = torch_instruct.tune(torch_base, ml.MoV(10), plan.train, zero)
+    saved = torch_instruct.save(torch_mov, tmp_path / "mov")
+    jax_mov = ml.load_adapter(nnx.clone(jax_base.model), saved)
+    _, torch_routing = torch_instruct.evaluate(torch_mov, torch_base, plan.eval, cfg)
+    _, jax_routing = jax_instruct.evaluate(jax_mov, jax_base, plan.eval, cfg)
+    assert set(jax_routing) == set(torch_routing) and jax_routing
+    for site, by_task in torch_routing.items():
+        assert set(jax_routing[site]) == set(by_task)
+        for task, probs in by_task.items():
+            np.testing.assert_allclose(jax_routing[site][task], probs, atol=1e-4)
