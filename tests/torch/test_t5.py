@@ -26,7 +26,9 @@ def test_fresh_adapter_leaves_logits_unchanged(version, make):
     ids, mask, dec = batch()
     want = logits(model, ids, mask, dec)
     ml.inject(model, make())
-    torch.testing.assert_close(logits(model, ids, mask, dec), want, rtol=0, atol=1e-5)
+    # Merged vectors are sum(p) = 1 up to float32 rounding at each of 16 sites: float32-level
+    # relative error on logits of size ~10 is allowed, nothing more.
+    torch.testing.assert_close(logits(model, ids, mask, dec), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
