@@ -274,14 +274,3 @@ def test_bad_input_is_a_clear_error_before_training(case, tmp_path, monkeypatch,
     assert cli.main([*args, "--cache-dir", str(tmp_path / "cache")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mixlight demo: error: ") and message in err
-
-
-def test_jax_backend_reports_it_is_missing(tmp_path, capsys):
-    try:
-        import mixlight_jax.instruct  # noqa: F401
-    except ModuleNotFoundError:
-        pass
-    else:
-        pytest.skip("the jax demo backend exists")
-    assert cli.main(["--backend", "jax", "--out", str(tmp_path)]) == 2
-    assert "the jax demo backend is not available yet" in capsys.readouterr().err
