@@ -12,8 +12,7 @@ jitted train and scoring steps compile once. The NNX T5 has no dropout, so
 from __future__ import annotations
 
 import json
-import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 
 import mixlight as ml
 from mixlight.demo.experiment import DemoConfig, DemoError, TuneSettings, base_cache_name
+from mixlight.demo.sampling import batches, routing_sites
 from mixlight.demo.schema import Example
 from mixlight.demo.tokenizer import PAD_ID, Tokenizer
 from mixlight_jax import AdapterParam, adapter_layers, t5
@@ -108,19 +108,6 @@ def prepare(cfg: DemoConfig) -> Base:
     return Base(model, encode, Path(path), f"{origin} ({n / 1e6:.2f}M parameters)")
 
 
-def batches(n: int, batch_size: int, steps: int, seed: int) -> Iterator[list[int]]:
-    """``steps`` batches of indices, the same order as the torch backend for ``seed``."""
-    rng = random.Random(f"mixlight-demo-order:{seed}")
-    order: list[int] = []
-    for _ in range(steps):
-        while len(order) < batch_size:
-            epoch = list(range(n))
-            rng.shuffle(epoch)
-            order += epoch
-        yield order[:batch_size]
-        order = order[batch_size:]
-
-
 def make_optimizer(name: str, lr: float) -> optax.GradientTransformation:
     """Adafactor (parameter-scaled, constant lr, no momentum) or AdamW, as the torch backend.
     ``min_dim_size_to_factor=1`` factors every matrix as HF's Adafactor does (optax's default
@@ -197,16 +184,7 @@ def tune(
 
 def default_routing_sites(model: Any) -> list[str]:
     """The last encoder and last decoder FFN activation sites that have a router."""
-    sites = [p for p, layer in adapter_layers(model).items() if layer.spec.has_router]
-    ffn = [p for p in sites if p.endswith("DenseReluDense.act")] or sites
-    chosen = []
-    for stack in ("encoder.", "decoder."):
-        in_stack = [p for p in ffn if p.startswith(stack)]
-        if in_stack:
-            chosen.append(
-                max(in_stack, key=lambda p: [int(t) for t in p.split(".") if t.isdigit()])
-            )
-    return chosen
+    return routing_sites(p for p, layer in adapter_layers(model).items() if layer.spec.has_router)
 
 
 def _head_mean(probs: jax.Array) -> jax.Array:

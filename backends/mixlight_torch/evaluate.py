@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import BaseModelOutput
 
+from mixlight.demo.sampling import routing_sites
 from mixlight.demo.schema import Example
 from mixlight_torch.model import adapter_layers
 
@@ -57,16 +58,7 @@ def truncate(ids: list[int], limit: int | None) -> list[int]:
 
 def default_routing_sites(model: nn.Module) -> list[str]:
     """The last encoder and last decoder FFN activation sites that have a router."""
-    sites = [p for p, layer in adapter_layers(model).items() if layer.spec.has_router]
-    ffn = [p for p in sites if p.endswith("DenseReluDense.act")] or sites
-    chosen = []
-    for stack in ("encoder.", "decoder."):
-        in_stack = [p for p in ffn if p.startswith(stack)]
-        if in_stack:
-            chosen.append(
-                max(in_stack, key=lambda p: [int(t) for t in p.split(".") if t.isdigit()])
-            )
-    return chosen
+    return routing_sites(p for p, layer in adapter_layers(model).items() if layer.spec.has_router)
 
 
 class _RoutingTally:

@@ -16,7 +16,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -36,6 +36,7 @@ from mixlight.demo.experiment import (
     base_cache_name,
     pretraining_data,
 )
+from mixlight.demo.sampling import batches
 from mixlight.demo.schema import Example
 from mixlight.demo.tokenizer import EOS_ID, PAD_ID, Tokenizer, train_tokenizer
 from mixlight_torch.evaluate import as_encode, pad, rank_classification, truncate
@@ -86,20 +87,6 @@ def collate(pairs: Sequence[Pair]) -> dict[str, torch.Tensor]:
     input_ids, attention_mask = pad([p[0] for p in pairs], PAD_ID)
     labels, _ = pad([p[1] for p in pairs], -100)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
-def batches(n: int, batch_size: int, steps: int, seed: int) -> Iterator[list[int]]:
-    """``steps`` batches of indices: reshuffled epochs from ``random.Random(seed)``, so every
-    method sees the same data order for the same seed."""
-    rng = random.Random(f"mixlight-demo-order:{seed}")
-    order: list[int] = []
-    for _ in range(steps):
-        while len(order) < batch_size:
-            epoch = list(range(n))
-            rng.shuffle(epoch)
-            order += epoch
-        yield order[:batch_size]
-        order = order[batch_size:]
 
 
 def train_loop(

@@ -1,0 +1,36 @@
+"""Framework-free choices both demo backends must make identically: the data order of
+tuning, and which sites the routing heatmap shows."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator
+
+
+def batches(n: int, batch_size: int, steps: int, seed: int) -> Iterator[list[int]]:
+    """``steps`` batches of indices: reshuffled epochs from ``random.Random(seed)``, so every
+    method (and every backend) sees the same data order for the same seed."""
+    rng = random.Random(f"mixlight-demo-order:{seed}")
+    order: list[int] = []
+    for _ in range(steps):
+        while len(order) < batch_size:
+            epoch = list(range(n))
+            rng.shuffle(epoch)
+            order += epoch
+        yield order[:batch_size]
+        order = order[batch_size:]
+
+
+def routing_sites(routed_paths: Iterable[str]) -> list[str]:
+    """Of the sites that have a router, the last encoder and the last decoder FFN activation
+    (any routed site when there is no FFN activation site)."""
+    sites = list(routed_paths)
+    ffn = [p for p in sites if p.endswith("DenseReluDense.act")] or sites
+    chosen = []
+    for stack in ("encoder.", "decoder."):
+        in_stack = [p for p in ffn if p.startswith(stack)]
+        if in_stack:
+            chosen.append(
+                max(in_stack, key=lambda p: [int(t) for t in p.split(".") if t.isdigit()])
+            )
+    return chosen
