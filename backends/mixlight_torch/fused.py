@@ -1,69 +1,74 @@
 """Fused, memory-lean MoV and MoLoRA ops with hand-written backward passes.
 
-Both ops compute exactly the core math of :mod:`mixlight.math` (``router_logits``,
-``router_probs``, ``mix_vectors``, ``lowrank_mixture``) but keep only the inputs and the
+Each op computes exactly the core math of :mod:`mixlight.math` (``router_logits``,
+``router_probs``, ``mix_vectors``, ``lowrank_mixture``) but keeps only its inputs and the
 ``[..., E]`` routing probabilities alive for backward; everything wider is recomputed:
 
-* :func:`fused_mov` saves ``h``, the router kernel, the expert vectors and ``probs``. The
-  merged ``[..., d]`` scaling vector is recomputed in backward (one ``[.., E] x [E, d]``
-  contraction), and so are the logits, when the unrenormalised top-k backward needs the full
-  softmax. A plain autograd graph would keep the merged vector (``d`` floats per token, as
-  wide as ``h``) and the logits besides.
-* :func:`fused_molora` saves ``x``, ``probs`` and the two LoRA kernels; the ``[..., E*r]``
-  low-rank activations are recomputed in backward.
+* :func:`fused_mov` saves ``h``, the router kernel, the vectors and ``probs``; the merged
+  ``[..., d]`` vector is recomputed in backward (one ``[.., E] x [E, d]`` contraction). Plain
+  autograd would keep the merged vector (as wide as ``h``) and the logits besides.
+* :func:`fused_molora` (external probabilities) and :func:`fused_routed_molora` (its own token
+  router) save ``x``, the probabilities and the kernels; the ``[..., E*r]`` low-rank
+  activations are recomputed in backward.
+
+They also allocate as few activation-sized (``[tokens, d]``) tensors as they can, which on a
+CPU costs as much as the arithmetic (fresh pages): MoV allocates one such tensor in forward and
+one in backward, where the merged vector is rebuilt in the buffer of ``g_out * h`` once that
+is consumed; MoLoRA adds the frozen output, the scale and the router's input gradient inside
+one matrix product each.
 
 The ops run with autocast disabled, so that forward and the backward recomputation see the
-same dtypes: the router is always computed in float32 (float64 for float64 inputs), MoLoRA in
-``x``'s dtype. Both are ``torch.compile(fullgraph=True)``-clean. No Triton kernel is provided;
-the torch code below runs on every device.
+same dtypes: the router is always computed in float32 (float64 for float64 inputs), the LoRA
+products in ``x``'s dtype. All are ``torch.compile(fullgraph=True)``-clean. No Triton kernel is
+provided; the torch code below runs on every device.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-__all__ = ["FusedMoLoRA", "FusedMoV", "fused_molora", "fused_mov"]
+from mixlight_torch._router import (
+    compute_dtype,
+    full_softmax_if_masked,
+    logits_grad,
+    no_autocast,
+    route_tokens,
+    weight_grad,
+)
+
+__all__ = ["FusedMoLoRA", "FusedMoV", "fused_molora", "fused_mov", "fused_routed_molora"]
 
 
-def no_autocast(t: Tensor) -> contextlib.AbstractContextManager:
-    """A context that turns autocast off on ``t``'s device type (free when it is off)."""
-    if torch.is_autocast_enabled(t.device.type):
-        return torch.autocast(device_type=t.device.type, enabled=False)
-    return contextlib.nullcontext()
+def _wants_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _compute_dtype(h: Tensor) -> torch.dtype:
-    """float32 for half and single precision, float64 for float64 inputs."""
-    return torch.promote_types(h.dtype, torch.float32)
+# --- MoV --------------------------------------------------------------------------------------
 
 
-def _mask_top_k(probs: Tensor, top_k: int | None, renormalize: bool) -> Tensor:
-    """``router_probs`` after the softmax: ``[..., E] -> [..., E]``; keeps the ``top_k``
-    largest (ties to the lower index, as ``torch.topk``), renormalised to sum 1 or not."""
-    if top_k is None:
-        return probs
-    keep = torch.zeros_like(probs).scatter_(-1, probs.topk(top_k, dim=-1).indices, 1.0)
-    probs = probs * keep
-    if renormalize:
-        probs = probs / probs.sum(dim=-1, keepdim=True)
-    return probs
+def _merge(probs: Tensor, vectors: Tensor, out: Tensor | None = None) -> Tensor:
+    """The merged vectors ``[n, d]``: ``probs [n, H, E]`` times ``vectors [E, d]`` per head
+    (``d = H * k``, head-major), written into ``out [n, d]`` when given (eager only)."""
+    n_tokens, n_heads, n_experts = probs.shape
+    per_head = vectors.view(n_experts, n_heads, -1).transpose(0, 1)  # [H, E, k]
+    if torch.compiler.is_compiling():  # dynamo takes no strided out=; inductor plans memory
+        return torch.bmm(probs.transpose(0, 1), per_head).transpose(0, 1).reshape(n_tokens, -1)
+    if out is None:
+        out = probs.new_empty(n_tokens, vectors.shape[-1])
+    torch.bmm(probs.transpose(0, 1), per_head, out=out.view(n_tokens, n_heads, -1).transpose(0, 1))
+    return out
 
 
-def _softmax_backward(probs: Tensor, g_probs: Tensor, full_softmax: Tensor | None) -> Tensor:
-    """Gradient of the logits from the gradient of ``probs``; all ``[n, H, E]``.
-
-    ``full_softmax`` is None for the soft and renormalised top-k cases (a softmax over the kept
-    entries: ``p * (g - sum(g * p))``); for the unrenormalised top-k case ``p = mask * s`` it is
-    the full softmax ``s`` and the gradient is ``p * g - s * sum(g * p)``.
-    """
-    dot = (g_probs * probs).sum(dim=-1, keepdim=True)
-    if full_softmax is None:
-        return probs * (g_probs - dot)
-    return probs * g_probs - full_softmax * dot
+def _merge_grads(probs: Tensor, vectors: Tensor, g_merged: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients of ``vectors [E, d]`` and of ``probs [n, H, E]`` from ``g_merged [n, d]``."""
+    n_tokens, n_heads, n_experts = probs.shape
+    g_heads = g_merged.view(n_tokens, n_heads, -1).transpose(0, 1)  # [H, n, k]
+    g_v = torch.bmm(probs.permute(1, 2, 0), g_heads)  # [H, E, k]
+    per_head_t = vectors.view(n_experts, n_heads, -1).permute(1, 2, 0)  # [H, k, E]
+    g_p = torch.bmm(g_heads, per_head_t).transpose(0, 1)  # [n, H, E]
+    return g_v.transpose(0, 1).reshape(vectors.shape), g_p
 
 
 def _check_mov_shapes(h: Tensor, router_weight: Tensor, vectors: Tensor, heads: int) -> None:
@@ -94,25 +99,22 @@ def _mov_forward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The forward of :func:`fused_mov`: ``(out [..., d], probs, logits [..., (H,) E])``."""
     n_heads = heads or 1
-    lead, d, n_experts = h.shape[:-1], h.shape[-1], vectors.shape[0]
-    cdt = _compute_dtype(h)
+    lead, d = h.shape[:-1], h.shape[-1]
+    cdt = compute_dtype(h)
     with no_autocast(h):
         hr = h.reshape(-1, n_heads, d // n_heads).to(cdt)
-        logits = torch.einsum("nhk,ke->nhe", hr, router_weight.to(cdt))
-        probs = _mask_top_k(torch.softmax(logits, dim=-1), top_k, renormalize)
-        per_head = vectors.to(cdt).reshape(n_experts, n_heads, d // n_heads)
-        merged = torch.einsum("nhe,ehk->nhk", probs, per_head)
-        out = h * merged.reshape(h.shape).to(h.dtype)
-    routed_shape = (*lead, n_heads, n_experts) if heads else (*lead, n_experts)
-    return out, probs.reshape(routed_shape), logits.reshape(routed_shape)
+        probs, logits = route_tokens(hr, router_weight, top_k, renormalize)
+        merged = _merge(probs, vectors.to(cdt))
+        if h.dtype == cdt:
+            out = merged.mul_(hr.view(merged.shape))  # the only [n, d] tensor allocated
+        else:
+            out = h.reshape(merged.shape) * merged.to(h.dtype)
+    routed_shape = (*lead, n_heads, -1) if heads else (*lead, -1)
+    return out.view(h.shape), probs.view(routed_shape), logits.view(routed_shape)
 
 
 class FusedMoV(torch.autograd.Function):
-    """Routed (IA)³ soft merge, ``(out, probs, logits)``; see :func:`fused_mov`.
-
-    Internally a router without heads is a single head: tokens are flattened to ``n`` and
-    every tensor is per head, ``h [n, H, k]``, ``probs [n, H, E]``, ``vectors [E, H, k]``.
-    """
+    """Routed (IA)³ soft merge, ``(out, probs, logits)``; see :func:`fused_mov`."""
 
     @staticmethod
     def forward(
@@ -125,8 +127,6 @@ class FusedMoV(torch.autograd.Function):
         renormalize: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         out, probs, logits = _mov_forward(h, router_weight, vectors, heads, top_k, renormalize)
-        # Only the inputs and the [.., E] probabilities: the merged [n, d] vector (and the
-        # logits, for the unrenormalised top-k backward) are recomputed in backward.
         ctx.save_for_backward(h, router_weight, vectors, probs)
         ctx.heads, ctx.top_k, ctx.renormalize = heads, top_k, renormalize
         ctx.set_materialize_grads(False)
@@ -139,12 +139,11 @@ class FusedMoV(torch.autograd.Function):
     ) -> tuple[Tensor | None, ...]:
         h, router_weight, vectors, probs = ctx.saved_tensors
         probs = probs.reshape(-1, ctx.heads or 1, probs.shape[-1])  # [n, H, E]
-        masked_softmax = ctx.top_k is not None and not ctx.renormalize
         with no_autocast(h):
             g_h, g_w, g_v = _mov_backward(
                 (h, router_weight, vectors, probs),
                 (g_out, g_probs, g_logits),
-                masked_softmax,
+                (ctx.top_k, ctx.renormalize),
                 ctx.needs_input_grad[:3],
             )
         return g_h, g_w, g_v, None, None, None
@@ -153,56 +152,43 @@ class FusedMoV(torch.autograd.Function):
 def _mov_backward(
     saved: tuple[Tensor, Tensor, Tensor, Tensor],
     grads: tuple[Tensor | None, Tensor | None, Tensor | None],
-    masked_softmax: bool,
+    routing: tuple[int | None, bool],
     needs: tuple[bool, ...],
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Gradients of ``h [..., d]``, ``router_weight [k, E]`` and ``vectors [E, d]``.
 
     ``saved`` is ``(h, router_weight, vectors, probs [n, H, E])``; ``grads`` is ``(g_out
-    [..., d], g_probs, g_logits [..., (H,) E])``, each possibly None; ``needs`` says which
-    input gradients are wanted. ``masked_softmax`` (unrenormalised top-k) recomputes the
-    logits from ``h`` and the router kernel, for the full softmax its backward needs.
+    [..., d], g_probs, g_logits [..., (H,) E])``, each possibly None; ``routing`` is ``(top_k,
+    renormalize)``; ``needs`` says which input gradients are wanted.
     """
     h, router_weight, vectors, probs = saved
     g_out, g_probs, g_logits = grads
     need_h, need_w, need_v = needs
-    n_tokens, n_heads, n_experts = probs.shape
-    d_head = h.shape[-1] // n_heads
+    n_tokens, n_heads, _ = probs.shape
+    d = h.shape[-1]
     cdt = probs.dtype
-    per_head = vectors.to(cdt).reshape(n_experts, n_heads, d_head)
-    g_merged = None
+    vectors_c = vectors.to(cdt)
+    g_merged = g_v = None
+    g_p = probs.new_zeros(probs.shape) if g_probs is None else g_probs.reshape(probs.shape)
     if g_out is not None:
-        g_merged = (g_out * h).reshape(n_tokens, n_heads, d_head).to(cdt)
-    g_v = None
-    if need_v and g_merged is not None:
-        g_v = torch.einsum("nhe,nhk->ehk", probs, g_merged).reshape(vectors.shape)
+        g_merged = (g_out.reshape(n_tokens, d) * h.reshape(n_tokens, d)).to(cdt)  # [n, d]
+        g_v, g_p_merge = _merge_grads(probs, vectors_c, g_merged)
         g_v = g_v.to(vectors.dtype)
+        g_p = g_p + g_p_merge
     if not (need_h or need_w):
         return None, None, g_v
-    g_p = probs.new_zeros(probs.shape) if g_probs is None else g_probs.reshape(probs.shape)
-    if g_merged is not None:
-        g_p = g_p + torch.einsum("nhk,ehk->nhe", g_merged, per_head)
-    hr = h.reshape(n_tokens, n_heads, d_head).to(cdt)
-    w = router_weight.to(cdt)
-    full = torch.softmax(torch.einsum("nhk,ke->nhe", hr, w), dim=-1) if masked_softmax else None
-    g_l = _softmax_backward(probs, g_p, full)
-    if g_logits is not None:
-        g_l = g_l + g_logits.reshape(probs.shape)
-    flat_l = g_l.reshape(-1, n_experts)  # [n*H, E]
-    g_w = None
-    if need_w:
-        # (g_l^T @ h)^T rather than h^T @ g_l: the same product, ~7x faster on CPU (MKL is
-        # slow with a long inner dimension and a skinny output).
-        g_w = (flat_l.T @ hr.reshape(-1, d_head)).T.to(router_weight.dtype)
-    g_h = None
-    if need_h:
-        if g_out is None:
-            g_h = (flat_l @ w.T).reshape(h.shape).to(h.dtype)
-        else:
-            merged = torch.einsum("nhe,ehk->nhk", probs, per_head).reshape(h.shape)
-            direct = (g_out * merged.to(h.dtype)).reshape(-1, d_head).to(cdt)
-            g_h = torch.addmm(direct, flat_l, w.T).reshape(h.shape).to(h.dtype)
-    return g_h, g_w, g_v
+    hr = h.reshape(n_tokens, n_heads, -1).to(cdt)
+    g_l = logits_grad(probs, g_p, g_logits, full_softmax_if_masked(hr, router_weight, *routing))
+    g_w = weight_grad(g_l, hr).to(router_weight.dtype) if need_w else None
+    if not need_h:
+        return None, g_w, g_v
+    w_t = router_weight.to(cdt).T
+    if g_merged is None:
+        return torch.mm(g_l, w_t).view(h.shape).to(h.dtype), g_w, g_v
+    # g_h = g_out * merged + g_l @ W^T, built in g_merged's buffer (consumed above).
+    g_h = _merge(probs, vectors_c, out=g_merged).mul_(g_out.reshape(n_tokens, d))
+    g_h.view(n_tokens * n_heads, -1).addmm_(g_l, w_t)
+    return g_h.view(h.shape).to(h.dtype), g_w, g_v
 
 
 def fused_mov(
@@ -227,47 +213,21 @@ def fused_mov(
       per head) in float32 (float64 for float64 ``h``).
     """
     _check_mov_shapes(h, router_weight, vectors, heads or 1)
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"fused_mov: top_k must be at least 1; got {top_k}")
-    if top_k is not None and top_k >= vectors.shape[0]:
-        top_k = None
-    if not (
-        torch.is_grad_enabled()
-        and (h.requires_grad or router_weight.requires_grad or vectors.requires_grad)
-    ):
+    top_k = _soft_if_all(top_k, vectors.shape[0], "fused_mov")
+    if not _wants_grad(h, router_weight, vectors):
         # Inference (e.g. generation): skip the autograd.Function and its bookkeeping.
         return _mov_forward(h, router_weight, vectors, heads or None, top_k, renormalize)
     return FusedMoV.apply(h, router_weight, vectors, heads or None, top_k, renormalize)
 
 
-class FusedMoLoRA(torch.autograd.Function):
-    """Routed mixture of LoRA deltas; see :func:`fused_molora`."""
+def _soft_if_all(top_k: int | None, n_experts: int, op: str) -> int | None:
+    """``top_k``, or None (a soft merge) when it keeps every expert; rejects ``top_k < 1``."""
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"{op}: top_k must be at least 1; got {top_k}")
+    return None if top_k is None or top_k >= n_experts else top_k
 
-    @staticmethod
-    def forward(
-        ctx: FunctionCtx,
-        x: Tensor,
-        probs: Tensor | None,
-        lora_A: Tensor,
-        lora_B: Tensor,
-        scale: float,
-    ) -> Tensor:
-        with no_autocast(x):
-            u = _molora_hidden(x, lora_A, probs)
-            delta = torch.matmul(u, _b_cat(lora_B, x.dtype)) * scale
-        ctx.save_for_backward(x, probs, lora_A, lora_B)
-        ctx.scale = scale
-        return delta
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, g_delta: Tensor) -> tuple[Tensor | None, ...]:
-        x, probs, lora_A, lora_B = ctx.saved_tensors
-        with no_autocast(x):
-            grads = _molora_backward(
-                x, probs, lora_A, lora_B, g_delta * ctx.scale, ctx.needs_input_grad[:4]
-            )
-        return (*grads, None)
+# --- MoLoRA -----------------------------------------------------------------------------------
 
 
 def _a_cat(lora_A: Tensor, dtype: torch.dtype) -> Tensor:
@@ -286,53 +246,197 @@ def _expanded_probs(probs: Tensor, rank: int, dtype: torch.dtype) -> Tensor:
     return probs.to(dtype).repeat_interleave(rank, dim=-1)
 
 
-def _molora_hidden(x: Tensor, lora_A: Tensor, probs: Tensor | None) -> Tensor:
-    """The routed low-rank activations ``(x @ A_cat) * p``, ``[..., E*r]`` in x's dtype."""
-    u = torch.matmul(x, _a_cat(lora_A, x.dtype))
-    if probs is None:
-        return u
-    return u * _expanded_probs(probs, lora_A.shape[-1], x.dtype)
+def _molora_forward(
+    x: Tensor,
+    base: Tensor | None,
+    probs: Tensor | None,
+    lora_A: Tensor,
+    lora_B: Tensor,
+    scale: float,
+) -> Tensor:
+    """``base + scale * ((x @ A_cat) * p) @ B_cat``: ``[..., d_out]`` in base's dtype (x's
+    without a base); ``probs`` broadcasts over x's leading axes."""
+    rank, d_out = lora_B.shape[-2:]
+    u = torch.matmul(x, _a_cat(lora_A, x.dtype))  # [..., E*r]
+    u = u * (scale if probs is None else _expanded_probs(probs, rank, x.dtype) * scale)
+    u2, b_cat = u.reshape(-1, u.shape[-1]), _b_cat(lora_B, x.dtype)
+    out_shape = (*x.shape[:-1], d_out)
+    if base is None:
+        return torch.mm(u2, b_cat).view(out_shape)
+    if base.dtype != x.dtype:
+        return base + torch.mm(u2, b_cat).view(out_shape).to(base.dtype)
+    return torch.addmm(base.reshape(-1, d_out), u2, b_cat).view(base.shape)
+
+
+def _routed_forward(
+    x: Tensor,
+    base: Tensor | None,
+    probs: Tensor | None,
+    router_weight: Tensor | None,
+    lora_A: Tensor,
+    lora_B: Tensor,
+    scale: float,
+    top_k: int | None,
+    renormalize: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``(out, probs, logits)``: routes ``x`` first when ``router_weight`` is given (else
+    ``probs`` is used as given and ``logits`` is None), then :func:`_molora_forward`."""
+    logits = None
+    with no_autocast(x):
+        if router_weight is not None:
+            route_in = x.reshape(-1, 1, x.shape[-1]).to(compute_dtype(x))
+            probs, logits = route_tokens(route_in, router_weight, top_k, renormalize)
+            probs, logits = (t.view(*x.shape[:-1], -1) for t in (probs, logits))
+        out = _molora_forward(x, base, probs, lora_A, lora_B, scale)
+    return out, probs, logits
+
+
+class FusedMoLoRA(torch.autograd.Function):
+    """Routed mixture of LoRA deltas, ``(out, probs, logits)``; see :func:`fused_molora` and
+    :func:`fused_routed_molora`. Exactly one of ``probs`` (given) and ``router_weight`` (a
+    token router on ``x``, computed here) is set, or neither for one expert."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        x: Tensor,
+        base: Tensor | None,
+        probs: Tensor | None,
+        router_weight: Tensor | None,
+        lora_A: Tensor,
+        lora_B: Tensor,
+        scale: float,
+        top_k: int | None,
+        renormalize: bool,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        out, probs, logits = _routed_forward(
+            x, base, probs, router_weight, lora_A, lora_B, scale, top_k, renormalize
+        )
+        ctx.save_for_backward(x, probs, router_weight, lora_A, lora_B)
+        ctx.scale, ctx.top_k, ctx.renormalize = scale, top_k, renormalize
+        ctx.base_dtype = None if base is None else base.dtype
+        ctx.set_materialize_grads(False)
+        if router_weight is None:
+            return out, None, None
+        return out, probs, logits
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: FunctionCtx, g_out: Tensor | None, g_probs: Tensor | None, g_logits: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        x, probs, router_weight, lora_A, lora_B = ctx.saved_tensors
+        need_x, need_base, need_p, need_w, need_a, need_b = ctx.needs_input_grad[:6]
+        routed = router_weight is not None
+        with no_autocast(x):
+            g_x, g_p, g_w, g_a, g_b = _molora_backward(
+                (x, probs, router_weight, lora_A, lora_B),
+                (g_out, g_probs if routed else None, g_logits),
+                (ctx.scale, ctx.top_k, ctx.renormalize),
+                (need_x, need_p, need_w, need_a, need_b),
+            )
+        g_base = g_out if need_base else None
+        return g_x, g_base, g_p, g_w, g_a, g_b, None, None, None
 
 
 def _molora_backward(
+    saved: tuple[Tensor, Tensor | None, Tensor | None, Tensor, Tensor],
+    grads: tuple[Tensor | None, Tensor | None, Tensor | None],
+    routing: tuple[float, int | None, bool],
+    needs: tuple[bool, ...],
+) -> tuple[Tensor | None, ...]:
+    """Gradients ``(x, probs, router_weight, lora_A, lora_B)`` of :class:`FusedMoLoRA`.
+
+    ``saved`` is ``(x [..., d_in], probs [..., E] or None, router_weight [d_in, E] or None,
+    lora_A, lora_B)``; ``grads`` is ``(g_out [..., d_out], g_probs, g_logits)`` (the last two
+    only with a router); ``routing`` is ``(scale, top_k, renormalize)``. ``u0 = x @ A_cat``
+    ``[n, E*r]`` is recomputed. With a router, its input gradient joins the LoRA's in one
+    product ``[g_u0, g_logits] @ [A_cat; W]^T``, and so do the kernels' gradients.
+    """
+    x, probs, router_weight, lora_A, lora_B = saved
+    g_out, g_probs, g_logits = grads
+    scale, top_k, renormalize = routing
+    need_x, need_p, need_w, need_a, need_b = needs
+    n_experts, d_in, rank = lora_A.shape
+    dt = x.dtype
+    x2 = x.reshape(-1, d_in)
+    a_cat = _a_cat(lora_A, dt)
+    g_p = g_w = g_a = g_b = g_x = None
+    if g_out is None and router_weight is None:
+        return None, None, None, None, None
+    if g_out is None:  # only the router's outputs have gradients
+        g_u0 = x.new_zeros((x2.shape[0], n_experts * rank))
+        g_p = probs.new_zeros(probs.shape)
+    else:
+        u0 = torch.matmul(x, a_cat)  # [..., E*r]
+        p_rep = None if probs is None else _expanded_probs(probs, rank, dt)
+        g_lead = g_out.to(dt)
+        if need_b:
+            u = u0 if p_rep is None else u0 * p_rep
+            g_b_cat = torch.mm(
+                u.reshape(-1, n_experts * rank).T, g_lead.reshape(-1, g_lead.shape[-1])
+            )
+            g_b = g_b_cat.mul_(scale).view(lora_B.shape).to(lora_B.dtype)
+        g_u = torch.matmul(g_lead, _b_cat(lora_B, dt).T).mul_(scale)  # [..., E*r]
+        if probs is not None:
+            g_p = (g_u * u0).unflatten(-1, (n_experts, rank)).sum(dim=-1)
+            g_p = g_p.sum_to_size(probs.shape).to(probs.dtype)
+        g_u0 = (g_u if p_rep is None else g_u * p_rep).reshape(-1, n_experts * rank)
+    g_l = w = None
+    if router_weight is not None:
+        cdt = probs.dtype
+        xr = x2.to(cdt).view(-1, 1, d_in)
+        probs3 = probs.reshape(-1, 1, n_experts)
+        if g_probs is not None:
+            g_p = g_p + g_probs
+        full = full_softmax_if_masked(xr, router_weight, top_k, renormalize)
+        g_l = logits_grad(probs3, g_p.reshape(probs3.shape), g_logits, full)  # [n, E]
+        g_p = None
+        w = router_weight.to(cdt)
+        if g_l.dtype == dt:  # one product for the LoRA's and the router's gradients
+            g_u0, a_cat = torch.cat([g_u0, g_l], dim=1), torch.cat([a_cat, w], dim=1)
+        else:
+            g_w = weight_grad(g_l, xr).to(router_weight.dtype) if need_w else None
+            if need_x:
+                g_x = torch.mm(g_l, w.T).to(dt)
+    if need_x:
+        g_x_lora = torch.mm(g_u0, a_cat.T)
+        g_x = g_x_lora if g_x is None else g_x_lora.add_(g_x)
+        g_x = g_x.view(x.shape)
+    if need_a or (need_w and g_w is None and g_l is not None):
+        g_kernels = weight_grad(g_u0, x2.view(-1, 1, d_in))  # [d_in, E*r (+ E)]
+        g_a_cat = g_kernels[:, : n_experts * rank]
+        g_a = g_a_cat.reshape(d_in, n_experts, rank).permute(1, 0, 2).to(lora_A.dtype)
+        if g_l is not None and g_w is None:
+            g_w = g_kernels[:, n_experts * rank :].to(router_weight.dtype)
+    return g_x, g_p if need_p else None, g_w if need_w else None, g_a if need_a else None, g_b
+
+
+def _check_molora_shapes(x: Tensor, lora_A: Tensor, lora_B: Tensor, op: str) -> None:
+    n_experts, d_in, rank = lora_A.shape
+    if x.shape[-1] != d_in or tuple(lora_B.shape[:2]) != (n_experts, rank):
+        raise ValueError(
+            f"{op}: x {tuple(x.shape)}, lora_A {tuple(lora_A.shape)} and lora_B "
+            f"{tuple(lora_B.shape)} do not fit x [..., d_in], A [E, d_in, r], B [E, r, d_out]"
+        )
+
+
+def _check_base(base: Tensor | None, x: Tensor, lora_B: Tensor, op: str) -> None:
+    want = (*x.shape[:-1], lora_B.shape[-1])
+    if base is not None and tuple(base.shape) != want:
+        raise ValueError(f"{op}: base has shape {tuple(base.shape)}; expected {want}")
+
+
+def fused_molora(
     x: Tensor,
     probs: Tensor | None,
     lora_A: Tensor,
     lora_B: Tensor,
-    g_delta: Tensor,
-    needs: tuple[bool, ...],
-) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
-    """Gradients of ``x``, ``probs``, ``lora_A``, ``lora_B``, given the scaled ``g_delta``
-    ``[..., d_out]``; recomputes ``u0 = x @ A_cat`` ``[..., E*r]``."""
-    need_x, need_p, need_a, need_b = needs
-    n_experts, d_in, rank = lora_A.shape
-    dt = x.dtype
-    u0 = torch.matmul(x, _a_cat(lora_A, dt))
-    p_rep = None if probs is None else _expanded_probs(probs, rank, dt)
-    u = u0 if p_rep is None else u0 * p_rep
-    x2, g2 = x.reshape(-1, d_in), g_delta.reshape(-1, g_delta.shape[-1])
-    g_b = None
-    if need_b:
-        g_b = (u.reshape(-1, n_experts * rank).T @ g2).reshape(lora_B.shape).to(lora_B.dtype)
-    g_u = torch.matmul(g_delta, _b_cat(lora_B, dt).T)  # [..., E*r]
-    g_p = None
-    if need_p and probs is not None:
-        g_p = (g_u * u0).unflatten(-1, (n_experts, rank)).sum(dim=-1)
-        g_p = g_p.sum_to_size(probs.shape).to(probs.dtype)
-    g_u0 = g_u if p_rep is None else g_u * p_rep
-    g_x = torch.matmul(g_u0, _a_cat(lora_A, dt).T) if need_x else None
-    g_a = None
-    if need_a:
-        g_a_cat = x2.T @ g_u0.reshape(-1, n_experts * rank)  # [d_in, E*r]
-        g_a = g_a_cat.reshape(d_in, n_experts, rank).permute(1, 0, 2).to(lora_A.dtype)
-    return g_x, g_p, g_a, g_b
-
-
-def fused_molora(
-    x: Tensor, probs: Tensor | None, lora_A: Tensor, lora_B: Tensor, scale: float
+    scale: float,
+    base: Tensor | None = None,
 ) -> Tensor:
-    """MoLoRA delta ``scale * sum_e p_e (x @ A_e) @ B_e`` as two matmuls over the
-    concatenated experts, computed and returned in x's dtype.
+    """MoLoRA ``base + scale * sum_e p_e (x @ A_e) @ B_e`` as two matmuls over the
+    concatenated experts, with routing probabilities computed elsewhere (e.g. per sequence).
 
     Args:
       x: ``[..., d_in]``.
@@ -340,17 +444,58 @@ def fused_molora(
         normal autograd); None when ``E == 1``.
       lora_A: ``[E, d_in, r]``.  lora_B: ``[E, r, d_out]``.
       scale: the LoRA scale ``alpha / r``.
+      base: the frozen module's output ``[..., d_out]``, added in the same product; None
+        returns the delta alone.
     Returns:
-      ``[..., d_out]`` in x's dtype.
+      ``[..., d_out]`` in base's dtype (x's without a base).
     """
-    n_experts, d_in, rank = lora_A.shape
-    if x.shape[-1] != d_in or tuple(lora_B.shape[:2]) != (n_experts, rank):
-        raise ValueError(
-            f"fused_molora: x {tuple(x.shape)}, lora_A {tuple(lora_A.shape)} and lora_B "
-            f"{tuple(lora_B.shape)} do not fit x [..., d_in], A [E, d_in, r], B [E, r, d_out]"
-        )
+    _check_molora_shapes(x, lora_A, lora_B, "fused_molora")
+    _check_base(base, x, lora_B, "fused_molora")
+    n_experts = lora_A.shape[0]
     if probs is None and n_experts != 1:
         raise ValueError(f"fused_molora: {n_experts} experts need routing probabilities")
     if probs is not None and probs.shape[-1] != n_experts:
         raise ValueError(f"fused_molora: probs {tuple(probs.shape)} do not end in E={n_experts}")
-    return FusedMoLoRA.apply(x, probs, lora_A, lora_B, float(scale))
+    args = (x, base, probs, None, lora_A, lora_B, float(scale), None, True)
+    if not _wants_grad(x, base, probs, lora_A, lora_B):
+        return _routed_forward(*args)[0]
+    return FusedMoLoRA.apply(*args)[0]
+
+
+def fused_routed_molora(
+    x: Tensor,
+    router_weight: Tensor,
+    lora_A: Tensor,
+    lora_B: Tensor,
+    scale: float,
+    top_k: int | None = None,
+    renormalize: bool = True,
+    base: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """MoLoRA with its own token router on ``x``: ``(out, probs, logits)``.
+
+    ``probs = router_probs(router_logits(x, router_weight), top_k, renormalize)``, then as
+    :func:`fused_molora`; the router's input gradient is computed in the same product as the
+    LoRA's.
+
+    Args:
+      x: ``[..., d_in]``.  router_weight: ``[d_in, E]``.
+      lora_A: ``[E, d_in, r]``.  lora_B: ``[E, r, d_out]``.  scale: ``alpha / r``.
+      top_k, renormalize: as :func:`mixlight.math.router_probs`.
+      base: the frozen module's output ``[..., d_out]``, or None for the delta alone.
+    Returns:
+      ``out [..., d_out]`` (base's dtype, else x's), and ``probs``, ``logits`` ``[..., E]``
+      in float32 (float64 for float64 ``x``).
+    """
+    _check_molora_shapes(x, lora_A, lora_B, "fused_routed_molora")
+    _check_base(base, x, lora_B, "fused_routed_molora")
+    if tuple(router_weight.shape) != (x.shape[-1], lora_A.shape[0]):
+        raise ValueError(
+            f"fused_routed_molora: router_weight has shape {tuple(router_weight.shape)}; "
+            f"expected [{x.shape[-1]}, {lora_A.shape[0]}]"
+        )
+    top_k = _soft_if_all(top_k, lora_A.shape[0], "fused_routed_molora")
+    args = (x, base, None, router_weight, lora_A, lora_B, float(scale), top_k, renormalize)
+    if not _wants_grad(x, base, router_weight, lora_A, lora_B):
+        return _routed_forward(*args)  # type: ignore[return-value]
+    return FusedMoLoRA.apply(*args)

@@ -10,7 +10,8 @@ from torch import nn
 
 from mixlight import LowRank, SiteSpec, Vectors, apply_site
 from mixlight.site_spec import route, select_mask
-from mixlight_torch.fused import fused_molora, fused_mov, no_autocast
+from mixlight_torch._router import no_autocast
+from mixlight_torch.fused import fused_molora, fused_mov, fused_routed_molora
 
 
 class AdapterSwitch:
@@ -88,11 +89,14 @@ class AdapterLayer(nn.Module):
                 h, p["router"], p["vectors"], spec.heads, spec.router.top_k, spec.router.renormalize
             )
         if isinstance(spec.expert, LowRank) and token:
+            lora = (p["lora_A"], p["lora_B"], spec.expert.scale)
+            if spec.has_router and spec.reads == "input" and not spec.heads:
+                r = spec.router
+                return fused_routed_molora(x, p["router"], *lora, r.top_k, r.renormalize, base=h)
             probs = logits = None
             if spec.has_router:
                 probs, logits = route(spec, p["router"], h if spec.reads == "output" else x)
-            delta = fused_molora(x, probs, p["lora_A"], p["lora_B"], spec.expert.scale)
-            return h + delta.to(h.dtype), probs, logits
+            return fused_molora(x, probs, *lora, base=h), probs, logits
         route_in = h if spec.reads == "output" else x
         mask = select_mask(self.switch.masks, route_in) if spec.routing == "sequence" else None
         result = apply_site(spec, dict(p.items()), x, h, mask)

@@ -12,7 +12,7 @@ from hypothesis import assume, given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from mixlight.math import lowrank_mixture, mix_vectors, router_logits, router_probs  # noqa: E402
-from mixlight_torch.fused import fused_molora, fused_mov  # noqa: E402
+from mixlight_torch.fused import fused_molora, fused_mov, fused_routed_molora  # noqa: E402
 
 Tensor = torch.Tensor
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
@@ -286,6 +286,90 @@ def test_molora_rejects_missing_probs() -> None:
         fused_molora(x, None, a, b, 1.0)
 
 
+routed_cases = st.fixed_dictionaries(
+    {
+        "seed": st.integers(0, 2**32 - 1),
+        "lead": st.lists(st.integers(1, 5), min_size=1, max_size=2).map(tuple),
+        "d_in": st.integers(1, 8),
+        "rank": st.integers(1, 4),
+        "d_out": st.integers(1, 8),
+        "n_experts": st.integers(1, 12),
+        "scale": st.floats(0.1, 4.0),
+        "renormalize": st.booleans(),
+        "with_base": st.booleans(),
+    }
+).flatmap(
+    lambda c: st.one_of(st.none(), st.integers(1, c["n_experts"])).map(lambda k: {**c, "top_k": k})
+)
+
+
+def _plain_routed_molora(x, w, a, b, scale, top_k, renormalize, base):
+    """Plain autograd: the core router, then the plain MoLoRA delta, then the base."""
+    logits = router_logits(x, w)
+    probs = router_probs(logits, top_k, renormalize)
+    delta = _plain_molora(x, probs, a, b, scale)
+    return (delta if base is None else base + delta.to(base.dtype)), probs, logits
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@given(case=routed_cases)
+def test_routed_molora_matches_plain_autograd(dtype: torch.dtype, case: dict) -> None:
+    """Router + mixture + base in one op equals the core math in plain autograd: outputs,
+    probabilities, logits and every input gradient (a loss on all three outputs)."""
+    assume(_core_math_on_torch())
+    gen = np.random.default_rng(case["seed"])
+    x = _t(_randn(gen, *case["lead"], case["d_in"]), dtype)
+    w = _t(_randn(gen, case["d_in"], case["n_experts"], scale=1.5), torch.float32)
+    assume(_top_k_gap(x.detach().float().numpy() @ w.detach().numpy(), case["top_k"]) > 1e-3)
+    a = _t(_randn(gen, case["n_experts"], case["d_in"], case["rank"]), torch.float32)
+    b = _t(_randn(gen, case["n_experts"], case["rank"], case["d_out"]), torch.float32)
+    base = _t(_randn(gen, *case["lead"], case["d_out"]), dtype) if case["with_base"] else None
+    routing = (case["scale"], case["top_k"], case["renormalize"])
+    inputs = tuple(t for t in (x, w, a, b, base) if t is not None)
+    results = []
+    for fn in (fused_routed_molora, _plain_routed_molora):
+        out, probs, logits = fn(x, w, a, b, *routing, base=base)
+        gen_up = torch.Generator().manual_seed(1)
+        loss = sum((t.float() * torch.randn(t.shape, generator=gen_up)).sum() for t in (out, probs))
+        loss = loss + logits.square().sum() * 0.1
+        results.append((out, probs, logits, *torch.autograd.grad(loss, inputs)))
+    gtol = GRAD_TOLERANCE[dtype]
+    for got, want in zip(*results, strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        atol = gtol * max(1.0, want.abs().max().item())
+        torch.testing.assert_close(got.float(), want.float(), rtol=gtol, atol=atol)
+
+
+@pytest.mark.parametrize(("top_k", "renormalize"), [(None, True), (2, True), (2, False)])
+def test_routed_molora_gradcheck(top_k: int | None, renormalize: bool) -> None:
+    gen = np.random.default_rng(3)
+    args = tuple(
+        _t(_randn(gen, *shape), torch.float64)
+        for shape in [(2, 3, 5), (5, 4), (4, 5, 2), (4, 2, 3), (2, 3, 3)]
+    )
+    assert torch.autograd.gradcheck(
+        lambda x, w, a, b, base: fused_routed_molora(x, w, a, b, 0.7, top_k, renormalize, base),
+        args,
+    )
+
+
+def test_molora_base_is_added_in_the_product() -> None:
+    x, probs, a, b = (torch.tensor(t) for t in _molora_inputs(2, (3, 4), 5, 2, 6, 3, True, False))
+    base = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)
+    out = fused_molora(x, probs, a, b, 0.5, base=base)
+    torch.testing.assert_close(out, base + fused_molora(x, probs, a, b, 0.5))
+    (out * 2).sum().backward()
+    torch.testing.assert_close(base.grad, torch.full_like(base, 2.0))
+    with pytest.raises(ValueError, match="base has shape"):
+        fused_molora(x, probs, a, b, 0.5, base=base[..., :5])
+
+
+def test_routed_molora_rejects_a_router_of_the_wrong_shape() -> None:
+    x, _, a, b = (torch.tensor(t) for t in _molora_inputs(0, (3,), 4, 2, 3, 2, True, False))
+    with pytest.raises(ValueError, match=r"router_weight has shape \(4, 3\); expected \[4, 2\]"):
+        fused_routed_molora(x, torch.zeros(4, 3, dtype=x.dtype), a, b, 1.0)
+
+
 # --- memory: what is saved for backward -------------------------------------------------------
 
 
@@ -341,6 +425,22 @@ def test_molora_saves_no_hidden_or_output() -> None:
     delta.sum().backward()
 
 
+def test_routed_molora_saves_inputs_and_probs_only() -> None:
+    n, d_in, rank, d_out, n_experts = 4096, 256, 4, 128, 10
+    x = torch.randn(n, d_in, requires_grad=True)
+    base = torch.randn(n, d_out)
+    w = (torch.randn(d_in, n_experts) * 0.1).requires_grad_()
+    a = torch.randn(n_experts, d_in, rank, requires_grad=True)
+    b = torch.randn(n_experts, rank, d_out, requires_grad=True)
+    saved = _SavedBytes()
+    with saved.hooks():
+        out, probs, _ = fused_routed_molora(x, w, a, b, 2.0, base=base)
+    token_wide = [s for s in saved.shapes if len(s) == 2 and s[0] == n]
+    assert sorted(token_wide) == sorted([(n, d_in), (n, n_experts)])  # x and probs only
+    assert saved.nbytes == sum(t.numel() * 4 for t in (x, probs, w, a, b))
+    out.sum().backward()
+
+
 # --- torch.compile ----------------------------------------------------------------------------
 
 
@@ -372,6 +472,19 @@ def test_compile_fused_molora() -> None:
     _compiled_matches_eager(lambda *t: (fused_molora(*t, 0.5),), (x, probs, a, b))
 
 
+def test_compile_fused_routed_molora() -> None:
+    x, _, a, b = (
+        torch.tensor(t, dtype=torch.float32)
+        for t in _molora_inputs(5, (2, 3), 6, 2, 5, 3, True, False)
+    )
+    w = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    base = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(1))
+    _compiled_matches_eager(
+        lambda x, w, a, b, base: fused_routed_molora(x, w, a, b, 0.5, 2, False, base),
+        (x, w, a, b, base),
+    )
+
+
 @pytest.mark.parametrize(
     "wanted", [(False, True, True), (False, False, True), (True, False, False)]
 )
@@ -389,22 +502,31 @@ def test_mov_partial_input_gradients(wanted: tuple[bool, bool, bool]) -> None:
             torch.testing.assert_close(got, want)
 
 
+def _leaves_on(device: str, first: Tensor, *rest: np.ndarray) -> list[Tensor]:
+    """``first`` and float32 copies of ``rest`` as leaves on ``device``."""
+    tensors = [first, *(_t(r, torch.float32) for r in rest)]
+    return [t.detach().to(device).requires_grad_() for t in tensors]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_matches_cpu(dtype: torch.dtype) -> None:
     h, w, v = _mov_inputs(6, (4, 5), 2, 8, 6)
     x, probs, a, b = _molora_inputs(6, (4, 5), 16, 4, 8, 6, True, False)
+    router = np.random.default_rng(7).standard_normal((16, 6)) * 0.3
     results = []
     for device in ("cpu", "cuda"):
-        mov_args = [_t(h, dtype).to(device)] + [_t(t, torch.float32).to(device) for t in (w, v)]
-        mov_args = [t.detach().requires_grad_() for t in mov_args]
-        molora_args = [_t(x, dtype).to(device)] + [
-            _t(t, torch.float32).to(device) for t in (probs, a, b)
+        mov_args = _leaves_on(device, _t(h, dtype), w, v)
+        molora_args = _leaves_on(device, _t(x, dtype), probs, a, b)
+        routed_args = _leaves_on(device, _t(x, dtype), router, a, b)
+        outs = [
+            *fused_mov(*mov_args, 2, 2, True),
+            fused_molora(*molora_args, 0.5),
+            *fused_routed_molora(*routed_args, 0.5, 2, False),
         ]
-        molora_args = [t.detach().requires_grad_() for t in molora_args]
-        outs = [*fused_mov(*mov_args, 2, 2, True), fused_molora(*molora_args, 0.5)]
         sum(o.float().sum() for o in outs).backward()
-        results.append([o.detach().cpu() for o in outs] + [t.grad.cpu() for t in mov_args])
+        inputs = [*mov_args, *molora_args, *routed_args]
+        results.append([o.detach().cpu() for o in outs] + [t.grad.cpu() for t in inputs])
     tol = TOLERANCE[dtype] * 10
     for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
