@@ -16,12 +16,13 @@ import torch
 import mixlight
 from benchmarks import measure
 from benchmarks.analysis import analysis_for
-from benchmarks.impl import Group
+from benchmarks.impl import Group, Impl
 from benchmarks.sites import compiled, molora_group, mov_group
 from benchmarks.t5 import T5Shape, generation_group, training_group
 
 MOV_EXPERTS = (1, 10, 30, 60)
 MOLORA_EXPERTS = (4, 10, 16)
+JAX_MOV_EXPERTS = (1, 10, 60)
 RANK = 4
 
 
@@ -50,6 +51,7 @@ class Case:
     build: Callable[[bool, torch.device], tuple[list[Group], str]]
     targets: tuple[Target, ...]
     repeats: int
+    needs: tuple[str, ...] = ()  # importable modules besides torch
 
 
 def _site_shape(quick: bool) -> tuple[int, int]:
@@ -80,6 +82,22 @@ def _build_molora(quick: bool, device: torch.device) -> tuple[list[Group], str]:
     return groups, (
         f"x [{tokens}, {d}] float32, d_in = d_out = {d}, r = {RANK}, router [{d}, E]; the "
         "adapter delta only (no frozen base Linear)"
+    )
+
+
+def _build_jax_sites(quick: bool, device: torch.device) -> tuple[list[Group], str]:
+    try:
+        from benchmarks import jax_sites
+    except ImportError as err:
+        msg = f"case 6 needs jax and mixlight_jax ({err}); pip install mixlight[jax]"
+        raise ImportError(msg) from err
+    tokens, d = _site_shape(quick)
+    groups = [jax_sites.mov_group(tokens, d, e) for e in JAX_MOV_EXPERTS]
+    groups += [jax_sites.molora_group(tokens, d, e, RANK) for e in MOLORA_EXPERTS]
+    return groups, (
+        f"cases 1 and 2 in JAX on its CPU device ({tokens} tokens, d = {d}, float32, r = {RANK}), "
+        "each step one jax.jit-compiled forward + backward (jax.vjp); the MoLoRA fused row "
+        "routes with the core router"
     )
 
 
@@ -151,6 +169,20 @@ CASES = {
         ),
         repeats=10,
     ),
+    6: Case(
+        6,
+        "JAX under jit: MoV and MoLoRA sites, forward + backward",
+        _build_jax_sites,
+        (
+            Target("MoV E=10", "fused", "ia3", "time", 1.3),
+            Target("MoV E=10", "fused", "ia3", "saved", 1.05),
+            Target("MoLoRA E=16", "fused", "lora", "time", 1.1),
+            Target("MoLoRA E=16", "fused", "loop", "time", 1 / 3),
+            Target("MoLoRA E=16", "fused", "loop", "saved", 0.2),
+        ),
+        repeats=10,
+        needs=("jax", "mixlight_jax"),
+    ),
 }
 
 
@@ -170,12 +202,9 @@ def run_group(group: Group, repeats: int, warmup: int, device: torch.device):
     timings = measure.summarize(times, group.baseline)
     results = {}
     for name, impl in group.impls.items():
-        saved = None
-        if impl.backward is not None:
-            saved = measure.saved_bytes(impl.forward, impl.frozen)
         results[name] = {
             **timings[name].as_dict(),
-            "saved_bytes": saved,
+            "saved_bytes": impl.saved_bytes(),
             "cuda_peak_bytes": measure.cuda_peak_bytes(impl.step, device),
         }
     return results, times
@@ -199,8 +228,9 @@ def run_case(
         ratio = _ratio(t, results, times)
         entry = {"target": t.describe(), "ratio": ratio, "bound": t.bound}
         entry["met"] = None if ratio is None else ratio <= t.bound
-        if profile and entry["met"] is False and t.metric == "time":
-            impls = group.impls
+        impls = group.impls
+        torch_impls = all(isinstance(impls[n], Impl) for n in (t.impl, t.versus))
+        if profile and torch_impls and entry["met"] is False and t.metric == "time":
             entry["profile"] = measure.profile_diff(impls[t.impl].step, impls[t.versus].step)
         targets.append(entry)
     return {

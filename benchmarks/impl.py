@@ -5,8 +5,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
+import numpy as np
 import torch
+
+from benchmarks import measure
 
 Tensor = torch.Tensor
 Pairs = list[tuple[str, str, tuple[str, ...]]]
@@ -44,6 +48,12 @@ class Impl:
         grads = {} if self.backward is None else self.backward(out)
         return {"out": out.detach(), **grads}
 
+    def saved_bytes(self) -> int | None:
+        """Bytes autograd saves for backward in one forward (None without a backward)."""
+        if self.backward is None:
+            return None
+        return measure.saved_bytes(self.forward, self.frozen)
+
 
 def grads_of(inputs: Mapping[str, Tensor], g_out: Tensor | None = None):
     """A ``backward`` that returns the gradients of ``inputs`` (by name) without
@@ -57,6 +67,14 @@ def grads_of(inputs: Mapping[str, Tensor], g_out: Tensor | None = None):
     return backward
 
 
+class Runnable(Protocol):
+    """What a group times: :class:`Impl`, or another framework's implementation."""
+
+    def step(self) -> Mapping[str, object]: ...
+
+    def saved_bytes(self) -> int | None: ...
+
+
 @dataclass
 class Group:
     """Implementations compared under one setting (e.g. ``E=10``), ratios against
@@ -64,8 +82,13 @@ class Group:
 
     label: str
     baseline: str
-    impls: dict[str, Impl]
+    impls: Mapping[str, Runnable]
     same: Pairs = field(default_factory=list)
+
+
+def _as_tensor(a: object) -> Tensor:
+    """A torch tensor of a result (JAX rows return jax arrays)."""
+    return a if isinstance(a, Tensor) else torch.as_tensor(np.asarray(a))
 
 
 def check_same(group: Group, rtol: float = 1e-4, atol: float = 1e-5) -> int:
@@ -75,7 +98,7 @@ def check_same(group: Group, rtol: float = 1e-4, atol: float = 1e-5) -> int:
     checks = 0
     for a, b, keys in group.same:
         for key in keys:
-            got, want = results[a][key], results[b][key]
+            got, want = (_as_tensor(r[key]) for r in (results[a], results[b]))
             where = f"{group.label}: {a} vs {b}, {key}"
             torch.testing.assert_close(
                 got,

@@ -4,7 +4,7 @@ Case 1 (MoV site): ``h -> h * merged(h)`` with gradients for ``h``, the router a
 vectors: the fused op, plain autograd through :mod:`mixlight.math`, and a plain (IA)³ site
 ``h * v``. Case 2 (MoLoRA site): ``x -> delta(x)`` (the adapter's delta, router included,
 without the frozen base Linear) with gradients for ``x`` and every adapter weight: the fused
-op, a per-expert Python loop, and one LoRA of rank ``E*r``.
+op (its token router inside), a per-expert Python loop, and one LoRA of rank ``E*r``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from benchmarks.impl import Group, Impl, Pairs, grads_of, new_generator, randn
 from mixlight.math import mix_vectors, router_logits, router_probs
-from mixlight_torch.fused import fused_molora, fused_mov
+from mixlight_torch.fused import fused_mov, fused_routed_molora
 
 Tensor = torch.Tensor
 MOLORA_SCALE = 4.0  # alpha / r = 16 / 4, the preset's
@@ -99,7 +99,9 @@ def molora_group(
         ),
         "loop": Impl(lambda: _loop_molora(x, probs(), a, b), grads_of(routed, g_out), [w, a, b]),
         "fused": Impl(
-            lambda: fused_molora(x, probs(), a, b, MOLORA_SCALE), grads_of(routed, g_out), [w, a, b]
+            lambda: fused_routed_molora(x, w, a, b, MOLORA_SCALE)[0],
+            grads_of(routed, g_out),
+            [w, a, b],
         ),
     }
     same: Pairs = [("fused", "loop", ("out", "x", "router", "lora_A", "lora_B"))]

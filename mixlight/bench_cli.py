@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = " ".join(["mixlight", "bench", *argv])
     try:
         record = rerender(Path(args.out)) if args.render else run(args, command)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, ImportError) as err:
         print(f"mixlight bench: error: {err}", file=sys.stderr)
         return 2
     from benchmarks import report
