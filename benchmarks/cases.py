@@ -101,6 +101,13 @@ def _build_jax_sites(quick: bool, device: torch.device) -> tuple[list[Group], st
     )
 
 
+def _build_xlora(quick: bool, device: torch.device) -> tuple[list[Group], str]:
+    from benchmarks.xlora import LlamaShape, xlora_group
+
+    shape = LlamaShape(32, 64, 2, 4, 100, 2, 16) if quick else LlamaShape.small()
+    return [xlora_group(shape, device)], shape.describe()
+
+
 def _t5_shape(quick: bool, batch: int = 4) -> T5Shape:
     """t5-v1_1-small at batch 4 (batch 8 takes ~10 s a step on 2 shared cores), or tiny."""
     if quick:
@@ -182,6 +189,16 @@ CASES = {
         ),
         repeats=10,
         needs=("jax", "mixlight_jax"),
+    ),
+    7: Case(
+        7,
+        "MoLoRA vs PEFT X-LoRA, decoder-only training step",
+        _build_xlora,
+        (
+            Target("train step", "molora-10-r4", "peft-xlora-10", "time", 1 / 3),
+            Target("train step", "molora-10-r4", "peft-lora-r40", "time", 1.10),
+        ),
+        repeats=5,
     ),
 }
 
