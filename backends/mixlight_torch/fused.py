@@ -48,17 +48,24 @@ def _wants_grad(*tensors: Tensor | None) -> bool:
 # --- MoV --------------------------------------------------------------------------------------
 
 
-def _merge(probs: Tensor, vectors: Tensor, out: Tensor | None = None) -> Tensor:
-    """The merged vectors ``[n, d]``: ``probs [n, H, E]`` times ``vectors [E, d]`` per head
-    (``d = H * k``, head-major), written into ``out [n, d]`` when given (eager only)."""
+def _merge(probs: Tensor, vectors: Tensor) -> Tensor:
+    """The merged vectors ``[n, H, k]``: ``probs [n, H, E]`` times ``vectors [E, d]`` per head
+    (``d = H * k``, head-major). A transposed view of one ``[H, n, k]`` product: contiguous
+    for one head; for several, consumers write the product with ``h`` or ``g_out`` into a
+    contiguous tensor (a strided ``out=`` for the product itself is several times slower)."""
     n_tokens, n_heads, n_experts = probs.shape
     per_head = vectors.view(n_experts, n_heads, -1).transpose(0, 1)  # [H, E, k]
-    if torch.compiler.is_compiling():  # dynamo takes no strided out=; inductor plans memory
-        return torch.bmm(probs.transpose(0, 1), per_head).transpose(0, 1).reshape(n_tokens, -1)
+    return torch.bmm(probs.transpose(0, 1), per_head).transpose(0, 1)
+
+
+def _times_merged(t: Tensor, merged: Tensor, out: Tensor | None = None) -> Tensor:
+    """``t * merged`` as a contiguous ``[n, H, k]`` tensor in ``merged``'s dtype: in place in
+    ``merged`` when it is contiguous, else into ``out`` (a spare buffer) or a new tensor."""
+    if merged.is_contiguous():
+        return merged.mul_(t)
     if out is None:
-        out = probs.new_empty(n_tokens, vectors.shape[-1])
-    torch.bmm(probs.transpose(0, 1), per_head, out=out.view(n_tokens, n_heads, -1).transpose(0, 1))
-    return out
+        out = torch.empty(merged.shape, dtype=merged.dtype, device=merged.device)
+    return torch.mul(t, merged, out=out)
 
 
 def _merge_grads(probs: Tensor, vectors: Tensor, g_merged: Tensor) -> tuple[Tensor, Tensor]:
@@ -104,11 +111,9 @@ def _mov_forward(
     with no_autocast(h):
         hr = h.reshape(-1, n_heads, d // n_heads).to(cdt)
         probs, logits = route_tokens(hr, router_weight, top_k, renormalize)
-        merged = _merge(probs, vectors.to(cdt))
-        if h.dtype == cdt:
-            out = merged.mul_(hr.view(merged.shape))  # the only [n, d] tensor allocated
-        else:
-            out = h.reshape(merged.shape) * merged.to(h.dtype)
+        merged = _merge(probs, vectors.to(cdt))  # [n, H, k]
+        # in float32 the only [n, d] tensor allocated (one head: merged, scaled in place)
+        out = _times_merged(h.reshape(merged.shape), merged.to(h.dtype))
     routed_shape = (*lead, n_heads, -1) if heads else (*lead, -1)
     return out.view(h.shape), probs.view(routed_shape), logits.view(routed_shape)
 
@@ -185,8 +190,10 @@ def _mov_backward(
     w_t = router_weight.to(cdt).T
     if g_merged is None:
         return torch.mm(g_l, w_t).view(h.shape).to(h.dtype), g_w, g_v
-    # g_h = g_out * merged + g_l @ W^T, built in g_merged's buffer (consumed above).
-    g_h = _merge(probs, vectors_c, out=g_merged).mul_(g_out.reshape(n_tokens, d))
+    # g_h = g_out * merged + g_l @ W^T, built in place (in g_merged's buffer, consumed above,
+    # when the merged vectors are not contiguous).
+    g_heads = g_out.reshape(n_tokens, n_heads, -1)
+    g_h = _times_merged(g_heads, _merge(probs, vectors_c), out=g_merged.view(g_heads.shape))
     g_h.view(n_tokens * n_heads, -1).addmm_(g_l, w_t)
     return g_h.view(h.shape).to(h.dtype), g_w, g_v
 
