@@ -196,6 +196,7 @@ CASES = {
         _build_xlora,
         (
             Target("train step", "molora-10-r4", "peft-xlora-10", "time", 1 / 3),
+            Target("train step", "molora-10-r4", "peft-xlora-10-trainable", "time", 1 / 3),
             Target("train step", "molora-10-r4", "peft-lora-r40", "time", 1.10),
         ),
         repeats=5,

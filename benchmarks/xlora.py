@@ -5,8 +5,10 @@ a decoder-only ``model.model.*`` layout (loading a T5 LoRA fails with "unexpecte
 its per-token scalings, computed from one sequence of hidden states, are applied at every
 LoRA layer, which cannot fit an encoder and a decoder of different lengths. So this case uses
 a random-weight Llama of t5-v1_1-small's width and depth, and compares on it: one LoRA of rank
-40, mixlight MoLoRA-10 r=4, and X-LoRA over 10 LoRA adapters of rank 4 (its classifier trains;
-the adapters are frozen, as X-LoRA does by default), all on the same six projections.
+40, mixlight MoLoRA-10 r=4, and X-LoRA over 10 LoRA adapters of rank 4, all on the same six
+projections. X-LoRA runs twice: as configured by default (only its classifier trains, on
+frozen adapters) and with trainable adapters (``use_trainable_adapters``: router and experts
+train, as in MoLoRA).
 """
 
 from __future__ import annotations
@@ -74,9 +76,10 @@ def _lora(model: nn.Module, rank: int) -> nn.Module:
     return get_peft_model(model, config)
 
 
-def _xlora(base: nn.Module, shape: LlamaShape, experts: int) -> nn.Module:
+def _xlora(base: nn.Module, shape: LlamaShape, experts: int, train_adapters: bool) -> nn.Module:
     """X-LoRA over ``experts`` LoRA adapters of rank ``RANK``, saved and reloaded as X-LoRA
-    requires (each adapter is a fresh PEFT LoRA: B = 0, so the model is the base at init)."""
+    requires (each adapter is a fresh PEFT LoRA: B = 0, so the model is the base at init).
+    Its classifier trains; the adapters too with ``train_adapters``."""
     from peft import XLoraConfig, get_peft_model
 
     with tempfile.TemporaryDirectory(prefix="mixlight-xlora-") as tmp:
@@ -84,7 +87,12 @@ def _xlora(base: nn.Module, shape: LlamaShape, experts: int) -> nn.Module:
         paths = {str(i): f"{tmp}/expert_{i}" for i in range(experts)}
         for path in paths.values():
             _lora(copy.deepcopy(base), RANK).save_pretrained(path)
-        config = XLoraConfig(task_type="CAUSAL_LM", hidden_size=shape.hidden, adapters=paths)
+        config = XLoraConfig(
+            task_type="CAUSAL_LM",
+            hidden_size=shape.hidden,
+            adapters=paths,
+            use_trainable_adapters=train_adapters,
+        )
         return get_peft_model(copy.deepcopy(base), config)
 
 
@@ -107,7 +115,8 @@ def xlora_group(shape: LlamaShape, device: torch.device) -> Group:
         "molora-10-r4": _step(
             ml.inject(copy.deepcopy(base), ml.MoLoRA(EXPERTS, RANK, targets=patterns)), batch
         ),
-        "peft-xlora-10": _step(_xlora(base, shape, EXPERTS), batch),
+        "peft-xlora-10": _step(_xlora(base, shape, EXPERTS, False), batch),
+        "peft-xlora-10-trainable": _step(_xlora(base, shape, EXPERTS, True), batch),
     }
-    same: Pairs = [("peft-lora-r40", n, ("out",)) for n in ("molora-10-r4", "peft-xlora-10")]
+    same: Pairs = [("peft-lora-r40", n, ("out",)) for n in impls if n != "peft-lora-r40"]
     return Group("train step", "peft-lora-r40", impls, same)
