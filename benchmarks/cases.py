@@ -96,8 +96,7 @@ def _build_jax_sites(quick: bool, device: torch.device) -> tuple[list[Group], st
     groups += [jax_sites.molora_group(tokens, d, e, RANK) for e in MOLORA_EXPERTS]
     return groups, (
         f"cases 1 and 2 in JAX on its CPU device ({tokens} tokens, d = {d}, float32, r = {RANK}), "
-        "each step one jax.jit-compiled forward + backward (jax.vjp); the MoLoRA fused row "
-        "routes with the core router"
+        "each step one jax.jit-compiled forward + backward (jax.vjp)"
     )
 
 

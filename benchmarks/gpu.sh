@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# CUDA checks in one short run (under 8 minutes): the CUDA tests, then `mixlight bench` on the
-# GPU (cases 1-4), written to benchmarks/RESULTS-gpu.md and benchmarks/results-gpu.json.
+# CUDA checks in one short run (under 8 minutes): the CUDA tests (the Triton MoV kernel among
+# them), the kernel's achieved bandwidth (benchmarks/bandwidth-gpu.{txt,json}), then
+# `mixlight bench` on the GPU (cases 1-4, 7), written to benchmarks/RESULTS-gpu.md and
+# benchmarks/results-gpu.json.
 # Exits 0 with a message when no CUDA device is present.
 #   usage: bash benchmarks/gpu.sh [extra `mixlight bench` arguments, e.g. --repeats 5]
 set -euo pipefail
@@ -19,9 +21,13 @@ fi
 echo "== CUDA tests"
 timeout 180 "$PY" -m pytest tests/torch -k cuda -q -rs
 
+echo "== Triton MoV kernel: achieved bandwidth"
+timeout 120 "$PY" -m benchmarks.bandwidth --out benchmarks/bandwidth-gpu.json \
+    | tee benchmarks/bandwidth-gpu.txt
+
 echo "== mixlight bench on CUDA"
 out=$(mktemp -d)
-timeout 300 "$PY" -m mixlight.cli bench --device cuda --cases 1,2,3,4 --out "$out" "$@"
+timeout 300 "$PY" -m mixlight.cli bench --device cuda --cases 1,2,3,4,7 --out "$out" "$@"
 cp "$out/RESULTS.md" benchmarks/RESULTS-gpu.md
 cp "$out/results.json" benchmarks/results-gpu.json
 rm -rf "$out"

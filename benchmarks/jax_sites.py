@@ -2,11 +2,11 @@
 
 The same shapes and implementations as :mod:`benchmarks.sites`: MoV site (fused
 ``custom_vjp`` op, autodiff through :mod:`mixlight.math`, an (IA)³ site) and MoLoRA site
-(fused op with the core router, a per-expert loop, one LoRA of rank ``E*r``). *Saved for
+(fused op with its token router inside, a per-expert loop, one LoRA of rank ``E*r``). *Saved for
 backward* counts the distinct buffers among the residuals of an eager ``jax.vjp``, excluding
 the weights' own buffers, as the torch rows exclude parameters. It is an upper bound on what a
-jitted step keeps: XLA may share a buffer that eager residuals hold twice (the fused MoLoRA
-row's ``x``, kept by the LoRA op and by the core router).
+jitted step keeps: XLA may share a buffer that eager residuals hold twice (the loop's ``x``,
+kept by the router and by each expert).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from benchmarks.impl import Group, Pairs
 from benchmarks.sites import MOLORA_SCALE
 from mixlight.math import mix_vectors, router_logits, router_probs
-from mixlight_jax.fused import fused_molora, fused_mov
+from mixlight_jax.fused import fused_mov, fused_routed_molora
 
 
 @dataclass
@@ -103,9 +103,6 @@ def molora_group(tokens: int, d: int, n_experts: int, rank: int, seed: int = 0) 
     b_cat = np.asarray(b).reshape(n_experts * rank, d) / n_experts
     names = ("x", "router", "lora_A", "lora_B")
 
-    def fused(x, w, a, b):
-        return fused_molora(x, router_probs(router_logits(x, w)), a, b, MOLORA_SCALE)
-
     impls = {
         "lora": JaxImpl(
             lambda x, a, b: (x @ a) @ b * MOLORA_SCALE,
@@ -115,7 +112,13 @@ def molora_group(tokens: int, d: int, n_experts: int, rank: int, seed: int = 0) 
             (1, 2),
         ),
         "loop": JaxImpl(_loop_molora, (x, w, a, b), names, g_out, (1, 2, 3)),
-        "fused": JaxImpl(fused, (x, w, a, b), names, g_out, (1, 2, 3)),
+        "fused": JaxImpl(
+            lambda *t: fused_routed_molora(*t, MOLORA_SCALE)[0],
+            (x, w, a, b),
+            names,
+            g_out,
+            (1, 2, 3),
+        ),
     }
     same: Pairs = [("fused", "loop", ("out", "x", "router", "lora_A", "lora_B"))]
     return Group(f"MoLoRA E={n_experts}", "lora", impls, same)

@@ -1,10 +1,11 @@
 """Cases 1 and 2: one adapter site, forward + backward, on ``[tokens, d]`` activations.
 
 Case 1 (MoV site): ``h -> h * merged(h)`` with gradients for ``h``, the router and the
-vectors: the fused op, plain autograd through :mod:`mixlight.math`, and a plain (IA)³ site
-``h * v``. Case 2 (MoLoRA site): ``x -> delta(x)`` (the adapter's delta, router included,
-without the frozen base Linear) with gradients for ``x`` and every adapter weight: the fused
-op (its token router inside), a per-expert Python loop, and one LoRA of rank ``E*r``.
+vectors: the fused op (on CUDA the Triton kernel, with the torch op as ``fused-torch``),
+plain autograd through :mod:`mixlight.math`, and a plain (IA)³ site ``h * v``. Case 2
+(MoLoRA site): ``x -> delta(x)`` (the adapter's delta, router included, without the frozen
+base Linear) with gradients for ``x`` and every adapter weight: the fused op (its token
+router inside), a per-expert Python loop, and one LoRA of rank ``E*r``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from benchmarks.impl import Group, Impl, Pairs, grads_of, new_generator, randn
 from mixlight.math import mix_vectors, router_logits, router_probs
-from mixlight_torch.fused import fused_mov, fused_routed_molora
+from mixlight_torch.fused import FusedMoV, fused_mov, fused_routed_molora
 
 Tensor = torch.Tensor
 MOLORA_SCALE = 4.0  # alpha / r = 16 / 4, the preset's
@@ -41,6 +42,13 @@ def mov_group(tokens: int, d: int, n_experts: int, device: torch.device, seed: i
         ),
     }
     same: Pairs = [("fused", "unfused", ("out", "h", "router", "v"))]
+    if device.type == "cuda":  # "fused" runs the Triton kernel there; this is the torch op
+        impls["fused-torch"] = Impl(
+            lambda: FusedMoV.apply(h, w, v, None, None, True)[0],
+            grads_of({"h": h, "router": w, "v": v}, g_out),
+            [w, v],
+        )
+        same.append(("fused-torch", "unfused", ("out", "h", "router", "v")))
     if n_experts == 1:
         same.append(("fused", "ia3", ("out", "h")))
     return Group(f"E={n_experts}", "ia3", impls, same)

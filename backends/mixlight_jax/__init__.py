@@ -20,6 +20,7 @@ _EXPORTS = {
     "adapter_layers": "mixlight_jax.model",
     "fused_molora": "mixlight_jax.fused",
     "fused_mov": "mixlight_jax.fused",
+    "fused_routed_molora": "mixlight_jax.fused",
     "inject": "mixlight_jax.model",
     "remove_adapters": "mixlight_jax.model",
     "sequence_masks": "mixlight_jax.model",

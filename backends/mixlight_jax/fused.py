@@ -8,7 +8,8 @@ equal the reference by construction. What changes is what is kept for backward:
   probabilities. The merged ``[..., d]`` scaling vector (as wide as ``h``) is recomputed in
   backward, and so is the full softmax when the unrenormalised top-k backward needs it.
 * :func:`fused_molora` keeps ``x``, ``probs`` and the two LoRA kernels; the ``[..., E*r]``
-  low-rank activations are recomputed in backward.
+  low-rank activations are recomputed in backward. :func:`fused_routed_molora` also runs the
+  token router on ``x``, so that ``x`` is kept once for both.
 
 Both run under ``jax.jit``, ``vmap`` and ``grad``; routers compute in float32 (float64 under
 ``jax_enable_x64`` for float64 inputs), MoLoRA in ``x``'s dtype.
@@ -24,7 +25,7 @@ from einops import rearrange, reduce, repeat
 
 from mixlight.math import lowrank_mixture, merge_vectors, mix_vectors, router_logits, router_probs
 
-__all__ = ["fused_molora", "fused_mov"]
+__all__ = ["fused_molora", "fused_mov", "fused_routed_molora"]
 
 
 def fused_mov(
@@ -97,13 +98,10 @@ def _mov_bwd(heads, top_k, renormalize, saved, grads):
     g_merged = split((g_out * h).astype(cdt))  # [..., H, k]
     g_v = jnp.einsum("...he,...hk->ehk", p, g_merged).reshape(vectors.shape)
     g_p = g_probs.reshape(p.shape) + jnp.einsum("...hk,ehk->...he", g_merged, per_head)
-    dot = jnp.sum(g_p * p, axis=-1, keepdims=True)
+    full = None
     if top_k is not None and not renormalize:  # p = mask * softmax: needs the full softmax
         full = jax.nn.softmax(router_logits(h, router_weight, n_heads), axis=-1)
-        g_l = p * g_p - full * dot
-    else:  # a softmax over the kept experts
-        g_l = p * (g_p - dot)
-    g_l = g_l + g_logits.reshape(p.shape)
+    g_l = _logits_grad(p, g_p, g_logits.reshape(p.shape), full)
     hr = split(h.astype(cdt))
     g_w = jnp.einsum("...hk,...he->ke", hr, g_l)
     merged = merge_vectors(probs, vectors.astype(cdt), heads)  # recomputed, [..., d]
@@ -112,6 +110,16 @@ def _mov_bwd(heads, top_k, renormalize, saved, grads):
     )
     g_h = g_route.astype(h.dtype) + g_out * merged.astype(h.dtype)
     return g_h, g_w.astype(router_weight.dtype), g_v.astype(vectors.dtype)
+
+
+def _logits_grad(p, g_p, g_logits, full_softmax):
+    """The logits' gradient ``[..., E]`` from those of ``p = router_probs(logits)`` and of
+    the logits themselves. ``full_softmax`` is None for a softmax over the kept experts (soft,
+    or renormalised top-k): ``p * (g_p - sum(g_p * p))``; for the unrenormalised top-k case
+    ``p = mask * s`` it is the full softmax ``s``: ``p * g_p - s * sum(g_p * p)``."""
+    dot = jnp.sum(g_p * p, axis=-1, keepdims=True)
+    g_l = p * (g_p - dot) if full_softmax is None else p * g_p - full_softmax * dot
+    return g_l + g_logits
 
 
 _mov.defvjp(_mov_fwd, _mov_bwd)
@@ -181,6 +189,82 @@ def _molora_bwd(scale, saved, g_delta):
     g_x = g_u0 @ a_cat.T
     g_a = rearrange(flat(x).T @ flat(g_u0), "i (e r) -> e i r", r=rank)
     return g_x.astype(x.dtype), g_p, g_a.astype(lora_A.dtype), g_b.astype(lora_B.dtype)
+
+
+def fused_routed_molora(
+    x: jax.Array,
+    router_weight: jax.Array,
+    lora_A: jax.Array,
+    lora_B: jax.Array,
+    scale: float,
+    top_k: int | None = None,
+    renormalize: bool = True,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """MoLoRA with its own token router on ``x``: ``(delta, probs, logits)``.
+
+    ``probs = router_probs(router_logits(x, router_weight), top_k, renormalize)``, then the
+    delta of :func:`fused_molora`. Keeps ``x``, the kernels and ``probs`` for backward (``x``
+    once, for the LoRA and the router); the router's input gradient is added to the LoRA's.
+
+    Args:
+      x: ``[..., d_in]``.  router_weight: ``[d_in, E]``.
+      lora_A: ``[E, d_in, r]``.  lora_B: ``[E, r, d_out]``.  scale: ``alpha / r``.
+      top_k, renormalize: as :func:`mixlight.math.router_probs`.
+    Returns:
+      ``delta [..., d_out]`` in x's dtype; ``probs``, ``logits`` ``[..., E]`` float32.
+    """
+    n_experts, d_in, rank = lora_A.shape
+    if x.shape[-1] != d_in or lora_B.shape[:2] != (n_experts, rank):
+        raise ValueError(
+            f"fused_routed_molora: x {tuple(x.shape)}, lora_A {tuple(lora_A.shape)} and lora_B "
+            f"{tuple(lora_B.shape)} do not fit x [..., d_in], A [E, d_in, r], B [E, r, d_out]"
+        )
+    if router_weight.shape != (d_in, n_experts):
+        raise ValueError(
+            f"fused_routed_molora: router_weight has shape {tuple(router_weight.shape)}; "
+            f"expected [{d_in}, {n_experts}]"
+        )
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"fused_routed_molora: top_k must be at least 1; got {top_k}")
+    if top_k is not None and top_k >= n_experts:
+        top_k = None
+    return _routed_molora(x, router_weight, lora_A, lora_B, float(scale), top_k, bool(renormalize))
+
+
+def _routed_molora_forward(x, router_weight, lora_A, lora_B, scale, top_k, renormalize):
+    logits = router_logits(x, router_weight)
+    probs = router_probs(logits, top_k, renormalize)
+    return lowrank_mixture(x, probs, lora_A, lora_B, scale), probs, logits
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _routed_molora(x, router_weight, lora_A, lora_B, scale, top_k, renormalize):
+    return _routed_molora_forward(x, router_weight, lora_A, lora_B, scale, top_k, renormalize)
+
+
+def _routed_molora_fwd(x, router_weight, lora_A, lora_B, scale, top_k, renormalize):
+    outs = _routed_molora_forward(x, router_weight, lora_A, lora_B, scale, top_k, renormalize)
+    return outs, (x, router_weight, lora_A, lora_B, outs[1])
+
+
+def _routed_molora_bwd(scale, top_k, renormalize, saved, grads):
+    """Gradients of ``x``, ``router_weight``, ``lora_A``, ``lora_B``: the LoRA part as
+    :func:`fused_molora`'s, then the router's, whose input gradient joins the LoRA's."""
+    x, router_weight, lora_A, lora_B, probs = saved
+    g_delta, g_probs, g_logits = grads
+    g_x, g_p, g_a, g_b = _molora_bwd(scale, (x, probs, lora_A, lora_B), g_delta)
+    cdt = probs.dtype
+    full = None
+    if top_k is not None and not renormalize:
+        full = jax.nn.softmax(router_logits(x, router_weight), axis=-1)
+    g_l = _logits_grad(probs, g_p + g_probs, g_logits, full)  # [..., E]
+    xr = x.astype(cdt)
+    g_w = jnp.einsum("...k,...e->ke", xr, g_l).astype(router_weight.dtype)
+    g_x = g_x + (g_l @ router_weight.astype(cdt).T).astype(x.dtype)
+    return g_x, g_w, g_a, g_b
+
+
+_routed_molora.defvjp(_routed_molora_fwd, _routed_molora_bwd)
 
 
 def _sum_to_shape(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:

@@ -11,7 +11,7 @@ from flax import errors, nnx
 
 from mixlight import LowRank, SiteResult, SiteSpec, Vectors, apply_site
 from mixlight.site_spec import route, select_mask
-from mixlight_jax.fused import fused_molora, fused_mov
+from mixlight_jax.fused import fused_molora, fused_mov, fused_routed_molora
 from mixlight_jax.params import adapter_param
 
 # SiteResult is a pytree, so that ``mix`` and ``mixlight.apply_site`` can be jitted as they are.
@@ -50,6 +50,10 @@ def mix(
             *fused_mov(h, params["router"], params["vectors"], spec.heads, r.top_k, r.renormalize)
         )
     if isinstance(spec.expert, LowRank) and token:
+        if spec.has_router and spec.reads == "input" and not spec.heads:
+            r, lora = spec.router, (params["lora_A"], params["lora_B"], spec.expert.scale)
+            routed = fused_routed_molora(x, params["router"], *lora, r.top_k, r.renormalize)
+            return SiteResult(h + routed[0].astype(h.dtype), routed[1], routed[2])
         probs: jax.Array | None = None
         logits: jax.Array | None = None
         if spec.has_router:

@@ -18,6 +18,8 @@ _EXPORTS = {
     "remove_adapters": "mixlight_torch.model",
     "fused_molora": "mixlight_torch.fused",
     "fused_mov": "mixlight_torch.fused",
+    "fused_routed_molora": "mixlight_torch.fused",
+    "triton_mov": "mixlight_torch.triton_mov",
     "rank_classification": "mixlight_torch.evaluate",
 }
 

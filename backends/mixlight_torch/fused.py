@@ -19,11 +19,17 @@ one matrix product each.
 
 The ops run with autocast disabled, so that forward and the backward recomputation see the
 same dtypes: the router is always computed in float32 (float64 for float64 inputs), the LoRA
-products in ``x``'s dtype. All are ``torch.compile(fullgraph=True)``-clean. No Triton kernel is
-provided; the torch code below runs on every device.
+products in ``x``'s dtype. All are ``torch.compile(fullgraph=True)``-clean. On CUDA, with
+triton installed, the soft-merge MoV runs as one Triton kernel per pass instead
+(:mod:`mixlight_torch.triton_mov`; ``MIXLIGHT_TRITON=0`` turns it off); the torch code below
+runs on every device.
 """
 
 from __future__ import annotations
+
+import functools
+import importlib.util
+import os
 
 import torch
 from torch import Tensor
@@ -78,7 +84,7 @@ def _merge_grads(probs: Tensor, vectors: Tensor, g_merged: Tensor) -> tuple[Tens
     return g_v.transpose(0, 1).reshape(vectors.shape), g_p
 
 
-def _check_mov_shapes(h: Tensor, router_weight: Tensor, vectors: Tensor, heads: int) -> None:
+def check_mov_shapes(h: Tensor, router_weight: Tensor, vectors: Tensor, heads: int) -> None:
     """Raise ``ValueError`` unless ``h [..., d]``, ``router_weight [d // heads, E]`` and
     ``vectors [E, d]`` agree."""
     d = h.shape[-1]
@@ -219,12 +225,34 @@ def fused_mov(
       ``out [..., d]`` in h's dtype, and ``probs``, ``logits`` ``[..., E]`` (``[..., heads, E]``
       per head) in float32 (float64 for float64 ``h``).
     """
-    _check_mov_shapes(h, router_weight, vectors, heads or 1)
+    check_mov_shapes(h, router_weight, vectors, heads or 1)
     top_k = _soft_if_all(top_k, vectors.shape[0], "fused_mov")
+    if top_k is None and _triton_applies(h):
+        from mixlight_torch.triton_mov import triton_mov
+
+        return triton_mov(h, router_weight, vectors, heads)
     if not _wants_grad(h, router_weight, vectors):
         # Inference (e.g. generation): skip the autograd.Function and its bookkeeping.
         return _mov_forward(h, router_weight, vectors, heads or None, top_k, renormalize)
     return FusedMoV.apply(h, router_weight, vectors, heads or None, top_k, renormalize)
+
+
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _triton_applies(h: Tensor) -> bool:
+    """Whether the soft-merge MoV runs as the Triton kernel: a CUDA tensor in 32 or 16 bits,
+    triton installed, not while compiling (dynamo traces the torch ops instead), and not
+    turned off with ``MIXLIGHT_TRITON=0``."""
+    return (
+        h.is_cuda
+        and h.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        and not torch.compiler.is_compiling()
+        and os.environ.get("MIXLIGHT_TRITON", "1") != "0"
+        and _triton_installed()
+    )
 
 
 def _soft_if_all(top_k: int | None, n_experts: int, op: str) -> int | None:

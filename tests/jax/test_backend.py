@@ -22,7 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import mixlight as ml  # noqa: E402
@@ -33,6 +33,7 @@ from mixlight_jax import (  # noqa: E402
     adapter_layers,
     fused_molora,
     fused_mov,
+    fused_routed_molora,
     inject,
     remove_adapters,
     sequence_masks,
@@ -203,6 +204,59 @@ def test_fused_molora_values_and_grads_equal_plain_autodiff(
         _assert_close(got, want, tol)
 
 
+def _plain_routed_molora(x, w, a, b, scale, top_k, renormalize):
+    logits = router_logits(x, w)
+    probs = router_probs(logits, top_k, renormalize)
+    return lowrank_mixture(x, probs, a, b, scale), probs, logits
+
+
+@MANY
+@given(
+    st.integers(1, 6),
+    st.integers(1, 4),
+    st.sampled_from([None, 1, 2, 3]),
+    st.booleans(),
+    st.sampled_from([jnp.float32, BF16]),
+    st.integers(0, 2**31),
+)
+def test_fused_routed_molora_values_and_grads_equal_plain_autodiff(
+    n_experts, rank, top_k, renormalize, dtype, seed
+):
+    """Router and mixture in one op: cotangents reach the delta, probs and logits."""
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((2, 4, 5)), dtype)
+    w = jnp.asarray(rng.standard_normal((5, n_experts)) * 1.5, jnp.float32)
+    logits = np.asarray(x, np.float32) @ np.asarray(w)
+    assume(top_k is None or top_k >= n_experts or _top_k_gap(logits, top_k) > 1e-3)
+    a = jnp.asarray(rng.standard_normal((n_experts, 5, rank)), jnp.float32)
+    b = jnp.asarray(rng.standard_normal((n_experts, rank, 3)), jnp.float32)
+    shapes = [(2, 4, 3), (2, 4, n_experts), (2, 4, n_experts)]
+    cotangents = [jnp.asarray(rng.standard_normal(s)) for s in shapes]
+    static = (2.0, top_k, renormalize)
+    fns = [
+        lambda *t: fused_routed_molora(*t, *static),
+        lambda *t: _plain_routed_molora(*t, *static),
+    ]
+    (got, got_grads), (want, want_grads) = _values_and_grads(fns, [x, w, a, b], cotangents)
+    tol = 1e-5 if dtype == jnp.float32 else 1e-2
+    _assert_close(got, want, tol)
+    _assert_close(got_grads, want_grads, 2 * tol)
+
+
+def _top_k_gap(logits: np.ndarray, top_k: int) -> float:
+    """Smallest gap between the k-th and (k+1)-th largest logit of any row."""
+    ordered = -np.sort(-logits.reshape(-1, logits.shape[-1]), axis=-1)
+    return float((ordered[:, top_k - 1] - ordered[:, top_k]).min())
+
+
+def test_fused_routed_molora_keeps_x_once():
+    x, w = jnp.ones((2, 3, 8)), jnp.ones((8, 4)) * 0.1
+    a, b = jnp.ones((4, 8, 2)), jnp.ones((4, 2, 5))
+    _, vjp = jax.vjp(lambda *t: fused_routed_molora(*t, 1.0)[0], x, w, a, b)
+    shapes = sorted(tuple(r.shape) for r in jax.tree.leaves(vjp) if hasattr(r, "shape"))
+    assert shapes == sorted([(2, 3, 8), (8, 4), (4, 8, 2), (4, 2, 5), (2, 3, 4)]), shapes
+
+
 def test_fused_mov_saves_only_inputs_and_probs():
     h = jnp.ones((2, 3, 8))
     w, v = jnp.ones((2, 4)) * 0.1, jnp.ones((4, 8))
@@ -219,6 +273,10 @@ def test_fused_ops_reject_bad_shapes():
         fused_mov(jnp.ones((2, 8)), jnp.ones((8, 4)), jnp.ones((3, 8)))
     with pytest.raises(ValueError, match="2 experts need routing probabilities"):
         fused_molora(jnp.ones((2, 5)), None, jnp.ones((2, 5, 1)), jnp.ones((2, 1, 3)), 1.0)
+    with pytest.raises(ValueError, match=r"router_weight has shape \(5, 3\); expected \[5, 2\]"):
+        fused_routed_molora(
+            jnp.ones((2, 5)), jnp.ones((5, 3)), jnp.ones((2, 5, 1)), jnp.ones((2, 1, 3)), 1.0
+        )
 
 
 # --- a small NNX model of another shape --------------------------------------------------------
