@@ -37,14 +37,36 @@ def mask_top_k(probs: Tensor, top_k: int | None, renormalize: bool) -> Tensor:
     return probs
 
 
+# Below this many multiply-adds a contraction on CPU runs as broadcast-and-sum: the matmul and
+# softmax kernels open an OpenMP parallel region even for a handful of numbers, and waking the
+# worker threads costs ~0.1 ms, 10-30x the arithmetic (a decoding step routes one token).
+SMALL_CPU_WORK = 1 << 15
+
+
+def is_small(t: Tensor, work: int) -> bool:
+    """Whether a contraction of ``work`` multiply-adds on ``t``'s device is small enough for
+    :data:`SMALL_CPU_WORK` (never on an accelerator)."""
+    return t.device.type == "cpu" and work <= SMALL_CPU_WORK
+
+
+def _softmax_small(logits: Tensor) -> Tensor:
+    """``softmax(logits, -1)`` from elementwise ops and reductions (no parallel region for
+    small inputs)."""
+    exp = (logits - logits.amax(dim=-1, keepdim=True)).exp()
+    return exp / exp.sum(dim=-1, keepdim=True)
+
+
 def route_tokens(
     route_in: Tensor, weight: Tensor, top_k: int | None, renormalize: bool
 ) -> tuple[Tensor, Tensor]:
     """``(probs, logits)``, both ``[n, H, E]``, from ``route_in [n, H, k]`` (already in the
     router's dtype) and ``weight [k, E]``."""
     n_tokens, n_heads, d_route = route_in.shape
-    logits = torch.mm(route_in.reshape(-1, d_route), weight.to(route_in.dtype))
-    logits = logits.view(n_tokens, n_heads, -1)
+    weight = weight.to(route_in.dtype)
+    if is_small(route_in, route_in.numel() * weight.shape[-1]):
+        logits = (route_in.unsqueeze(-1) * weight).sum(dim=-2)
+        return mask_top_k(_softmax_small(logits), top_k, renormalize), logits
+    logits = torch.mm(route_in.reshape(-1, d_route), weight).view(n_tokens, n_heads, -1)
     return mask_top_k(torch.softmax(logits, dim=-1), top_k, renormalize), logits
 
 

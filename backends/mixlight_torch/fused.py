@@ -38,6 +38,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from mixlight_torch._router import (
     compute_dtype,
     full_softmax_if_masked,
+    is_small,
     logits_grad,
     no_autocast,
     route_tokens,
@@ -58,9 +59,12 @@ def _merge(probs: Tensor, vectors: Tensor) -> Tensor:
     """The merged vectors ``[n, H, k]``: ``probs [n, H, E]`` times ``vectors [E, d]`` per head
     (``d = H * k``, head-major). A transposed view of one ``[H, n, k]`` product: contiguous
     for one head; for several, consumers write the product with ``h`` or ``g_out`` into a
-    contiguous tensor (a strided ``out=`` for the product itself is several times slower)."""
+    contiguous tensor (a strided ``out=`` for the product itself is several times slower).
+    Small problems on CPU (decoding) broadcast and sum instead, giving a contiguous result."""
     n_tokens, n_heads, n_experts = probs.shape
     per_head = vectors.view(n_experts, n_heads, -1).transpose(0, 1)  # [H, E, k]
+    if is_small(probs, probs.numel() * per_head.shape[-1]):
+        return (probs.unsqueeze(-1) * per_head).sum(dim=-2)
     return torch.bmm(probs.transpose(0, 1), per_head).transpose(0, 1)
 
 

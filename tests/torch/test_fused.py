@@ -15,6 +15,20 @@ from mixlight.math import lowrank_mixture, mix_vectors, router_logits, router_pr
 from mixlight_torch.fused import fused_molora, fused_mov, fused_routed_molora  # noqa: E402
 
 Tensor = torch.Tensor
+
+
+@pytest.fixture(scope="module", params=["broadcast", "matmul"], autouse=True)
+def contraction_path(request):
+    """Every test twice: with small CPU contractions as broadcast-and-sum (what these tiny
+    shapes get by default) and forced through the matmul kernels (what large ones get)."""
+    from mixlight_torch import _router
+
+    saved = _router.SMALL_CPU_WORK
+    _router.SMALL_CPU_WORK = 1 << 62 if request.param == "broadcast" else 0
+    yield request.param
+    _router.SMALL_CPU_WORK = saved
+
+
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 GRAD_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 
