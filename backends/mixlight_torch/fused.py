@@ -55,16 +55,20 @@ def _wants_grad(*tensors: Tensor | None) -> bool:
 # --- MoV --------------------------------------------------------------------------------------
 
 
-def _merge(probs: Tensor, vectors: Tensor) -> Tensor:
+def _merge(probs: Tensor, vectors: Tensor, out: Tensor | None = None) -> Tensor:
     """The merged vectors ``[n, H, k]``: ``probs [n, H, E]`` times ``vectors [E, d]`` per head
-    (``d = H * k``, head-major). A transposed view of one ``[H, n, k]`` product: contiguous
-    for one head; for several, consumers write the product with ``h`` or ``g_out`` into a
-    contiguous tensor (a strided ``out=`` for the product itself is several times slower).
-    Small problems on CPU (decoding) broadcast and sum instead, giving a contiguous result."""
+    (``d = H * k``, head-major), as a transposed view of one ``[H, n, k]`` product. For one
+    head that view is contiguous, and is written into ``out`` (``[n, d]``, a spare buffer)
+    when given. For several, consumers write the product with ``h`` or ``g_out`` contiguously
+    (a strided ``out=`` for the product itself is several times slower). Small problems on
+    CPU (decoding) broadcast and sum instead, giving a contiguous result."""
     n_tokens, n_heads, n_experts = probs.shape
     per_head = vectors.view(n_experts, n_heads, -1).transpose(0, 1)  # [H, E, k]
     if is_small(probs, probs.numel() * per_head.shape[-1]):
         return (probs.unsqueeze(-1) * per_head).sum(dim=-2)
+    if n_heads == 1 and out is not None:
+        torch.bmm(probs.transpose(0, 1), per_head, out=out.view(1, n_tokens, -1))
+        return out.view(n_tokens, 1, -1)
     return torch.bmm(probs.transpose(0, 1), per_head).transpose(0, 1)
 
 
@@ -203,7 +207,8 @@ def _mov_backward(
     # g_h = g_out * merged + g_l @ W^T, built in place (in g_merged's buffer, consumed above,
     # when the merged vectors are not contiguous).
     g_heads = g_out.reshape(n_tokens, n_heads, -1)
-    g_h = _times_merged(g_heads, _merge(probs, vectors_c), out=g_merged.view(g_heads.shape))
+    spare = g_merged.view(g_heads.shape)
+    g_h = _times_merged(g_heads, _merge(probs, vectors_c, out=g_merged), out=spare)
     g_h.view(n_tokens * n_heads, -1).addmm_(g_l, w_t)
     return g_h.view(h.shape).to(h.dtype), g_w, g_v
 
