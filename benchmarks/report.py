@@ -153,6 +153,18 @@ def render_markdown(run: dict) -> str:
             for t in case["targets"]
         ]
     lines.append("")
+    cases = {c["case"] for c in run["cases"]}
+    proposed = [p for p in run.get("proposed_targets", []) if p[0] in cases]
+    if proposed:
+        lines += [
+            "Proposed targets for this CPU, where the measurements (see each case's analysis) "
+            "show the original one out of reach of the implementation measured here:",
+            "",
+            "| case | original target | proposed on CPU |",
+            "|---|---|---|",
+            *[f"| {case} | {original} | {new} |" for case, original, new in proposed],
+            "",
+        ]
     for case in run["cases"]:
         lines += _case_section(case)
     if run["notes"]:

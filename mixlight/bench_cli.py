@@ -109,6 +109,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
         "wall_s": time.perf_counter() - start,
         "environment": report.environment(device),
         "cases": cases,
+        "proposed_targets": bench.analysis.proposed_targets(device.type, args.quick),
         "notes": list(NOTES),
     }
 
@@ -121,6 +122,7 @@ def rerender(out: Path) -> dict:
     device = str(record["environment"]["device"]).split(":")[0]
     for case in record["cases"]:
         case["analysis"] = bench.analysis.analysis_for(case["case"], device, record["quick"])
+    record["proposed_targets"] = bench.analysis.proposed_targets(device, record["quick"])
     return record
 
 
