@@ -88,7 +88,7 @@ class Group:
 
 def _as_tensor(a: object) -> Tensor:
     """A torch tensor of a result (JAX rows return jax arrays)."""
-    return a if isinstance(a, Tensor) else torch.as_tensor(np.asarray(a))
+    return a if isinstance(a, Tensor) else torch.from_numpy(np.array(a))
 
 
 def check_same(group: Group, rtol: float = 1e-4, atol: float = 1e-5) -> int:

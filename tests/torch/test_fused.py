@@ -347,7 +347,9 @@ def test_routed_molora_matches_plain_autograd(dtype: torch.dtype, case: dict) ->
         loss = sum((t.float() * torch.randn(t.shape, generator=gen_up)).sum() for t in (out, probs))
         loss = loss + logits.square().sum() * 0.1
         results.append((out, probs, logits, *torch.autograd.grad(loss, inputs)))
-    gtol = GRAD_TOLERANCE[dtype]
+    # bf16: the two implementations round at different points (the scale before or after a
+    # product), and x's gradient sums the LoRA's and the router's terms, which can cancel.
+    gtol = GRAD_TOLERANCE[dtype] * (2 if dtype == torch.bfloat16 else 1)
     for got, want in zip(*results, strict=True):
         assert got.dtype == want.dtype and got.shape == want.shape
         atol = gtol * max(1.0, want.abs().max().item())
