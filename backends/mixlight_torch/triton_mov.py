@@ -41,8 +41,9 @@ def _mov_forward_kernel(
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    head = tl.program_id(1)
     row_ok = rows < n_tokens
+    rows = rows.to(tl.int64)  # offsets rows * d can pass 2**31
+    head = tl.program_id(1)
     experts = tl.arange(0, BLOCK_E)
     e_ok = experts < E
     col0 = head * K
@@ -93,8 +94,9 @@ def _mov_backward_kernel(
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    head = tl.program_id(1)
     row_ok = rows < n_tokens
+    rows = rows.to(tl.int64)  # offsets rows * d can pass 2**31
+    head = tl.program_id(1)
     experts = tl.arange(0, BLOCK_E)
     e_ok = experts < E
     col0 = head * K
