@@ -5,6 +5,10 @@ assertions: speed and memory live in ``benchmarks/RESULTS.md``."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +92,27 @@ def test_bad_arguments_are_reported() -> None:
     assert main(["--quick", "--cases", "9", "--out", "unused"]) == 2
     with pytest.raises(SystemExit):
         main(["--cases", "one"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
+def test_gpu_script_without_cuda_exits_cleanly() -> None:
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        ["bash", str(root / "benchmarks" / "gpu.sh")],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "no CUDA device" in proc.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
+def test_bandwidth_report_refuses_without_cuda(tmp_path, capsys) -> None:
+    pytest.importorskip("triton")
+    from benchmarks import bandwidth
+
+    assert bandwidth.main(["--out", str(tmp_path / "bw.json")]) == 1
+    assert "no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "bw.json").exists()
