@@ -180,8 +180,10 @@ def test_one_expert_molora_equals_peft_lora(version):
     torch.testing.assert_close(logits(ours, ids, mask, dec), want, rtol=0, atol=1e-5)
 
 
-def test_torch_compile_fullgraph_on_injected_t5():
-    model = perturb(ml.inject(tiny_t5("1.1"), ml.MoV(4)))
+@pytest.mark.parametrize("method", ["MoV", "MoLoRA"])
+def test_torch_compile_fullgraph_on_injected_t5(method: str):
+    config = ml.MoV(4) if method == "MoV" else ml.MoLoRA(4, 2)
+    model = perturb(ml.inject(tiny_t5("1.1"), config))
     ids, mask, dec = batch()
     want = logits(model, ids, mask, dec)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
