@@ -1,4 +1,5 @@
-"""The token router inside the fused ops: forward, and backward to the logits.
+"""The token router inside the fused ops (forward, and backward to the logits), and the
+small helpers both fused ops share.
 
 Tokens are flattened and every tensor is per head (a router without heads is one head):
 ``route_in [n, H, k]``, router kernel ``[k, E]``, ``probs`` and ``logits`` ``[n, H, E]``.
@@ -108,3 +109,15 @@ def weight_grad(g_l: Tensor, route_in: Tensor) -> Tensor:
     k]``, computed as ``(g_l^T @ x)^T``: the same product as ``x^T @ g_l``, several times
     faster on CPU (MKL is slow with a long inner dimension and a skinny output)."""
     return torch.mm(g_l.T, route_in.reshape(g_l.shape[0], -1)).T
+
+
+def wants_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd will need a backward through an op on ``tensors``."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def soft_if_all(top_k: int | None, n_experts: int, op: str) -> int | None:
+    """``top_k``, or None (a soft merge) when it keeps every expert; rejects ``top_k < 1``."""
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"{op}: top_k must be at least 1; got {top_k}")
+    return None if top_k is None or top_k >= n_experts else top_k

@@ -26,7 +26,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from mixlight_torch.fused import check_mov_shapes
+from mixlight_torch._fused_mov import check_mov_shapes
 
 __all__ = ["TritonMoV", "triton_mov"]
 
