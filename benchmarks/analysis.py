@@ -119,6 +119,22 @@ PROPOSED_CPU_TARGETS = [
 ]  # fmt: skip
 
 
+# (case, measure, first full measurement, after the fixes in HISTORY.md); CPU, 2 threads
+BEFORE_AFTER = [
+    (1, "MoV site E=10, fused / (IA)³ time", "3.57x", "1.80x"),
+    (2, "MoLoRA site E=4 / 10 / 16, fused / LoRA(E·r) time", "1.79x / 1.65x / 1.52x",
+     "0.92x / 1.00x / 0.98x"),
+    (3, "MoLoRA-10 / PEFT LoRA r=40 step time", "1.16-1.32x", "1.00-1.12x"),
+    (3, "MoV-10 / PEFT (IA)³ step time", "1.04-1.30x", "1.04-1.27x (noise-bound)"),
+    (4, "generation, MoV-10 / base", "1.31-1.40x", "1.16-1.19x"),
+]  # fmt: skip
+
+
+def before_after(device: str, quick: bool) -> list[list[object]]:
+    """:data:`BEFORE_AFTER` for full-size CPU runs, else empty."""
+    return [] if quick or device != "cpu" else [list(t) for t in BEFORE_AFTER]
+
+
 def proposed_targets(device: str, quick: bool) -> list[list[object]]:
     """:data:`PROPOSED_CPU_TARGETS` for full-size CPU runs, else empty."""
     return [] if quick or device != "cpu" else [list(t) for t in PROPOSED_CPU_TARGETS]

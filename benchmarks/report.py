@@ -165,6 +165,16 @@ def render_markdown(run: dict) -> str:
             *[f"| {case} | {original} | {new} |" for case, original, new in proposed],
             "",
         ]
+    history = [p for p in run.get("before_after", []) if p[0] in cases]
+    if history:
+        lines += [
+            "Before and after the hot-path fixes (details and commands in `HISTORY.md`):",
+            "",
+            "| case | measure | first measured | now |",
+            "|---|---|---|---|",
+            *[f"| {c} | {what} | {before} | {after} |" for c, what, before, after in history],
+            "",
+        ]
     for case in run["cases"]:
         lines += _case_section(case)
     if run["notes"]:

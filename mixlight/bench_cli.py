@@ -110,6 +110,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
         "environment": report.environment(device),
         "cases": cases,
         "proposed_targets": bench.analysis.proposed_targets(device.type, args.quick),
+        "before_after": bench.analysis.before_after(device.type, args.quick),
         "notes": list(NOTES),
     }
 
@@ -123,6 +124,7 @@ def rerender(out: Path) -> dict:
     for case in record["cases"]:
         case["analysis"] = bench.analysis.analysis_for(case["case"], device, record["quick"])
     record["proposed_targets"] = bench.analysis.proposed_targets(device, record["quick"])
+    record["before_after"] = bench.analysis.before_after(device, record["quick"])
     return record
 
 
