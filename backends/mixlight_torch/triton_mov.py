@@ -34,54 +34,68 @@ BLOCK_N = 32  # tokens per program
 
 
 @triton.jit
+def _at(rows, cols, stride):
+    """Offsets ``[R, C]`` of a row-major tile: ``rows[:, None] * stride + cols[None, :]``."""
+    return rows[:, None] * stride + cols[None, :]
+
+
+@triton.jit
+def _both(row_ok, col_ok):
+    """The ``[R, C]`` mask of a tile from its row and column masks."""
+    return row_ok[:, None] & col_ok[None, :]
+
+
+@triton.jit
+def _program_block(
+    n_tokens, n_heads,
+    K: tl.constexpr, E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
+):  # fmt: skip
+    """This program's token rows (int64: ``rows * d`` can pass 2**31) and their mask, its head
+    and that head's first column, the experts and their mask, and the offsets and mask of its
+    ``[BLOCK_N, BLOCK_E]`` block of the ``[n, H, E]`` routing tensors."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < n_tokens
+    rows = rows.to(tl.int64)
+    head = tl.program_id(1)
+    experts = tl.arange(0, BLOCK_E)
+    e_ok = experts < E
+    routed = (rows[:, None] * n_heads + head) * E + experts[None, :]
+    return rows, row_ok, head * K, experts, e_ok, routed, _both(row_ok, e_ok)
+
+
+@triton.jit
 def _mov_forward_kernel(
     h_ptr, w_ptr, v_ptr, out_ptr, probs_ptr, logits_ptr,
     n_tokens, d, n_heads,
     K: tl.constexpr, E: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < n_tokens
-    rows = rows.to(tl.int64)  # offsets rows * d can pass 2**31
-    head = tl.program_id(1)
-    experts = tl.arange(0, BLOCK_E)
-    e_ok = experts < E
-    col0 = head * K
+    rows, row_ok, col0, experts, e_ok, routed, routed_ok = _program_block(
+        n_tokens, n_heads, K, E, BLOCK_N, BLOCK_E
+    )
 
     logits = tl.zeros((BLOCK_N, BLOCK_E), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < K
-        hk = tl.load(
-            h_ptr + rows[:, None] * d + col0 + ks[None, :],
-            mask=row_ok[:, None] & k_ok[None, :], other=0.0,
-        ).to(tl.float32)  # fmt: skip
-        wk = tl.load(
-            w_ptr + ks[:, None] * E + experts[None, :],
-            mask=k_ok[:, None] & e_ok[None, :], other=0.0,
-        ).to(tl.float32)  # fmt: skip
-        logits += tl.dot(hk, wk, input_precision="ieee")
+        hk = tl.load(h_ptr + _at(rows, col0 + ks, d), mask=_both(row_ok, k_ok), other=0.0)
+        wk = tl.load(w_ptr + _at(ks, experts, E), mask=_both(k_ok, e_ok), other=0.0)
+        logits += tl.dot(hk.to(tl.float32), wk.to(tl.float32), input_precision="ieee")
 
     masked = tl.where(e_ok[None, :], logits, float("-inf"))
     exp = tl.exp(masked - tl.max(masked, axis=1)[:, None])
     probs = exp / tl.sum(exp, axis=1)[:, None]
-    routed = (rows[:, None] * n_heads + head) * E + experts[None, :]
-    routed_ok = row_ok[:, None] & e_ok[None, :]
     tl.store(probs_ptr + routed, probs, mask=routed_ok)
     tl.store(logits_ptr + routed, logits, mask=routed_ok)
 
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < K
-        offsets = rows[:, None] * d + col0 + ks[None, :]
-        ok = row_ok[:, None] & k_ok[None, :]
-        hk = tl.load(h_ptr + offsets, mask=ok, other=0.0)
-        vk = tl.load(
-            v_ptr + experts[:, None] * d + col0 + ks[None, :],
-            mask=e_ok[:, None] & k_ok[None, :], other=0.0,
-        ).to(tl.float32)  # fmt: skip
-        merged = tl.dot(probs, vk, input_precision="ieee")  # [BLOCK_N, BLOCK_K]
-        tl.store(out_ptr + offsets, (hk.to(tl.float32) * merged).to(hk.dtype), mask=ok)
+        tile, ok = _at(rows, col0 + ks, d), _both(row_ok, k_ok)
+        hk = tl.load(h_ptr + tile, mask=ok, other=0.0)
+        vk = tl.load(v_ptr + _at(experts, col0 + ks, d), mask=_both(e_ok, k_ok), other=0.0)
+        merged = tl.dot(probs, vk.to(tl.float32), input_precision="ieee")  # [BLOCK_N, BLOCK_K]
+        tl.store(out_ptr + tile, (hk.to(tl.float32) * merged).to(hk.dtype), mask=ok)
 
 
 @triton.jit
@@ -93,15 +107,9 @@ def _mov_backward_kernel(
     HAS_G_PROBS: tl.constexpr, HAS_G_LOGITS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < n_tokens
-    rows = rows.to(tl.int64)  # offsets rows * d can pass 2**31
-    head = tl.program_id(1)
-    experts = tl.arange(0, BLOCK_E)
-    e_ok = experts < E
-    col0 = head * K
-    routed = (rows[:, None] * n_heads + head) * E + experts[None, :]
-    routed_ok = row_ok[:, None] & e_ok[None, :]
+    rows, row_ok, col0, experts, e_ok, routed, routed_ok = _program_block(
+        n_tokens, n_heads, K, E, BLOCK_N, BLOCK_E
+    )
     probs = tl.load(probs_ptr + routed, mask=routed_ok, other=0.0)
     if HAS_G_PROBS:
         g_p = tl.load(g_probs_ptr + routed, mask=routed_ok, other=0.0)
@@ -112,17 +120,15 @@ def _mov_backward_kernel(
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < K
-        offsets = rows[:, None] * d + col0 + ks[None, :]
-        ok = row_ok[:, None] & k_ok[None, :]
-        hk = tl.load(h_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
-        gk = tl.load(g_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
-        v_offsets = experts[:, None] * d + col0 + ks[None, :]
-        v_ok = e_ok[:, None] & k_ok[None, :]
-        vk = tl.load(v_ptr + v_offsets, mask=v_ok, other=0.0).to(tl.float32)
+        tile, ok = _at(rows, col0 + ks, d), _both(row_ok, k_ok)
+        v_tile, v_ok = _at(experts, col0 + ks, d), _both(e_ok, k_ok)
+        hk = tl.load(h_ptr + tile, mask=ok, other=0.0).to(tl.float32)
+        gk = tl.load(g_ptr + tile, mask=ok, other=0.0).to(tl.float32)
+        vk = tl.load(v_ptr + v_tile, mask=v_ok, other=0.0).to(tl.float32)
         g_merged = gk * hk
         g_p += tl.dot(g_merged, tl.trans(vk), input_precision="ieee")
         g_v = tl.dot(tl.trans(probs), g_merged, input_precision="ieee")  # [BLOCK_E, BLOCK_K]
-        tl.atomic_add(g_v_ptr + v_offsets, g_v, mask=v_ok)
+        tl.atomic_add(g_v_ptr + v_tile, g_v, mask=v_ok)
 
     # softmax backward (a soft merge: p * (g_p - sum(g_p * p))), then the direct logit grads
     g_l = probs * (g_p - tl.sum(g_p * probs, axis=1)[:, None])
@@ -134,22 +140,17 @@ def _mov_backward_kernel(
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < K
-        offsets = rows[:, None] * d + col0 + ks[None, :]
-        ok = row_ok[:, None] & k_ok[None, :]
-        hk = tl.load(h_ptr + offsets, mask=ok, other=0.0)
-        gk = tl.load(g_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
-        vk = tl.load(
-            v_ptr + experts[:, None] * d + col0 + ks[None, :],
-            mask=e_ok[:, None] & k_ok[None, :], other=0.0,
-        ).to(tl.float32)  # fmt: skip
-        w_offsets = ks[:, None] * E + experts[None, :]
-        w_ok = k_ok[:, None] & e_ok[None, :]
-        wk = tl.load(w_ptr + w_offsets, mask=w_ok, other=0.0).to(tl.float32)
-        merged = tl.dot(probs, vk, input_precision="ieee")
+        tile, ok = _at(rows, col0 + ks, d), _both(row_ok, k_ok)
+        w_tile, w_ok = _at(ks, experts, E), _both(k_ok, e_ok)
+        hk = tl.load(h_ptr + tile, mask=ok, other=0.0)
+        gk = tl.load(g_ptr + tile, mask=ok, other=0.0).to(tl.float32)
+        vk = tl.load(v_ptr + _at(experts, col0 + ks, d), mask=_both(e_ok, k_ok), other=0.0)
+        wk = tl.load(w_ptr + w_tile, mask=w_ok, other=0.0).to(tl.float32)
+        merged = tl.dot(probs, vk.to(tl.float32), input_precision="ieee")
         g_h = gk * merged + tl.dot(g_l, tl.trans(wk), input_precision="ieee")
-        tl.store(g_h_ptr + offsets, g_h.to(hk.dtype), mask=ok)
+        tl.store(g_h_ptr + tile, g_h.to(hk.dtype), mask=ok)
         g_w = tl.dot(tl.trans(hk.to(tl.float32)), g_l, input_precision="ieee")  # [BK, BE]
-        tl.atomic_add(g_w_ptr + w_offsets, g_w, mask=w_ok)
+        tl.atomic_add(g_w_ptr + w_tile, g_w, mask=w_ok)
 
 
 def _blocks(d_head: int, n_experts: int) -> tuple[int, int]:
