@@ -52,7 +52,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace, rest: Sequence[str]) -> int:
-    from mixlight.demo.cli import main as demo_main
+    from mixlight_tune.cli import main as demo_main
 
     return demo_main(list(rest))
 

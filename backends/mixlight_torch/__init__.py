@@ -20,7 +20,6 @@ _EXPORTS = {
     "fused_mov": "mixlight_torch.fused",
     "fused_routed_molora": "mixlight_torch.fused",
     "triton_mov": "mixlight_torch.triton_mov",
-    "rank_classification": "mixlight_torch.evaluate",
 }
 
 __all__ = ["plugin", *_EXPORTS]

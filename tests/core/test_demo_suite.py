@@ -19,14 +19,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixlight.demo import world
-from mixlight.demo.corpus import pretraining_corpus
-from mixlight.demo.data_files import load_examples
-from mixlight.demo.held_out_tasks import HELD_OUT_TASKS
-from mixlight.demo.report import aggregate_seeds, format_table, score_table, write_results
-from mixlight.demo.schema import Example, Item
-from mixlight.demo.suite import ALL_TASKS, build_suite, span_corruption
-from mixlight.demo.train_tasks import TRAIN_TASKS
+from mixlight_tune.miniature import world
+from mixlight_tune.miniature.corpus import pretraining_corpus
+from mixlight_tune.data_files import load_examples
+from mixlight_tune.miniature.held_out_tasks import HELD_OUT_TASKS
+from mixlight_tune.report import aggregate_seeds, format_table, score_table, write_results
+from mixlight_tune.schema import Example, Item
+from mixlight_tune.miniature.suite import ALL_TASKS, build_suite, span_corruption
+from mixlight_tune.miniature.train_tasks import TRAIN_TASKS
 
 SENTINELS = list(range(3, 23))
 
@@ -53,12 +53,12 @@ def test_light_imports_and_same_data_in_another_process():
     code = (
         "import sys, mixlight\n"
         "before = set(sys.modules)\n"
-        "import mixlight.demo, mixlight.demo.suite, mixlight.demo.tokenizer\n"
-        "import mixlight.demo.data_files, mixlight.demo.report, mixlight.demo.plots\n"
+        "import mixlight_tune, mixlight_tune.miniature.suite, mixlight_tune.tokenizer\n"
+        "import mixlight_tune.data_files, mixlight_tune.report, mixlight_tune.plots\n"
         "heavy = ('torch', 'jax', 'matplotlib', 'sentencepiece', 'datasets')\n"
         "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in heavy))\n"
         "import hashlib\n"
-        "print(hashlib.sha256(repr(mixlight.demo.build_suite(5, 5, 2)).encode()).hexdigest())\n"
+        "print(hashlib.sha256(repr(mixlight_tune.build_suite(5, 5, 2)).encode()).hexdigest())\n"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run(
@@ -276,7 +276,7 @@ def test_span_corruption_noise_amount():
 @pytest.fixture(scope="module")
 def tokenizer(suite, corpus):
     pytest.importorskip("sentencepiece")
-    from mixlight.demo.tokenizer import train_tokenizer
+    from mixlight_tune.tokenizer import train_tokenizer
 
     return train_tokenizer(corpus + [e.inputs for e in suite.train], vocab_size=512)
 
@@ -293,7 +293,7 @@ def test_tokenizer_ids_round_trip_and_sentinels(tokenizer, suite):
 
 
 def test_tokenizer_save_load_and_deterministic_training(tokenizer, corpus, suite, tmp_path):
-    from mixlight.demo.tokenizer import Tokenizer, train_tokenizer
+    from mixlight_tune.tokenizer import Tokenizer, train_tokenizer
 
     path = tokenizer.save(tmp_path / "sub" / "spm.model")
     loaded = Tokenizer.load(path)
@@ -464,7 +464,7 @@ def test_write_results_atomic_files(tmp_path):
 def test_plots_write_png_files(tmp_path):
     pytest.importorskip("matplotlib")
     np = pytest.importorskip("numpy")
-    from mixlight.demo.plots import plot_accuracy_vs_params, plot_routing_heatmap
+    from mixlight_tune.plots import plot_accuracy_vs_params, plot_routing_heatmap
 
     agg = aggregate_seeds([{"mov": _run((1, 2), (2, 2)), "full": _run((2, 2), (2, 2))}] * 2)
     info = {"mov": 0.32, "full": {"trainable_percent": 100.0, "label": "T0"}}

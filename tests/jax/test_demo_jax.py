@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 
 import mixlight as ml
-from mixlight.demo import cli
-from mixlight.demo.experiment import QUICK, _settings, validate
+from mixlight_tune import cli
+from mixlight_tune.experiment import QUICK, _settings, validate
 
 pytest.importorskip("torch")
 
@@ -30,8 +30,8 @@ def test_quick_run_writes_results(tmp_path, cache_dir):
 
 
 def test_matches_torch_backend(tmp_path, cache_dir):
-    from mixlight_jax import instruct as jax_instruct
-    from mixlight_torch import instruct as torch_instruct
+    from mixlight_tune.backends import jax_steps as jax_instruct
+    from mixlight_tune.backends import torch_steps as torch_instruct
 
     cfg = dataclasses.replace(
         QUICK, methods=("base",), out_dir=tmp_path, cache_dir=cache_dir, progress=False

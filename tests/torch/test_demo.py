@@ -18,10 +18,10 @@ pytest.importorskip("sentencepiece")
 pytest.importorskip("matplotlib")
 
 import mixlight as ml  # noqa: E402
-from mixlight.demo import cli, experiment  # noqa: E402
-from mixlight.demo.schema import Example  # noqa: E402
-from mixlight_torch import instruct  # noqa: E402
-from mixlight_torch.evaluate import rank_classification  # noqa: E402
+from mixlight_tune import cli, experiment  # noqa: E402
+from mixlight_tune.schema import Example  # noqa: E402
+from mixlight_tune.backends import torch_steps as instruct  # noqa: E402
+from mixlight_tune.backends.torch_scoring import rank_classification  # noqa: E402
 from tests.torch.conftest import perturb, tiny_t5  # noqa: E402
 
 MICRO = dataclasses.replace(

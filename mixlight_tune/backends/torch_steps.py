@@ -1,4 +1,4 @@
-"""The demo's torch backend (interface in :mod:`mixlight.demo.experiment`).
+"""The demo's torch backend (interface in :mod:`mixlight_tune.experiment`).
 
 The built-in base is a tiny T5 v1.1 (gated-gelu, untied head) built from ``T5Config`` with a
 SentencePiece vocabulary, pre-trained on the demo corpus (span corruption mixed with prefix
@@ -28,18 +28,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import mixlight as ml
-from mixlight.demo.corruption import span_corruption
-from mixlight.demo.experiment import (
+from mixlight_tune.corruption import span_corruption
+from mixlight_tune.experiment import (
     BaseSpec,
     DemoConfig,
     TuneSettings,
     base_cache_name,
     pretraining_data,
 )
-from mixlight.demo.sampling import batches
-from mixlight.demo.schema import Example
-from mixlight.demo.tokenizer import EOS_ID, PAD_ID, Tokenizer, train_tokenizer
-from mixlight_torch.evaluate import as_encode, pad, rank_classification, truncate
+from mixlight_tune.sampling import batches
+from mixlight_tune.schema import Example
+from mixlight_tune.tokenizer import EOS_ID, PAD_ID, Tokenizer, train_tokenizer
+from mixlight_tune.backends.torch_scoring import as_encode, pad, rank_classification, truncate
 
 Pair = tuple[list[int], list[int]]
 

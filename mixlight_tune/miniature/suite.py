@@ -11,9 +11,9 @@ import random
 from dataclasses import dataclass
 
 from .corpus import pretraining_corpus
-from .corruption import span_corruption
+from ..corruption import span_corruption
 from .held_out_tasks import HELD_OUT_TASKS
-from .schema import Example, Task, Template
+from ..schema import Example, Task, Template
 from .train_tasks import TRAIN_TASKS
 
 __all__ = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 
 from . import scenes, world
-from .schema import Item, Task, make_templates
+from ..schema import Item, Task, make_templates
 
 
 def _claim_check(rng: random.Random) -> Item:

@@ -47,11 +47,11 @@ from typing import Any
 import mixlight as ml
 
 from ._files import atomic_write
-from .corpus import pretraining_corpus
+from .miniature.corpus import pretraining_corpus
 from .data_files import load_examples
 from .report import aggregate_seeds, format_table, score_table, write_results
 from .schema import Example
-from .suite import build_suite
+from .miniature.suite import build_suite
 
 
 class DemoError(ValueError):
@@ -234,7 +234,7 @@ def load_backend(name: str) -> ModuleType:
     """Import ``mixlight_<name>.instruct``, turning a missing module into a clear DemoError."""
     if name not in BACKENDS:
         raise DemoError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
-    module = f"mixlight_{name}.instruct"
+    module = f"mixlight_tune.backends.{name}_steps"
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as err:

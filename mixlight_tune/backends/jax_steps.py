@@ -1,5 +1,5 @@
-"""The demo's JAX backend (interface in :mod:`mixlight.demo.experiment`), mirroring
-:mod:`mixlight_torch.instruct`.
+"""The demo's JAX backend (interface in :mod:`mixlight_tune.experiment`), mirroring
+:mod:`mixlight_tune.backends.torch_steps`.
 
 The base is a HF T5 checkpoint directory loaded with :func:`mixlight_jax.t5.from_pretrained`:
 ``--model PATH``, or the built-in tiny T5, which is pre-trained and cached by the torch
@@ -26,10 +26,10 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 import mixlight as ml
-from mixlight.demo.experiment import DemoConfig, DemoError, TuneSettings, base_cache_name
-from mixlight.demo.sampling import batches, routing_sites
-from mixlight.demo.schema import Example
-from mixlight.demo.tokenizer import PAD_ID, Tokenizer
+from mixlight_tune.experiment import DemoConfig, DemoError, TuneSettings, base_cache_name
+from mixlight_tune.sampling import batches, routing_sites
+from mixlight_tune.schema import Example
+from mixlight_tune.tokenizer import PAD_ID, Tokenizer
 from mixlight_jax import AdapterParam, adapter_layers, t5
 from mixlight_jax.model import is_injected
 
@@ -90,7 +90,7 @@ def prepare(cfg: DemoConfig) -> Base:
             origin = f"tiny T5 v1.1 pre-trained here (final pre-training loss {loss:.2f}), {path}"
         else:
             try:
-                from mixlight_torch import instruct as torch_instruct
+                from mixlight_tune.backends import torch_steps as torch_instruct
             except ImportError as error:
                 raise DemoError(
                     "the jax demo needs a pre-trained base: pass --model PATH (a HF T5 "

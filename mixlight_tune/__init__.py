@@ -2,6 +2,6 @@
 report tables and plots. Heavy dependencies (sentencepiece, matplotlib, datasets) are
 imported inside the functions that need them."""
 
-from .suite import Example, Suite, build_suite, pretraining_corpus, span_corruption
+from .miniature.suite import Example, Suite, build_suite, pretraining_corpus, span_corruption
 
 __all__ = ["Example", "Suite", "build_suite", "pretraining_corpus", "span_corruption"]

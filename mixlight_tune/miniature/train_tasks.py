@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from . import scenes, world
-from .schema import Item, Task, make_templates
+from ..schema import Item, Task, make_templates
 
 YES_NO = ("yes", "no")
 TRUE_FALSE = ("true", "false")

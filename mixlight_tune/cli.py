@@ -1,4 +1,4 @@
-"""``mixlight demo``: the paper in miniature (see :mod:`mixlight.demo.experiment`).
+"""``mixlight demo``: the paper in miniature (see :mod:`mixlight_tune.experiment`).
 
 Pre-trains (once, cached) a tiny T5, tunes it with full fine-tuning, (IA)³, LoRA, MoV and
 MoLoRA on the built-in instruction mixture, scores held-out tasks zero-shot by rank
