@@ -1,15 +1,19 @@
 """The adapter file format: round trips, atomic writes, and every refusal."""
 
+import hashlib
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors.numpy import load, save_file
 
 import mixlight as ml
 from mixlight import adapter_file
+from mixlight._base_identity import BaseIdentity
 from mixlight.site_spec import fingerprint
 
 PATHS = ["enc.0.attn.k", "enc.0.attn.v", "enc.0.mlp.act", "enc.0.mlp.wo"]
@@ -57,7 +61,7 @@ def test_round_trip_is_bit_exact(tmp_path_factory, config, seed):
         assert back.arrays[name].dtype == np.float32
         np.testing.assert_array_equal(back.arrays[name], arr)
     meta = json.loads((out / "adapter_config.json").read_text())
-    assert meta["format"] == "mixlight.adapter" and meta["format_version"] == "1.0"
+    assert meta["format"] == "mixlight.adapter" and meta["format_version"] == "1.1"
     assert meta["base_model"]["fingerprint"] == fingerprint(specs)[1]
 
 
@@ -89,61 +93,112 @@ def test_failed_write_leaves_old_adapter_intact(tmp_path, monkeypatch):
     ml.read_adapter(tmp_path)
 
 
-def test_interrupted_rename_is_detected(tmp_path):
+def rewrite_meta(out, **changes):
+    """Rewrite the metadata embedded in the weights file (and its readable copy)."""
+    data = (out / "adapter.safetensors").read_bytes()
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    meta = {**json.loads(header["__metadata__"]["mixlight.adapter"]), **changes}
+    arrays = load(data)
+    save_file(arrays, out / "adapter.safetensors", metadata={"mixlight.adapter": json.dumps(meta)})
+    (out / "adapter_config.json").write_text(json.dumps(meta))
+
+
+def write_v1_0(out, config, specs, arrays):
+    """An adapter directory as mixlight 1.0 wrote it: plain safetensors + authoritative JSON."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(arrays, out / "adapter.safetensors", metadata={"format": "mixlight.adapter"})
+    entries, digest = fingerprint(specs)
+    meta = {
+        "format": "mixlight.adapter",
+        "format_version": "1.0",
+        "mixlight_version": "0.1.0",
+        "config": config.to_dict(),
+        "base_model": {"sites": entries, "fingerprint": digest},
+        "weights_sha256": hashlib.sha256((out / "adapter.safetensors").read_bytes()).hexdigest(),
+    }
+    (out / "adapter_config.json").write_text(json.dumps(meta, indent=2))
+
+
+def test_weights_file_is_the_commit_point(tmp_path):
+    """A save killed between its two renames leaves new weights beside the old readable copy:
+    the directory loads as the new adapter."""
     specs, arrays = make(MOV)
     ml.write_adapter(tmp_path, MOV, specs, arrays)
     config_text = (tmp_path / "adapter_config.json").read_text()
     _, other = make(MOV, seed=1)
     ml.write_adapter(tmp_path, MOV, specs, other)
     (tmp_path / "adapter_config.json").write_text(config_text)  # old config, new weights
+    back = ml.read_adapter(tmp_path)
+    for name, arr in other.items():
+        np.testing.assert_array_equal(back.arrays[name], arr)
+    (tmp_path / "adapter_config.json").unlink()  # the weights file alone is the adapter
+    assert set(ml.read_adapter(tmp_path).arrays) == set(other)
+
+
+def test_reads_1_0_directories_and_detects_their_torn_state(tmp_path):
+    specs, arrays = make(MOV)
+    write_v1_0(tmp_path, MOV, specs, arrays)
+    back = ml.read_adapter(tmp_path)
+    assert back.format_version == "1.0" and back.config == MOV
+    for name, arr in arrays.items():
+        np.testing.assert_array_equal(back.arrays[name], arr)
+    _, other = make(MOV, seed=1)
+    save_file(other, tmp_path / "adapter.safetensors", metadata={"format": "mixlight.adapter"})
     with pytest.raises(ml.AdapterFileError, match="does not match the checksum"):
+        ml.read_adapter(tmp_path)
+    ml.write_adapter(tmp_path, MOV, specs, other)  # a 1.1 save over a 1.0 directory
+    assert ml.read_adapter(tmp_path).format_version == "1.1"
+
+
+def test_file_modes_follow_the_umask(tmp_path):
+    specs, arrays = make(MOV)
+    previous = os.umask(0o022)
+    try:
+        ml.write_adapter(tmp_path / "shared", MOV, specs, arrays)
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "shared").iterdir()}
+    assert modes == {"adapter.safetensors": 0o644, "adapter_config.json": 0o644}
+    assert (tmp_path / "shared").stat().st_mode & 0o777 == 0o755
+
+
+def test_non_finite_arrays_are_refused_on_save_and_load(tmp_path):
+    specs, arrays = make(MOV)
+    bad = dict(arrays, **{"enc.0.attn.k.vectors": np.full((4, 8), np.nan, np.float32)})
+    with pytest.raises(ml.AdapterFileError, match=r"NaN/inf\) in enc.0.attn.k.vectors"):
+        ml.write_adapter(tmp_path, MOV, specs, bad)
+    assert not any(tmp_path.iterdir())
+    write_v1_0(tmp_path, MOV, specs, bad)  # a file written by another tool
+    with pytest.raises(ml.AdapterFileError, match="non-finite .* diverged run"):
         ml.read_adapter(tmp_path)
 
 
-def test_refusals(tmp_path):
+def test_modified_arrays_fail_their_checksum(tmp_path):
     specs, arrays = make(MOV)
-    with pytest.raises(ml.AdapterFileError, match="missing enc.0.attn.v.router"):
-        ml.write_adapter(
-            tmp_path / "a",
-            MOV,
-            specs,
-            {n: a for n, a in arrays.items() if n != "enc.0.attn.v.router"},
-        )
-    bad = dict(arrays, **{"enc.0.attn.k.vectors": np.ones((4, 9), np.float32)})
-    with pytest.raises(
-        ml.AdapterFileError, match=r"enc.0.attn.k.vectors: shape \(4, 9\), expected \(4, 8\)"
-    ):
-        ml.write_adapter(tmp_path / "a", MOV, specs, bad)
-    with pytest.raises(ml.AdapterFileError, match="does not exist"):
-        ml.read_adapter(tmp_path / "nowhere")
+    ml.write_adapter(tmp_path, MOV, specs, arrays)
+    data = bytearray((tmp_path / "adapter.safetensors").read_bytes())
+    data[-3] ^= 0x40  # one bit of the last array
+    (tmp_path / "adapter.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ml.AdapterFileError, match="do not match the sha256"):
+        ml.read_adapter(tmp_path)
 
-    out = tmp_path / "ok"
-    ml.write_adapter(out, MOV, specs, arrays)
-    weights = out / "adapter.safetensors"
-    data = weights.read_bytes()
-    weights.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ml.AdapterFileError, match="checksum"):
-        ml.read_adapter(out)
-    weights.write_bytes(data)
 
-    meta = json.loads((out / "adapter_config.json").read_text())
-    for change, message in [
-        ({"format_version": "2.0"}, "format version 2.0 is not readable"),
-        ({"format": "peft"}, "is not a mixlight adapter"),
-    ]:
-        (out / "adapter_config.json").write_text(json.dumps({**meta, **change}))
-        with pytest.raises(ml.AdapterFileError, match=message):
-            ml.read_adapter(out)
-    newer = {**meta, "format_version": "1.7", "config": {**meta["config"], "jitter": 0.1}}
-    (out / "adapter_config.json").write_text(json.dumps(newer))
-    with pytest.warns(UserWarning, match="jitter"):
-        assert ml.read_adapter(out).config == MOV
-    (out / "adapter_config.json").write_text("{not json")
-    with pytest.raises(ml.AdapterFileError, match="not valid JSON"):
-        ml.read_adapter(out)
-    (out / "adapter_config.json").unlink()
-    with pytest.raises(ml.AdapterFileError, match="adapter_config.json is missing"):
-        ml.read_adapter(out)
+def test_base_identity_mismatch_warns_but_shapes_still_error(tmp_path):
+    specs, arrays = make(MOV)
+    saved = BaseIdentity("t5-small", "abc", np.array([0.5, -0.25], np.float32), "float32")
+    ml.write_adapter(tmp_path, MOV, specs, arrays, base=saved)
+    loaded = ml.read_adapter(tmp_path)
+    assert loaded.base_identity == saved
+    np.testing.assert_array_equal(loaded.base_identity.samples, saved.samples)
+    same_in_bf16 = BaseIdentity("t5-small", None, np.array([0.5, -0.2502], np.float32), "bfloat16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        adapter_file.check_fits(loaded, specs, "dir", same_in_bf16)
+    other = BaseIdentity("t5-small", "abc", np.array([0.5, -0.2502], np.float32), "float32")
+    with pytest.warns(UserWarning, match="weights differ .*load that checkpoint, or retrain"):
+        adapter_file.check_fits(loaded, specs, "dir", other)
+    with pytest.warns(UserWarning, match="name was 't5-small', this model's is 't5-base'"):
+        adapter_file.check_fits(loaded, specs, "dir", BaseIdentity("t5-base"))
 
 
 def test_fingerprint_mismatch_lists_differences(tmp_path):
