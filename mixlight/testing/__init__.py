@@ -1,21 +1,43 @@
-"""Test helpers for mixlight and for third-party expert kinds and backends (needs hypothesis)."""
+"""Test helpers for mixlight and for third-party expert kinds and backends (needs hypothesis).
 
-from mixlight.testing._conformance import check_expert_kind, check_site, reference
+The reference every check compares against is an independent loop implementation
+(:func:`loop_reference`, :func:`loop_gradients`) that shares no code with the core math.
+"""
+
+from mixlight.testing._conformance import (
+    check_expert_kind,
+    check_grads,
+    check_site,
+    reference,
+    upstream,
+)
+from mixlight.testing._loop_grads import loop_gradients
+from mixlight.testing._loops import LoopResult, loop_reference, top_k_margin
 from mixlight.testing._strategies import (
     SiteCase,
     adapter_configs,
     expert_kinds,
+    padding_masks,
+    round_to_bf16,
     routers,
     site_cases,
 )
 
 __all__ = [
+    "LoopResult",
     "SiteCase",
     "adapter_configs",
     "check_expert_kind",
+    "check_grads",
     "check_site",
     "expert_kinds",
+    "loop_gradients",
+    "loop_reference",
+    "padding_masks",
     "reference",
+    "round_to_bf16",
     "routers",
     "site_cases",
+    "top_k_margin",
+    "upstream",
 ]

@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 import numpy as np
+from hypothesis import assume
 from hypothesis import strategies as st
 
 from mixlight.config import AdapterConfig, Site, SoftMerge, TopK
@@ -16,13 +17,25 @@ from mixlight.site_spec import SiteSpec
 @attrs.frozen
 class SiteCase:
     """One drawn site with numpy inputs: ``x [batch, seq, d_in]``, ``h [batch, seq, d_out]``,
-    ``mask [batch, seq]`` (1 = token), params by short name."""
+    ``mask [batch, seq]`` (1 = token), params by short name.
+
+    ``dtype`` is the activations' dtype the case stands for: for ``"bfloat16"`` the float32
+    arrays ``x`` and ``h`` hold bf16-representable values, so a backend may cast them to
+    bf16 exactly (adapter parameters stay float32)."""
 
     spec: SiteSpec
     params: dict[str, np.ndarray]
     x: np.ndarray
     h: np.ndarray
     mask: np.ndarray
+    dtype: str = "float32"
+
+
+def round_to_bf16(a: np.ndarray) -> np.ndarray:
+    """float32 values rounded to the nearest bfloat16 (ties to even), still float32."""
+    bits = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype(np.uint32).view(np.float32)
 
 
 def routers(num_experts: int) -> st.SearchStrategy:
@@ -62,9 +75,38 @@ def adapter_configs(draw: Any) -> AdapterConfig:
     )
 
 
+PADDINGS = ("full", "right", "left", "none")
+
+
+def padding_masks(rng: np.random.Generator, batch: int, seq: int, kinds: list[str]) -> np.ndarray:
+    """``[batch, seq]`` masks, one row per kind: ``full`` (no padding), ``right`` / ``left``
+    padding (at least one token) or ``none`` (a row that is all padding)."""
+    mask = np.zeros((batch, seq), np.float32)
+    for b, kind in enumerate(kinds):
+        n = seq if kind == "full" else 0 if kind == "none" else int(rng.integers(1, seq + 1))
+        if kind == "left":
+            mask[b, seq - n :] = 1
+        else:
+            mask[b, :n] = 1
+    return mask
+
+
 @st.composite
-def site_cases(draw: Any, expert: ExpertKind | None = None, max_experts: int = 12) -> SiteCase:
-    """A random site (expert kind, E, router, routing, heads, widths) with random inputs."""
+def site_cases(
+    draw: Any,
+    expert: ExpertKind | None = None,
+    max_experts: int = 12,
+    dtypes: tuple[str, ...] = ("float32", "bfloat16"),
+) -> SiteCase:
+    """A random site (expert kind, E, router, routing, heads, widths) with random inputs.
+
+    Draws right-, left- and all-padding rows, exact ties (router columns of zeros, all of them
+    or some: equal logits that top-k must settle by the lowest index), E = 1, heads, and
+    bf16-representable activations; near-ties that float32 could order either way are
+    rejected (see :func:`mixlight.testing._loops.top_k_margin`).
+    """
+    from mixlight.testing._loops import NEAR_TIE, loop_reference, top_k_margin
+
     expert = expert if expert is not None else draw(expert_kinds())
     num_experts = draw(st.integers(1, max_experts))
     router = draw(routers(num_experts))
@@ -85,6 +127,9 @@ def site_cases(draw: Any, expert: ExpertKind | None = None, max_experts: int = 1
         d_out,
         heads if num_experts > 1 else None,
     )
+    paddings = draw(st.lists(st.sampled_from(PADDINGS), min_size=batch, max_size=batch))
+    ties = draw(st.sampled_from(["none", "none", "some", "all"]))
+    dtype = draw(st.sampled_from(dtypes))
     seed = draw(st.integers(0, 2**31 - 1))
     rng = np.random.default_rng(seed)
     params = spec.init_params(rng)
@@ -92,8 +137,15 @@ def site_cases(draw: Any, expert: ExpertKind | None = None, max_experts: int = 1
     params = {
         n: (p + rng.standard_normal(p.shape).astype(np.float32) * 0.5) for n, p in params.items()
     }
-    lengths = rng.integers(1, seq + 1, size=batch)
-    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.float32)
+    if "router" in params and ties != "none":
+        zero = rng.random(num_experts) < 0.5 if ties == "some" else np.ones(num_experts, bool)
+        params["router"][:, zero] = 0.0
+    mask = padding_masks(rng, batch, seq, paddings)
     x = rng.standard_normal((batch, seq, d_in)).astype(np.float32)
     h = rng.standard_normal((batch, seq, d_out)).astype(np.float32)
-    return SiteCase(spec, params, x, h, mask)
+    if dtype == "bfloat16":
+        x, h = round_to_bf16(x), round_to_bf16(h)
+    case = SiteCase(spec, params, x, h, mask, dtype)
+    if spec.has_router and router.top_k is not None:
+        assume(top_k_margin(spec, loop_reference(case).logits) >= NEAR_TIE)
+    return case

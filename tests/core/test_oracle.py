@@ -1,0 +1,165 @@
+"""The independent loop reference: checked by hand, by finite differences and for
+independence; then the core's numpy math is checked against it (forward)."""
+
+import ast
+import pathlib
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+
+import mixlight as ml
+from mixlight.testing import (
+    SiteCase,
+    check_expert_kind,
+    check_site,
+    loop_gradients,
+    loop_reference,
+    site_cases,
+)
+
+TESTING = pathlib.Path(ml.__file__).parent / "testing"
+
+
+def _case(expert, num_experts, router, routing="token", heads=None, reads=None, **arrays):
+    reads = reads or expert.router_reads
+    x, h = arrays["x"], arrays["h"]
+    spec = ml.SiteSpec(
+        "s", ml.Site("s", expert, reads, heads), num_experts, router, routing,
+        x.shape[-1], h.shape[-1], heads,
+    )  # fmt: skip
+    mask = arrays.get("mask", np.ones(h.shape[:2], np.float32))
+    return SiteCase(spec, arrays["params"], x, h, mask)
+
+
+# --- by hand ------------------------------------------------------------------------------------
+
+
+def test_exact_ties_go_to_the_lowest_expert_index_renormalised_or_not():
+    h = np.ones((1, 1, 2), np.float32)
+    params = {"router": np.zeros((2, 4), np.float32), "vectors": np.eye(4, 2, dtype=np.float32)}
+    renorm = loop_reference(_case(ml.Vectors(), 4, ml.TopK(2), x=h, h=h, params=params))
+    np.testing.assert_array_equal(renorm.probs, [[[0.5, 0.5, 0, 0]]])
+    raw = loop_reference(_case(ml.Vectors(), 4, ml.TopK(1, False), x=h, h=h, params=params))
+    np.testing.assert_array_equal(raw.probs, [[[0.25, 0, 0, 0]]])
+    np.testing.assert_allclose(raw.out, [[[0.25, 0.0]]])  # expert 0's vector, scaled by 1/E
+
+
+def test_sequence_pooling_left_padding_and_an_all_padding_row():
+    # route_in = h, d = 1: row 0 is left-padded (tokens 3 and 5), row 1 is all padding
+    h = np.array([[[100.0], [3.0], [5.0]], [[7.0], [8.0], [9.0]]], np.float32)
+    mask = np.array([[0, 1, 1], [0, 0, 0]], np.float32)
+    params = {"router": np.array([[1.0, -1.0]], np.float32), "vectors": np.ones((2, 1), np.float32)}
+    got = loop_reference(
+        _case(ml.Vectors(), 2, ml.TopK(1), "sequence", x=h, h=h, params=params, mask=mask)
+    )
+    np.testing.assert_allclose(got.logits, [[[4.0, -4.0]], [[0.0, 0.0]]])  # mean(3, 5); zeros
+    np.testing.assert_array_equal(got.probs, [[[1, 0]], [[1, 0]]])  # the tie goes to expert 0
+    assert got.probs.shape == (2, 1, 2) and np.isfinite(got.out).all()
+
+
+def test_per_head_slices_share_the_kernel_and_vectors_are_head_major():
+    # two heads of width 2; head 0 routes to expert 0, head 1 to expert 1 (one-hot by logits)
+    h = np.array([[[10.0, 0.0, 0.0, 10.0]]], np.float32)
+    router = np.array([[50.0, 0.0], [0.0, 50.0]], np.float32)
+    vectors = np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.float32)
+    got = loop_reference(
+        _case(
+            ml.Vectors(),
+            2,
+            ml.SoftMerge(),
+            heads=2,
+            x=h,
+            h=h,
+            params={"router": router, "vectors": vectors},
+        )
+    )
+    np.testing.assert_allclose(got.probs[0, 0], [[1, 0], [0, 1]], atol=1e-12)
+    np.testing.assert_allclose(got.out[0, 0], [10 * 1, 0, 0, 10 * 8], atol=1e-9)
+
+
+def test_low_rank_scale_is_alpha_over_rank_and_one_expert_is_lora():
+    x = np.array([[[1.0, 2.0]]], np.float32)
+    h = np.zeros((1, 1, 1), np.float32)
+    a = np.array([[[1.0, 0.0], [0.0, 1.0]]], np.float32)  # [1, 2, 2]
+    b = np.array([[[1.0], [1.0]]], np.float32)  # [1, 2, 1]
+    got = loop_reference(
+        _case(ml.LowRank(2, 16.0), 1, ml.SoftMerge(), x=x, h=h, params={"lora_A": a, "lora_B": b})
+    )
+    assert got.probs is None
+    np.testing.assert_allclose(got.out, [[[8.0 * 3.0]]])
+
+
+# --- the hand-derived gradients against finite differences of the loop forward -------------------
+
+
+def _finite_differences(case: SiteCase, g_out: np.ndarray, eps: float = 1e-6) -> dict:
+    def loss(**changed):
+        arrays = {"x": case.x, "h": case.h, **case.params, **changed}
+        params = {n: arrays[n] for n in case.params}
+        moved = SiteCase(case.spec, params, arrays["x"], arrays["h"], case.mask)
+        return float((loop_reference(moved).out * g_out).sum())
+
+    grads = {}
+    for name, base in {"x": case.x, "h": case.h, **case.params}.items():
+        base = base.astype(np.float64)
+        g = np.zeros(base.shape)
+        for i in np.ndindex(base.shape):
+            up, down = base.copy(), base.copy()
+            up[i] += eps
+            down[i] -= eps
+            g[i] = (loss(**{name: up}) - loss(**{name: down})) / (2 * eps)
+        grads[name] = g
+    return grads
+
+
+@settings(max_examples=15)
+@given(site_cases(max_experts=4))
+def test_loop_gradients_equal_finite_differences(case):
+    top_k = case.spec.router.top_k
+    if case.spec.has_router and top_k is not None and top_k < case.spec.num_experts:
+        ordered = -np.sort(-loop_reference(case).logits, axis=-1)
+        assume((ordered[..., top_k - 1] - ordered[..., top_k]).min() > 1e-3)  # no jump nearby
+    g_out = np.random.default_rng(0).standard_normal(case.h.shape)
+    want = _finite_differences(case, g_out)
+    got = loop_gradients(case, g_out)
+    assert got.keys() == want.keys()
+    for name in want:
+        scale = 1 + np.abs(want[name]).max()
+        np.testing.assert_allclose(got[name], want[name], atol=1e-6 * scale, err_msg=name)
+
+
+# --- independence -------------------------------------------------------------------------------
+
+FORBIDDEN = (
+    "einops",
+    "mixlight.math",
+    "mixlight.primitives",
+    "mixlight.site_spec",
+    "mixlight._backends",
+)
+
+
+@pytest.mark.parametrize("name", ["_loops.py", "_loop_grads.py"])
+def test_loop_reference_shares_no_code_with_the_core_math(name):
+    tree = ast.parse((TESTING / name).read_text())
+    imported = [
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    ]
+    assert not [m for m in imported if m and m.startswith(FORBIDDEN)], imported
+
+
+# --- the core's numpy math against the loops ----------------------------------------------------
+
+
+@given(site_cases())
+def test_core_numpy_math_equals_loop_reference(case):
+    check_site(case, np.asarray, np.asarray)
+
+
+def test_vectors_and_lowrank_conform_on_numpy():
+    check_expert_kind(ml.Vectors(), examples=10)
+    check_expert_kind(ml.LowRank(2, 4.0), examples=10)
