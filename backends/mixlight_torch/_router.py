@@ -13,6 +13,8 @@ import contextlib
 import torch
 from torch import Tensor
 
+from mixlight_torch.primitives import top_k_indices
+
 
 def no_autocast(t: Tensor) -> contextlib.AbstractContextManager:
     """A context that turns autocast off on ``t``'s device type (free when it is off)."""
@@ -28,10 +30,10 @@ def compute_dtype(t: Tensor) -> torch.dtype:
 
 def mask_top_k(probs: Tensor, top_k: int | None, renormalize: bool) -> Tensor:
     """``router_probs`` after the softmax: ``[..., E] -> [..., E]``; keeps the ``top_k``
-    largest (ties to the lower index, as ``torch.topk``), renormalised to sum 1 or not."""
+    largest (ties to the lower index), renormalised to sum 1 or not."""
     if top_k is None:
         return probs
-    keep = torch.zeros_like(probs).scatter_(-1, probs.topk(top_k, dim=-1).indices, 1.0)
+    keep = torch.zeros_like(probs).scatter_(-1, top_k_indices(probs, top_k), 1.0)
     probs = probs * keep
     if renormalize:
         probs = probs / probs.sum(dim=-1, keepdim=True)
@@ -67,7 +69,9 @@ def route_tokens(
     if is_small(route_in, route_in.numel() * weight.shape[-1]):
         logits = (route_in.unsqueeze(-1) * weight).sum(dim=-2)
         return mask_top_k(_softmax_small(logits), top_k, renormalize), logits
-    logits = torch.mm(route_in.reshape(-1, d_route), weight).view(n_tokens, n_heads, -1)
+    logits = torch.mm(route_in.reshape(-1, d_route), weight).view(
+        n_tokens, n_heads, weight.shape[-1]
+    )
     return mask_top_k(torch.softmax(logits, dim=-1), top_k, renormalize), logits
 
 
@@ -109,6 +113,20 @@ def weight_grad(g_l: Tensor, route_in: Tensor) -> Tensor:
     k]``, computed as ``(g_l^T @ x)^T``: the same product as ``x^T @ g_l``, several times
     faster on CPU (MKL is slow with a long inner dimension and a skinny output)."""
     return torch.mm(g_l.T, route_in.reshape(g_l.shape[0], -1)).T
+
+
+def no_token_grads(
+    inputs: tuple[Tensor | None, ...], needs: tuple[bool, ...]
+) -> tuple[Tensor | None, ...] | None:
+    """Zero gradients for ``inputs`` (None where not needed) when the batch has no tokens
+    (``inputs[0]`` is the activation ``[..., d]``), else None: a batch of 0 tokens
+    contributes nothing, and the reshapes of the general backward are ambiguous for it."""
+    if inputs[0] is None or inputs[0].shape[:-1].numel() != 0:
+        return None
+    return tuple(
+        torch.zeros_like(t) if t is not None and need else None
+        for t, need in zip(inputs, needs, strict=True)
+    )
 
 
 def wants_grad(*tensors: Tensor | None) -> bool:
