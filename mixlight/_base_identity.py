@@ -14,7 +14,7 @@ checkpoint loaded in bfloat16 still counts as the same weights.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -76,6 +76,18 @@ def sample_points(sites: Sequence[tuple[str, int, int]]) -> list[SamplePoint]:
         rows, cols = np.divmod(flat, d_out)
         points.append(SamplePoint(path, tuple(rows.tolist()), tuple(cols.tolist())))
     return points
+
+
+def sample_weights(
+    shapes: Mapping[str, tuple[int, int]], gather: Callable[[SamplePoint], Any]
+) -> np.ndarray | None:
+    """The float32 samples of weight matrices with canonical ``(d_in, d_out)`` ``shapes``;
+    ``gather(point)`` reads ``weight[point.rows, point.cols]`` of ``point.path`` in the
+    backend's own layout. None when there is no weight to sample."""
+    points = sample_points([(path, d_in, d_out) for path, (d_in, d_out) in shapes.items()])
+    if not points:
+        return None
+    return np.concatenate([np.asarray(gather(p), np.float32).reshape(-1) for p in points])
 
 
 def mismatch(saved: BaseIdentity, current: BaseIdentity) -> str | None:

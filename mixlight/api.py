@@ -9,7 +9,9 @@ from typing import Any
 
 import attrs
 
-from mixlight._backends import backend_for_model
+from mixlight._atomic_dir import as_directory
+from mixlight._backends import Backend, backend_for_model
+from mixlight._base_identity import BaseIdentity
 from mixlight.adapter_file import check_fits, read_adapter, write_adapter
 from mixlight.config import AdapterConfig
 
@@ -33,9 +35,13 @@ def inject(
 
 
 def save_adapter(model: Any, directory: str | os.PathLike) -> Path:
-    """Write the model's adapter to ``directory`` (adapter_config.json + adapter.safetensors)."""
-    config, specs, arrays = backend_for_model(model).adapter_state(model)
-    return write_adapter(directory, config, specs, arrays)
+    """Write the model's adapter to ``directory`` (adapter_config.json + adapter.safetensors)
+    with one commit point: the directory holds the previous adapter or this one, never a mix
+    (see :func:`mixlight.write_adapter`)."""
+    as_directory(directory, "save_adapter")
+    chosen = backend_for_model(model)
+    config, specs, arrays = chosen.adapter_state(model)
+    return write_adapter(directory, config, specs, arrays, base=_identity(chosen, model))
 
 
 def load_adapter(model: Any, directory: str | os.PathLike, *, backend: str | None = None) -> Any:
@@ -53,11 +59,28 @@ def load_adapter(model: Any, directory: str | os.PathLike, *, backend: str | Non
     if attrs.evolve(current, backend=None) != config:
         raise ValueError(
             f"the model already carries a different adapter ({current.method}) than {directory} "
-            f"({config.method}); load into a fresh model or remove the adapter first"
+            f"({config.method}): {_differences(attrs.evolve(current, backend=None), config)}; "
+            "load into a fresh model or remove the adapter first"
         )
-    check_fits(adapter, specs, str(directory))
+    check_fits(adapter, specs, str(directory), _identity(chosen, model))
     chosen.load_adapter_state(model, adapter.arrays)
     return model
+
+
+def _identity(chosen: Backend, model: Any) -> BaseIdentity:
+    """What the backend can tell of the base model's identity (nothing when it has no hook)."""
+    hook = getattr(chosen, "base_identity", None)
+    return hook(model) if hook is not None else BaseIdentity()
+
+
+def _differences(model_config: AdapterConfig, file_config: AdapterConfig) -> str:
+    """Which config fields differ, e.g. ``routing: model 'sequence', file 'token'``."""
+    ours, theirs = model_config.to_dict(), file_config.to_dict()
+    return "; ".join(
+        f"{key}: model {ours.get(key)!r}, file {theirs.get(key)!r}"
+        for key in sorted(set(ours) | set(theirs))
+        if ours.get(key) != theirs.get(key)
+    )
 
 
 def trainable_parameters(model: Any) -> Any:

@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from mixlight import AdapterConfig, ParameterCount
+from mixlight._base_identity import BaseIdentity
 from mixlight.adapter_file import check_arrays
 from mixlight.math import routing_summary
 from mixlight.site_spec import aux_loss_terms
@@ -60,6 +61,9 @@ class JaxBackend:
         for name, param in _model.adapter_parameters(model):
             old = param[...]
             param.set_value(jax.device_put(jnp.asarray(arrays[name], old.dtype), old.sharding))
+
+    def base_identity(self, model: nnx.Module) -> BaseIdentity:
+        return _model.base_identity(model)
 
     def trainable_parameters(self, model: nnx.Module) -> ParameterCount:
         return ParameterCount(

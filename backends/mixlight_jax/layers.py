@@ -95,16 +95,23 @@ class AdapterLayer(nnx.Module):
 
     def __call__(self, x: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
         h = self.base(x, *args, **kwargs)
-        if not self.enabled:
+        if not self.enabled:  # no routing ran: no statistics from this pass
+            self._record(None, None)
             return h
         params = {name: p[...] for name, p in self.adapter.items()}
         result = mix(self.spec, params, x, h, self._mask(h if self.spec.reads == "output" else x))
+        if result.probs is not None and result.probs.size == 0:  # 0 tokens: nothing routed
+            self._record(None, None)
+        else:
+            self._record(result.probs, result.logits)
+        return result.out
+
+    def _record(self, probs: jax.Array | None, logits: jax.Array | None) -> None:
         try:
-            self.last_probs.set_value(result.probs)
-            self.last_logits.set_value(result.logits)
+            self.last_probs.set_value(probs)
+            self.last_logits.set_value(logits)
         except errors.TraceContextError:
             pass
-        return result.out
 
     def _mask(self, route_in: jax.Array) -> jax.Array | None:
         """The ``[batch, seq]`` mask matching ``route_in [batch, seq, d]`` under sequence

@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from mixlight import AdapterConfig, ModuleShape, Site, SiteSpec, plan_sites
+from mixlight._base_identity import BaseIdentity, sample_weights
 from mixlight.site_spec import describe_module
 from mixlight_jax.layers import AdapterLayer
 from mixlight_jax.params import AdapterParam
@@ -183,3 +184,21 @@ def disable_adapters(model: nnx.Module) -> Iterator[nnx.Module]:
     finally:
         for layer, enabled in zip(layers, previous, strict=True):
             layer.enabled = enabled
+
+
+def base_identity(model: nnx.Module) -> BaseIdentity:
+    """Samples of the adapted ``nnx.Linear`` kernels (``[in, out]``, the canonical order) and
+    the model's ``name_or_path`` when it has one."""
+    kernels = {
+        path: layer.base.kernel
+        for path, layer in adapter_layers(model).items()
+        if isinstance(layer.base, nnx.Linear)
+    }
+    samples = sample_weights(
+        {path: (int(k.shape[0]), int(k.shape[1])) for path, k in kernels.items()},
+        lambda p: np.asarray(
+            jax.device_get(kernels[p.path][...][np.array(p.rows), np.array(p.cols)]), np.float32
+        ),
+    )
+    dtype = str(next(iter(kernels.values()))[...].dtype) if kernels else None
+    return BaseIdentity(getattr(model, "name_or_path", None), None, samples, dtype)

@@ -15,6 +15,7 @@ from mixlight_torch._router import (
     full_softmax_if_masked,
     logits_grad,
     no_autocast,
+    no_token_grads,
     route_tokens,
     soft_if_all,
     wants_grad,
@@ -78,7 +79,8 @@ def _routed_forward(
         if router_weight is not None:
             route_in = x.reshape(-1, 1, x.shape[-1]).to(compute_dtype(x))
             probs, logits = route_tokens(route_in, router_weight, top_k, renormalize)
-            probs, logits = (t.view(*x.shape[:-1], -1) for t in (probs, logits))
+            routed_shape = (*x.shape[:-1], router_weight.shape[-1])  # no -1: 0 tokens
+            probs, logits = (t.view(routed_shape) for t in (probs, logits))
         out = _molora_forward(x, base, probs, lora_A, lora_B, scale)
     return out, probs, logits
 
@@ -120,6 +122,15 @@ class FusedMoLoRA(torch.autograd.Function):
         x, probs, router_weight, lora_A, lora_B = ctx.saved_tensors
         need_x, need_base, need_p, need_w, need_a, need_b = ctx.needs_input_grad[:6]
         routed = router_weight is not None
+        g_base = g_out if need_base else None
+        given_probs = None if routed else probs
+        empty = no_token_grads(
+            (x, given_probs, router_weight, lora_A, lora_B),
+            (need_x, need_p, need_w, need_a, need_b),
+        )
+        if empty is not None:
+            g_x, g_p, g_w, g_a, g_b = empty
+            return g_x, g_base, g_p, g_w, g_a, g_b, None, None, None
         with no_autocast(x):
             g_x, g_p, g_w, g_a, g_b = _molora_backward(
                 (x, probs, router_weight, lora_A, lora_B),
@@ -127,7 +138,6 @@ class FusedMoLoRA(torch.autograd.Function):
                 (ctx.scale, ctx.top_k, ctx.renormalize),
                 (need_x, need_p, need_w, need_a, need_b),
             )
-        g_base = g_out if need_base else None
         return g_x, g_base, g_p, g_w, g_a, g_b, None, None, None
 
 

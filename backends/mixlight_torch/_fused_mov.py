@@ -21,6 +21,7 @@ from mixlight_torch._router import (
     is_small,
     logits_grad,
     no_autocast,
+    no_token_grads,
     route_tokens,
     soft_if_all,
     wants_grad,
@@ -101,7 +102,8 @@ def _mov_forward(
         merged = _merge(probs, vectors.to(cdt))  # [n, H, k]
         # in float32 the only [n, d] tensor allocated (one head: merged, scaled in place)
         out = _times_merged(h.reshape(merged.shape), merged.to(h.dtype))
-    routed_shape = (*lead, n_heads, -1) if heads else (*lead, -1)
+    n_experts = router_weight.shape[-1]  # explicit: a -1 is ambiguous for 0 tokens
+    routed_shape = (*lead, n_heads, n_experts) if heads else (*lead, n_experts)
     return out.view(h.shape), probs.view(routed_shape), logits.view(routed_shape)
 
 
@@ -130,6 +132,9 @@ class FusedMoV(torch.autograd.Function):
         ctx: FunctionCtx, g_out: Tensor | None, g_probs: Tensor | None, g_logits: Tensor | None
     ) -> tuple[Tensor | None, ...]:
         h, router_weight, vectors, probs = ctx.saved_tensors
+        empty = no_token_grads((h, router_weight, vectors), ctx.needs_input_grad[:3])
+        if empty is not None:
+            return (*empty, None, None, None)
         probs = probs.reshape(-1, ctx.heads or 1, probs.shape[-1])  # [n, H, E]
         with no_autocast(h):
             g_h, g_w, g_v = _mov_backward(

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from mixlight import AdapterConfig, ParameterCount
+from mixlight._base_identity import BaseIdentity
 from mixlight.adapter_file import check_arrays
 from mixlight.math import routing_summary
 from mixlight.site_spec import aux_loss_terms
@@ -42,6 +43,7 @@ class TorchBackend:
     def adapter_state(self, model: nn.Module):
         model = _model.unwrap(model)
         config, specs = self.adapter_specs(model)
+        _model.materialize(model, "save the adapter")
         arrays = {}
         for name, p in _model.adapter_parameters(model):
             if _is_dtensor(p):
@@ -56,6 +58,7 @@ class TorchBackend:
     def load_adapter_state(self, model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
         model = _model.unwrap(model)
         check_arrays(self.adapter_specs(model)[1], arrays, "adapter arrays")
+        _model.materialize(model, "load an adapter into this model")
         with torch.no_grad():
             for name, param in _model.adapter_parameters(model):
                 full = torch.from_numpy(np.asarray(arrays[name])).to(param.device, param.dtype)
@@ -66,6 +69,11 @@ class TorchBackend:
                         full, param.device_mesh, param.placements, src_data_rank=None
                     )
                 param.copy_(full)
+        for layer in _model.adapter_layers(model).values():
+            layer.pending_init = None  # loaded values replace the initial ones
+
+    def base_identity(self, model: nn.Module) -> BaseIdentity:
+        return _model.base_identity(_model.unwrap(model))
 
     def trainable_parameters(self, model: nn.Module) -> ParameterCount:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

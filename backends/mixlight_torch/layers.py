@@ -46,6 +46,9 @@ class AdapterLayer(nn.Module):
         self.adapter = nn.ParameterDict(
             {n: nn.Parameter(torch.from_numpy(a).to(device)) for n, a in params.items()}
         )
+        # On the meta device the initial values have nowhere to live: they are kept here and
+        # written once the parameters get storage (``model.to_empty(device=...)``).
+        self.__dict__["pending_init"] = params if device.type == "meta" else None
         self.last_probs: torch.Tensor | None = None
         self.last_logits: torch.Tensor | None = None
 
@@ -57,15 +60,35 @@ class AdapterLayer(nn.Module):
                 raise
             return getattr(self.base, name)
 
+    def materialize(self) -> None:
+        """Write the initial values kept from a meta-device injection into the parameters,
+        once they have storage (after ``to_empty``); a no-op otherwise."""
+        pending = self.__dict__.get("pending_init")
+        if pending is None or any(p.is_meta for p in self.adapter.values()):
+            return
+        with torch.no_grad():
+            for name, param in self.adapter.items():
+                param.copy_(torch.from_numpy(pending[name]))
+        self.__dict__["pending_init"] = None
+
+    def _apply(self, fn: Any, recurse: bool = True) -> AdapterLayer:
+        # ``to_empty``/``to`` pass through here: meta-injected adapters get their values now.
+        super()._apply(fn, recurse)
+        self.materialize()
+        return self
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         h = self.base(x, *args, **kwargs)
-        if not self.switch.enabled:
+        if not self.switch.enabled:  # no routing ran: no statistics from this pass
+            self.__dict__.update(last_probs=None, last_logits=None)
             return h
         if self.switch.check_finite:
             self._check_finite(x, h)
         # Autocast off: routers stay float32; mixing runs in the activations' own dtypes.
         with no_autocast(h):
             out, probs, logits = self.mix(x, h)
+        if probs is not None and probs.numel() == 0:  # 0 tokens: nothing routed, no statistics
+            probs = logits = None
         # (plain attributes: nn.Module.__setattr__ is measurable per generated token)
         self.__dict__.update(last_probs=probs, last_logits=logits)
         return out

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from mixlight import AdapterConfig, ModuleShape, Site, SiteSpec, plan_sites
+from mixlight._base_identity import BaseIdentity, sample_weights
 from mixlight.site_spec import describe_module
 from mixlight_torch.layers import AdapterLayer, AdapterSwitch
 
@@ -69,6 +70,13 @@ def _describe(model: nn.Module, path: str, site: Site) -> ModuleShape:
     module = parent.get_submodule(name)
     if isinstance(module, AdapterLayer):
         raise ValueError(f"{path} already carries a mixlight adapter")
+    if type(module).__module__.startswith("peft."):
+        raise TypeError(
+            f"{path} is a PEFT layer ({type(module).__module__}.{type(module).__name__}): this "
+            "model is already wrapped by PEFT. Inject mixlight into the plain model instead "
+            "(peft_model.unload() or peft_model.merge_and_unload() returns it), or target "
+            "modules PEFT did not wrap"
+        )
     return describe_module(
         path, site, module, parent, _width, lambda m: any(True for _ in m.parameters())
     )
@@ -86,6 +94,12 @@ def inject(model: nn.Module, config: AdapterConfig, seed: int | None = None) -> 
             "mixlight_torch.remove_adapters(model) first or use a fresh model"
         )
     paths = [p for p, _ in model.named_modules() if p]
+    if not paths:
+        raise TypeError(
+            f"mixlight.inject adapts the submodules of a model in place, and this "
+            f"{type(model).__name__} has none (a bare layer given as the whole model); wrap it, "
+            "e.g. model = nn.Sequential(layer), and target its path '0'"
+        )
     specs = plan_sites(config, paths, lambda path, site: _describe(model, path, site))
     rng = np.random.default_rng(int(torch.randint(0, 2**62, ())) if seed is None else seed)
     switch = AdapterSwitch()
@@ -125,6 +139,19 @@ def remove_adapters(model: nn.Module) -> nn.Module:
     return model
 
 
+def materialize(model: nn.Module, action: str) -> None:
+    """Give meta-injected adapters their initial values if they now have storage; refuse,
+    saying what to do, while any adapter parameter is still on the meta device."""
+    for path, layer in adapter_layers(model).items():
+        layer.materialize()
+        if any(p.is_meta for p in layer.adapter.values()):
+            raise ValueError(
+                f"cannot {action}: the adapter at {path} is on the meta device (no values). "
+                "Give the model storage first, model.to_empty(device='cpu') (or 'cuda'), then "
+                "load the base weights; the adapters then start from their initial values"
+            )
+
+
 def adapter_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
     """``(canonical name, parameter)`` pairs, canonical names as in adapter files."""
     for path, layer in adapter_layers(model).items():
@@ -143,3 +170,34 @@ def check_finite(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         switch.check_finite = previous
+
+
+def base_identity(model: nn.Module) -> BaseIdentity:
+    """The base model's name and revision (HF ``config``) and samples of the adapted modules'
+    weights; no samples when a weight has no values here (meta device, sharded)."""
+    config = getattr(model, "config", None)
+    name = getattr(config, "_name_or_path", None) or None
+    revision = getattr(config, "_commit_hash", None) or None
+    weights = {}
+    for path, layer in adapter_layers(model).items():
+        weight = _canonical_weight(layer.base)
+        if weight is not None:
+            if weight.is_meta or type(weight).__name__ == "DTensor":
+                return BaseIdentity(name, revision)
+            weights[path] = weight
+    samples = sample_weights(
+        {path: (int(w.shape[0]), int(w.shape[1])) for path, w in weights.items()},
+        lambda p: weights[p.path][list(p.rows), list(p.cols)].detach().float().cpu().numpy(),
+    )
+    dtype = str(next(iter(weights.values())).dtype).removeprefix("torch.") if weights else None
+    return BaseIdentity(name, revision, samples, dtype)
+
+
+def _canonical_weight(module: nn.Module) -> torch.Tensor | None:
+    """The weight of an ``nn.Linear`` or HF ``Conv1D`` as ``[d_in, d_out]``, else None."""
+    if isinstance(module, nn.Linear):
+        return module.weight.T
+    weight = getattr(module, "weight", None)
+    if type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor):
+        return weight
+    return None
