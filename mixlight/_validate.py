@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Collection
 from typing import Any
@@ -21,16 +22,21 @@ def int_at_least(minimum: int):
     return check
 
 
+def _finite_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def non_negative_float(inst: Any, attribute: Any, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+    if not _finite_number(value) or not value >= 0:
         raise ValueError(
-            f"{_owner(inst, attribute)}={value!r}: must be a number >= 0 (0 disables this loss)"
+            f"{_owner(inst, attribute)}={value!r}: must be a finite number >= 0 "
+            "(0 disables this loss)"
         )
 
 
 def positive_float(inst: Any, attribute: Any, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{_owner(inst, attribute)}={value!r}: must be a number > 0")
+    if not _finite_number(value) or not value > 0:
+        raise ValueError(f"{_owner(inst, attribute)}={value!r}: must be a finite number > 0")
 
 
 def one_of(allowed: Collection[Any]):

@@ -39,7 +39,14 @@ def _inspect(args: argparse.Namespace) -> int:
         f"written by mixlight {adapter.mixlight_version})"
     )
     print(f"  experts: {cfg.num_experts}  router: {cfg.router}  routing: {cfg.routing}")
-    print(f"  base-model fingerprint: {adapter.fingerprint[:16]}")
+    base = adapter.base_identity
+    known = ", ".join(
+        f"{k} {v}" for k, v in (("name", base.name), ("revision", base.revision)) if v
+    )
+    sampled = "" if base.samples is None else f", {base.samples.size} sampled weights"
+    print(
+        f"  base-model fingerprint: {adapter.fingerprint[:16]} ({known or 'name unknown'}{sampled})"
+    )
     print(f"  sites ({len(adapter.specs)} modules, {total:,} parameters):")
     for spec in adapter.specs:
         count = sum(int(np.prod(p.shape)) for p in spec.param_specs().values())

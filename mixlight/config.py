@@ -48,6 +48,16 @@ class TopK:
     load_balance_weight: float = attrs.field(default=0.0, validator=v.non_negative_float)
     z_loss_weight: float = attrs.field(default=0.0, validator=v.non_negative_float)
 
+    def __attrs_post_init__(self) -> None:
+        if self.k == 1 and self.renormalize:
+            warnings.warn(
+                "TopK(k=1, renormalize=True) gives the one kept expert probability exactly 1, "
+                "so the task loss gives the router exactly zero gradient and it never learns; use "
+                "TopK(1, renormalize=False) (the reference code's masked softmax) or k >= 2",
+                UserWarning,
+                stacklevel=3,
+            )
+
     @property
     def top_k(self) -> int:
         return self.k
@@ -58,11 +68,34 @@ _ROUTERS: dict[str, type] = {"soft_merge": SoftMerge, "top_k": TopK}
 
 
 def _router_from_dict(data: Mapping[str, Any]) -> Router:
-    fields = dict(data)
+    fields = dict(_mapping(data, "router"))
     name = fields.pop("kind", None)
     if name not in _ROUTERS:
         raise ValueError(f"unknown router kind {name!r}; allowed: {sorted(_ROUTERS)}")
-    return _ROUTERS[name](**fields)
+    return _construct(_ROUTERS[name], fields, f"router {name!r}")
+
+
+def _mapping(data: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{what} must be a JSON object, got {type(data).__name__} {data!r}")
+    return data
+
+
+def _construct(cls: type, fields: dict[str, Any], what: str) -> Any:
+    """``cls(**fields)``, with missing or unknown keys reported as a ValueError naming them."""
+    names = {f.name for f in attrs.fields(cls)}
+    required = {f.name for f in attrs.fields(cls) if f.default is attrs.NOTHING}
+    missing, unknown = sorted(required - set(fields)), sorted(set(fields) - names)
+    if missing or unknown:
+        raise ValueError(
+            f"{what}: "
+            + "; ".join(
+                ([f"missing keys {missing}"] if missing else [])
+                + ([f"unknown keys {unknown}"] if unknown else [])
+            )
+            + f"; known keys: {sorted(names)}"
+        )
+    return cls(**fields)
 
 
 def _to_dict(obj: Any) -> dict[str, Any]:
@@ -122,9 +155,10 @@ class Site:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Site:
-        fields = dict(data)
-        fields["expert"] = expert_from_dict(fields["expert"])
-        return cls(**fields)
+        fields = dict(_mapping(data, "a site"))
+        if "expert" in fields:
+            fields["expert"] = expert_from_dict(_mapping(fields["expert"], "a site's expert"))
+        return _construct(cls, fields, f"site {fields.get('pattern')!r}")
 
 
 def _to_sites(value: Iterable[Site]) -> tuple[Site, ...]:
@@ -191,7 +225,7 @@ class AdapterConfig:
     def from_dict(cls, data: Mapping[str, Any], *, allow_unknown: bool = False) -> AdapterConfig:
         """Inverse of :meth:`to_dict`. Unknown keys are an error, or a warning (and ignored)
         with ``allow_unknown`` — used for files from a newer minor format version."""
-        fields = dict(data)
+        fields = dict(_mapping(data, "the adapter config"))
         known = {f.name for f in attrs.fields(cls)}
         unknown = sorted(set(fields) - known)
         if unknown:
@@ -206,5 +240,8 @@ class AdapterConfig:
             for key in unknown:
                 del fields[key]
         fields["router"] = _router_from_dict(fields.get("router", {"kind": "soft_merge"}))
-        fields["sites"] = tuple(Site.from_dict(s) for s in fields["sites"])
-        return cls(**fields)
+        if "sites" in fields:
+            if not isinstance(fields["sites"], (list, tuple)):
+                raise ValueError(f"AdapterConfig sites must be a list, got {fields['sites']!r}")
+            fields["sites"] = tuple(Site.from_dict(s) for s in fields["sites"])
+        return _construct(cls, fields, "AdapterConfig")
