@@ -1,4 +1,6 @@
-"""DDP and FSDP2 training of an injected T5 equals single-process training on the global batch.
+"""DDP and FSDP2 training of an injected T5 equals single-process training on the global batch:
+the raw adapter gradients after one backward (MoV and MoLoRA) and the adapter after plain SGD
+steps, elementwise, so a gradient scale error (ranks summing instead of averaging) shows.
 
 The module is also the helper script: ``python -m tests.torch.test_distributed OUT`` forks
 two gloo ranks on CPU that train under DDP and FSDP2, save with
@@ -22,7 +24,7 @@ from mixlight_torch.distributed import (
     shard_batch,
     shard_model,
 )
-from mixlight_torch.model import adapter_parameters
+from mixlight_torch.model import adapter_parameters, unwrap
 from tests.torch.conftest import perturb, tiny_t5
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,16 +45,31 @@ def global_batch() -> dict[str, torch.Tensor]:
     }
 
 
-def injected(num_experts: int = 4) -> torch.nn.Module:
-    """Tiny T5 with MoV, moved off its initial values: at init all experts are equal, the
-    router's gradient is exactly zero and its computed value is rounding noise."""
+KINDS = {"mov": lambda e: ml.MoV(e), "molora": lambda e: ml.MoLoRA(e, rank=2)}
+
+
+def injected(num_experts: int = 4, kind: str = "mov") -> torch.nn.Module:
+    """Tiny T5 with MoV (or MoLoRA), moved off its initial values: at init all experts are
+    equal, the router's gradient is exactly zero and its computed value is rounding noise."""
     model = tiny_t5()
     torch.manual_seed(1)
-    return perturb(ml.inject(model, ml.MoV(num_experts)), scale=0.1)
+    return perturb(ml.inject(model, KINDS[kind](num_experts)), scale=0.1)
+
+
+def raw_gradients(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The adapter's gradients after one backward of the mean loss (whole tensors: a
+    collective for FSDP2 shards, so every rank calls it)."""
+    model(**batch).loss.backward()
+    grads = {}
+    for name, p in adapter_parameters(unwrap(model)):
+        grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+        grads[name] = grad.detach().numpy().copy()
+    return grads
 
 
 def train(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.nn.Module:
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    """Plain SGD (not Adam, which would hide a constant gradient scale)."""
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     for _ in range(STEPS):
         opt.zero_grad()
         model(**batch).loss.backward()
@@ -82,6 +99,11 @@ def _worker(rank: int, out: Path) -> None:
         "gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=WORLD
     )
     batch = shard_batch(global_batch(), rank, WORLD)
+    for kind in KINDS:
+        for layout, wrap in (("ddp", DistributedDataParallel), ("fsdp", shard_model)):
+            grads = raw_gradients(wrap(injected(kind=kind)), batch)
+            if rank == 0:
+                np.savez(out / f"grads_{layout}_{kind}.npz", **grads)
     save_adapter_distributed(train(DistributedDataParallel(injected()), batch), out / "ddp")
     fsdp = train(shard_model(injected()), batch)
     save_adapter_distributed(fsdp, out / "fsdp")
@@ -130,6 +152,19 @@ def runs(launched, reference) -> Path:
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, log
     return out
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("layout", ["ddp", "fsdp"])
+def test_sharded_gradients_equal_single_process(runs, layout, kind):
+    want = raw_gradients(injected(kind=kind), global_batch())
+    with np.load(runs / f"grads_{layout}_{kind}.npz") as saved:
+        got = dict(saved)
+    assert got.keys() == want.keys()
+    assert all(np.abs(g).max() > 1e-6 for g in want.values())  # every parameter is trained
+    for name, grad in want.items():
+        scale = np.abs(grad).max()
+        np.testing.assert_allclose(got[name], grad, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
 
 
 @pytest.mark.parametrize("layout", ["ddp", "fsdp"])
