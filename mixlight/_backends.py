@@ -214,7 +214,9 @@ def backend_for_model(model: Any, backend: str | None = None, config: Any = None
                     if config and config.backend
                     else f"${ENV_VAR}"
                 )
-                + f") cannot handle a {type(model).__module__}.{type(model).__name__}"
+                + f") cannot handle a {type(model).__module__}.{type(model).__name__}; "
+                "drop that choice to pick the backend by the model's type, or choose the "
+                "backend of this model's framework"
             )
         return chosen
     for candidate in _candidates():

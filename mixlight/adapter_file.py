@@ -309,7 +309,9 @@ def check_fits(
                 diffs.append(f"{path}: adapter has {theirs}, model has {ours}")
         raise AdapterFileError(
             f"adapter at {where} was saved for a different base model "
-            f"({len(diffs)} differing entries): " + "; ".join(diffs[:10])
+            f"({len(diffs)} differing entries): "
+            + "; ".join(diffs[:10])
+            + "; load it into the model it was trained on, or retrain it for this one"
         )
     differs = mismatch(adapter.base_identity, base) if base is not None else None
     if differs:

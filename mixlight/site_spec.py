@@ -85,8 +85,9 @@ def describe_module(
         )
     kinds = "linear" + (" or parameterless activation" if site.expert.fits_activations else "")
     raise TypeError(
-        f"Site {site.pattern!r} matched {path} of type {type(module).__name__}; expert kind "
-        f"{site.expert.kind!r} adapts {kinds} modules"
+        f"Site {site.pattern!r} matched {path} of type {type(module).__module__}."
+        f"{type(module).__name__}; expert kind {site.expert.kind!r} adapts {kinds} modules: "
+        "narrow the pattern to such modules"
     )
 
 
@@ -209,7 +210,10 @@ def _resolve(config: AdapterConfig, path: str, site: Site, shape: ModuleShape) -
     )
     width = spec.d_out if spec.reads == "output" else spec.d_in
     if heads and width % heads:
-        raise ValueError(f"{path}: width {width} is not divisible by heads={heads}")
+        raise ValueError(
+            f"{path}: width {width} is not divisible by heads={heads}; use heads=None (one "
+            "router over the whole width) or a head count that divides it"
+        )
     return spec
 
 

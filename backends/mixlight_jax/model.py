@@ -121,6 +121,12 @@ def inject(
             "mixlight_jax.remove_adapters(model) first or use a fresh model"
         )
     paths = _paths(model)
+    if not paths:
+        raise TypeError(
+            f"mixlight.inject adapts the submodules of a model in place, and this "
+            f"{type(model).__name__} has none (a bare layer given as the whole model); wrap it "
+            "in a module that holds it as an attribute, and target that attribute's name"
+        )
     specs = plan_sites(config, paths, lambda p, site: _describe(model, paths[p], site))
     rng = np.random.default_rng(_seed(rngs))
     for spec in specs:
