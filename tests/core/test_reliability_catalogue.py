@@ -1,0 +1,597 @@
+"""The catalogue of bad inputs, backend-neutral part: configs, adapter files and the CLI.
+
+Every case is an input a user can really give. Each must raise the listed error type (or
+warning) with a message that names the problem (``problem``) and says what to do (``fix``).
+The torch and JAX modules of the same name hold the cases that need a model. Only public API
+is used, so the catalogue can be run against an older checkout to count what it gets right.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+import mixlight as ml
+from mixlight.cli import main as cli
+
+
+@attrs.frozen
+class Case:
+    """A bad input: ``action(tmp_path)`` must raise ``error`` (or warn, for a Warning)
+    whose message matches ``problem`` and ``fix`` (regexes, case-insensitive)."""
+
+    name: str
+    action: Callable[[Path], Any]
+    error: type[BaseException]
+    problem: str
+    fix: str
+
+
+def check_case(case: Case, tmp_path: Path) -> None:
+    if issubclass(case.error, Warning):
+        with pytest.warns(case.error) as record:
+            case.action(tmp_path)
+        message = " | ".join(str(w.message) for w in record if issubclass(w.category, case.error))
+    else:
+        with pytest.raises(case.error) as info:
+            case.action(tmp_path)
+        message = str(info.value)
+    assert re.search(case.problem, message, re.I | re.S), f"problem not named: {message}"
+    assert re.search(case.fix, message, re.I | re.S), f"no fix given: {message}"
+
+
+# --- adapter directories -----------------------------------------------------------------
+
+CONFIG = ml.MoV(3, targets=[".*k"])
+PATHS = ["enc.k", "dec.k"]
+
+
+def specs_and_arrays(seed: int = 0, config: ml.AdapterConfig = CONFIG):
+    specs = ml.plan_sites(config, PATHS, lambda p, s: ml.ModuleShape(8, 8))
+    rng = np.random.default_rng(seed)
+    arrays = {s.canonical_name(n): a for s in specs for n, a in s.init_params(rng).items()}
+    return specs, arrays
+
+
+def saved(tmp_path: Path, seed: int = 0) -> Path:
+    out = tmp_path / "adapter"
+    ml.write_adapter(out, CONFIG, *specs_and_arrays(seed))
+    return out
+
+
+def v1_0(tmp_path: Path, edit: Callable[[dict], Any] = lambda meta: None, arrays=None) -> Path:
+    """A directory as mixlight 1.0 wrote it (the JSON is the authority), edited by ``edit``."""
+    out = tmp_path / "old"
+    out.mkdir()
+    specs, default = specs_and_arrays()
+    save_file(
+        arrays or default, out / "adapter.safetensors", metadata={"format": "mixlight.adapter"}
+    )
+    sites = {s.path: {"d_in": s.d_in, "d_out": s.d_out, "heads": s.heads} for s in specs}
+    digest = hashlib.sha256(json.dumps(sites, sort_keys=True).encode()).hexdigest()
+    meta = {
+        "format": "mixlight.adapter",
+        "format_version": "1.0",
+        "mixlight_version": "0.1.0",
+        "config": CONFIG.to_dict(),
+        "base_model": {"sites": sites, "fingerprint": digest},
+        "weights_sha256": hashlib.sha256((out / "adapter.safetensors").read_bytes()).hexdigest(),
+    }
+    edit(meta)
+    (out / "adapter_config.json").write_text(json.dumps(meta))
+    return out
+
+
+def corrupt(tmp_path: Path, how: str) -> Path:
+    out = saved(tmp_path)
+    weights = out / "adapter.safetensors"
+    data = bytearray(weights.read_bytes())
+    if how == "truncate":
+        data = data[: len(data) // 2]
+    elif how == "bitflip":
+        data[-2] ^= 0x10
+    elif how == "random":
+        data = bytearray(np.random.default_rng(0).bytes(len(data)))
+    weights.write_bytes(bytes(data))
+    return out
+
+
+def read(path_of: Callable[[Path], Any]) -> Callable[[Path], Any]:
+    return lambda tmp: ml.read_adapter(path_of(tmp))
+
+
+def write_to(path_of: Callable[[Path], Any], arrays=None) -> Callable[[Path], Any]:
+    def action(tmp: Path) -> Any:
+        specs, default = specs_and_arrays()
+        return ml.write_adapter(path_of(tmp), CONFIG, specs, default if arrays is None else arrays)
+
+    return action
+
+
+def a_file(tmp: Path) -> Path:
+    (tmp / "notes.txt").write_text("hello")
+    return tmp / "notes.txt"
+
+
+def random_folder(tmp: Path) -> Path:
+    rng = np.random.default_rng(1)
+    for name in ("adapter.safetensors", "adapter_config.json"):
+        (tmp / name).write_bytes(rng.bytes(300))
+    return tmp
+
+
+def full_disk(tmp: Path) -> Any:
+    real_write = os.write
+
+    def short_write(fd, data):
+        real_write(fd, bytes(data)[:10])
+        raise OSError(28, "No space left on device")
+
+    os.write = short_write
+    try:
+        return write_to(lambda t: t / "out")(tmp)
+    finally:
+        os.write = real_write
+
+
+def no_permission(tmp: Path) -> Any:
+    real_open = os.open
+
+    def refuse(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    os.open = refuse
+    try:
+        return write_to(lambda t: t / "out")(tmp)
+    finally:
+        os.open = real_open
+
+
+def nan_arrays() -> dict[str, np.ndarray]:
+    _, arrays = specs_and_arrays()
+    return {n: np.full_like(a, np.nan) if n.endswith("vectors") else a for n, a in arrays.items()}
+
+
+def mismatched_load(tmp: Path) -> None:
+    adapter = ml.read_adapter(saved(tmp))
+    other = ml.plan_sites(CONFIG, PATHS, lambda p, s: ml.ModuleShape(16, 16))
+    ml.adapter_file.check_fits(adapter, other, "out/")
+
+
+FILE_CASES = [
+    Case(
+        "read a missing directory",
+        read(lambda t: t / "nowhere"),
+        ml.AdapterFileError,
+        "nowhere does not exist",
+        "pass the directory",
+    ),
+    Case(
+        "read a regular file",
+        read(a_file),
+        ml.AdapterFileError,
+        r"notes\.txt is a file, not an adapter directory",
+        "pass the directory",
+    ),
+    Case(
+        "read the weights file itself",
+        read(lambda t: saved(t) / "adapter.safetensors"),
+        ml.AdapterFileError,
+        "is a file, not an adapter directory",
+        "pass its directory",
+    ),
+    Case("read path None", read(lambda t: None), TypeError, "got NoneType", "str or os.PathLike"),
+    Case("read path 123", read(lambda t: 123), TypeError, "got int 123", "str or os.PathLike"),
+    Case("read path ''", read(lambda t: ""), ValueError, "empty string", r"'\.'"),
+    Case("save to path ''", write_to(lambda t: ""), ValueError, "empty string", r"'\.'"),
+    Case(
+        "save to path None",
+        write_to(lambda t: None),
+        TypeError,
+        "got NoneType",
+        "str or os.PathLike",
+    ),
+    Case(
+        "save onto a regular file",
+        write_to(a_file),
+        OSError,
+        "exists and is not a directory",
+        "choose another path",
+    ),
+    Case(
+        "read an empty directory",
+        read(lambda t: t),
+        ml.AdapterFileError,
+        "adapter.safetensors is missing",
+        "point at the directory save_adapter wrote",
+    ),
+    Case(
+        "read a folder of random bytes",
+        read(random_folder),
+        ml.AdapterFileError,
+        r"adapter\.safetensors is not a readable safetensors file",
+        "save the adapter again",
+    ),
+    Case(
+        "read truncated weights",
+        read(lambda t: corrupt(t, "truncate")),
+        ml.AdapterFileError,
+        "truncated",
+        "save the adapter again",
+    ),
+    Case(
+        "read weights with a flipped bit",
+        read(lambda t: corrupt(t, "bitflip")),
+        ml.AdapterFileError,
+        r"do not match the (sha256|checksum)",
+        "save the adapter again",
+    ),
+    Case(
+        "read weights overwritten with random bytes",
+        read(lambda t: corrupt(t, "random")),
+        ml.AdapterFileError,
+        "not a readable safetensors file",
+        "save the adapter again",
+    ),
+    Case(
+        "1.0 config that is not UTF-8",
+        read(lambda t: (v1_0(t), (t / "old/adapter_config.json").write_bytes(b"\xff\xfe{"))[0]),
+        ml.AdapterFileError,
+        r"adapter_config\.json is not UTF-8",
+        "save the adapter again",
+    ),
+    Case(
+        "1.0 config that is not JSON",
+        read(lambda t: (v1_0(t), (t / "old/adapter_config.json").write_text("{oops"))[0]),
+        ml.AdapterFileError,
+        r"adapter_config\.json is not valid JSON",
+        "save the adapter again",
+    ),
+    Case(
+        "1.0 config without base_model",
+        read(lambda t: v1_0(t, lambda m: m.pop("base_model"))),
+        ml.AdapterFileError,
+        "base_model",
+        "save the adapter again",
+    ),
+    Case(
+        "1.0 config without config",
+        read(lambda t: v1_0(t, lambda m: m.pop("config"))),
+        ml.AdapterFileError,
+        "'config'",
+        "save the adapter again",
+    ),
+    Case(
+        "1.0 directory without its config",
+        read(lambda t: (v1_0(t), (t / "old/adapter_config.json").unlink())[0]),
+        ml.AdapterFileError,
+        r"adapter_config\.json is missing",
+        "copy the whole directory",
+    ),
+    Case(
+        "1.0 weights replaced by others",
+        read(lambda t: v1_0(t, lambda m: m.update(weights_sha256="0" * 64))),
+        ml.AdapterFileError,
+        "does not match the checksum",
+        "save the adapter again",
+    ),
+    Case(
+        "format version 2.0",
+        read(lambda t: v1_0(t, lambda m: m.update(format_version="2.0"))),
+        ml.AdapterFileError,
+        "format version 2.0 is not readable",
+        "upgrade or downgrade",
+    ),
+    Case(
+        "format version 'x'",
+        read(lambda t: v1_0(t, lambda m: m.update(format_version="x"))),
+        ml.AdapterFileError,
+        "bad format_version 'x'",
+        "save the adapter again",
+    ),
+    Case(
+        "a PEFT adapter_config",
+        read(lambda t: v1_0(t, lambda m: m.update(format="peft"))),
+        ml.AdapterFileError,
+        "is not a mixlight adapter",
+        r"format != 'mixlight\.adapter'",
+    ),
+    Case(
+        "1.0 file with a config of an unknown expert kind",
+        read(lambda t: v1_0(t, lambda m: m["config"]["sites"][0]["expert"].update(kind="xx"))),
+        ml.AdapterFileError,
+        "unknown expert kind 'xx'",
+        "register",
+    ),
+    Case(
+        "1.0 file holding NaN weights",
+        read(lambda t: v1_0(t, arrays=nan_arrays())),
+        ml.AdapterFileError,
+        r"non-finite values \(NaN/inf\) in .*enc\.k\.vectors",
+        "retrain",
+    ),
+    Case(
+        "save NaN weights",
+        write_to(lambda t: t / "out", nan_arrays()),
+        ml.AdapterFileError,
+        r"non-finite values \(NaN/inf\) in .*enc\.k\.vectors",
+        "lower the learning rate",
+    ),
+    Case(
+        "save with an array missing",
+        write_to(lambda t: t / "out", {"enc.k.router": np.zeros((8, 3), np.float32)}),
+        ml.AdapterFileError,
+        r"missing enc\.k\.vectors \(3, 8\)",
+        "does not match its config",
+    ),
+    Case(
+        "save an array of the wrong shape",
+        write_to(
+            lambda t: t / "out",
+            {**specs_and_arrays()[1], "enc.k.vectors": np.ones((3, 9), np.float32)},
+        ),
+        ml.AdapterFileError,
+        r"enc\.k\.vectors: shape \(3, 9\), expected \(3, 8\)",
+        "does not match its config",
+    ),
+    Case("save onto a full disk", full_disk, OSError, "no space left", "free some space"),
+    Case(
+        "save without write permission",
+        no_permission,
+        PermissionError,
+        "permission denied",
+        "directory you can write to",
+    ),
+    Case(
+        "an adapter for a model of other shapes",
+        mismatched_load,
+        ml.AdapterFileError,
+        r"different base model .*enc\.k: adapter has",
+        "model it was trained on",
+    ),
+]
+
+# --- configs -------------------------------------------------------------------------------
+
+
+def from_dict(change: Callable[[dict], Any]) -> Callable[[Path], Any]:
+    def action(tmp: Path) -> Any:
+        data = CONFIG.to_dict()
+        change(data)
+        return ml.AdapterConfig.from_dict(data)
+
+    return action
+
+
+CONFIG_CASES = [
+    Case("MoV(0)", lambda t: ml.MoV(0), ValueError, "num_experts=0", "integer >= 1"),
+    Case("MoV(2.5)", lambda t: ml.MoV(2.5), ValueError, "num_experts=2.5", "integer >= 1"),
+    Case("TopK(0)", lambda t: ml.TopK(0), ValueError, r"TopK\.k=0", "integer >= 1"),
+    Case(
+        "TopK(3) of 2 experts",
+        lambda t: ml.MoV(2, router=ml.TopK(3)),
+        ValueError,
+        "exceeds",
+        "between 1 and num_experts",
+    ),
+    Case(
+        "z_loss_weight=inf",
+        lambda t: ml.SoftMerge(z_loss_weight=float("inf")),
+        ValueError,
+        "z_loss_weight=inf",
+        "finite number >= 0",
+    ),
+    Case(
+        "load_balance_weight=nan",
+        lambda t: ml.TopK(2, load_balance_weight=float("nan")),
+        ValueError,
+        "load_balance_weight=nan",
+        "finite number >= 0",
+    ),
+    Case(
+        "load_balance_weight=-1",
+        lambda t: ml.SoftMerge(load_balance_weight=-1),
+        ValueError,
+        "load_balance_weight=-1",
+        ">= 0",
+    ),
+    Case("LoRA rank 0", lambda t: ml.LoRA(rank=0), ValueError, "rank=0", "integer >= 1"),
+    Case("MoLoRA alpha=-1", lambda t: ml.MoLoRA(3, 2, alpha=-1), ValueError, "alpha=-1", "> 0"),
+    Case(
+        "a site pattern that is not a regex",
+        lambda t: ml.Site("(", ml.Vectors()),
+        ValueError,
+        "not a valid regular expression",
+        "Site.pattern",
+    ),
+    Case(
+        "an empty site pattern",
+        lambda t: ml.Site("", ml.Vectors()),
+        ValueError,
+        "Site.pattern=''",
+        "non-empty regular expression",
+    ),
+    Case(
+        "an expert given as a string",
+        lambda t: ml.Site("a", "vectors"),
+        ValueError,
+        "Site.expert='vectors'",
+        r"mixlight\.Vectors\(\)",
+    ),
+    Case(
+        "router_input='middle'",
+        lambda t: ml.Site("a", ml.Vectors(), router_input="middle"),
+        ValueError,
+        "router_input='middle'",
+        "allowed values",
+    ),
+    Case(
+        "heads=0",
+        lambda t: ml.Site("a", ml.Vectors(), heads=0),
+        ValueError,
+        "heads=0",
+        "integer >= 1",
+    ),
+    Case(
+        "per-head low-rank experts",
+        lambda t: ml.Site("a", ml.LowRank(2), heads=2),
+        ValueError,
+        "does not support per-head routing",
+        "heads=None",
+    ),
+    Case(
+        "no sites",
+        lambda t: ml.AdapterConfig([], 2),
+        ValueError,
+        r"sites=\(\)",
+        "non-empty sequence of mixlight.Site",
+    ),
+    Case(
+        "routing='batch'",
+        lambda t: ml.MoV(2, routing="batch"),
+        ValueError,
+        "routing='batch'",
+        "allowed values",
+    ),
+    Case(
+        "router given as a string",
+        lambda t: ml.MoV(2, router="topk"),
+        ValueError,
+        "router='topk'",
+        r"mixlight\.TopK\(k\)",
+    ),
+    Case(
+        "TopK(1) renormalised cannot learn",
+        lambda t: ml.MoV(4, router=ml.TopK(1)),
+        UserWarning,
+        "never learns",
+        "renormalize=False",
+    ),
+    Case(
+        "config JSON with an unknown key",
+        from_dict(lambda d: d.update(jitter=0.1)),
+        ValueError,
+        r"unknown AdapterConfig keys \['jitter'\]",
+        "known keys",
+    ),
+    Case(
+        "config JSON without num_experts",
+        from_dict(lambda d: d.pop("num_experts")),
+        ValueError,
+        r"missing keys \['num_experts'\]",
+        "known keys",
+    ),
+    Case(
+        "config JSON with an unknown router",
+        from_dict(lambda d: d.update(router={"kind": "x"})),
+        ValueError,
+        "unknown router kind 'x'",
+        "allowed",
+    ),
+    Case(
+        "config JSON with an unknown expert",
+        from_dict(lambda d: d["sites"][0]["expert"].update(kind="moe++")),
+        ValueError,
+        "unknown expert kind 'moe\\+\\+'",
+        "register_expert",
+    ),
+    Case(
+        "config JSON whose site is a string",
+        from_dict(lambda d: d.update(sites=["a"])),
+        ValueError,
+        "site must be a JSON object",
+        "got str",
+    ),
+]
+
+# --- the command line ----------------------------------------------------------------------
+
+
+class CliError(Exception):
+    """A non-zero exit of ``mixlight``; the message is its stderr (no traceback allowed)."""
+
+
+def run_cli(*args_of: Callable[[Path], str]) -> Callable[[Path], Any]:
+    def action(tmp: Path) -> None:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                code = cli([a(tmp) for a in args_of])
+            except SystemExit as exit_:
+                code = exit_.code
+        assert "Traceback" not in err.getvalue()
+        if code != 0:
+            raise CliError(f"exit {code}: {err.getvalue()}")
+
+    return action
+
+
+def arg(value: str) -> Callable[[Path], str]:
+    return lambda tmp: value
+
+
+CLI_CASES = [
+    Case(
+        "inspect a missing directory",
+        run_cli(arg("inspect"), lambda t: str(t / "gone")),
+        CliError,
+        "exit 2: .*gone does not exist",
+        "pass the directory",
+    ),
+    Case(
+        "inspect ''", run_cli(arg("inspect"), arg("")), CliError, "exit 2: .*empty string", r"'\.'"
+    ),
+    Case(
+        "inspect a folder of random bytes",
+        run_cli(arg("inspect"), lambda t: str(random_folder(t))),
+        CliError,
+        r"exit 2: .*adapter\.safetensors is not a readable safetensors",
+        "save the adapter again",
+    ),
+    Case(
+        "inspect a regular file",
+        run_cli(arg("inspect"), lambda t: str(a_file(t))),
+        CliError,
+        "exit 2: .*is a file, not an adapter directory",
+        "pass the directory",
+    ),
+    Case(
+        "inspect a 1.0 config with keys removed",
+        run_cli(arg("inspect"), lambda t: str(v1_0(t, lambda m: m.pop("base_model")))),
+        CliError,
+        "exit 2: .*base_model",
+        "save the adapter again",
+    ),
+    Case(
+        "inspect with a stray argument",
+        run_cli(arg("inspect"), arg("a"), arg("b")),
+        CliError,
+        "unrecognised arguments: b",
+        "usage: mixlight",
+    ),
+]
+
+CASES = FILE_CASES + CONFIG_CASES + CLI_CASES
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_gets_a_clear_error(case, tmp_path):
+    check_case(case, tmp_path)
+
+
+def test_the_catalogue_is_large_and_distinct():
+    assert len({c.name for c in CASES}) == len(CASES) >= 50
