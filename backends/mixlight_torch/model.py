@@ -101,7 +101,9 @@ def inject(model: nn.Module, config: AdapterConfig, seed: int | None = None) -> 
             "e.g. model = nn.Sequential(layer), and target its path '0'"
         )
     specs = plan_sites(config, paths, lambda path, site: _describe(model, path, site))
-    rng = np.random.default_rng(int(torch.randint(0, 2**62, ())) if seed is None else seed)
+    if seed is None:  # drawn on the CPU: also under ``with torch.device("meta")``
+        seed = int(torch.randint(0, 2**62, (), device="cpu"))
+    rng = np.random.default_rng(seed)
     switch = AdapterSwitch()
     model.requires_grad_(False)
     for spec in specs:

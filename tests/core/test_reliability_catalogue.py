@@ -595,3 +595,195 @@ def test_bad_input_gets_a_clear_error(case, tmp_path):
 
 def test_the_catalogue_is_large_and_distinct():
     assert len({c.name for c in CASES}) == len(CASES) >= 50
+
+
+# --- models: built for each backend by its own catalogue module ---------------------------
+
+
+@attrs.frozen
+class Kit:
+    """What the model cases need from a backend's test module.
+
+    ``model(seed, width=8)``: a fresh two-block model with attention ``k``/``v`` (2 heads)
+    and an MLP ``wi``/``act``/``wo``; ``bare()``: a lone linear layer; ``poison(model)``: set
+    every adapter parameter to NaN; ``other``: the name of another installed backend.
+    """
+
+    name: str
+    model: Callable[..., Any]
+    bare: Callable[[], Any]
+    poison: Callable[[Any], Any]
+    other: str
+
+
+MOV_KV = ml.AdapterConfig([ml.Site(r".*\.(k|v)", ml.Vectors(), heads="auto")], 3, method="MoV-3")
+
+
+def model_cases(kit: Kit) -> list[Case]:
+    """The bad inputs that need a model, for one backend."""
+
+    def injected(seed: int = 0, config: ml.AdapterConfig = MOV_KV) -> Any:
+        return ml.inject(kit.model(seed), config, seed=seed)
+
+    def saved_from(tmp: Path, config: ml.AdapterConfig = MOV_KV) -> Path:
+        return ml.save_adapter(injected(0, config), tmp / "adapter")
+
+    def narrower(tmp: Path) -> Any:
+        directory = saved_from(tmp)
+        model = kit.model(0)
+        ml.inject(model, ml.AdapterConfig([ml.Site(r".*\.(k|v)", ml.Vectors())], 3))
+        return directory, model
+
+    return [
+        Case(
+            f"{kit.name}: inject a dict as config",
+            lambda t: ml.inject(kit.model(0), {"E": 2}),
+            TypeError,
+            "got dict",
+            r"mixlight\.AdapterConfig",
+        ),
+        Case(
+            f"{kit.name}: a pattern that matches nothing",
+            lambda t: ml.inject(kit.model(0), ml.LoRA(2, targets=["nothing"])),
+            ValueError,
+            "'nothing' matched no module",
+            "module paths",
+        ),
+        Case(
+            f"{kit.name}: a bare layer as the whole model",
+            lambda t: ml.inject(kit.bare(), ml.LoRA(2, targets=[".*"])),
+            TypeError,
+            "bare layer",
+            "wrap it",
+        ),
+        Case(
+            f"{kit.name}: inject twice",
+            lambda t: ml.inject(injected(), MOV_KV),
+            ValueError,
+            "already carries a mixlight adapter",
+            "remove_adapters",
+        ),
+        Case(
+            f"{kit.name}: low-rank experts on an activation",
+            lambda t: ml.inject(kit.model(0), ml.LoRA(2, targets=[r".*\.act"])),
+            TypeError,
+            r"act of type .*adapts linear modules",
+            "narrow the pattern",
+        ),
+        Case(
+            f"{kit.name}: 3 heads on width 8",
+            lambda t: ml.inject(
+                kit.model(0), ml.AdapterConfig([ml.Site(r".*\.k", ml.Vectors(), heads=3)], 2)
+            ),
+            ValueError,
+            "width 8 is not divisible by heads=3",
+            "heads=None",
+        ),
+        Case(
+            f"{kit.name}: save a model without adapter",
+            lambda t: ml.save_adapter(kit.model(0), t / "a"),
+            ValueError,
+            "has no mixlight adapter",
+            r"mixlight\.inject",
+        ),
+        Case(
+            f"{kit.name}: routing_stats without adapter",
+            lambda t: ml.routing_stats(kit.model(0)),
+            ValueError,
+            "has no mixlight adapter",
+            r"mixlight\.inject",
+        ),
+        Case(
+            f"{kit.name}: aux_losses without adapter",
+            lambda t: ml.aux_losses(kit.model(0)),
+            ValueError,
+            "has no mixlight adapter",
+            r"mixlight\.inject",
+        ),
+        Case(
+            f"{kit.name}: load an adapter of other sites",
+            lambda t: ml.load_adapter(injected(0, ml.LoRA(2, targets=[r".*\.wi"])), saved_from(t)),
+            ValueError,
+            "already carries a different adapter .*: ",
+            "load into a fresh model",
+        ),
+        Case(
+            f"{kit.name}: a per-head file into a one-router model",
+            lambda t: ml.load_adapter(*reversed(narrower(t))),
+            ValueError,
+            r"sites: model .*'heads': None.*file .*'heads': 'auto'",
+            "load into a fresh model",
+        ),
+        Case(
+            f"{kit.name}: a token-routed file into a sequence-routed model",
+            lambda t: ml.load_adapter(
+                injected(0, attrs.evolve(MOV_KV, routing="sequence")), saved_from(t)
+            ),
+            ValueError,
+            "routing: model 'sequence', file 'token'",
+            "load into a fresh model",
+        ),
+        Case(
+            f"{kit.name}: load an adapter saved for other shapes",
+            lambda t: ml.load_adapter(kit.model(0, 16), saved_from(t)),
+            ml.AdapterFileError,
+            "different base model .*: adapter has",
+            "model it was trained on",
+        ),
+        Case(
+            f"{kit.name}: an adapter trained on another checkpoint",
+            lambda t: ml.load_adapter(kit.model(7), saved_from(t)),
+            UserWarning,
+            "different base model of the same shape",
+            "load that checkpoint",
+        ),
+        Case(
+            f"{kit.name}: save a diverged adapter",
+            lambda t: ml.save_adapter(kit.poison(injected()), t / "a"),
+            ml.AdapterFileError,
+            r"non-finite values \(NaN/inf\)",
+            "lower the learning rate",
+        ),
+        Case(
+            f"{kit.name}: the backend of another framework",
+            lambda t: ml.inject(kit.model(0), MOV_KV, backend=kit.other),
+            TypeError,
+            f"backend '{kit.other}' .*cannot handle",
+            "drop that choice",
+        ),
+        Case(
+            f"{kit.name}: an unknown backend",
+            lambda t: ml.inject(kit.model(0), MOV_KV, backend="mlx"),
+            ValueError,
+            "unknown mixlight backend 'mlx'",
+            "installed backends",
+        ),
+        Case(
+            f"{kit.name}: save to None",
+            lambda t: ml.save_adapter(injected(), None),
+            TypeError,
+            "got NoneType",
+            "str or os.PathLike",
+        ),
+        Case(
+            f"{kit.name}: save to ''",
+            lambda t: ml.save_adapter(injected(), ""),
+            ValueError,
+            "empty string",
+            r"'\.'",
+        ),
+        Case(
+            f"{kit.name}: load from a missing directory",
+            lambda t: ml.load_adapter(kit.model(0), t / "gone"),
+            ml.AdapterFileError,
+            "gone does not exist",
+            "pass the directory",
+        ),
+        Case(
+            f"{kit.name}: load from the weights file",
+            lambda t: ml.load_adapter(kit.model(0), saved_from(t) / "adapter.safetensors"),
+            ml.AdapterFileError,
+            "is a file, not an adapter directory",
+            "pass its directory",
+        ),
+    ]
