@@ -1,7 +1,4 @@
-"""The instruction-tuning demo's framework-free parts: data suite, tokenizer, data files,
-report tables and plots. Heavy dependencies (sentencepiece, matplotlib, datasets) are
-imported inside the functions that need them."""
-
-from .miniature.suite import Example, Suite, build_suite, pretraining_corpus, span_corruption
-
-__all__ = ["Example", "Suite", "build_suite", "pretraining_corpus", "span_corruption"]
+"""The tuning pipeline beside the library: the miniature world (``mixlight_tune.miniature``),
+the experiment protocol (``experiment``), reports and plots, and each backend's train and
+score steps (``mixlight_tune.backends``). Heavy dependencies (torch, JAX, sentencepiece,
+matplotlib) are imported only by the modules that need them."""

@@ -1,8 +1,9 @@
 """``mixlight demo``: the paper in miniature (see :mod:`mixlight_tune.experiment`).
 
-Pre-trains (once, cached) a tiny T5, tunes it with full fine-tuning, (IA)³, LoRA, MoV and
-MoLoRA on the built-in instruction mixture, scores held-out tasks zero-shot by rank
-classification, and writes Table 1, plots and adapters to ``--out``.
+Tunes the shipped tiny T5 with full fine-tuning, (IA)³, LoRA, MoV and MoLoRA on the built-in
+instruction mixture, scores held-in items, held-out prompts and held-out tasks zero-shot by
+rank classification, checks the paper's claims, and writes the tables, plots and adapters
+to ``--out``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .experiment import (
     DemoConfig,
     DemoError,
     run,
+    select,
 )
 
 
@@ -35,7 +37,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"comma-separated, from: {', '.join(METHODS)} (default: %(default)s)",
     )
     p.add_argument("--seeds", type=int, help=f"number of seeds (default {default.seeds})")
-    p.add_argument("--steps", type=int, help=f"tuning steps per method (default {default.steps})")
+    p.add_argument(
+        "--steps", type=int, help=f"tuning steps of each adapter method (default {default.steps})"
+    )
+    p.add_argument(
+        "--full-steps", type=int, help=f"full fine-tuning steps (default {default.full_steps})"
+    )
     p.add_argument("--batch-size", type=int, help=f"default {default.batch_size}")
     p.add_argument("--optimizer", choices=sorted(LEARNING_RATES), help="default adafactor")
     p.add_argument(
@@ -58,7 +65,23 @@ def _parser() -> argparse.ArgumentParser:
         help="your .jsonl (inputs, targets, answer_choices...): "
         "train on every row, evaluate on rows with answer_choices",
     )
-    p.add_argument("--eval-data", type=Path, help="evaluate on this .jsonl instead of --data")
+    p.add_argument(
+        "--eval-data",
+        type=Path,
+        help="also score these prompts (.jsonl rows with answer_choices) as table D",
+    )
+    p.add_argument(
+        "--select",
+        action="store_true",
+        help="pick each method's learning rate on held-in validation items (writes "
+        "selection.md) instead of running the comparison",
+    )
+    p.add_argument(
+        "--build-base",
+        type=Path,
+        metavar="DIR",
+        help="regenerate the built-in base model into DIR from its seed and exit (torch)",
+    )
     p.add_argument("--backend", choices=BACKENDS, help="default torch")
     p.add_argument(
         "--threads",
@@ -73,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
 _OVERRIDES = {
     "seeds": "seeds",
     "steps": "steps",
+    "full_steps": "full_steps",
     "batch_size": "batch_size",
     "optimizer": "optimizer",
     "lr": "lr",
@@ -96,9 +120,17 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; 0 on success, 2 on bad input, 130 when interrupted."""
-    cfg = config_from_args(_parser().parse_args(argv))
+    args = _parser().parse_args(argv)
+    cfg = config_from_args(args)
     try:
-        run(cfg)
+        if args.build_base is not None:
+            from .backends.torch_steps import build_base
+
+            print(f"built {build_base(cfg, args.build_base)}")
+        elif args.select:
+            select(cfg)
+        else:
+            run(cfg)
     except DemoError as err:
         print(f"mixlight demo: error: {err}", file=sys.stderr)
         return 2

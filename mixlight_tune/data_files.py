@@ -80,16 +80,22 @@ def row_to_example(row: Any, where: str, default_task: str) -> Example:
 
 def _read_jsonl(path: Path) -> list[Example]:
     examples = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: bad JSON ({err.msg})") from None
-            examples.append(row_to_example(row, where, path.stem))
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {err.start}); expected a .jsonl file with one JSON "
+            "object per line"
+        ) from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: bad JSON ({err.msg})") from None
+        examples.append(row_to_example(row, where, path.stem))
     return examples
 
 
@@ -125,6 +131,12 @@ def load_examples(path: str | os.PathLike[str], split: str | None = None) -> lis
     """
     path = Path(path)
     if path.is_dir():
+        markers = ("dataset_info.json", "state.json", "dataset_dict.json")
+        if not any((path / m).is_file() for m in markers):
+            raise ValueError(
+                f"{path} is a folder but not a saved Hugging Face dataset (none of "
+                f"{', '.join(markers)}); pass a .jsonl file or a save_to_disk directory"
+            )
         return _read_saved_dataset(path, split)
     if not path.exists():
         raise FileNotFoundError(f"no data file or dataset directory at {path}")

@@ -1,37 +1,28 @@
-"""The demo's orchestration, backend-neutral: config, methods table, seeds loop, outputs.
+"""What the experiment is: the paper's Table 1 protocol in miniature, backend-neutral.
 
-The paper in miniature (paper.md §4–5): pre-train a tiny T5 v1.1 (span corruption mixed with
-prefix LM), tune it on the suite's training mixture with each method (same steps, data order
-and seed), score the held-out tasks zero-shot by rank classification, and report Table 1
-(median over templates per task, mean over tasks, mean ± std over seeds) with plots.
+1. **Base.** A tiny T5 v1.1 pre-trained on the miniature world's corpus (span corruption
+   mixed with prefix LM, as the paper's LM-adapted backbones). It ships with the package
+   (``mixlight_tune/miniature/base``); ``mixlight demo --build-base DIR`` regenerates it from
+   its seed. Fact probes measure what it knows before any tuning.
+2. **Tuning.** Full fine-tuning, (IA)³, LoRA, MoV-10 and MoLoRA-10 on the training mixture
+   (ten task families, five prompts each), each method at its learning rate picked on
+   held-in data (``LEARNING_RATES``; the selection runs are in docs/demo/), the same data
+   order per seed. PEFT methods get more steps than full FT, as in the paper.
+3. **Scoring** by rank classification (median over templates per task, mean over tasks) on
+   three tables, each beside its chance level and the untuned base:
+   **A** held-in (fresh items, training prompts), **B** held-out prompts (new wording and
+   label words; the headline), **C** held-out task families (the paper's setting), and
+   **D** the user's ``--eval-data`` prompts when given.
+4. **Claim check** on table B (``claims.py``) and the **trainable share** at real T5 sizes
+   (``shares.py``).
 
-Framework code lives in a backend module ``mixlight_<backend>.instruct``, imported by name
-only when a run starts (this module never imports torch or JAX). Its interface:
-
-``prepare(cfg: DemoConfig) -> Base``
-    Build or load the base model: ``cfg.model_path`` when set, else the built-in tiny T5
-    pre-trained on :func:`pretraining_data` and cached under ``cfg.cache_dir /
-    base_cache_name(cfg)``. ``Base`` is backend-defined; the demo only passes it back and
-    reads ``base.description`` (str) and ``base.path`` (the checkpoint directory).
-``tune(base, adapter: AdapterConfig | None, examples, settings: TuneSettings)``
-    ``-> (model, loss of every step)``: a fresh copy of the base, injected with ``adapter``
-    (``None``: full fine-tuning), trained on ``examples`` (``inputs`` -> ``targets``) for
-    ``settings.steps`` steps in the order ``settings.seed`` fixes.
-``evaluate(model, base, examples, cfg) -> (correct: list[bool], routing)``
-    Rank classification of every example (each has ``choices``); ``routing`` maps a site
-    path to ``{task: mean routing probability per expert}`` (empty when nothing routes).
-``trainable_percent(model) -> float`` and ``save(model, directory) -> Path | None``
-    (``None`` when the method saves nothing, as for full fine-tuning).
-
-A missing ``mixlight_<backend>.instruct`` is reported as "the <backend> demo backend is not
-available yet", before anything trains.
+The framework does only the train and score steps (:mod:`mixlight_tune.steps`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import math
 import re
@@ -41,64 +32,70 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import mixlight as ml
 
 from ._files import atomic_write
-from .miniature.corpus import pretraining_corpus
+from .claims import check_claims, format_claims
 from .data_files import load_examples
-from .report import aggregate_seeds, format_table, score_table, write_results
-from .schema import Example
+from .miniature.corpus import pretraining_corpus
+from .miniature.probes import CHANCE as PROBE_CHANCE
 from .miniature.suite import build_suite
+from .report import aggregate_seeds, chance_table, format_table, score_table
+from .schema import Example
+from .shares import format_shares, real_size_shares
+from .steps import BACKENDS, BackendSteps, DemoError, TuneSettings, load_steps
 
-
-class DemoError(ValueError):
-    """Bad demo input, reported before any training starts."""
+__all__ = ["BACKENDS", "DemoConfig", "DemoError", "METHODS", "run", "select"]
 
 
 @dataclass(frozen=True)
 class Method:
-    """A row of the table: display label, learning-rate family, adapter config factory
-    (``None``: every base parameter trains; ``family == "none"``: nothing trains)."""
+    """A row of the tables: display label and adapter config factory (``None``: every base
+    parameter trains)."""
 
     label: str
-    family: str
     make: Callable[[], ml.AdapterConfig] | None = None
+
+    @property
+    def full(self) -> bool:
+        return self.make is None
 
 
 METHODS: dict[str, Method] = {
-    "full": Method("Full FT", "full"),
-    "ia3": Method("(IA)³", "vectors", ml.IA3),
-    "lora": Method("LoRA r=4", "low_rank", lambda: ml.LoRA(rank=4)),
-    "mov": Method("MoV-10", "vectors", lambda: ml.MoV(10)),
-    "molora": Method("MoLoRA-10 r=4", "low_rank", lambda: ml.MoLoRA(10, rank=4)),
-    "mov30": Method("MoV-30", "vectors", lambda: ml.MoV(30)),
-    "lora8": Method("LoRA r=8", "low_rank", lambda: ml.LoRA(rank=8)),
-    "molora15": Method("MoLoRA-15 r=4", "low_rank", lambda: ml.MoLoRA(15, rank=4)),
-    "base": Method("No tuning", "none"),
+    "full": Method("Full FT"),
+    "ia3": Method("(IA)³", ml.IA3),
+    "lora": Method("LoRA r=4", lambda: ml.LoRA(rank=4)),
+    "mov": Method("MoV-10", lambda: ml.MoV(10)),
+    "molora": Method("MoLoRA-10 r=4", lambda: ml.MoLoRA(10, rank=4)),
+    "mov30": Method("MoV-30", lambda: ml.MoV(30)),
+    "lora8": Method("LoRA r=8", lambda: ml.LoRA(rank=8)),
+    "molora15": Method("MoLoRA-15 r=4", lambda: ml.MoLoRA(15, rank=4)),
 }
 DEFAULT_METHODS = ("full", "ia3", "lora", "mov", "molora")
 
-# Constant learning rates per optimiser and method family, chosen once from a held-in pilot
-# (300 steps, loss and rank accuracy on unseen items of the *training* tasks; never a held-out
-# number): Adafactor full FT {1e-3, 1e-2, 3e-2, 1e-1} -> 3e-2, MoV and LoRA {1e-2, 3e-2, 1e-1,
-# 3e-1} -> 1e-1. With ``scale_parameter`` the lr is a step relative to each parameter's RMS
-# (paper.md §4.2); the paper's 3e-4 / 1e-3 assume 500K / 10K steps, not a few hundred.
-# AdamW rates are single pilot points, not swept. See docs/demo/README.md.
+# Constant learning rates, one per method, picked on held-in validation items at the full
+# step budget (``mixlight demo --select``; the runs are in docs/demo/selection.md). Never
+# chosen on table B or C. With Adafactor's ``scale_parameter`` the lr is a step relative to
+# each parameter's RMS (paper.md §4.2), so a few hundred steps need far larger rates than
+# the paper's 3e-4 over 500K steps. Methods without an entry use their sibling's rate.
 LEARNING_RATES: dict[str, dict[str, float]] = {
-    "adafactor": {"full": 3e-2, "vectors": 1e-1, "low_rank": 1e-1, "none": 0.0},
-    "adamw": {"full": 1e-3, "vectors": 1e-2, "low_rank": 3e-3, "none": 0.0},
+    "adafactor": {"full": 1e-2, "ia3": 1e-1, "lora": 3e-2, "mov": 3e-2, "molora": 3e-2},
+    "adamw": {"full": 1e-3, "ia3": 1e-2, "lora": 3e-3, "mov": 1e-2, "molora": 3e-3},
 }
-BACKENDS = ("torch", "jax")
+SIBLING = {"mov30": "mov", "lora8": "lora", "molora15": "molora"}
+SELECTION_GRID: dict[str, tuple[float, ...]] = {
+    "full": (3e-3, 1e-2, 3e-2),
+    "peft": (1e-2, 3e-2, 1e-1),
+}
 
 
 @dataclass(frozen=True)
 class BaseSpec:
     """The built-in tiny T5 v1.1 (gated-gelu) and its pre-training: span corruption mixed
-    with a ``prefix_lm`` share of prefix-LM examples (T5's "LM adaptation", which the
-    paper's backbones had), on ``chunk_tokens``-long pieces of the demo corpus."""
+    with a ``prefix_lm`` share of prefix-LM examples, on ``chunk_tokens``-long pieces of the
+    miniature world's corpus."""
 
     d_model: int = 64
     d_kv: int = 16
@@ -109,26 +106,10 @@ class BaseSpec:
     corpus_sentences: int = 20_000
     chunk_tokens: int = 48
     prefix_lm: float = 0.5
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 4000
     pretrain_batch_size: int = 32
     pretrain_lr: float = 1e-2
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class TuneSettings:
-    """What ``tune`` needs besides the data: one method's optimisation recipe."""
-
-    steps: int
-    batch_size: int
-    lr: float
-    optimizer: str
-    seed: int
-    dropout: float
-    max_input_tokens: int
-    max_target_tokens: int
-    progress: bool
-    label: str
 
 
 @dataclass(frozen=True)
@@ -137,7 +118,8 @@ class DemoConfig:
 
     methods: tuple[str, ...] = DEFAULT_METHODS
     seeds: int = 1
-    steps: int = 600
+    steps: int = 1000
+    full_steps: int = 500
     batch_size: int = 32
     optimizer: str = "adafactor"
     lr: float | None = None
@@ -151,66 +133,92 @@ class DemoConfig:
     base: BaseSpec = field(default_factory=BaseSpec)
     data_seed: int = 0
     train_per_task: int = 200
-    eval_per_template: int = 50
+    eval_per_template: int = 100
     max_input_tokens: int = 256
     max_target_tokens: int = 64
-    eval_batch_size: int = 32
+    eval_batch_size: int = 64
     threads: int = 2
     progress: bool = True
+    shares: bool = True
 
     def lr_for(self, method: str) -> float:
-        """``--lr`` when given, else the table's rate for the method's family."""
+        """``--lr`` when given, else the method's selected rate."""
         if self.lr is not None:
             return self.lr
-        return LEARNING_RATES[self.optimizer][METHODS[method].family]
+        rates = LEARNING_RATES[self.optimizer]
+        return rates[method] if method in rates else rates[SIBLING[method]]
+
+    def steps_for(self, method: str) -> int:
+        """Full fine-tuning gets ``full_steps``, every adapter method ``steps``."""
+        return self.full_steps if METHODS[method].full else self.steps
 
 
 QUICK = DemoConfig(
-    steps=40,
+    steps=30,
+    full_steps=30,
     batch_size=16,
-    base=BaseSpec(
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        vocab_size=256,
-        corpus_sentences=2000,
-        pretrain_steps=100,
-        pretrain_batch_size=16,
-    ),
     train_per_task=20,
     eval_per_template=4,
     # One thread: at this size a second brings nothing, and on a busy 2-core machine OpenMP
-    # barriers made full-parameter steps ~20x slower (pre-training 101 s vs 4 s).
+    # barriers made full-parameter steps ~20x slower.
     threads=1,
+    shares=False,
 )
+
+
+# --- the base model -----------------------------------------------------------------------
+
+SHIPPED_BASE = Path(__file__).parent / "miniature" / "base"
+
+
+def pretraining_data(cfg: DemoConfig) -> tuple[list[str], list[str]]:
+    """``(corpus sentences, tokenizer training texts)`` for the built-in base model."""
+    corpus = pretraining_corpus(cfg.base.seed, cfg.base.corpus_sentences)
+    suite = build_suite(cfg.data_seed, cfg.train_per_task, 0)
+    return corpus, corpus + [t for e in suite.train for t in (e.inputs, e.targets)]
+
+
+def base_key(cfg: DemoConfig) -> str:
+    """``base-<hash>``: changes whenever anything the built-in base depends on changes."""
+    key = {
+        "format": 2,
+        "base": dataclasses.asdict(cfg.base),
+        "tokenizer_data": [cfg.data_seed, cfg.train_per_task],
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return f"base-{digest[:12]}"
+
+
+def base_checkpoint(cfg: DemoConfig) -> Path:
+    """Where the run's base lives: ``--model``, else the shipped base when ``cfg.base`` is
+    what it was built from, else ``cache_dir/base-<hash>`` (built on first use)."""
+    if cfg.model_path is not None:
+        return cfg.model_path
+    info = SHIPPED_BASE / "pretraining.json"
+    if info.is_file() and json.loads(info.read_text())["key"] == base_key(cfg):
+        return SHIPPED_BASE
+    return cfg.cache_dir / base_key(cfg)
+
+
+# --- validation and data ----------------------------------------------------------------
 
 
 @dataclass
 class Plan:
-    """A validated run: the backend module and the data, ready before training starts."""
+    """A validated run: the backend's steps and the data, ready before training starts."""
 
-    backend: ModuleType
+    steps: BackendSteps
     train: list[Example]
-    eval: list[Example]
-    held_out: bool
+    tables: dict[str, list[Example]]
+    probes: list[Example]
 
 
-def _check_methods(methods: Sequence[str]) -> None:
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise DemoError(
-            f"unknown method(s) {', '.join(unknown) or '(none given)'}; valid: {', '.join(METHODS)}"
-        )
-
-
-def _check_writable(directory: Path, what: str) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as err:
-        raise DemoError(f"{what} {directory} is not writable: {err.strerror or err}") from None
+TABLE_TITLES = {
+    "A": "A. Held-in: fresh items of the training tasks, training prompts",
+    "B": "B. Held-out prompts (headline): new wording and label words for the training tasks",
+    "C": "C. Held-out tasks: task families never trained on (the paper's setting)",
+    "D": "D. Your prompts (--eval-data)",
+}
 
 
 def check_t5_dir(path: Path) -> None:
@@ -230,80 +238,79 @@ def check_t5_dir(path: Path) -> None:
         raise DemoError(f"--model {path}: no tokenizer (spiece.model or tokenizer.json) there")
 
 
-def load_backend(name: str) -> ModuleType:
-    """Import ``mixlight_<name>.instruct``, turning a missing module into a clear DemoError."""
-    if name not in BACKENDS:
-        raise DemoError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
-    module = f"mixlight_tune.backends.{name}_steps"
+def _check_writable(directory: Path, what: str) -> None:
     try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name in (module, f"mixlight_{name}"):
-            raise DemoError(f"the {name} demo backend is not available yet ({module})") from None
-        raise DemoError(f"the {name} demo backend needs {err.name!r}: {err}") from None
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise DemoError(f"{what} {directory} is not writable: {err.strerror or err}") from None
 
 
-def _load_data(cfg: DemoConfig) -> tuple[list[Example], list[Example], bool]:
-    """``(train, eval, eval_is_held_out)`` from the suite or the user's files."""
+def _read(path: Path, flag: str) -> list[Example]:
+    try:
+        return load_examples(path)
+    except (ValueError, OSError, ImportError) as err:
+        raise DemoError(f"{flag}: {err}") from None
+
+
+def _load_data(cfg: DemoConfig) -> tuple[list[Example], dict[str, list[Example]], list[Example]]:
+    """``(train, {table: examples}, probes)`` from the suite or the user's files."""
     if cfg.data_path is None:
         suite = build_suite(cfg.data_seed, cfg.train_per_task, cfg.eval_per_template)
-        return suite.train, suite.eval, True
-    try:
-        train = load_examples(cfg.data_path)
-        evals = load_examples(cfg.eval_data_path) if cfg.eval_data_path else train
-    except (ValueError, FileNotFoundError) as err:
-        raise DemoError(str(err)) from None
-    evals = [e for e in evals if e.choices]
-    if not train:
-        raise DemoError(f"{cfg.data_path}: no rows to train on")
-    if not evals:
-        raise DemoError("no rows with answer_choices to evaluate on")
-    return train, evals, cfg.eval_data_path is not None
+        train, tables, probes = suite.train, suite.eval_sets(), suite.probes
+        del tables["probes"]
+    else:
+        train, probes = _read(cfg.data_path, "--data"), []
+        if not train:
+            raise DemoError(f"--data {cfg.data_path}: no rows to train on")
+        tables = {"A": [e for e in train if e.choices]}
+    if cfg.eval_data_path is not None:
+        tables["D"] = [e for e in _read(cfg.eval_data_path, "--eval-data") if e.choices]
+        if not tables["D"]:
+            raise DemoError(f"--eval-data {cfg.eval_data_path}: no rows with answer_choices")
+    tables = {k: v for k, v in tables.items() if v}
+    if not tables:
+        raise DemoError("no rows with answer_choices to evaluate on (add --eval-data)")
+    return train, tables, probes
 
 
 def validate(cfg: DemoConfig) -> Plan:
     """Check every input that could fail later, before anything trains."""
-    _check_methods(cfg.methods)
-    for name, value in (("--steps", cfg.steps), ("--seeds", cfg.seeds)):
+    unknown = [m for m in cfg.methods if m not in METHODS]
+    if unknown or not cfg.methods:
+        raise DemoError(
+            f"unknown method(s) {', '.join(unknown) or '(none given)'}; valid: {', '.join(METHODS)}"
+        )
+    for name, value in (
+        ("--steps", cfg.steps),
+        ("--full-steps", cfg.full_steps),
+        ("--seeds", cfg.seeds),
+        ("--batch-size", cfg.batch_size),
+        ("--threads", cfg.threads),
+    ):
         if value < 1:
             raise DemoError(f"{name} must be at least 1, got {value}")
-    if cfg.batch_size < 1 or (cfg.lr is not None and cfg.lr <= 0):
-        raise DemoError("--batch-size must be at least 1 and --lr positive")
+    if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise DemoError(f"--lr must be a positive finite number, got {cfg.lr}")
     if cfg.optimizer not in LEARNING_RATES:
         raise DemoError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(LEARNING_RATES)}")
-    if cfg.eval_data_path is not None and cfg.data_path is None:
-        raise DemoError("--eval-data needs --data")
     if cfg.model_path is not None:
         check_t5_dir(cfg.model_path)
-    train, evals, held_out = _load_data(cfg)
+    train, tables, probes = _load_data(cfg)
     _check_writable(cfg.out_dir, "output directory")
-    if cfg.model_path is None:
+    if base_checkpoint(cfg) not in (cfg.model_path, SHIPPED_BASE):
         _check_writable(cfg.cache_dir, "cache directory")
-    return Plan(load_backend(cfg.backend), train, evals, held_out)
+    return Plan(load_steps(cfg.backend), train, tables, probes)
 
 
-def pretraining_data(cfg: DemoConfig) -> tuple[list[str], list[str]]:
-    """``(corpus sentences, tokenizer training texts)`` for the built-in base model."""
-    corpus = pretraining_corpus(cfg.base.seed, cfg.base.corpus_sentences)
-    suite = build_suite(cfg.data_seed, cfg.train_per_task, 0)
-    return corpus, corpus + [t for e in suite.train for t in (e.inputs, e.targets)]
+# --- one run ------------------------------------------------------------------------------
 
 
-def base_cache_name(cfg: DemoConfig) -> str:
-    """``base-<hash>``: changes whenever anything the cached base depends on changes."""
-    key = {
-        "format": 1,
-        "base": dataclasses.asdict(cfg.base),
-        "tokenizer_data": [cfg.data_seed, cfg.train_per_task],
-    }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-    return f"base-{digest[:12]}"
-
-
-def _settings(cfg: DemoConfig, method: str, seed: int) -> TuneSettings:
-    none = METHODS[method].family == "none"
+def settings_for(cfg: DemoConfig, method: str, seed: int) -> TuneSettings:
+    """The optimisation recipe of ``method`` with ``seed``."""
     return TuneSettings(
-        steps=0 if none else cfg.steps,
+        steps=cfg.steps_for(method),
         batch_size=cfg.batch_size,
         lr=cfg.lr_for(method),
         optimizer=cfg.optimizer,
@@ -316,23 +323,86 @@ def _settings(cfg: DemoConfig, method: str, seed: int) -> TuneSettings:
     )
 
 
+@dataclass
+class RunRecord:
+    """One (method, seed) run: settings, outcome and timings."""
+
+    settings: TuneSettings
+    trainable_percent: float
+    losses: list[float]
+    routing: dict[str, dict[str, list[float]]]
+    train_seconds: float
+    eval_seconds: float
+    saved: Path | None
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-ready per-run entry of ``results.json``'s ``methods_info``."""
+        tail = self.losses[-max(1, len(self.losses) // 10) :]
+        return {
+            "seed": self.settings.seed,
+            "lr": self.settings.lr,
+            "train_loss": round(statistics.fmean(tail), 4) if tail else None,
+            "loss_curve": [round(x, 4) for x in loss_curve(self.losses)],
+            "train_seconds": round(self.train_seconds, 1),
+            "eval_seconds": round(self.eval_seconds, 1),
+            "saved": None if self.saved is None else str(self.saved),
+        }
+
+
+def score_sets(
+    steps: BackendSteps, model: Any, base: Any, sets: dict[str, list[Example]], cfg: DemoConfig
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, list[float]]]]:
+    """``({table: score_table}, routing)`` with every table scored in one evaluate call."""
+    examples = [e for exs in sets.values() for e in exs]
+    correct, routing = steps.evaluate(model, base, examples, cfg)
+    scores, at = {}, 0
+    for name, exs in sets.items():
+        hits = correct[at : at + len(exs)]
+        scores[name] = score_table((e.task, e.template, c) for e, c in zip(exs, hits, strict=True))
+        at += len(exs)
+    return scores, routing
+
+
+def run_method(
+    plan: Plan, base: Any, cfg: DemoConfig, method: str, seed: int, save: bool = True
+) -> tuple[dict[str, dict[str, Any]], RunRecord]:
+    """Tune, score every table and save one method with one seed."""
+    settings = settings_for(cfg, method, seed)
+    spec = METHODS[method]
+    t0 = time.perf_counter()
+    model, losses = plan.steps.tune(base, spec.make() if spec.make else None, plan.train, settings)
+    t1 = time.perf_counter()
+    scores, routing = score_sets(plan.steps, model, base, plan.tables, cfg)
+    t2 = time.perf_counter()
+    saved = (
+        plan.steps.save(model, cfg.out_dir / "adapters" / f"{method}-seed{seed}") if save else None
+    )
+    percent = plan.steps.trainable_percent(model)
+    return scores, RunRecord(settings, percent, losses, routing, t1 - t0, t2 - t1, saved)
+
+
 class Outputs:
     """Results collected so far and the files under ``out_dir``, rewritten after every run
     so an interrupted demo keeps everything it finished."""
 
-    def __init__(self, cfg: DemoConfig, base_description: str) -> None:
+    def __init__(self, cfg: DemoConfig, plan: Plan, base_description: str) -> None:
         self.cfg = cfg
         self.out = cfg.out_dir
-        self.per_seed: list[dict[str, Any]] = []
+        self.base_description = base_description
+        self.chance = {name: chance_table(exs) for name, exs in plan.tables.items()}
+        self.base_scores: dict[str, dict[str, Any]] = {}
+        self.probes: dict[str, Any] = {}
+        self.per_seed: list[dict[str, dict[str, Any]]] = []
         self.info: dict[str, dict[str, Any]] = {}
         self.routing: dict[str, dict[str, dict[str, list[float]]]] = {}
-        self.base_description = base_description
+        self.shares: dict[str, dict[str, float]] = {}
+        self.timings: dict[str, float] = {}
 
-    def add(self, seed_index: int, method: str, table: dict[str, Any], run: RunRecord) -> None:
+    def add(self, seed: int, method: str, scores: dict[str, Any], run: RunRecord) -> None:
         """Record one (seed, method) run and rewrite every output file."""
-        while len(self.per_seed) <= seed_index:
+        while len(self.per_seed) <= seed:
             self.per_seed.append({})
-        self.per_seed[seed_index][method] = table
+        self.per_seed[seed][method] = scores
         info = self.info.setdefault(
             method,
             {
@@ -350,111 +420,199 @@ class Outputs:
             self.routing[method] = run.routing
         self.write()
 
-    def aggregated(self) -> dict[str, Any]:
-        """``aggregate_seeds`` over the runs so far, in the configured method order."""
-        agg = aggregate_seeds([s for s in self.per_seed if s])
+    def table(self, name: str) -> dict[str, Any]:
+        """``aggregate_seeds`` of table ``name`` over the runs so far, in method order."""
+        runs = [{m: s[name] for m, s in seed.items()} for seed in self.per_seed if seed]
+        agg = aggregate_seeds(runs) if runs else {}
         return {m: agg[m] for m in self.cfg.methods if m in agg}
+
+    def claims(self) -> list[dict[str, Any]]:
+        return check_claims(self.table("B")) if "B" in self.chance else []
+
+    def payload(self) -> dict[str, Any]:
+        """Everything ``results.json`` holds."""
+        return {
+            "base": self.base_description,
+            "probes": self.probes,
+            "tables": {
+                name: {
+                    "title": TABLE_TITLES[name],
+                    "chance": self.chance[name],
+                    "base": self.base_scores.get(name),
+                    "methods": self.table(name),
+                }
+                for name in self.chance
+            },
+            "claims": self.claims(),
+            "methods_info": self.info,
+            "real_size_shares": self.shares,
+            "timings_seconds": self.timings,
+        }
+
+    def markdown(self) -> str:
+        """``results.md``: the tables, the claim check, the probes and the shares."""
+        parts = [f"# mixlight demo results\n\nBase: {self.base_description}\n"]
+        if self.probes:
+            parts.append(
+                "## Fact probes (the base, before tuning)\n\n" + format_probes(self.probes)
+            )
+        for name in self.chance:
+            parts.append(
+                f"## {TABLE_TITLES[name]}\n\n"
+                + format_table(
+                    self.table(name), self.info, self.chance[name], self.base_scores.get(name)
+                )
+            )
+        if "B" in self.chance:
+            parts.append("## Claim check (table B)\n\n" + format_claims(self.claims()))
+        if self.shares:
+            labels = {m: METHODS[m].label for m in self.shares[next(iter(self.shares))]}
+            toy = {m: i["trainable_percent"] for m, i in self.info.items()}
+            parts.append(
+                "## Trainable share at real sizes\n\n" + format_shares(self.shares, labels, toy)
+            )
+        if self.timings:
+            rows = "\n".join(f"| {k} | {v:.0f} s |" for k, v in self.timings.items())
+            parts.append("## Time per stage\n\n| stage | time |\n|---|---|\n" + rows + "\n")
+        return "\n".join(parts)
 
     def write(self) -> None:
         """results.json/results.md, routing.json and config.json (cheap: after every run)."""
-        write_results(self.aggregated(), self.out, self.info)
+        atomic_write(self.out / "results.json", json.dumps(self.payload(), indent=1) + "\n")
+        atomic_write(self.out / "results.md", self.markdown())
         atomic_write(self.out / "routing.json", json.dumps(self.routing, indent=1) + "\n")
-        atomic_write(self.out / "config.json", json.dumps(self.describe(), indent=2) + "\n")
+        cfg = json.loads(json.dumps(dataclasses.asdict(self.cfg), default=str))
+        atomic_write(self.out / "config.json", json.dumps(cfg, indent=2) + "\n")
 
     def plot(self) -> None:
-        """accuracy_vs_params.png and one routing_<method>.png per routed method."""
+        """accuracy_vs_params.png (table B) and one routing_<method>.png per routed method."""
         from .plots import plot_accuracy_vs_params, plot_routing_heatmap
 
-        agg = self.aggregated()
-        if any(i["trainable_percent"] > 0 for i in self.info.values()):
+        headline = "B" if "B" in self.chance else next(iter(self.chance))
+        agg = self.table(headline)
+        if agg and any(i["trainable_percent"] > 0 for i in self.info.values()):
             plot_accuracy_vs_params(agg, self.out / "accuracy_vs_params.png", self.info)
         for method, routing in self.routing.items():
             title = f"{METHODS[method].label}: mean routing probability per task (seed 0)"
             panels = {short_site(site): by_task for site, by_task in routing.items()}
             plot_routing_heatmap(panels, self.out / f"routing_{method}.png", title)
 
-    def describe(self) -> dict[str, Any]:
-        """The run's configuration as JSON-ready data."""
-        cfg = json.loads(json.dumps(dataclasses.asdict(self.cfg), default=str))
-        return {"config": cfg, "base": self.base_description}
 
-
-@dataclass
-class RunRecord:
-    """One (method, seed) run: settings, outcome and timings."""
-
-    settings: TuneSettings
-    trainable_percent: float
-    losses: list[float]
-    routing: dict[str, dict[str, list[float]]]
-    train_seconds: float
-    eval_seconds: float
-    saved: Path | None
-
-    @property
-    def train_loss(self) -> float:
-        """Mean loss over the last tenth of the steps (NaN when nothing trained)."""
-        tail = self.losses[-max(1, len(self.losses) // 10) :]
-        return statistics.fmean(tail) if tail else math.nan
-
-    def summary(self) -> dict[str, Any]:
-        """The JSON-ready per-run entry of ``results.json``'s ``methods_info``."""
-        return {
-            "seed": self.settings.seed,
-            "train_loss": round(self.train_loss, 4),
-            "loss_curve": [round(x, 4) for x in loss_curve(self.losses)],
-            "train_seconds": round(self.train_seconds, 1),
-            "eval_seconds": round(self.eval_seconds, 1),
-            "saved": None if self.saved is None else str(self.saved),
-        }
-
-
-def run_method(
-    backend: ModuleType, base: Any, plan: Plan, cfg: DemoConfig, method: str, seed: int
-) -> tuple[dict[str, Any], RunRecord]:
-    """Tune, evaluate and save one method with one seed; return its score table and record."""
-    settings = _settings(cfg, method, seed)
-    spec = METHODS[method]
-    t0 = time.perf_counter()
-    model, losses = backend.tune(base, spec.make() if spec.make else None, plan.train, settings)
-    t1 = time.perf_counter()
-    correct, routing = backend.evaluate(model, base, plan.eval, cfg)
-    t2 = time.perf_counter()
-    table = score_table((e.task, e.template, c) for e, c in zip(plan.eval, correct, strict=True))
-    saved = backend.save(model, cfg.out_dir / "adapters" / f"{method}-seed{seed}")
-    percent = backend.trainable_percent(model)
-    return table, RunRecord(settings, percent, losses, routing, t1 - t0, t2 - t1, saved)
+def format_probes(probes: dict[str, Any]) -> str:
+    """Markdown: each probe family's accuracy beside its chance level."""
+    lines = ["| probe family | base accuracy | chance |", "|---|---|---|"]
+    for family, acc in probes.items():
+        lines.append(f"| {family} | {100 * acc:.1f} | {100 * PROBE_CHANCE.get(family, 0):.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def run(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the demo; return the aggregated results (also written under ``cfg.out_dir``).
+    """Run the demo; return ``results.json``'s payload (also written under ``cfg.out_dir``).
 
-    Seeds are the outer loop, so an interrupted run still has whole seeds in its table.
+    Seeds are the outer loop, so an interrupted run still has whole seeds in its tables.
     """
     start = time.perf_counter()
     plan = validate(cfg)
-    base = plan.backend.prepare(cfg)
+    base = plan.steps.prepare(cfg)
     log(f"base model: {base.description}")
-    kind = "held-out" if plan.held_out else "in-distribution (training rows)"
-    log(f"data: {len(plan.train)} training examples, {len(plan.eval)} {kind} eval examples")
-    outputs = Outputs(cfg, base.description)
+    log(
+        f"data: {len(plan.train)} training examples; scored: "
+        + ", ".join(f"{name} {len(exs)}" for name, exs in plan.tables.items())
+    )
+    outputs = Outputs(cfg, plan, base.description)
+    outputs.timings["prepare base"] = time.perf_counter() - start
+    t = time.perf_counter()
+    if plan.probes:
+        correct, _ = plan.steps.evaluate(base.model, base, plan.probes, cfg)
+        outputs.probes = {
+            family: statistics.fmean(
+                c for e, c in zip(plan.probes, correct, strict=True) if e.task == family
+            )
+            for family in dict.fromkeys(e.task for e in plan.probes)
+        }
+        log(
+            "fact probes (base): "
+            + ", ".join(f"{k} {100 * v:.0f}%" for k, v in outputs.probes.items())
+        )
+    outputs.base_scores, _ = score_sets(plan.steps, base.model, base, plan.tables, cfg)
+    outputs.timings["score the untuned base"] = time.perf_counter() - t
     try:
         for seed in range(cfg.seeds):
             for method in cfg.methods:
-                table, record = run_method(plan.backend, base, plan, cfg, method, seed)
-                outputs.add(seed, method, table, record)
+                scores, record = run_method(plan, base, cfg, method, seed)
+                outputs.add(seed, method, scores, record)
+                for stage, seconds in (
+                    ("tune", record.train_seconds),
+                    ("score", record.eval_seconds),
+                ):
+                    key = f"{stage} {method} (mean per seed)"
+                    outputs.timings[key] = outputs.timings.get(key, 0.0) + seconds / cfg.seeds
                 log(
-                    f"{METHODS[method].label:14s} seed {seed}: avg {100 * table['average']:.2f}% "
-                    f"({record.trainable_percent:.3g}% trainable, loss {record.train_loss:.3f}, "
-                    f"{record.train_seconds:.0f}s tuning, {record.eval_seconds:.0f}s eval)"
+                    f"{METHODS[method].label:14s} seed {seed}: "
+                    + ", ".join(f"{n} {100 * s['average']:.1f}%" for n, s in scores.items())
+                    + f" ({record.trainable_percent:.3g}% trainable, loss "
+                    f"{record.summary()['train_loss']}, {record.train_seconds:.0f}s tuning, "
+                    f"{record.eval_seconds:.0f}s scoring)"
                 )
+        if cfg.shares:
+            t = time.perf_counter()
+            outputs.shares = real_size_shares(
+                {m: METHODS[m].make() if METHODS[m].make else None for m in cfg.methods}
+            )
+            outputs.timings["real-size shares"] = time.perf_counter() - t
     finally:
-        if outputs.info:  # also after an interruption: plot whatever finished
+        outputs.timings["total"] = time.perf_counter() - start
+        if outputs.info:  # also after an interruption: write and plot whatever finished
+            outputs.write()
             outputs.plot()
-    agg = outputs.aggregated()
-    log("\n" + format_table(agg, outputs.info))
+    log("\n" + outputs.markdown())
     log(f"wrote results.md, results.json and plots to {cfg.out_dir} in {_elapsed(start)}")
-    return agg
+    return outputs.payload()
+
+
+# --- hyperparameter selection (held-in only) ----------------------------------------------
+
+
+def select(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Pick each method's learning rate on held-in validation items at the full step budget.
+
+    The validation items are fresh items of the training tasks in their training prompts,
+    drawn with another data seed than table A's; tables B and C are never scored here.
+    Writes ``selection.json`` and ``selection.md`` under ``cfg.out_dir``.
+    """
+    plan = validate(cfg)
+    validation = build_suite(cfg.data_seed + 1000, 0, cfg.eval_per_template).held_in
+    plan = dataclasses.replace(plan, tables={"validation": validation})
+    base = plan.steps.prepare(cfg)
+    runs: dict[str, dict[str, float]] = {}
+    for method in cfg.methods:
+        grid = SELECTION_GRID["full" if METHODS[method].full else "peft"]
+        for lr in grid:
+            scores, record = run_method(
+                plan, base, dataclasses.replace(cfg, lr=lr), method, seed=0, save=False
+            )
+            acc = scores["validation"]["average"]
+            runs.setdefault(method, {})[f"{lr:g}"] = acc
+            log(
+                f"select {method} lr {lr:g}: held-in validation {100 * acc:.1f}% "
+                f"(loss {record.summary()['train_loss']}, {record.train_seconds:.0f}s)"
+            )
+    chosen = {m: float(max(r, key=lambda k: r[k])) for m, r in runs.items()}
+    payload = {
+        "optimizer": cfg.optimizer,
+        "steps": {m: cfg.steps_for(m) for m in runs},
+        "validation_items": len(validation),
+        "accuracy": runs,
+        "chosen": chosen,
+    }
+    lines = ["| method | " + " | ".join(f"lr {k}" for k in SELECTION_GRID["peft"]) + " | chosen |"]
+    for m, r in runs.items():
+        cells = " | ".join(f"{k}: {100 * v:.1f}" for k, v in r.items())
+        lines.append(f"| {METHODS[m].label} | {cells} | {chosen[m]:g} |")
+    atomic_write(cfg.out_dir / "selection.json", json.dumps(payload, indent=1) + "\n")
+    atomic_write(cfg.out_dir / "selection.md", "\n".join(lines) + "\n")
+    log("\n".join(lines))
+    return payload
 
 
 def short_site(path: str) -> str:

@@ -7,33 +7,31 @@ percentages. Several seeds per method aggregate to mean, sample std, min and max
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
-from ._files import atomic_write
+from .schema import Example
 
 
 class Prediction(NamedTuple):
-    """Whether the model ranked the right choice first on one example."""
+    """Whether the model ranked the right choice first on one example (or, for the chance
+    row, the probability of that: ``1 / len(choices)``)."""
 
     task: str
     template: str
-    correct: bool
+    correct: float
 
 
-def score_table(predictions: Iterable[Prediction | tuple[str, str, bool]]) -> dict[str, Any]:
+def score_table(predictions: Iterable[Prediction | tuple[str, str, float]]) -> dict[str, Any]:
     """Score one run.
 
     Returns ``{"tasks": {task: {"templates": {template: acc}, "median": m, "n": count}},
     "average": mean of the task medians}``. Tasks and templates keep first-seen order.
     """
-    hits: dict[str, dict[str, list[bool]]] = {}
+    hits: dict[str, dict[str, list[float]]] = {}
     for task, template, correct in predictions:
-        hits.setdefault(task, {}).setdefault(template, []).append(bool(correct))
+        hits.setdefault(task, {}).setdefault(template, []).append(float(correct))
     if not hits:
         raise ValueError("score_table needs at least one prediction")
     tasks = {}
@@ -86,6 +84,12 @@ def aggregate_seeds(list_of_results: Sequence[Mapping[str, Mapping[str, Any]]]) 
     return aggregated
 
 
+def chance_table(examples: Iterable[Example]) -> dict[str, Any]:
+    """The expected score of guessing uniformly among each example's choices, per task and
+    on average (aggregated exactly like a method's score)."""
+    return score_table((e.task, e.template, 1 / len(e.choices or (0,))) for e in examples)
+
+
 def trainable_percent(info: float | Mapping[str, Any] | None) -> float | None:
     """The % of trainable parameters in a ``methods_info`` entry (a number or a mapping
     with ``"trainable_percent"``), or ``None`` when unknown."""
@@ -100,47 +104,50 @@ def method_label(method: str, info: float | Mapping[str, Any] | None) -> str:
 
 
 def _pct(fraction: float) -> str:
-    return f"{100 * fraction:.2f}"
+    return f"{100 * fraction:.1f}"
+
+
+def _fixed(table: Mapping[str, Any]) -> dict[str, Any]:
+    """A single score table (chance, untuned base) in ``aggregate_seeds``' shape."""
+    return aggregate_seeds([{"_": table}])["_"]
 
 
 def format_table(
     results: Mapping[str, Mapping[str, Any]],
     methods_info: Mapping[str, float | Mapping[str, Any]] | None = None,
+    chance: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
 ) -> str:
     """A markdown table like the paper's Table 1 from ``aggregate_seeds`` output.
 
-    Columns: method, % trainable, one per held-out task (mean over seeds of the median over
-    templates), and the average, with ``± sample std`` when a method has several seeds.
-    ``methods_info[method]`` is the % of trainable parameters, or a mapping with
-    ``"trainable_percent"`` and optionally ``"label"``.
+    Rows: the chance level and the untuned base (when given), then one per method. Columns:
+    method, % trainable, one per task (mean over seeds of the median over templates), and
+    the average with ``± sample std [min–max]`` over seeds when a method has several.
     """
     methods_info = methods_info or {}
-    tasks = list(dict.fromkeys(t for r in results.values() for t in r["tasks"]))
+    rows: dict[str, Mapping[str, Any]] = {}
+    labels: dict[str, tuple[str, str]] = {}
+    if chance is not None:
+        rows["chance"], labels["chance"] = _fixed(chance), ("Chance", "–")
+    if base is not None:
+        rows["base"], labels["base"] = _fixed(base), ("Base (untuned)", "0%")
+    for method, r in results.items():
+        pct = trainable_percent(methods_info.get(method))
+        labels[method] = (
+            method_label(method, methods_info.get(method)),
+            "–" if pct is None else f"{pct:.3g}%",
+        )
+        rows[method] = r
+    tasks = list(dict.fromkeys(t for r in rows.values() for t in r["tasks"]))
     lines = [
         "| " + " | ".join(["Method", "% params", *tasks, "Avg"]) + " |",
         "|" + "---|" * (len(tasks) + 3),
     ]
-    for method, r in results.items():
-        info = methods_info.get(method)
-        pct = trainable_percent(info)
+    for key, r in rows.items():
         avg = _pct(r["average"]["mean"])
         if r["n_seeds"] > 1:
-            avg += f" ± {_pct(r['average']['std'])}"
+            a = r["average"]
+            avg += f" ± {_pct(a['std'])} [{_pct(a['min'])}–{_pct(a['max'])}]"
         cells = [_pct(r["tasks"][t]["mean"]) if t in r["tasks"] else "–" for t in tasks]
-        row = [method_label(method, info), "–" if pct is None else f"{pct:.3g}%", *cells, avg]
-        lines.append("| " + " | ".join(row) + " |")
+        lines.append("| " + " | ".join([*labels[key], *cells, avg]) + " |")
     return "\n".join(lines) + "\n"
-
-
-def write_results(
-    results: Mapping[str, Any],
-    out_dir: str | os.PathLike[str],
-    methods_info: Mapping[str, float | Mapping[str, Any]] | None = None,
-) -> tuple[Path, Path]:
-    """Write ``results.json`` (``{"results", "methods_info"}``) and ``results.md``
-    (``format_table``) into ``out_dir`` atomically; return both paths."""
-    out_dir = Path(out_dir)
-    payload = {"results": results, "methods_info": dict(methods_info or {})}
-    json_path = atomic_write(out_dir / "results.json", json.dumps(payload, indent=2) + "\n")
-    md_path = atomic_write(out_dir / "results.md", format_table(results, methods_info))
-    return json_path, md_path

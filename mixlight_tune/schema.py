@@ -54,13 +54,18 @@ class Item:
 
 @dataclass(frozen=True)
 class Task:
-    """A task: a family, several templates, and a generator of items from an ``rng``."""
+    """A task: a family, several templates, and a generator of items from an ``rng``.
+
+    ``templates`` are the prompts tuning sees (or, for a held-out task, the prompts it is
+    scored with); ``new_templates`` are prompts of a training task that tuning never sees.
+    """
 
     name: str
     family: str
     templates: tuple[Template, ...]
     generate: Callable[[random.Random], Item]
     held_out: bool = False
+    new_templates: tuple[Template, ...] = ()
 
     def render(self, item: Item, template: Template) -> Example:
         """Apply ``template`` to ``item``, resolving the target and the answer choices."""
@@ -77,10 +82,13 @@ class Task:
         )
 
 
-def make_templates(*specs: str | tuple[str, tuple[str, ...]]) -> tuple[Template, ...]:
-    """Build numbered templates from texts, or ``(text, choices)`` pairs for verbalizers."""
+def make_templates(
+    *specs: str | tuple[str, tuple[str, ...]], prefix: str = "t"
+) -> tuple[Template, ...]:
+    """Build templates named ``<prefix>1``, ``<prefix>2``, ... from texts, or ``(text,
+    choices)`` pairs for verbalizers."""
     templates = []
     for i, spec in enumerate(specs, start=1):
         text, choices = (spec, None) if isinstance(spec, str) else spec
-        templates.append(Template(f"t{i}", text, choices))
+        templates.append(Template(f"{prefix}{i}", text, choices))
     return tuple(templates)

@@ -1,9 +1,9 @@
-"""The demo's JAX backend (interface in :mod:`mixlight_tune.experiment`), mirroring
+"""The JAX train and score steps (:class:`mixlight_tune.steps.BackendSteps`), mirroring
 :mod:`mixlight_tune.backends.torch_steps`.
 
 The base is a HF T5 checkpoint directory loaded with :func:`mixlight_jax.t5.from_pretrained`:
-``--model PATH``, or the built-in tiny T5, which is pre-trained and cached by the torch
-backend (the same ``cache_dir/base-<hash>/`` directory), so torch is needed for that step.
+``--model PATH``, or the shipped tiny T5 (a base for another ``BaseSpec`` is pre-trained by
+the torch backend, so torch is needed only for that).
 Batches are padded to fixed lengths (``max_input_tokens`` / ``max_target_tokens``) so the
 jitted train and scoring steps compile once. The NNX T5 has no dropout, so
 ``settings.dropout`` is not applied.
@@ -26,12 +26,13 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 import mixlight as ml
-from mixlight_tune.experiment import DemoConfig, DemoError, TuneSettings, base_cache_name
-from mixlight_tune.sampling import batches, routing_sites
-from mixlight_tune.schema import Example
-from mixlight_tune.tokenizer import PAD_ID, Tokenizer
 from mixlight_jax import AdapterParam, adapter_layers, t5
 from mixlight_jax.model import is_injected
+from mixlight_tune.experiment import DemoConfig, base_checkpoint
+from mixlight_tune.sampling import batches, routing_sites
+from mixlight_tune.schema import Example
+from mixlight_tune.steps import DemoError, TuneSettings, check_finite_loss
+from mixlight_tune.tokenizer import PAD_ID, Tokenizer
 
 Encode = Callable[[str], list[int]]
 
@@ -79,29 +80,23 @@ def _load_tokenizer(path: Path) -> Encode:
 
 
 def prepare(cfg: DemoConfig) -> Base:
-    """The base model: ``cfg.model_path``, or the tiny T5 the torch backend pre-trains and
-    caches (built on first use; torch required for that)."""
-    path = cfg.model_path
-    if path is None:
-        cached = cfg.cache_dir / base_cache_name(cfg)
-        if (cached / "config.json").is_file() and (cached / "pretraining.json").is_file():
-            path = cached
-            loss = json.loads((path / "pretraining.json").read_text())["final_loss"]
-            origin = f"tiny T5 v1.1 pre-trained here (final pre-training loss {loss:.2f}), {path}"
-        else:
-            try:
-                from mixlight_tune.backends import torch_steps as torch_instruct
-            except ImportError as error:
-                raise DemoError(
-                    "the jax demo needs a pre-trained base: pass --model PATH (a HF T5 "
-                    "checkpoint directory with its tokenizer), or install torch so the "
-                    f"built-in tiny T5 can be pre-trained ({error})"
-                ) from error
-            torch_base = torch_instruct.prepare(cfg)
-            path = torch_base.path
-            origin = torch_base.description.rsplit(" (", 1)[0]
-    else:
-        origin = str(path)
+    """The base model: ``--model``, the shipped tiny T5, or one the torch backend builds and
+    caches (torch is needed only to build a base that is not shipped)."""
+    path = base_checkpoint(cfg)
+    if cfg.model_path is None and not (path / "config.json").is_file():
+        try:
+            from mixlight_tune.backends.torch_steps import build_base
+        except ImportError as error:
+            raise DemoError(
+                f"the base for this --base spec is not built yet ({path}); building it needs "
+                f"torch ({error}). Pass --model PATH (a HF T5 checkpoint with its tokenizer) "
+                "or keep the default spec to use the shipped base"
+            ) from error
+        build_base(cfg, path)
+    origin = str(path)
+    if (path / "pretraining.json").is_file():
+        loss = json.loads((path / "pretraining.json").read_text())["final_loss"]
+        origin = f"tiny T5 v1.1 pre-trained on the miniature world (final loss {loss:.2f}), {path}"
     model = t5.from_pretrained(path)
     encode = lru_cache(maxsize=None)(_load_tokenizer(Path(path)))
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
@@ -177,6 +172,7 @@ def tune(
         dec_in = shift_right(labels, label_mask, start)
         loss = step(model, optimizer, ids, attn, dec_in, labels, label_mask.astype(np.float32))
         losses.append(float(loss))
+        check_finite_loss(losses[-1], len(losses) - 1, settings)
         if len(losses) % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
     return model, losses

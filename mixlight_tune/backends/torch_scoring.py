@@ -18,9 +18,9 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import BaseModelOutput
 
+from mixlight_torch.model import adapter_layers
 from mixlight_tune.sampling import routing_sites
 from mixlight_tune.schema import Example
-from mixlight_torch.model import adapter_layers
 
 Encode = Callable[[str], list[int]]
 

@@ -1,8 +1,8 @@
-"""The demo's torch backend (interface in :mod:`mixlight_tune.experiment`).
+"""The torch train and score steps (:class:`mixlight_tune.steps.BackendSteps`).
 
 The built-in base is a tiny T5 v1.1 (gated-gelu, untied head) built from ``T5Config`` with a
-SentencePiece vocabulary, pre-trained on the demo corpus (span corruption mixed with prefix
-LM) and cached as ``save_pretrained`` + ``spiece.model`` under ``cache_dir/base-<hash>/``,
+SentencePiece vocabulary, pre-trained on the miniature world's corpus (span corruption mixed
+with prefix LM) and written as ``save_pretrained`` + ``spiece.model`` (+ ``pretraining.json``),
 which ``--model`` also accepts. Tuning pads each batch to its longest row; labels use -100
 for padding.
 """
@@ -10,6 +10,7 @@ for padding.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import random
@@ -28,18 +29,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import mixlight as ml
+from mixlight_tune.backends.torch_scoring import as_encode, pad, rank_classification, truncate
 from mixlight_tune.corruption import span_corruption
 from mixlight_tune.experiment import (
     BaseSpec,
     DemoConfig,
-    TuneSettings,
-    base_cache_name,
+    base_checkpoint,
+    base_key,
     pretraining_data,
 )
 from mixlight_tune.sampling import batches
 from mixlight_tune.schema import Example
+from mixlight_tune.steps import TuneSettings, check_finite_loss
 from mixlight_tune.tokenizer import EOS_ID, PAD_ID, Tokenizer, train_tokenizer
-from mixlight_tune.backends.torch_scoring import as_encode, pad, rank_classification, truncate
 
 Pair = tuple[list[int], list[int]]
 
@@ -113,6 +115,7 @@ def train_loop(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        check_finite_loss(losses[-1], len(losses) - 1, settings)
         if len(losses) % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
     model.eval()
@@ -158,24 +161,34 @@ def _pretrain(model: nn.Module, tok: Tokenizer, corpus: list[str], spec: BaseSpe
     return float(np.mean(train_loop(model, make_batch, len(chunks), settings)[-100:]))
 
 
-def _build_base(cfg: DemoConfig, directory: Path) -> None:
-    """Train the tokenizer, pre-train the tiny T5 and write both to ``directory`` atomically."""
+def build_base(cfg: DemoConfig, directory: Path) -> Path:
+    """Train the tokenizer, pre-train the tiny T5 of ``cfg.base`` and write both to
+    ``directory`` atomically (a directory that already holds a base is left as it is)."""
     corpus, tokenizer_texts = pretraining_data(cfg)
     tok = train_tokenizer(tokenizer_texts, vocab_size=cfg.base.vocab_size)
     torch.manual_seed(cfg.base.seed)
     model = transformers.T5ForConditionalGeneration(t5_config(cfg.base, tok.vocab_size))
     start = time.perf_counter()
     loss = _pretrain(model, tok, corpus, cfg.base, cfg.progress)
+    directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
         model.save_pretrained(tmp)
         tok.save(tmp / "spiece.model")
-        info = {"final_loss": loss, "seconds": round(time.perf_counter() - start, 1)}
+        info = {
+            "key": base_key(cfg),
+            "spec": dataclasses.asdict(cfg.base),
+            "final_loss": round(loss, 4),
+            "seconds": round(time.perf_counter() - start, 1),
+            "torch": torch.__version__,
+        }
         (tmp / "pretraining.json").write_text(json.dumps(info, indent=2) + "\n")
-        if not directory.exists():  # another run may have finished the same base first
+        if not (directory / "config.json").exists():  # another run may have built it first
+            shutil.rmtree(directory, ignore_errors=True)
             os.replace(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return directory
 
 
 def _load_tokenizer(path: Path) -> Callable[[str], list[int]]:
@@ -186,18 +199,15 @@ def _load_tokenizer(path: Path) -> Callable[[str], list[int]]:
 
 
 def prepare(cfg: DemoConfig) -> Base:
-    """The base model: ``cfg.model_path``, or the cached (built on first use) tiny T5."""
+    """The base model: ``--model``, the shipped tiny T5, or one built and cached here."""
     torch.set_num_threads(cfg.threads)
-    path = cfg.model_path
-    if path is None:
-        path = cfg.cache_dir / base_cache_name(cfg)
-        if not (path / "config.json").is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _build_base(cfg, path)
+    path = base_checkpoint(cfg)
+    if cfg.model_path is None and not (path / "config.json").is_file():
+        build_base(cfg, path)
+    origin = str(path)
+    if (path / "pretraining.json").is_file():
         loss = json.loads((path / "pretraining.json").read_text())["final_loss"]
-        origin = f"tiny T5 v1.1 pre-trained here (final pre-training loss {loss:.2f}), {path}"
-    else:
-        origin = str(path)
+        origin = f"tiny T5 v1.1 pre-trained on the miniature world (final loss {loss:.2f}), {path}"
     model = transformers.T5ForConditionalGeneration.from_pretrained(str(path)).eval()
     model.requires_grad_(False)
     encode = lru_cache(maxsize=None)(_load_tokenizer(path))

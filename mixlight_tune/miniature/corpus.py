@@ -16,11 +16,15 @@ def _animal_fact(rng: random.Random) -> str:
     a = rng.choice(world.ANIMALS)
     ability = rng.choice(world.ABILITIES)
     verb = "can" if ability in a.abilities else "cannot"
+    name = scenes.article(a.name).capitalize()
     return rng.choice(
         [
-            f"{scenes.article(a.name).capitalize()} lives in the {a.home}.",
+            f"{name} lives in the {a.home}.",
             f"{a.plural.capitalize()} live in the {a.home}.",
-            f"{scenes.article(a.name).capitalize()} {verb} {ability}.",
+            f"The {a.home} is the home of the {a.name}.",
+            f"You can find {a.plural} in the {a.home}.",
+            f"{name} {verb} {ability}.",
+            f"{a.plural.capitalize()} {verb} {ability}.",
         ]
     )
 
@@ -83,6 +87,7 @@ def _word_fact(rng: random.Random) -> str:
 
 
 _GENERATORS: tuple[Callable[[random.Random], str], ...] = (
+    _animal_fact,
     _animal_fact,
     _animal_size,
     _people_fact,

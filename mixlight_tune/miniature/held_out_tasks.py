@@ -1,42 +1,19 @@
-"""Held-out tasks: new questions, templates and answer choices over familiar scenes.
+"""Held-out tasks (table C): task families tuning never sees, each recombining skills the
+training mixture teaches with facts the base learned in pre-training.
 
-Tuning never sees these templates; each task recombines skills the training mixture teaches
-(see ``docs/suite.md`` for the skill each one relies on). Every example is a
-rank-classification item.
+Nothing is tuned on these. ``docs/suite.md`` names the skills each one combines.
 """
 
 from __future__ import annotations
 
 import random
 
-from . import scenes, world
 from ..schema import Item, Task, make_templates
-
-
-def _claim_check(rng: random.Random) -> Item:
-    pair = scenes.owned_pair(rng)
-    places = rng.sample(world.PLACES, 3)
-    premise = " ".join(
-        f"{o.person} is at the {p} with {scenes.article(o.colour)} {o.obj}."
-        for o, p in zip(pair, places[:2], strict=True)
-    )
-    holds = rng.random() < 0.5
-    who = rng.randrange(2)
-    if rng.random() < 0.5:
-        place = places[who] if holds else rng.choice([places[1 - who], places[2]])
-        claim = f"{pair[who].person} is at the {place}"
-    else:
-        claim = (pair[who] if holds else scenes.false_variant(rng, pair[who], pair)).clause()
-    return Item({"premise": premise, "claim": claim}, answer=0 if holds else 1)
-
-
-def _younger(rng: random.Random) -> Item:
-    a, b = rng.sample(world.PEOPLE, 2)
-    n, m = scenes.two_numbers(rng, 5, 80)
-    return Item({"a": a, "b": b, "n": str(n), "m": str(m)}, choices=(a, b), answer=int(m < n))
+from . import scenes, world
 
 
 def _home_choice(rng: random.Random) -> Item:
+    """habitat facts + picking one listed option (as ``ability`` does)."""
     home = rng.choice(world.HOMES)
     fits = [a.name for a in world.ANIMALS if a.home == home]
     others = [a.name for a in world.ANIMALS if a.home != home]
@@ -44,94 +21,72 @@ def _home_choice(rng: random.Random) -> Item:
     return Item({"home": home, "options": ", ".join(options)}, choices=options, answer=answer)
 
 
-def _who_has_more(rng: random.Random) -> Item:
-    a, b = rng.sample(world.PEOPLE, 2)
-    n, m = scenes.two_numbers(rng, 1, 20)
-    fields = {
-        "a": a,
-        "b": b,
-        "n": str(n),
-        "m": str(m),
-        "objs": rng.choice(list(world.OBJECTS.values())),
-    }
-    return Item(fields, choices=(a, b), answer=int(m > n))
-
-
-def _which_inside(rng: random.Random) -> Item:
-    box = scenes.container(rng)
-    inside, outside = rng.choice(box.items), box.absent(rng)
-    choices = (inside, outside) if rng.random() < 0.5 else (outside, inside)
-    fields = {
-        "contents": box.sentence(),
-        "items": ", ".join(box.items),
-        "container": box.name,
-        "x": choices[0],
-        "y": choices[1],
-    }
-    return Item(fields, choices=choices, answer=choices.index(inside))
+def _smallest(rng: random.Random) -> Item:
+    """size facts, asked the other way round (``biggest_animal`` asks for the largest)."""
+    sizes = rng.sample(sorted({a.size for a in world.ANIMALS}), 3)
+    picks = [rng.choice([a for a in world.ANIMALS if a.size == s]) for s in sizes]
+    rng.shuffle(picks)
+    answer = min(range(3), key=lambda i: picks[i].size)
+    names = tuple(a.name for a in picks)
+    return Item({"options": ", ".join(names)}, choices=names, answer=answer)
 
 
 def _recommend(rng: random.Random) -> Item:
+    """sentiment, as a decision about a friend."""
     r = scenes.review(rng)
     return Item({"review": r.text, "obj": r.obj}, answer=0 if r.positive else 1)
 
 
 def _whose_colour(rng: random.Random) -> Item:
+    """reading colours (``colour``) + naming a person (``giver``)."""
     first, second = scenes.owned_pair(rng, same_object=True)
+    third = rng.choice([p for p in world.PEOPLE if p not in (first.person, second.person)])
     asked = rng.randrange(2)
+    names = [first.person, second.person, third]
+    rng.shuffle(names)
     fields = {
-        "a": first.person,
-        "b": second.person,
-        "c1": first.colour,
-        "c2": second.colour,
-        "c1_article": scenes.article(first.colour),
-        "c2_article": scenes.article(second.colour),
+        "premise": f"{first.clause()} and {second.clause()}.",
         "obj": first.obj,
-        "objs": world.OBJECTS[first.obj],
         "colour": (first, second)[asked].colour,
+        "options": ", ".join(names),
     }
-    return Item(fields, choices=(first.person, second.person), answer=asked)
+    return Item(fields, choices=tuple(names), answer=names.index((first, second)[asked].person))
+
+
+def _seen_where(rng: random.Random) -> Item:
+    """habitat facts applied to a scene: where was someone who saw this animal?"""
+    animal = rng.choice(world.ANIMALS)
+    fields = {"name": rng.choice(world.PEOPLE), "animal": animal.name}
+    return Item(fields, answer=world.HOMES.index(animal.home))
 
 
 # fmt: off
 HELD_OUT_TASKS: tuple[Task, ...] = (
-    Task("claim_check", "entailment", make_templates(
-        ("Suppose {premise} Can we infer that {claim}?", ("yes", "no")),
-        ("Read: {premise} Claim: {claim}. Is the claim correct?", ("correct", "incorrect")),
-        ("{premise} Given only these facts, is this true or false: {claim}?", ("true", "false")),
-    ), _claim_check, held_out=True),
-    Task("younger_of_two", "comparison", make_templates(
-        "{a} turned {n} this year, while {b} turned {m}. Which of them is younger?",
-        "Between {a} (age {n}) and {b} (age {m}), who is the younger one?",
-        "Who is younger: {a}, aged {n}, or {b}, aged {m}?",
-    ), _younger, held_out=True),
-    Task("animal_home_choice", "multiple_choice", make_templates(
+    Task("home_choice", "world_fact", make_templates(
         "Which one of these animals has its home in the {home}: {options}?",
-        "{options}. Only one of them makes its home in the {home}. Which?",
+        "{options}. Only one of them lives in the {home}. Which?",
         "Animals: {options}. Pick the one found in the {home}.",
     ), _home_choice, held_out=True),
-    Task("who_has_more", "comparison", make_templates(
-        "{a} owns {n} {objs}, and {b} owns {m}. Who owns more {objs}?",
-        "Count check: {a} with {n} {objs}, {b} with {m} {objs}. Which person has more?",
-        "If {a} keeps {n} {objs} and {b} keeps {m}, who has the larger number of {objs}?",
-    ), _who_has_more, held_out=True),
-    Task("which_is_inside", "entailment", make_templates(
-        "{contents} Which of the two is inside the {container}: the {x} or the {y}?",
-        "Look inside the {container}: {items}. One of {x} and {y} is there. Which one?",
-        "{contents} Name the item you would find in the {container}, {x} or {y}.",
-    ), _which_inside, held_out=True),
-    Task("recommend_review", "classification", make_templates(
-        ("{review} Would the writer tell a friend to buy this {obj}?", ("yes", "no")),
-        ("Here is what a buyer said: {review} Was the buyer pleased?", ("yes", "no")),
-        ("{review} Overall, the feeling of this buyer is", ("positive", "negative")),
-    ), _recommend, held_out=True),
-    Task("whose_colour", "extraction", make_templates(
-        "{a} carries {c1_article} {obj} and {b} carries {c2_article} {obj}. "
-        "Tell me whose {obj} is {colour}.",
-        "There are two {objs}. {a} owns {c1_article} one and {b} owns {c2_article} one. "
-        "Which person has the {colour} one?",
-        "Who is the owner of the {colour} {obj}, {a} or {b}? "
-        "Note: {a}'s {obj} is {c1}, {b}'s is {c2}.",
+    Task("smallest_animal", "world_fact", make_templates(
+        "Which animal is the smallest: {options}?",
+        "{options}. Which of these is the smallest animal?",
+        "Of {options}, pick the tiniest.",
+    ), _smallest, held_out=True),
+    Task("seen_where", "world_fact", make_templates(
+        ("{name} saw a {animal}. Was {name} at the house, farm, forest or sea?", world.HOMES),
+        ("{name} is looking at a {animal} right now. Where is {name}: house, farm, forest or "
+         "sea?", world.HOMES),
+        ("Where did {name} probably meet the {animal} (house, farm, forest, sea)?", world.HOMES),
+    ), _seen_where, held_out=True),
+    Task("whose_colour", "reading", make_templates(
+        "{premise} Whose {obj} is coloured {colour}? Options: {options}",
+        "{premise} Which of {options} owns the {colour} {obj}?",
+        "Read: {premise} The {colour} {obj} belongs to whom, {options}?",
     ), _whose_colour, held_out=True),
+    Task("recommend", "classification", make_templates(
+        ("{review} Would the writer tell a friend to buy this {obj}? yes or no", ("yes", "no")),
+        ("Here is what a buyer said: {review} Was the buyer pleased, yes or no?", ("yes", "no")),
+        ("{review} Should a friend buy the {obj} too, yes or no?", ("yes", "no")),
+    ), _recommend, held_out=True),
 )
 # fmt: on

@@ -1,8 +1,14 @@
-"""The built-in instruction suite: training mixture and held-out evaluation, from a seed.
+"""The built-in suite: the training mixture and the four evaluation sets, from a seed.
 
-Pure Python. The same seed gives identical data on every run and machine: each task draws
-from its own ``random.Random`` seeded with a string (hashed with SHA-512 by ``random``),
+Pure Python. The same seed gives identical data on every run and machine: each (split, task)
+draws from its own ``random.Random`` seeded with a string (hashed with SHA-512 by ``random``),
 so adding a task never changes another task's data.
+
+The evaluation sets (docs/demo/README.md):
+- A ``held_in``: fresh items of the training tasks in their training templates;
+- B ``new_prompts``: fresh items of the training tasks in templates never trained on;
+- C ``held_out``: task families never trained on;
+- ``probes``: the base model's knowledge of the world's facts (sentinel infill).
 """
 
 from __future__ import annotations
@@ -10,35 +16,33 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .corpus import pretraining_corpus
-from ..corruption import span_corruption
-from .held_out_tasks import HELD_OUT_TASKS
 from ..schema import Example, Task, Template
+from .held_out_tasks import HELD_OUT_TASKS
+from .probes import fact_probes
 from .train_tasks import TRAIN_TASKS
-
-__all__ = [
-    "ALL_TASKS",
-    "Example",
-    "Suite",
-    "Task",
-    "Template",
-    "build_suite",
-    "pretraining_corpus",
-    "span_corruption",
-]
 
 ALL_TASKS: tuple[Task, ...] = TRAIN_TASKS + HELD_OUT_TASKS
 
 
 @dataclass(frozen=True)
 class Suite:
-    """Training examples (all training tasks and templates, shuffled) and held-out examples."""
+    """Training examples (every training task and template, shuffled) and evaluation sets."""
 
     train: list[Example]
-    eval: list[Example]
-    train_tasks: tuple[str, ...]
-    held_out_tasks: tuple[str, ...]
+    held_in: list[Example]
+    new_prompts: list[Example]
+    held_out: list[Example]
+    probes: list[Example]
     families: dict[str, str]
+
+    def eval_sets(self) -> dict[str, list[Example]]:
+        """The scored sets by table name, in report order."""
+        return {
+            "A": self.held_in,
+            "B": self.new_prompts,
+            "C": self.held_out,
+            "probes": self.probes,
+        }
 
 
 def _rng(seed: int, *parts: str) -> random.Random:
@@ -46,31 +50,48 @@ def _rng(seed: int, *parts: str) -> random.Random:
 
 
 def _train_examples(task: Task, seed: int, n: int) -> list[Example]:
-    """``n`` examples of ``task``, cycling through its templates."""
+    """``n`` examples of ``task``, cycling through its training templates."""
     rng = _rng(seed, "train", task.name)
     templates = task.templates
     return [task.render(task.generate(rng), templates[i % len(templates)]) for i in range(n)]
 
 
-def _eval_examples(task: Task, seed: int, n: int) -> list[Example]:
-    """``n`` items of ``task``, each rendered with every template (like a P3 dataset)."""
-    rng = _rng(seed, "eval", task.name)
+def _scored(task: Task, templates: tuple[Template, ...], rng: random.Random, n: int):
+    """``n`` fresh items of ``task``, each rendered with every one of ``templates``."""
     items = [task.generate(rng) for _ in range(n)]
-    return [task.render(item, t) for t in task.templates for item in items]
+    return [task.render(item, t) for t in templates for item in items]
 
 
-def build_suite(seed: int = 0, train_per_task: int = 200, eval_per_template: int = 50) -> Suite:
-    """Generate the suite: ``train_per_task`` examples per training task (templates mixed)
-    and ``eval_per_template`` examples for every template of every held-out task."""
+def build_suite(seed: int = 0, train_per_task: int = 200, eval_per_template: int = 100) -> Suite:
+    """Generate the suite: ``train_per_task`` training examples per task (templates mixed)
+    and ``eval_per_template`` items per template of every evaluation set (for table A,
+    ``eval_per_template`` items per task, spread over its training templates)."""
     if train_per_task < 0 or eval_per_template < 0:
         raise ValueError("train_per_task and eval_per_template must be non-negative")
     train = [ex for t in TRAIN_TASKS for ex in _train_examples(t, seed, train_per_task)]
     _rng(seed, "shuffle").shuffle(train)
-    held_out = [ex for t in HELD_OUT_TASKS for ex in _eval_examples(t, seed, eval_per_template)]
+    held_in = []
+    for t in TRAIN_TASKS:
+        rng = _rng(seed, "held_in", t.name)
+        held_in += [
+            t.render(t.generate(rng), t.templates[i % len(t.templates)])
+            for i in range(eval_per_template)
+        ]
+    new = [
+        ex
+        for t in TRAIN_TASKS
+        for ex in _scored(t, t.new_templates, _rng(seed, "new_prompts", t.name), eval_per_template)
+    ]
+    held_out = [
+        ex
+        for t in HELD_OUT_TASKS
+        for ex in _scored(t, t.templates, _rng(seed, "held_out", t.name), eval_per_template)
+    ]
     return Suite(
         train=train,
-        eval=held_out,
-        train_tasks=tuple(t.name for t in TRAIN_TASKS),
-        held_out_tasks=tuple(t.name for t in HELD_OUT_TASKS),
+        held_in=held_in,
+        new_prompts=new,
+        held_out=held_out,
+        probes=fact_probes(seed, eval_per_template),
         families={t.name: t.family for t in ALL_TASKS},
     )

@@ -1,17 +1,24 @@
-"""The training mixture: 24 tasks in six families, each with several prompt templates."""
+"""The training mixture: ten task families, each with training templates and new prompts.
+
+Every task is a rank-classification task a tiny T5 can learn (full fine-tuning reaches
+>= 0.9 on fresh items; see docs/demo/README.md): a lookup of a world fact (habitat, size,
+ability), a reading of a scene (who, where, what colour, how many), or a classification of
+a sentence (sentiment, topic). ``templates`` are what tuning sees; ``new_templates`` are
+never trained on and make table B (T0's prompt generalisation): new wording, a new order of
+the listed options, and, for the label tasks, new label words.
+"""
 
 from __future__ import annotations
 
 import random
 
+from ..schema import Item, Task, Template, make_templates
 from . import scenes, world
-from ..schema import Item, Task, make_templates
 
-YES_NO = ("yes", "no")
-TRUE_FALSE = ("true", "false")
-CORRECT = ("correct", "incorrect")
-POS_NEG = ("positive", "negative")
-WORD_POOL = tuple(a.name for a in world.ANIMALS) + tuple(world.OBJECTS)
+
+def new_prompts(*specs: str | tuple[str, tuple[str, ...]]) -> tuple[Template, ...]:
+    """Templates named n1, n2, ...: the prompts of table B, never trained on."""
+    return make_templates(*specs, prefix="n")
 
 
 def _sentiment(rng: random.Random) -> Item:
@@ -24,77 +31,32 @@ def _topic(rng: random.Random) -> Item:
     return Item({"sentence": scenes.topic_sentence(rng, world.TOPICS[label])}, answer=label)
 
 
-def _parity(rng: random.Random) -> Item:
-    n = rng.randrange(100)
-    return Item({"n": str(n)}, answer=n % 2)
-
-
 def _habitat(rng: random.Random) -> Item:
     animal = rng.choice(world.ANIMALS)
-    return Item({"animal": animal.name}, answer=world.HOMES.index(animal.home))
+    fields = {"animal": animal.name, "animals": animal.plural}
+    return Item(fields, answer=world.HOMES.index(animal.home))
 
 
-def _possession(rng: random.Random) -> Item:
-    pair = scenes.owned_pair(rng)
-    fact = rng.choice(pair)
-    holds = rng.random() < 0.5
-    claim = fact if holds else scenes.false_variant(rng, fact, pair)
-    premise = f"{pair[0].clause()} and {pair[1].clause()}."
-    return Item({"premise": premise, "claim": claim.clause()}, answer=0 if holds else 1)
-
-
-def _location(rng: random.Random) -> Item:
-    people = rng.sample(world.PEOPLE, 2)
-    places = rng.sample(world.PLACES, 3)
-    premise = " ".join(f"{p} is at the {q}." for p, q in zip(people, places[:2], strict=True))
-    who = rng.randrange(2)
-    holds = rng.random() < 0.5
-    place = places[who] if holds else rng.choice([places[1 - who], places[2]])
-    claim = f"{people[who]} is at the {place}"
-    return Item({"premise": premise, "claim": claim}, answer=0 if holds else 1)
-
-
-def _membership(rng: random.Random) -> Item:
-    box = scenes.container(rng)
-    holds = rng.random() < 0.5
-    obj = rng.choice(box.items) if holds else box.absent(rng)
-    fields = {
-        "contents": box.sentence(),
-        "items": ", ".join(box.items),
-        "container": box.name,
-        "obj": obj,
-        "obj_article": scenes.article(obj),
-    }
-    return Item(fields, answer=0 if holds else 1)
-
-
-def _relation(rng: random.Random) -> Item:
-    a, b = rng.sample(world.PEOPLE, 2)
-    rel = rng.choice(world.COMPARATIVES)
-    holds = rng.random() < 0.5
-    x, y = (a, b) if holds else (b, a)
-    fields = {"fact": f"{a} is {rel} than {b}.", "x": x, "y": y, "rel": rel}
-    return Item(fields, answer=0 if holds else 1)
-
-
-def _ages(rng: random.Random) -> Item:
-    a, b = rng.sample(world.PEOPLE, 2)
-    n, m = scenes.two_numbers(rng, 5, 80)
-    return Item({"a": a, "b": b, "n": str(n), "m": str(m)}, choices=(a, b), answer=int(m > n))
-
-
-def _larger(rng: random.Random) -> Item:
-    n, m = scenes.two_numbers(rng, 0, 99)
-    return Item({"n": str(n), "m": str(m)}, choices=(str(n), str(m)), answer=int(m > n))
-
-
-def _biggest(rng: random.Random) -> Item:
+def _three_sizes(rng: random.Random) -> tuple[world.Animal, ...]:
     sizes = rng.sample(sorted({a.size for a in world.ANIMALS}), 3)
     picks = [rng.choice([a for a in world.ANIMALS if a.size == s]) for s in sizes]
     rng.shuffle(picks)
+    return tuple(picks)
+
+
+def _biggest(rng: random.Random) -> Item:
+    picks = _three_sizes(rng)
     answer = max(range(3), key=lambda i: picks[i].size)
     names = tuple(a.name for a in picks)
     return Item({"options": ", ".join(names)}, choices=names, answer=answer)
+
+
+def _ability(rng: random.Random) -> Item:
+    ability = rng.choice(world.ABILITIES)
+    fits = [a.name for a in world.ANIMALS if ability in a.abilities]
+    others = [a.name for a in world.ANIMALS if ability not in a.abilities]
+    options, answer = scenes.one_that_fits(rng, fits, others, 3)
+    return Item({"ability": ability, "options": ", ".join(options)}, choices=options, answer=answer)
 
 
 def _pick_colour(rng: random.Random) -> Item:
@@ -107,205 +69,166 @@ def _pick_colour(rng: random.Random) -> Item:
     return Item(fields, choices=options, answer=answer)
 
 
-def _ability(rng: random.Random) -> Item:
-    ability = rng.choice(world.ABILITIES)
-    fits = [a.name for a in world.ANIMALS if ability in a.abilities]
-    others = [a.name for a in world.ANIMALS if ability not in a.abilities]
-    options, answer = scenes.one_that_fits(rng, fits, others, 3)
-    return Item({"ability": ability, "options": ", ".join(options)}, choices=options, answer=answer)
+def _with_distractors(
+    rng: random.Random, fields: dict[str, str], right: str, pool: tuple[str, ...] | list[str]
+) -> Item:
+    """An item whose choices are ``right`` and two other words from ``pool``, shuffled."""
+    options, answer = scenes.one_that_fits(rng, [right], [w for w in pool if w != right], 3)
+    return Item({**fields, "options": ", ".join(options)}, choices=options, answer=answer)
 
 
-def _odd_one_out(rng: random.Random) -> Item:
-    main, odd = rng.sample(sorted(world.CATEGORIES), 2)
-    options, answer = scenes.one_that_fits(rng, world.CATEGORIES[odd], world.CATEGORIES[main], 4)
-    return Item({"words": ", ".join(options)}, choices=options, answer=answer)
+def _giver(rng: random.Random) -> Item:
+    a, b, c = rng.sample(world.PEOPLE, 3)
+    obj, place = rng.choice(list(world.OBJECTS)), rng.choice(world.PLACES)
+    sentence = f"{a} gave {scenes.article(obj)} to {b} at the {place}."
+    options = [a, b, c]
+    rng.shuffle(options)
+    fields = {"sentence": sentence, "obj": obj, "options": ", ".join(options)}
+    return Item(fields, choices=tuple(options), answer=options.index(a))
 
 
-def _extract_colour(rng: random.Random) -> Item:
+def _place(rng: random.Random) -> Item:
+    name, place = rng.choice(world.PEOPLE), rng.choice(world.PLACES)
+    sentence = f"{name} {rng.choice(world.ACTIVITIES)} at the {place} on {rng.choice(world.DAYS)}."
+    return _with_distractors(rng, {"sentence": sentence, "name": name}, place, world.PLACES)
+
+
+def _colour(rng: random.Random) -> Item:
     name, colour = rng.choice(world.PEOPLE), rng.choice(world.COLOURS)
     obj, place = rng.choice(list(world.OBJECTS)), rng.choice(world.PLACES)
     sentence = f"{name} bought {scenes.article(colour)} {obj} at the {place}."
-    return Item({"sentence": sentence, "obj": obj}, target=colour)
+    return _with_distractors(rng, {"sentence": sentence, "obj": obj}, colour, world.COLOURS)
 
 
-def _extract_name(rng: random.Random) -> Item:
-    a, b = rng.sample(world.PEOPLE, 2)
-    obj, place = rng.choice(list(world.OBJECTS)), rng.choice(world.PLACES)
-    sentence = f"{a} gave {scenes.article(obj)} to {b} at the {place}."
-    return Item({"sentence": sentence, "obj": obj}, target=a)
-
-
-def _extract_number(rng: random.Random) -> Item:
+def _number(rng: random.Random) -> Item:
     name, n = rng.choice(world.PEOPLE), rng.randint(2, 20)
     objs, place = rng.choice(list(world.OBJECTS.values())), rng.choice(world.PLACES)
     sentence = f"{name} found {n} {objs} at the {place}."
-    return Item({"sentence": sentence, "name": name, "objs": objs}, target=str(n))
-
-
-def _extract_place(rng: random.Random) -> Item:
-    name, place = rng.choice(world.PEOPLE), rng.choice(world.PLACES)
-    sentence = f"{name} {rng.choice(world.ACTIVITIES)} at the {place} on {rng.choice(world.DAYS)}."
-    return Item({"sentence": sentence, "name": name}, target=place)
-
-
-def _reverse(rng: random.Random) -> Item:
-    words = rng.sample(WORD_POOL, rng.randint(3, 5))
-    return Item({"items": ", ".join(words)}, target=", ".join(reversed(words)))
-
-
-def _sort(rng: random.Random) -> Item:
-    nums = rng.sample(range(31), rng.randint(3, 5))
-    return Item({"nums": " ".join(map(str, nums))}, target=" ".join(map(str, sorted(nums))))
-
-
-def _count(rng: random.Random) -> Item:
-    words = rng.sample(WORD_POOL, rng.randint(2, 7))
-    return Item({"items": ", ".join(words)}, target=str(len(words)))
-
-
-def _opposite(rng: random.Random) -> Item:
-    word = rng.choice(sorted(world.OPPOSITES))
-    return Item({"word": word}, target=world.OPPOSITES[word])
-
-
-def _plural(rng: random.Random) -> Item:
-    noun = rng.choice(sorted(world.PLURALS))
-    return Item({"noun": noun}, target=world.PLURALS[noun])
-
-
-def _add(rng: random.Random) -> Item:
-    a, b = rng.randint(0, 12), rng.randint(0, 12)
-    return Item({"a": str(a), "b": str(b)}, target=str(a + b))
+    numbers = [str(k) for k in range(2, 21)]
+    return _with_distractors(
+        rng, {"sentence": sentence, "name": name, "objs": objs}, str(n), numbers
+    )
 
 
 # fmt: off
+HOMES_LISTED = "house, farm, forest or sea"
 TRAIN_TASKS: tuple[Task, ...] = (
-    # classification
     Task("sentiment", "classification", make_templates(
-        ("Review: {review} Is this review positive or negative?", POS_NEG),
-        ("{review} Did the writer like the {obj}?", YES_NO),
-        ("Give the sentiment of this review. {review}", POS_NEG),
-        ("{review} Is the writer happy or sad?", ("happy", "sad")),
-    ), _sentiment),
+        ("{review} Is this review positive or negative?", ("positive", "negative")),
+        ("Review: {review} Did the buyer like the {obj}? Answer yes or no.", ("yes", "no")),
+        ("{review} Was the buyer happy or sad?", ("happy", "sad")),
+        ("How does the writer feel about the {obj}, good or bad? {review}", ("good", "bad")),
+        ("{review} Sentiment (positive/negative):", ("positive", "negative")),
+    ), _sentiment, new_templates=new_prompts(
+        ("A buyer wrote: {review} Does the buyer love or hate the {obj}?", ("love", "hate")),
+        ("{review} Would you call this review great or awful?", ("great", "awful")),
+        ("Is the following opinion nice or terrible? {review}", ("nice", "terrible")),
+    )),
     Task("topic", "classification", make_templates(
-        ("What is this sentence about? {sentence}", world.TOPICS),
-        ("{sentence} Topic:", world.TOPICS),
-        ("Pick the topic: animals, weather, food or travel. Text: {sentence}", world.TOPICS),
-    ), _topic),
-    Task("parity", "classification", make_templates(
-        ("Is {n} an even or odd number?", ("even", "odd")),
-        ("{n}: even or odd?", ("even", "odd")),
-        ("Tell me if the number {n} is even.", YES_NO),
-    ), _parity),
-    Task("habitat", "classification", make_templates(
-        ("Where does a {animal} live?", world.HOMES),
-        ("A {animal} lives where: house, farm, forest or sea?", world.HOMES),
-        ("Name the home of the {animal}.", world.HOMES),
-    ), _habitat),
-    # entailment
-    Task("possession_nli", "entailment", make_templates(
-        ("Premise: {premise} Hypothesis: {claim}. Does the premise support it?", YES_NO),
-        ("{premise} Question: {claim}. True or false?", TRUE_FALSE),
-        ("{premise} Based on this, is it correct that {claim}?", CORRECT),
-    ), _possession),
-    Task("location_nli", "entailment", make_templates(
-        ("Premise: {premise} Hypothesis: {claim}. Does the premise support it?", YES_NO),
-        ("{premise} Is it true that {claim}?", YES_NO),
-        ("Facts: {premise} Statement: {claim}. True or false?", TRUE_FALSE),
-    ), _location),
-    Task("membership", "entailment", make_templates(
-        ("{contents} Is there {obj_article} in the {container}?", YES_NO),
-        ("Items in the {container}: {items}. Does the {container} contain the {obj}?", YES_NO),
-        ("{contents} True or false: the {obj} is in the {container}.", TRUE_FALSE),
-    ), _membership),
-    Task("relation_nli", "entailment", make_templates(
-        ("{fact} Is {x} {rel} than {y}?", YES_NO),
-        ("Fact: {fact} Question: is {x} {rel} than {y}? Answer yes or no.", YES_NO),
-        ("{fact} So {x} is {rel} than {y}. True or false?", TRUE_FALSE),
-    ), _relation),
-    # comparison
-    Task("older_of_two", "comparison", make_templates(
-        "{a} is {n} years old and {b} is {m} years old. Who is older?",
-        "Ages: {a} {n}, {b} {m}. Name the older person.",
-        "Who is older, {a} who is {n} or {b} who is {m}?",
-    ), _ages),
-    Task("larger_number", "comparison", make_templates(
-        "Which number is bigger: {n} or {m}?",
-        "Pick the larger number. {n} {m}",
-        "Of {n} and {m}, which is greater?",
-    ), _larger),
-    # multiple choice
-    Task("biggest_animal", "multiple_choice", make_templates(
+        ("What is this sentence about? {sentence} Options: animals, weather, food, travel",
+         world.TOPICS),
+        ("{sentence} Topic (animals, weather, food or travel):", world.TOPICS),
+        ("Choose the subject of the text (animals, weather, food, travel): {sentence}",
+         world.TOPICS),
+        ("{sentence} Is this about an animal, the weather, food or a trip?",
+         ("animal", "weather", "food", "trip")),
+        ("Classify by topic: {sentence}", world.TOPICS),
+    ), _topic, new_templates=new_prompts(
+        ("Read the sentence and name its theme, travel, food, weather or animals: {sentence}",
+         world.TOPICS),
+        ("{sentence} This text talks mostly about which one: a trip, food, the weather or an "
+         "animal?", ("animal", "weather", "food", "trip")),
+        ("Sentence: {sentence} Label it with one of these words: food, travel, animals, "
+         "weather.", world.TOPICS),
+    )),
+    Task("habitat", "world_fact", make_templates(
+        (f"Where does a {{animal}} live? Options: {HOMES_LISTED}", world.HOMES),
+        (f"{{animals}} live in the {HOMES_LISTED}?", world.HOMES),
+        (f"Home of the {{animal}} ({HOMES_LISTED}):", world.HOMES),
+        (f"Pick the place where {{animals}} live: {HOMES_LISTED}.", world.HOMES),
+        (f"Question: the {{animal}} lives where? {HOMES_LISTED}", world.HOMES),
+    ), _habitat, new_templates=new_prompts(
+        ("Which is the natural home of a {animal}: sea, forest, farm or house?", world.HOMES),
+        ("You want to find some {animals}. Where do you look: forest, sea, house or farm?",
+         world.HOMES),
+        ("Name the habitat of the {animal}, one of farm, sea, house, forest.", world.HOMES),
+    )),
+    Task("biggest_animal", "world_fact", make_templates(
         "Which animal is the biggest: {options}?",
-        "Of these animals, name the largest: {options}.",
-        "{options}. Which is the biggest animal?",
-    ), _biggest),
-    Task("pick_by_colour", "multiple_choice", make_templates(
-        "Which item is {colour}? Options: {options}",
-        "Options: {options}. Choose the {colour} one.",
-        "Find the {colour} thing among these: {options}.",
-    ), _pick_colour),
-    Task("pick_by_ability", "multiple_choice", make_templates(
-        "Which animal can {ability}? Options: {options}",
+        "{options}. Which of these is the biggest animal?",
+        "Biggest animal among {options}:",
+        "Of {options}, pick the biggest.",
+        "Name the biggest one: {options}",
+    ), _biggest, new_templates=new_prompts(
+        "Look at these animals: {options}. Which one is largest?",
+        "If you lined up {options}, which would be the biggest of the three?",
+        "Tell me which animal has the largest body, {options}?",
+    )),
+    Task("ability", "world_fact", make_templates(
+        "Which animal can {ability}: {options}?",
         "{options}: which of these can {ability}?",
         "Pick the animal that is able to {ability}: {options}.",
-    ), _ability),
-    Task("odd_one_out", "multiple_choice", make_templates(
-        "Which word does not belong: {words}?",
-        "Find the odd one out: {words}.",
-        "{words}. One of these is different. Which one?",
-    ), _odd_one_out),
-    # extraction
-    Task("extract_colour", "extraction", make_templates(
-        "{sentence} What colour is the {obj}?",
-        "Extract the colour from this sentence: {sentence}",
-        "{sentence} The {obj} is which colour?",
-    ), _extract_colour),
-    Task("extract_name", "extraction", make_templates(
-        "{sentence} Who gave the {obj}?",
-        "Name the person who gave something. {sentence}",
-        "{sentence} Giver:",
-    ), _extract_name),
-    Task("extract_number", "extraction", make_templates(
-        "{sentence} How many {objs} did {name} find?",
-        "Extract the number from this sentence: {sentence}",
-        "{sentence} Number of {objs}:",
-    ), _extract_number),
-    Task("extract_place", "extraction", make_templates(
-        "{sentence} Where was {name}?",
-        "Extract the place from this sentence: {sentence}",
-        "{sentence} Place:",
-    ), _extract_place),
-    # transformation
-    Task("reverse_list", "transformation", make_templates(
-        "Reverse the list: {items}",
-        "Write these words in the opposite order: {items}",
-        "{items} Reversed:",
-    ), _reverse),
-    Task("sort_numbers", "transformation", make_templates(
-        "Sort from smallest to largest: {nums}",
-        "Put in increasing order: {nums}",
-        "{nums} Sorted:",
-    ), _sort),
-    Task("count_items", "transformation", make_templates(
-        "How many items are in this list? {items}",
-        "Count the words: {items}",
-        "{items} Number of items:",
-    ), _count),
-    Task("opposite", "transformation", make_templates(
-        "What is the opposite of {word}?",
-        "Give the antonym of {word}.",
-        "{word}: opposite word?",
-    ), _opposite),
-    Task("plural", "transformation", make_templates(
-        "What is the plural of {noun}?",
-        "Write the plural form: {noun}",
-        "One {noun}, many what?",
-    ), _plural),
-    Task("addition", "transformation", make_templates(
-        "What is {a} plus {b}?",
-        "Add {a} and {b}.",
-        "{a} + {b} =",
-    ), _add),
+        "Only one of {options} can {ability}. Which?",
+        "Animal that can {ability} ({options}):",
+    ), _ability, new_templates=new_prompts(
+        "Among {options}, name the one that knows how to {ability}.",
+        "{options}. One of these animals can {ability}; say which.",
+        "Which creature here knows how to {ability}, {options}?",
+    )),
+    Task("pick_by_colour", "reading", make_templates(
+        "Which one is {colour}: {options}?",
+        "{options}. Pick the {colour} one.",
+        "Find the {colour} thing among {options}.",
+        "Of {options}, which is {colour}?",
+        "{colour} item ({options}):",
+    ), _pick_colour, new_templates=new_prompts(
+        "Here are three things: {options}. Which of them has the colour {colour}?",
+        "I want the {colour} one. Options are {options}.",
+        "Point to the thing that is {colour}, from {options}.",
+    )),
+    Task("giver", "reading", make_templates(
+        "{sentence} Who gave the {obj}? Options: {options}",
+        "Name the person who gave something. {sentence} ({options})",
+        "{sentence} Giver ({options}):",
+        "{sentence} Which of {options} gave the {obj} away?",
+        "Read: {sentence} The {obj} came from whom: {options}?",
+    ), _giver, new_templates=new_prompts(
+        "{sentence} Of {options}, who handed over the {obj}?",
+        "Story: {sentence} Say who was the giver, {options}.",
+        "{sentence} The one who gave it is which of these: {options}?",
+    )),
+    Task("place", "reading", make_templates(
+        "{sentence} Where was {name}? Options: {options}",
+        "Extract the place from this sentence: {sentence} ({options})",
+        "{sentence} Place ({options}):",
+        "{sentence} At which place was {name}: {options}?",
+        "Read: {sentence} {name} was at the {options}?",
+    ), _place, new_templates=new_prompts(
+        "{sentence} Name the location, one of {options}.",
+        "Story: {sentence} To which of these did {name} go: {options}?",
+        "{sentence} In which of these spots was {name}, {options}?",
+    )),
+    Task("colour", "reading", make_templates(
+        "{sentence} What colour is the {obj}? Options: {options}",
+        "Extract the colour from this sentence: {sentence} ({options})",
+        "{sentence} The {obj} is which colour: {options}?",
+        "{sentence} Colour of the {obj} ({options}):",
+        "Read: {sentence} Is the {obj} {options}?",
+    ), _colour, new_templates=new_prompts(
+        "{sentence} Tell me the colour of that {obj}, {options}.",
+        "Story: {sentence} The {obj} was painted which of {options}?",
+        "{sentence} Which colour, {options}, does the {obj} have?",
+    )),
+    Task("count", "reading", make_templates(
+        "{sentence} How many {objs} did {name} find? Options: {options}",
+        "Extract the number from this sentence: {sentence} ({options})",
+        "{sentence} Number of {objs} ({options}):",
+        "{sentence} {name} found how many {objs}: {options}?",
+        "Read: {sentence} Count of {objs}, {options}?",
+    ), _number, new_templates=new_prompts(
+        "{sentence} What number of {objs} were found, {options}?",
+        "Story: {sentence} So {name} has found which amount of {objs}: {options}?",
+        "{sentence} Give the count, {options}.",
+    )),
 )
 # fmt: on

@@ -1,5 +1,5 @@
-"""Tests for the framework-free demo parts: suite, span corruption, tokenizer, data files,
-report math and plots."""
+"""Tests for the framework-free demo parts: the miniature suite and probes, span corruption,
+tokenizer, data files, report math, the claim check and plots."""
 
 from __future__ import annotations
 
@@ -19,16 +19,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mixlight_tune.claims import check_claims, format_claims
+from mixlight_tune.corruption import span_corruption
+from mixlight_tune.data_files import load_examples
 from mixlight_tune.miniature import world
 from mixlight_tune.miniature.corpus import pretraining_corpus
-from mixlight_tune.data_files import load_examples
 from mixlight_tune.miniature.held_out_tasks import HELD_OUT_TASKS
-from mixlight_tune.report import aggregate_seeds, format_table, score_table, write_results
-from mixlight_tune.schema import Example, Item
-from mixlight_tune.miniature.suite import ALL_TASKS, build_suite, span_corruption
+from mixlight_tune.miniature.probes import CHANCE, fact_probes
+from mixlight_tune.miniature.suite import ALL_TASKS, build_suite
 from mixlight_tune.miniature.train_tasks import TRAIN_TASKS
+from mixlight_tune.report import aggregate_seeds, chance_table, format_table, score_table
+from mixlight_tune.schema import Example, Item
 
 SENTINELS = list(range(3, 23))
+TRAIN_NAMES = {t.name for t in TRAIN_TASKS}
+HELD_OUT_NAMES = {t.name for t in HELD_OUT_TASKS}
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +60,12 @@ def test_light_imports_and_same_data_in_another_process():
         "before = set(sys.modules)\n"
         "import mixlight_tune, mixlight_tune.miniature.suite, mixlight_tune.tokenizer\n"
         "import mixlight_tune.data_files, mixlight_tune.report, mixlight_tune.plots\n"
-        "heavy = ('torch', 'jax', 'matplotlib', 'sentencepiece', 'datasets')\n"
+        "import mixlight_tune.experiment, mixlight_tune.cli\n"
+        "heavy = ('torch', 'jax', 'matplotlib', 'sentencepiece', 'datasets', 'transformers')\n"
         "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in heavy))\n"
         "import hashlib\n"
-        "print(hashlib.sha256(repr(mixlight_tune.build_suite(5, 5, 2)).encode()).hexdigest())\n"
+        "from mixlight_tune.miniature.suite import build_suite\n"
+        "print(hashlib.sha256(repr(build_suite(5, 5, 2)).encode()).hexdigest())\n"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run(
@@ -75,34 +82,51 @@ def test_same_seed_same_data_and_different_seed_differs():
     b = build_suite(seed=3, train_per_task=10, eval_per_template=5)
     c = build_suite(seed=4, train_per_task=10, eval_per_template=5)
     assert a == b
-    assert a.train != c.train and a.eval != c.eval
+    for name in ("train", "held_in", "new_prompts", "held_out", "probes"):
+        assert getattr(a, name) != getattr(c, name), name
     assert pretraining_corpus(1, 50) == pretraining_corpus(1, 50) != pretraining_corpus(2, 50)
 
 
+def test_adding_items_keeps_the_earlier_ones():
+    """Each (split, task) has its own stream: more items extend, never reshuffle, a task."""
+    small, big = build_suite(0, 10, 5), build_suite(0, 10, 8)
+    for task in TRAIN_TASKS:
+        first = [e for e in small.held_in if e.task == task.name]
+        assert first == [e for e in big.held_in if e.task == task.name][: len(first)]
+
+
 def test_task_counts_templates_and_families(suite):
-    assert len(suite.train_tasks) >= 20 and len(suite.held_out_tasks) >= 6
-    assert not set(suite.train_tasks) & set(suite.held_out_tasks)
-    assert all(len(t.templates) >= 3 for t in ALL_TASKS)
+    assert len(TRAIN_TASKS) >= 10 and len(HELD_OUT_TASKS) >= 5
+    assert not TRAIN_NAMES & HELD_OUT_NAMES
+    assert all(len(t.templates) >= 5 and len(t.new_templates) >= 3 for t in TRAIN_TASKS)
+    assert all(len(t.templates) >= 3 and not t.new_templates for t in HELD_OUT_TASKS)
     assert all(not t.held_out for t in TRAIN_TASKS) and all(t.held_out for t in HELD_OUT_TASKS)
-    assert len({suite.families[t] for t in suite.train_tasks}) >= 5
-    assert set(suite.families) == set(suite.train_tasks) | set(suite.held_out_tasks)
+    assert len({t.family for t in TRAIN_TASKS}) >= 3
+    assert set(suite.families) == TRAIN_NAMES | HELD_OUT_NAMES
 
 
 def test_every_template_is_used_in_the_right_split(suite):
-    train_pairs = Counter((e.task, e.template) for e in suite.train)
-    eval_pairs = Counter((e.task, e.template) for e in suite.eval)
+    def pairs(examples):
+        return Counter((e.task, e.template) for e in examples)
+
+    train, held_in, new = pairs(suite.train), pairs(suite.held_in), pairs(suite.new_prompts)
+    held_out = pairs(suite.held_out)
     for task in TRAIN_TASKS:
-        assert {(task.name, t.name) for t in task.templates} <= set(train_pairs)
-        assert sum(train_pairs[task.name, t.name] for t in task.templates) == 60
+        names = {(task.name, t.name) for t in task.templates}
+        assert set(k for k in train if k[0] == task.name) == names
+        assert set(k for k in held_in if k[0] == task.name) == names
+        assert sum(train[k] for k in names) == 60 and sum(held_in[k] for k in names) == 30
+        assert all(new[task.name, t.name] == 30 for t in task.new_templates)
+        assert not names & {(task.name, t.name) for t in task.new_templates}
     for task in HELD_OUT_TASKS:
-        assert all(eval_pairs[task.name, t.name] == 30 for t in task.templates)
-    assert {e.task for e in suite.train} == set(suite.train_tasks)
-    assert {e.task for e in suite.eval} == set(suite.held_out_tasks)
+        assert all(held_out[task.name, t.name] == 30 for t in task.templates)
+    assert {e.task for e in suite.train} == {e.task for e in suite.new_prompts} == TRAIN_NAMES
+    assert {e.task for e in suite.held_out} == HELD_OUT_NAMES
 
 
 def _literal_fragments(template_text: str) -> list[str]:
     """The fixed text between placeholders, long enough to be distinctive."""
-    parts = (literal.strip(" .,:?") for literal, *_ in string.Formatter().parse(template_text))
+    parts = (literal.strip(" .,:?()") for literal, *_ in string.Formatter().parse(template_text))
     return [p for p in parts if len(p) >= 8]
 
 
@@ -114,16 +138,29 @@ def _template_pattern(template_text: str) -> re.Pattern[str]:
     )
 
 
-def test_no_held_out_template_text_in_training_inputs_or_corpus(suite, corpus):
+@pytest.mark.parametrize("split", ["new_templates", "held_out_tasks"])
+def test_no_unseen_template_text_in_training_inputs_or_corpus(suite, corpus, split):
+    """Table B's prompts and table C's tasks never appear in what tuning or pre-training see."""
     seen = "\n".join([e.inputs for e in suite.train] + corpus)
-    for task in HELD_OUT_TASKS:
-        for template in task.templates:
-            pattern = _template_pattern(template.text)
-            assert not any(pattern.fullmatch(e.inputs) for e in suite.train), template.text
-            fragments = _literal_fragments(template.text)
-            assert fragments, f"{task.name}/{template.name} has no distinctive text"
-            for fragment in fragments:
-                assert fragment not in seen, f"{task.name}/{template.name}: {fragment!r} leaks"
+    templates = (
+        [(t.name, tt) for t in TRAIN_TASKS for tt in t.new_templates]
+        if split == "new_templates"
+        else [(t.name, tt) for t in HELD_OUT_TASKS for tt in t.templates]
+    )
+    for task, template in templates:
+        pattern = _template_pattern(template.text)
+        assert not any(pattern.fullmatch(e.inputs) for e in suite.train), template.text
+        fresh = [f for f in _literal_fragments(template.text) if f not in seen]
+        assert fresh, f"{task}/{template.name}: no wording that tuning or pre-training lacks"
+
+
+def test_new_prompts_bring_new_label_words():
+    """Where a task names its labels (a verbalizer), table B uses words tuning never answers."""
+    for task in TRAIN_TASKS:
+        trained = {c for t in task.templates for c in (t.choices or ())}
+        unseen = {c for t in task.new_templates for c in (t.choices or ())} - trained
+        if task.name == "sentiment":
+            assert len(unseen) >= 6, unseen
 
 
 def _check_choice_item(e: Example) -> None:
@@ -133,33 +170,33 @@ def _check_choice_item(e: Example) -> None:
     assert 0 <= e.answer < len(e.choices) and e.targets == e.choices[e.answer], e
 
 
-def test_held_out_examples_are_valid_rank_classification_items(suite):
-    for e in suite.eval:
+def test_every_example_is_a_valid_rank_classification_item(suite):
+    for e in suite.train + suite.held_in + suite.new_prompts + suite.held_out + suite.probes:
         _check_choice_item(e)
 
 
-def test_training_examples_with_choices_are_consistent(suite):
-    scored = [e for e in suite.train if e.choices is not None]
-    assert len({e.task for e in scored}) >= 10
-    for e in scored:
-        _check_choice_item(e)
+def test_three_or_more_choices_where_the_task_allows(suite):
+    two_way = {"sentiment", "recommend", "probe_size", "probe_feeling"}
+    for e in suite.held_in + suite.new_prompts + suite.held_out + suite.probes:
+        assert len(e.choices) >= (2 if e.task in two_way else 3), e
 
 
 def test_inputs_and_targets_are_short(suite):
-    for e in suite.train + suite.eval:
+    for e in suite.train + suite.new_prompts + suite.held_out:
         assert len(e.inputs.split()) <= 40, e.inputs
         assert 1 <= len(e.targets.split()) <= 8, e.targets
 
 
 def test_answers_are_not_degenerate(suite):
-    for name in suite.held_out_tasks + suite.train_tasks:
-        answers = Counter(e.targets for e in suite.train + suite.eval if e.task == name)
+    everything = suite.train + suite.new_prompts + suite.held_out
+    for name in TRAIN_NAMES | HELD_OUT_NAMES:
+        answers = Counter(e.answer for e in everything if e.task == name)
         assert len(answers) >= 2, name
-        assert max(answers.values()) / sum(answers.values()) < 0.8, (name, answers)
+        assert max(answers.values()) / sum(answers.values()) < 0.7, (name, answers)
 
 
-def _ages(item: Item) -> dict[str, int]:
-    return {item.fields["a"]: int(item.fields["n"]), item.fields["b"]: int(item.fields["m"])}
+def _animal(name: str) -> world.Animal:
+    return next(a for a in world.ANIMALS if a.name == name)
 
 
 def _answer(item: Item) -> str:
@@ -167,54 +204,41 @@ def _answer(item: Item) -> str:
     return item.choices[item.answer]
 
 
-def _premise_facts(premise: str) -> set[str]:
-    """Claims a premise states, in the clause form the generators use."""
-    facts = set()
-    for sentence in premise.rstrip(".").split(". "):
-        for clause in sentence.split(" and "):
-            person, _, rest = clause.partition(" is at the ")
-            if rest:
-                place, _, owned = rest.partition(" with ")
-                facts.add(f"{person} is at the {place}")
-                if owned:
-                    facts.add(f"{person} has {owned}")
-            else:
-                facts.add(clause)
-    return facts
+def _only_one(item: Item, fits) -> bool:
+    return [bool(fits(c)) for c in item.choices] == [
+        i == item.answer for i in range(len(item.choices))
+    ]
 
 
 SEMANTIC_CHECKS = {
-    "younger_of_two": lambda it: _ages(it)[_answer(it)] == min(_ages(it).values()),
-    "older_of_two": lambda it: _ages(it)[_answer(it)] == max(_ages(it).values()),
-    "who_has_more": lambda it: _ages(it)[_answer(it)] == max(_ages(it).values()),
-    "larger_number": lambda it: int(_answer(it)) == max(map(int, it.choices)),
-    "which_is_inside": lambda it: (
-        [c in it.fields["items"].split(", ") for c in it.choices]
-        == [i == it.answer for i in range(2)]
-    ),
-    "animal_home_choice": lambda it: (
-        [
-            next(a for a in world.ANIMALS if a.name == c).home == it.fields["home"]
-            for c in it.choices
-        ]
-        == [i == it.answer for i in range(3)]
-    ),
+    "habitat": lambda it: world.HOMES[it.answer] == _animal(it.fields["animal"]).home,
+    "seen_where": lambda it: world.HOMES[it.answer] == _animal(it.fields["animal"]).home,
     "biggest_animal": lambda it: (
-        max(it.choices, key=lambda c: next(a.size for a in world.ANIMALS if a.name == c))
-        == _answer(it)
+        _animal(_answer(it)).size == max(_animal(c).size for c in it.choices)
+        and len({_animal(c).size for c in it.choices}) == 3
     ),
-    "whose_colour": lambda it: it.fields["colour"] == (it.fields["c1"], it.fields["c2"])[it.answer],
-    "claim_check": lambda it: (
-        (it.fields["claim"] in _premise_facts(it.fields["premise"])) == (it.answer == 0)
+    "smallest_animal": lambda it: (
+        _animal(_answer(it)).size == min(_animal(c).size for c in it.choices)
+        and len({_animal(c).size for c in it.choices}) == 3
     ),
-    "possession_nli": lambda it: (
-        (it.fields["claim"] in _premise_facts(it.fields["premise"])) == (it.answer == 0)
+    "ability": lambda it: _only_one(it, lambda c: it.fields["ability"] in _animal(c).abilities),
+    "home_choice": lambda it: _only_one(it, lambda c: _animal(c).home == it.fields["home"]),
+    "pick_by_colour": lambda it: _only_one(it, lambda c: c.split()[0] == it.fields["colour"]),
+    "giver": lambda it: it.fields["sentence"].startswith(f"{_answer(it)} gave "),
+    "place": lambda it: _only_one(it, lambda c: f"at the {c} on" in it.fields["sentence"]),
+    "colour": lambda it: _only_one(
+        it, lambda c: f" {c} {it.fields['obj']} " in it.fields["sentence"]
     ),
-    "location_nli": lambda it: (
-        (it.fields["claim"] in _premise_facts(it.fields["premise"])) == (it.answer == 0)
+    "count": lambda it: _only_one(it, lambda c: f" found {c} " in it.fields["sentence"]),
+    "whose_colour": lambda it: (
+        f"{_answer(it)} has a {it.fields['colour']} {it.fields['obj']}" in it.fields["premise"]
+        or f"{_answer(it)} has an {it.fields['colour']} {it.fields['obj']}" in it.fields["premise"]
     ),
-    "membership": lambda it: (
-        (it.fields["obj"] in it.fields["items"].split(", ")) == (it.answer == 0)
+    "sentiment": lambda it: any(
+        a in it.fields["review"] for a in world.REVIEW_ADJECTIVES[it.answer == 0]
+    ),
+    "recommend": lambda it: any(
+        a in it.fields["review"] for a in world.REVIEW_ADJECTIVES[it.answer == 0]
     ),
 }
 
@@ -226,6 +250,34 @@ def test_generated_answers_are_right(name):
     for _ in range(200):
         item = task.generate(rng)
         assert SEMANTIC_CHECKS[name](item), item
+
+
+def test_every_task_has_a_semantic_check():
+    assert TRAIN_NAMES | HELD_OUT_NAMES <= set(SEMANTIC_CHECKS) | {"topic"}
+
+
+# --- fact probes ---------------------------------------------------------------------------
+
+
+def test_probes_are_deterministic_and_state_the_worlds_facts():
+    probes = fact_probes(0, 50)
+    assert probes == fact_probes(0, 50) != fact_probes(1, 50)
+    assert Counter(e.task for e in probes) == {family: 50 for family in CHANCE}
+    for e in probes:
+        words = e.inputs.split()
+        if e.task == "probe_home":
+            name = words[1] if words[0] in ("A", "An") else words[0].lower()
+            animal = next(a for a in world.ANIMALS if name in (a.name, a.plural))
+            assert e.targets == f"{animal.home}."
+        elif e.task == "probe_ability":
+            assert e.targets == f"{next(iter(_animal(words[1]).abilities))}."
+        elif e.task == "probe_size":
+            bigger = _animal(words[1]).size > _animal(e.targets.split()[-1].rstrip(".")).size
+            assert e.targets.startswith("bigger" if bigger else "smaller")
+        else:
+            positive = any(a in e.inputs for a in world.REVIEW_ADJECTIVES[True])
+            assert e.targets == ("I love it." if positive else "I hate it.")
+        assert CHANCE[e.task] == pytest.approx(1 / len(e.choices))
 
 
 # --- span corruption -----------------------------------------------------------------------
@@ -285,7 +337,7 @@ def test_tokenizer_ids_round_trip_and_sentinels(tokenizer, suite):
     assert (tokenizer.pad_id, tokenizer.eos_id, tokenizer.unk_id) == (0, 1, 2)
     assert tokenizer.vocab_size <= 512
     assert len(tokenizer.sentinel_ids) == 20 and len(set(tokenizer.sentinel_ids)) == 20
-    for e in suite.eval[::97] + suite.train[::301]:
+    for e in suite.new_prompts[::97] + suite.train[::301]:
         ids = tokenizer.encode(e.inputs)
         assert ids[-1] == tokenizer.eos_id and tokenizer.unk_id not in ids
         assert tokenizer.decode(ids + [tokenizer.pad_id] * 3) == e.inputs
@@ -297,7 +349,7 @@ def test_tokenizer_save_load_and_deterministic_training(tokenizer, corpus, suite
 
     path = tokenizer.save(tmp_path / "sub" / "spm.model")
     loaded = Tokenizer.load(path)
-    text = suite.eval[0].inputs
+    text = suite.new_prompts[0].inputs
     assert loaded.encode(text) == tokenizer.encode(text)
     assert loaded.sentinel_ids == tokenizer.sentinel_ids
     assert [p.name for p in path.parent.iterdir()] == ["spm.model"]
@@ -371,11 +423,22 @@ def test_load_missing_or_unsupported_paths(tmp_path):
 
 def test_saved_dataset_needs_datasets_package(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(ValueError, match="folder but not a saved Hugging Face dataset"):
+        load_examples(tmp_path)
+    (tmp_path / "dataset_dict.json").write_text("{}")
     with pytest.raises(ImportError, match="pip install datasets"):
         load_examples(tmp_path)
 
 
+def test_a_non_utf8_file_names_the_problem(tmp_path):
+    path = tmp_path / "noise.jsonl"
+    path.write_bytes(b'{"inputs": "\xff\xfe"}\n')
+    with pytest.raises(ValueError, match=r"noise.jsonl: not UTF-8 text .*one JSON object per line"):
+        load_examples(path)
+
+
 def test_saved_dataset_rows_via_datasets(tmp_path, monkeypatch):
+    (tmp_path / "dataset_dict.json").write_text("{}")
     rows = [
         {"inputs": [5, 6], "inputs_pretokenized": "Q? ", "targets": [7],
          "targets_pretokenized": " no", "answer_choices": ["yes", "no"]},
@@ -445,17 +508,62 @@ def test_aggregate_seeds_and_table():
     info = {"mov": {"trainable_percent": 0.32, "label": "MoV-10"}, "ia3": 0.018}
     lines = format_table(agg, info).splitlines()
     assert lines[0] == "| Method | % params | cb | rte | Avg |"
-    assert lines[2] == "| MoV-10 | 0.32% | 83.33 | 66.67 | 75.00 ± 25.00 |"
-    assert lines[3] == "| ia3 | 0.018% | 0.00 | 50.00 | 25.00 |"
+    assert lines[2] == "| MoV-10 | 0.32% | 83.3 | 66.7 | 75.0 ± 25.0 [50.0–100.0] |"
+    assert lines[3] == "| ia3 | 0.018% | 0.0 | 50.0 | 25.0 |"
     assert "| mov | – |" in format_table(agg)
 
 
-def test_write_results_atomic_files(tmp_path):
+def test_table_has_chance_and_base_rows_first():
+    examples = [
+        Example("cb", "t1", "x", "a", ("a", "b"), 0),
+        Example("cb", "t2", "x", "a", ("a", "b", "c", "d"), 0),
+        Example("rte", "t1", "x", "a", ("a", "b", "c"), 0),
+    ]
+    chance = chance_table(examples)
+    assert chance["tasks"]["cb"]["templates"] == {"t1": 0.5, "t2": 0.25}
+    assert chance["tasks"]["cb"]["median"] == pytest.approx(0.375)
+    assert chance["average"] == pytest.approx((0.375 + 1 / 3) / 2)
     agg = aggregate_seeds([{"mov": _run((1, 2), (2, 2))}])
-    json_path, md_path = write_results(agg, tmp_path / "out", {"mov": 0.3})
-    assert json.loads(json_path.read_text())["results"] == agg
-    assert md_path.read_text().startswith("| Method |")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["results.json", "results.md"]
+    lines = format_table(agg, {"mov": 1.0}, chance, _run((0, 2), (1, 2))).splitlines()
+    assert lines[2] == "| Chance | – | 37.5 | 33.3 | 35.4 |"
+    assert lines[3] == "| Base (untuned) | 0% | 0.0 | 50.0 | 25.0 |"
+    assert lines[4].startswith("| mov | 1% | 50.0 | 100.0 |")
+
+
+def _agg(values: dict[str, list[float]]):
+    return {
+        m: {"n_seeds": len(v), "average": {"mean": sum(v) / len(v), "std": _std(v)}}
+        for m, v in values.items()
+    }
+
+
+def _std(v: list[float]) -> float:
+    mean = sum(v) / len(v)
+    return (sum((x - mean) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
+
+
+def test_claim_check_margins_and_spread():
+    results = _agg(
+        {
+            "mov": [0.70, 0.72, 0.74],
+            "ia3": [0.50, 0.52, 0.54],
+            "full": [0.73, 0.75, 0.71],
+            "lora": [0.60, 0.62, 0.64],
+            "molora": [0.60, 0.61, 0.65],
+        }
+    )
+    claims = {(c["first"], c["second"]): c for c in check_claims(results)}
+    mov_ia3 = claims["mov", "ia3"]
+    assert mov_ia3["margin"] == pytest.approx(20.0) and mov_ia3["spread"] == pytest.approx(4.0)
+    assert mov_ia3["exceeds_spread"] is True
+    assert claims["mov", "full"]["margin"] == pytest.approx(-1.0)
+    assert claims["mov", "full"]["exceeds_spread"] is False
+    assert claims["molora", "lora"]["exceeds_spread"] is False
+    text = format_claims(list(claims.values()))
+    assert "margin +20.0 points, exceeds the seed spread (4.0)" in text
+    one_seed = check_claims(_agg({"mov": [0.7], "ia3": [0.5]}))
+    assert one_seed[0]["exceeds_spread"] is None and "one seed" in format_claims(one_seed)
+    assert check_claims(_agg({"mov": [0.7]})) == []
 
 
 # --- plots ---------------------------------------------------------------------------------

@@ -19,14 +19,15 @@ pytest.importorskip("matplotlib")
 
 import mixlight as ml  # noqa: E402
 from mixlight_tune import cli, experiment  # noqa: E402
-from mixlight_tune.schema import Example  # noqa: E402
 from mixlight_tune.backends import torch_steps as instruct  # noqa: E402
 from mixlight_tune.backends.torch_scoring import rank_classification  # noqa: E402
+from mixlight_tune.schema import Example  # noqa: E402
 from tests.torch.conftest import perturb, tiny_t5  # noqa: E402
 
 MICRO = dataclasses.replace(
     experiment.DemoConfig(),
     steps=2,
+    full_steps=2,
     batch_size=4,
     base=experiment.BaseSpec(
         d_model=16,
@@ -45,6 +46,7 @@ MICRO = dataclasses.replace(
     eval_batch_size=8,
     threads=1,
     progress=False,
+    shares=False,
 )
 
 
@@ -160,16 +162,31 @@ def test_batched_equals_unbatched_equals_a_direct_loop():
 
 def test_micro_pipeline_end_to_end_and_base_cache(tmp_path, monkeypatch):
     cfg = micro(tmp_path)
-    agg = experiment.run(cfg, log=lambda _: None)
-    assert list(agg) == list(experiment.DEFAULT_METHODS)
+    payload = experiment.run(cfg, log=lambda _: None)
+    assert list(payload["tables"]) == ["A", "B", "C"]
+    for name, table in payload["tables"].items():
+        assert list(table["methods"]) == list(experiment.DEFAULT_METHODS), name
+        assert 0 < table["chance"]["average"] < 1 and table["base"]["average"] >= 0
+    assert set(payload["probes"]) == {"probe_home", "probe_ability", "probe_size", "probe_feeling"}
+    assert [c["first"] for c in payload["claims"]] == ["mov", "molora", "mov"]
     out = cfg.out_dir
     for name in ("results.json", "results.md", "accuracy_vs_params.png", "routing_mov.png"):
         assert (out / name).stat().st_size > 0, name
-    payload = json.loads((out / "results.json").read_text())
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(payload))
     info = payload["methods_info"]
     assert info["full"]["trainable_percent"] == 100.0
     assert 0 < info["ia3"]["trainable_percent"] < info["mov"]["trainable_percent"]
-    assert "| MoV-10 |" in (out / "results.md").read_text()
+    text = (out / "results.md").read_text()
+    for heading in (
+        "## A. Held-in",
+        "## B. Held-out prompts",
+        "## C. Held-out tasks",
+        "## Claim check",
+        "## Fact probes",
+        "| Chance |",
+        "| Base (untuned) |",
+    ):
+        assert heading in text, heading
     assert not (out / "adapters" / "full-seed0").exists()
     for method in ("ia3", "lora", "mov", "molora"):
         assert (out / "adapters" / f"{method}-seed0" / "adapter_config.json").is_file()
@@ -182,14 +199,26 @@ def test_micro_pipeline_end_to_end_and_base_cache(tmp_path, monkeypatch):
     def no_rebuild(*args):
         raise AssertionError("the cached base should have been reused")
 
-    monkeypatch.setattr(instruct, "_build_base", no_rebuild)
+    monkeypatch.setattr(instruct, "build_base", no_rebuild)
     experiment.run(dataclasses.replace(cfg, methods=("ia3",)), log=lambda _: None)
     # The cached base is an ordinary HF T5 directory with its tokenizer: --model accepts it.
     again = dataclasses.replace(cfg, methods=("lora",), model_path=base.path, out_dir=out / "m")
-    assert list(experiment.run(again, log=lambda _: None)) == ["lora"]
+    assert list(experiment.run(again, log=lambda _: None)["tables"]["B"]["methods"]) == ["lora"]
 
 
-def test_quick_cli_and_data_file(tmp_path, monkeypatch, capsys):
+def test_the_default_run_uses_the_shipped_base():
+    cfg = experiment.DemoConfig()
+    assert experiment.base_checkpoint(cfg) == experiment.SHIPPED_BASE
+    info = json.loads((experiment.SHIPPED_BASE / "pretraining.json").read_text())
+    assert info["key"] == experiment.base_key(cfg)
+    assert info["spec"] == dataclasses.asdict(cfg.base)
+    size = (experiment.SHIPPED_BASE / "model.safetensors").stat().st_size
+    assert size < 20e6
+    changed = dataclasses.replace(cfg, base=experiment.BaseSpec(pretrain_steps=10))
+    assert experiment.base_checkpoint(changed).parent == cfg.cache_dir
+
+
+def test_quick_cli_data_file_and_eval_data(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "QUICK", MICRO)
     data = tmp_path / "mine.jsonl"
     rows = [
@@ -198,13 +227,18 @@ def test_quick_cli_and_data_file(tmp_path, monkeypatch, capsys):
         {"inputs": "Name a colour.", "targets": "red", "task": "free"},
     ]
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(json.dumps({**rows[0], "task": "outside"}) + "\n")
     args = ["--quick", "--methods", "mov,ia3", "--data", str(data), "--no-progress"]
+    args += ["--eval-data", str(extra)]
     args += ["--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
     assert cli.main(args) == 0
-    results = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
-    assert set(results) == {"mov", "ia3"}
-    assert list(results["mov"]["tasks"]) == ["mine"]
-    assert "in-distribution" in capsys.readouterr().out
+    tables = json.loads((tmp_path / "out" / "results.json").read_text())["tables"]
+    assert list(tables) == ["A", "D"]
+    assert set(tables["A"]["methods"]) == {"mov", "ia3"}
+    assert list(tables["A"]["methods"]["mov"]["tasks"]) == ["mine"]
+    assert list(tables["D"]["methods"]["mov"]["tasks"]) == ["outside"]
+    assert "## D. Your prompts" in capsys.readouterr().out
 
 
 def test_interrupted_run_keeps_finished_methods(tmp_path, monkeypatch, capsys):
@@ -223,7 +257,19 @@ def test_interrupted_run_keeps_finished_methods(tmp_path, monkeypatch, capsys):
     args = ["--quick", "--methods", "ia3,mov", "--out", str(out)]
     assert cli.main([*args, "--cache-dir", str(tmp_path / "cache"), "--no-progress"]) == 130
     assert "interrupted" in capsys.readouterr().err
-    assert set(json.loads((out / "results.json").read_text())["results"]) == {"ia3"}
+    tables = json.loads((out / "results.json").read_text())["tables"]
+    assert set(tables["B"]["methods"]) == {"ia3"}
+
+
+def test_a_non_finite_loss_stops_the_run(tmp_path):
+    cfg = micro(tmp_path)
+    base = instruct.prepare(cfg)
+    with torch.no_grad():
+        base.model.lm_head.weight.fill_(float("nan"))
+    settings = experiment.settings_for(cfg, "ia3", 0)
+    examples = [Example("t", "t1", "a cat", "yes", ("yes", "no"), 0)] * 4
+    with pytest.raises(experiment.DemoError, match="loss became nan at step 1.*Lower --lr"):
+        instruct.tune(base, ml.IA3(), examples, settings)
 
 
 # --- bad input: each a clear error before anything trains ------------------------------------
@@ -249,6 +295,25 @@ def _t5_without_tokenizer(tmp_path: Path) -> Path:
     return path
 
 
+def _random_bytes(tmp_path: Path) -> Path:
+    path = tmp_path / "noise.jsonl"
+    path.write_bytes(bytes(range(256)) * 4)
+    return path
+
+
+def _plain_folder(tmp_path: Path) -> Path:
+    path = tmp_path / "plain"
+    path.mkdir()
+    (path / "notes.txt").write_text("hello")
+    return path
+
+
+def _no_choices(tmp_path: Path) -> Path:
+    path = tmp_path / "free.jsonl"
+    path.write_text(json.dumps({"inputs": "a", "targets": "b"}) + "\n")
+    return path
+
+
 BAD_INPUTS = {
     "unknown method": (lambda p: ["--methods", "mov,moe"], "unknown method(s) moe; valid: full"),
     "missing model": (lambda p: ["--model", str(p / "nope")], "no such directory"),
@@ -258,6 +323,16 @@ BAD_INPUTS = {
     "missing data": (lambda p: ["--data", str(p / "none.jsonl")], "no data file"),
     "out not writable": (lambda p: ["--out", str(_bad_jsonl(p) / "sub")], "not writable"),
     "bad steps": (lambda p: ["--steps", "0"], "--steps must be at least 1"),
+    "bad full steps": (lambda p: ["--full-steps", "-1"], "--full-steps must be at least 1"),
+    "zero threads": (lambda p: ["--threads", "0"], "--threads must be at least 1"),
+    "nan lr": (lambda p: ["--lr", "nan"], "--lr must be a positive finite number, got nan"),
+    "negative lr": (lambda p: ["--lr", "-1"], "--lr must be a positive finite number"),
+    "random bytes as data": (lambda p: ["--data", str(_random_bytes(p))], "noise.jsonl"),
+    "a folder as data": (lambda p: ["--data", str(_plain_folder(p))], "plain"),
+    "eval data without choices": (
+        lambda p: ["--eval-data", str(_no_choices(p))],
+        "no rows with answer_choices",
+    ),
 }
 
 
