@@ -70,7 +70,7 @@ class TorchBackend:
                     )
                 param.copy_(full)
         for layer in _model.adapter_layers(model).values():
-            layer.pending_init = None  # loaded values replace the initial ones
+            layer.mark_loaded()
 
     def base_identity(self, model: nn.Module) -> BaseIdentity:
         return _model.base_identity(_model.unwrap(model))

@@ -71,6 +71,10 @@ class AdapterLayer(nn.Module):
                 param.copy_(torch.from_numpy(pending[name]))
         self.__dict__["pending_init"] = None
 
+    def mark_loaded(self) -> None:
+        """The parameters now hold loaded values: forget the pending initial ones."""
+        self.__dict__["pending_init"] = None
+
     def _apply(self, fn: Any, recurse: bool = True) -> AdapterLayer:
         # ``to_empty``/``to`` pass through here: meta-injected adapters get their values now.
         super()._apply(fn, recurse)
