@@ -12,6 +12,7 @@ from torch import nn
 
 from mixlight import AdapterConfig, ModuleShape, Site, SiteSpec, plan_sites
 from mixlight._base_identity import BaseIdentity, sample_weights
+from mixlight._cache_safety import cache_unsafe_sites, refuse_cached_sequence_routing
 from mixlight.site_spec import describe_module
 from mixlight_torch.layers import AdapterLayer, AdapterSwitch
 
@@ -20,12 +21,16 @@ class MixlightState:
     """Attached to an injected model as ``model.mixlight_state``."""
 
     def __init__(
-        self, config: AdapterConfig, specs: list[SiteSpec], switch: AdapterSwitch, hook: Any
+        self,
+        config: AdapterConfig,
+        specs: list[SiteSpec],
+        switch: AdapterSwitch,
+        hooks: list[Any],
     ) -> None:
         self.config = config
         self.specs = specs
         self.switch = switch
-        self.hook = hook
+        self.hooks = hooks
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -111,15 +116,31 @@ def inject(model: nn.Module, config: AdapterConfig, seed: int | None = None) -> 
         parent = model.get_submodule(parent_path)
         layer = AdapterLayer(parent.get_submodule(name), spec, spec.init_params(rng), switch)
         setattr(parent, name, layer)
-    hook = None
+    hooks = []
     if config.routing == "sequence":
-        hook = model.register_forward_pre_hook(_capture_masks(switch), with_kwargs=True)
-    model.__dict__["mixlight_state"] = MixlightState(config, specs, switch, hook)
+        hooks.append(
+            model.register_forward_pre_hook(_capture_masks(switch, specs), with_kwargs=True)
+        )
+        encoder = _separate_encoder(model)
+        if encoder is not None:
+            hooks.append(
+                encoder.register_forward_pre_hook(_capture_source_mask(switch), with_kwargs=True)
+            )
+    model.__dict__["mixlight_state"] = MixlightState(config, specs, switch, hooks)
     return model
 
 
-def _capture_masks(switch: AdapterSwitch):
+def _capture_masks(switch: AdapterSwitch, specs: list[SiteSpec]):
+    """A forward pre-hook that hands the call's padding masks to sequence-routed sites, and
+    refuses a decoding step that reuses a non-empty key/value cache when decoder-side sites
+    route by sequence (they would pool over the new token alone)."""
+    unsafe = cache_unsafe_sites(specs)
+
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if unsafe and max(_cache_length(kwargs.get(k)) for k in CACHE_KWARGS) > 0:
+            refuse_cached_sequence_routing(
+                specs, type(module).__name__, "generate(..., use_cache=False)"
+            )
         switch.masks = [
             m
             for m in (kwargs.get("attention_mask"), kwargs.get("decoder_attention_mask"))
@@ -129,14 +150,48 @@ def _capture_masks(switch: AdapterSwitch):
     return hook
 
 
+def _separate_encoder(model: nn.Module) -> nn.Module | None:
+    """An encoder-decoder's encoder (HF ``get_encoder()``), which ``generate`` calls on its
+    own, before the first decoding step; None for other models."""
+    get_encoder = getattr(model, "get_encoder", None)
+    encoder = get_encoder() if callable(get_encoder) else None
+    return encoder if isinstance(encoder, nn.Module) and encoder is not model else None
+
+
+def _capture_source_mask(switch: AdapterSwitch):
+    """A pre-hook on the encoder: its ``attention_mask`` goes first among the masks, so the
+    encoder's sequence-routed sites pool over the source's tokens also when the encoder runs
+    alone (as in ``generate``), not over a previous call's masks or every position."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.ndim == 2:
+            switch.masks = [mask, *(m for m in switch.masks if m is not mask)]
+
+    return hook
+
+
+# Where HF models take a key/value cache (``cache`` in transformers >= 5, else the older name).
+CACHE_KWARGS = ("cache", "past_key_values")
+
+
+def _cache_length(cache: Any) -> int:
+    """Tokens held by an HF key/value cache (a ``Cache`` object or legacy tuples); 0 for None."""
+    if cache is None:
+        return 0
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    return len(cache)
+
+
 def remove_adapters(model: nn.Module) -> nn.Module:
     """Put the original modules back and forget the adapter (parameters stay frozen)."""
     state = state_of(model)
     for path, layer in adapter_layers(model).items():
         parent_path, _, name = path.rpartition(".")
         setattr(model.get_submodule(parent_path), name, layer.base)
-    if state.hook is not None:
-        state.hook.remove()
+    for hook in state.hooks:
+        hook.remove()
     del model.__dict__["mixlight_state"]
     return model
 

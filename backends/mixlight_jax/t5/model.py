@@ -97,7 +97,19 @@ class T5ForConditionalGeneration(_T5Encoding):
 
     def init_cache(self, encoder_hidden_states: jax.Array, max_length: int) -> DecoderCache:
         """Cache for :meth:`decode_step`: cross keys/values of ``[batch, src_len, d_model]`` encoder
-        states (computed once) and empty self-attention keys/values for ``max_length`` steps."""
+        states (computed once) and empty self-attention keys/values for ``max_length`` steps.
+
+        Refuses (``ValueError``) a mixlight adapter that routes decoder-side sites by sequence:
+        a cached step would pool their router input over the new token alone."""
+        from mixlight._cache_safety import refuse_cached_sequence_routing
+        from mixlight_jax.model import is_injected, state_of
+
+        if is_injected(self):
+            refuse_cached_sequence_routing(
+                state_of(self).specs,
+                "T5ForConditionalGeneration.init_cache",
+                "run the model on the whole prefix at every step",
+            )
         return self.decoder.init_cache(encoder_hidden_states, max_length)
 
     def decode_step(
