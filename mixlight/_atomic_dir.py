@@ -52,10 +52,11 @@ def as_directory(directory: Any, caller: str) -> Path:
 class DirectoryWriter:
     """Stages files in an open, locked directory and commits them one rename at a time."""
 
-    def __init__(self, root: Path, fd: int) -> None:
+    def __init__(self, root: Path, fd: int | None) -> None:
         self.root = root
         self._fd = fd
         self._staged: dict[str, Path] = {}
+        self.committed: list[str] = []
 
     def stage(self, name: str, data: bytes) -> None:
         """Write ``data`` to a fresh staging file (fsynced) that will become ``name``."""
@@ -73,6 +74,7 @@ class DirectoryWriter:
     def commit(self, name: str) -> None:
         """Atomically replace ``name`` by its staged file."""
         os.replace(self._staged.pop(name), self.root / name)
+        self.committed.append(name)
 
     def discard(self) -> None:
         for path in self._staged.values():
@@ -81,7 +83,8 @@ class DirectoryWriter:
         self._staged.clear()
 
     def sync(self) -> None:
-        os.fsync(self._fd)
+        if self._fd is not None:
+            _fsync_fd(self._fd)
 
 
 @contextlib.contextmanager
@@ -99,10 +102,10 @@ def locked_writer(root: Path) -> Iterator[DirectoryWriter]:
     root.mkdir(parents=True, exist_ok=True)
     if created:
         _fsync_dir(root.resolve().parent)
-    fd = os.open(root, os.O_RDONLY)
+    fd = os.open(root, os.O_RDONLY) if fcntl is not None else None  # (Windows: no dir fds)
     writer = DirectoryWriter(root, fd)
     try:
-        if fcntl is not None:
+        if fd is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
         _clear_staging(root)
         try:
@@ -112,7 +115,8 @@ def locked_writer(root: Path) -> Iterator[DirectoryWriter]:
             raise
         writer.sync()
     finally:
-        os.close(fd)  # releases the lock
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def _clear_staging(root: Path) -> None:
@@ -127,16 +131,28 @@ def _clear_staging(root: Path) -> None:
 
 
 def _fsync_dir(path: Path) -> None:
+    if fcntl is None:  # pragma: no cover - Windows cannot open directories
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        _fsync_fd(fd)
     finally:
         os.close(fd)
 
 
-def explain_os_error(err: OSError, root: Path) -> OSError:
+def _fsync_fd(fd: int) -> None:
+    """fsync a directory; file systems that cannot (EINVAL, ENOTSUP) are left as they are."""
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, getattr(errno, "ENOTSUP", errno.EINVAL)):
+            raise
+
+
+def explain_os_error(err: OSError, root: Path, committed: bool = False) -> OSError:
     """The same OSError class and errno, with a message that says what happened to the
-    previous contents and what to do."""
+    previous contents (unchanged, or already replaced when the commit had happened) and what
+    to do."""
     if err.errno in _NO_SPACE:
         what = "no space left on the device (or quota exceeded)"
         fix = "free some space and save again"
@@ -146,11 +162,12 @@ def explain_os_error(err: OSError, root: Path) -> OSError:
     else:
         what = f"{err.strerror or err}"
         fix = "fix the cause and save again"
-    return type(err)(
-        err.errno,
-        f"could not save the adapter to {root}: {what}; the adapter already there (if any) "
-        f"is unchanged; {fix}",
+    state = (
+        "the new adapter is saved, but the save could not finish"
+        if committed
+        else "the adapter already there (if any) is unchanged"
     )
+    return type(err)(err.errno, f"could not save the adapter to {root}: {what}; {state}; {fix}")
 
 
 def read_once(path: Path) -> bytes:

@@ -136,14 +136,16 @@ def write_adapter(
     weights = save(arrays, metadata={"format": FORMAT, _META_KEY: json.dumps(meta)})
     readable = dict(meta, weights_sha256=hashlib.sha256(weights).hexdigest())
     text = json.dumps(readable, indent=2, sort_keys=True) + "\n"
+    committed: list[str] = []
     try:
         with locked_writer(out) as writer:
+            committed = writer.committed
             writer.stage(WEIGHTS_FILE, weights)
             writer.stage(CONFIG_FILE, text.encode())
             writer.commit(WEIGHTS_FILE)  # the commit point
             writer.commit(CONFIG_FILE)  # the readable copy
     except OSError as err:
-        raise explain_os_error(err, out) from err
+        raise explain_os_error(err, out, WEIGHTS_FILE in committed) from err
     return out
 
 

@@ -216,3 +216,37 @@ def test_full_disk_keeps_the_old_adapter_and_says_so(tmp_path, monkeypatch):
     np.testing.assert_array_equal(
         ml.read_adapter(tmp_path).arrays["enc.0.mlp.wo.lora_A"], old["enc.0.mlp.wo.lora_A"]
     )
+
+
+def test_a_failure_after_the_commit_says_the_new_adapter_is_saved(tmp_path, monkeypatch):
+    specs, old = make(CONFIG, seed=1)
+    ml.write_adapter(tmp_path, CONFIG, specs, old)
+    _, new = make(CONFIG, seed=2)
+    real_replace, calls = os.replace, []
+
+    def second_fails(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(5, "Input/output error")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", second_fails)
+    with pytest.raises(OSError, match="the new adapter is saved, but the save could not finish"):
+        ml.write_adapter(tmp_path, CONFIG, specs, new)
+    monkeypatch.undo()
+    assert _digest_of(tmp_path) == _arrays_sha256(new)
+
+
+def test_directories_that_cannot_be_fsynced_still_save(tmp_path, monkeypatch):
+    real_fsync = os.fsync
+
+    def no_dir_fsync(fd):
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(22, "Invalid argument")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", no_dir_fsync)
+    specs, arrays = make(CONFIG)
+    ml.write_adapter(tmp_path / "new", CONFIG, specs, arrays)
+    monkeypatch.undo()
+    assert _digest_of(tmp_path / "new") == _arrays_sha256(arrays)
