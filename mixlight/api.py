@@ -50,7 +50,7 @@ def load_adapter(model: Any, directory: str | os.PathLike, *, backend: str | Non
     An un-injected model is injected from the file's config first (whatever backend wrote the
     file); an injected one must have the same config. Shapes are checked against the model.
     """
-    adapter = read_adapter(directory)
+    adapter = read_adapter(as_directory(directory, "load_adapter"))
     config = attrs.evolve(adapter.config, backend=None)
     chosen = backend_for_model(model, backend)
     if not chosen.is_injected(model):
