@@ -91,9 +91,19 @@ def test_greedy_generate_follows_the_cached_steps():
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: ml.MoV(4, routing="sequence"), lambda: ml.MoLoRA(3, 2, routing="sequence")]
+    "make",
+    [lambda: ml.MoV(4, routing="sequence"), lambda: ml.MoLoRA(3, 2, routing="sequence")],
+    ids=["mov", "molora"],
 )
-def test_sequence_routing_on_decoder_sites_is_refused_with_a_cache(make):
+def test_sequence_routing_on_decoder_sites_is_refused_with_a_cache_or_correct(make):
+    """Cached steps must equal the model run on each whole prefix, or be refused clearly."""
     model = _model(make())
-    with pytest.raises(ValueError, match=r"sequence routing .* whole prefix"):
-        t5.greedy_generate(model, INPUT_IDS, MASK, max_new_tokens=STEPS)
+    ids, mask = jnp.asarray(INPUT_IDS), jnp.asarray(MASK)
+    try:
+        tokens, cached = _cached_logits(model, ids, mask)
+    except ValueError as err:
+        assert "sequence routing" in str(err) and "whole prefix" in str(err), err
+        return
+    for step in range(STEPS):
+        prefix = _teacher_forced(model, ids, mask, tokens[:, : step + 1])[:, -1]
+        np.testing.assert_allclose(np.asarray(cached[:, step]), np.asarray(prefix), atol=1e-4)
