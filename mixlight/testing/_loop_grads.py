@@ -111,7 +111,7 @@ def loop_gradients(case: Any, g_out: np.ndarray) -> dict[str, np.ndarray]:
     batch, seq = h.shape[:2]
     for b in range(batch):
         for s in range(seq):
-            row = min(s, probs.shape[1] - 1) if routed else 0
+            row = 0 if probs is None else min(s, probs.shape[1] - 1)
             p = None if probs is None else probs[b, row]
             gp = None if g_probs is None else g_probs[b, row]
             if kind == "vectors":

@@ -3,12 +3,15 @@ independence; then the core's numpy math is checked against it (forward)."""
 
 import ast
 import pathlib
+from typing import ClassVar
 
+import attrs
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 
 import mixlight as ml
+from mixlight.math import merge_vectors
 from mixlight.testing import (
     SiteCase,
     check_expert_kind,
@@ -45,6 +48,7 @@ def test_exact_ties_go_to_the_lowest_expert_index_renormalised_or_not():
     np.testing.assert_allclose(raw.out, [[[0.25, 0.0]]])  # expert 0's vector, scaled by 1/E
 
 
+@pytest.mark.filterwarnings("ignore:TopK\\(k=1, renormalize=True\\)")
 def test_sequence_pooling_left_padding_and_an_all_padding_row():
     # route_in = h, d = 1: row 0 is left-padded (tokens 3 and 5), row 1 is all padding
     h = np.array([[[100.0], [3.0], [5.0]], [[7.0], [8.0], [9.0]]], np.float32)
@@ -163,3 +167,35 @@ def test_core_numpy_math_equals_loop_reference(case):
 def test_vectors_and_lowrank_conform_on_numpy():
     check_expert_kind(ml.Vectors(), examples=10)
     check_expert_kind(ml.LowRank(2, 4.0), examples=10)
+
+
+# --- a custom expert kind declares its own loop reference ----------------------------------------
+
+
+@ml.register_expert
+@attrs.frozen
+class _OracleBiases(ml.ExpertKind):
+    """``h + probs @ biases`` in the core's math, with a per-token loop reference."""
+
+    kind: ClassVar[str] = "oracle_test_biases"
+    router_reads: ClassVar[str] = "output"
+    wrong: bool = False  # a loop reference that disagrees, to show the check can fail
+
+    def param_specs(self, num_experts, d_in, d_out):
+        return {"biases": ml.ParamSpec((num_experts, d_out), "zeros", axes=("expert", "embed"))}
+
+    def mix(self, params, probs, x, h, heads):
+        return h + ml.primitives_for(h).cast_like(merge_vectors(probs, params["biases"]), h)
+
+    def loop_reference(self, params, probs, x, h, heads):
+        out = np.array(h, np.float64)
+        for e in range(params["biases"].shape[0]):
+            weight = 1.0 if probs is None else float(probs[e])
+            out += (2.0 if self.wrong else 1.0) * weight * params["biases"][e]
+        return out
+
+
+def test_a_custom_kinds_loop_reference_is_used_and_can_fail():
+    check_expert_kind(_OracleBiases(), examples=10)
+    with pytest.raises(AssertionError, match="output differs from the loop reference"):
+        check_expert_kind(_OracleBiases(wrong=True), examples=10)
