@@ -85,9 +85,8 @@ def describe_module(
         )
     kinds = "linear" + (" or parameterless activation" if site.expert.fits_activations else "")
     raise TypeError(
-        f"Site {site.pattern!r} matched {path} of type {type(module).__module__}."
-        f"{type(module).__name__}; expert kind {site.expert.kind!r} adapts {kinds} modules: "
-        "narrow the pattern to such modules"
+        f"Site {site.pattern!r} matched {path} of type {type(module).__name__}; expert kind "
+        f"{site.expert.kind!r} adapts {kinds} modules: narrow the pattern to such modules"
     )
 
 
