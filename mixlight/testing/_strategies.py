@@ -108,29 +108,33 @@ def site_cases(
     expert: ExpertKind | None = None,
     max_experts: int = 12,
     dtypes: tuple[str, ...] = ("float32", "bfloat16"),
+    min_experts: int = 1,
+    routings: tuple[str, ...] = ("token", "sequence"),
+    reads: tuple[str, ...] = ("output", "input"),
 ) -> SiteCase:
     """A random site (expert kind, E, router, routing, heads, widths) with random inputs.
 
     Draws right-, left- and all-padding rows, exact ties (router columns of zeros, all of them
     or some: equal logits that top-k must settle by the lowest index), E = 1, heads, and
     bf16-representable activations; near-ties that float32 could order either way are
-    rejected (see :func:`mixlight.testing._loops.top_k_margin`).
+    rejected (see :func:`mixlight.testing._loops.top_k_margin`). ``min_experts``, ``routings``
+    and ``reads`` narrow the draw to one code path (e.g. a backend's fused op).
     """
     from mixlight.testing._loops import NEAR_TIE, loop_reference, top_k_margin
 
     expert = expert if expert is not None else draw(expert_kinds())
-    num_experts = draw(st.integers(1, max_experts))
+    num_experts = draw(st.integers(min_experts, max_experts))
     router = draw(routers(num_experts))
-    routing = draw(st.sampled_from(["token", "sequence"]))
+    routing = draw(st.sampled_from(routings))
     heads = draw(st.sampled_from([None, 1, 2, 4])) if expert.supports_heads else None
-    reads = draw(st.sampled_from(["output", "input"]))
+    read = draw(st.sampled_from(reads))
     d_head = draw(st.integers(1, 6))
     d_out = d_head * (heads or draw(st.integers(1, 3)))
-    d_in = d_out if (heads and reads == "input") else draw(st.integers(1, 12))
+    d_in = d_out if (heads and read == "input") else draw(st.integers(1, 12))
     batch, seq = draw(st.integers(1, 3)), draw(st.integers(1, 5))
     spec = SiteSpec(
         "model.layer.0.proj",
-        Site("model.layer.0.proj", expert, reads, heads),
+        Site("model.layer.0.proj", expert, read, heads),
         num_experts,
         router,
         routing,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mixlight as ml
 from mixlight.testing import check_site, site_cases
@@ -74,9 +75,22 @@ def _core_grads(case, g_out: np.ndarray) -> dict[str, np.ndarray]:
     return {n: np.zeros(t.shape) if t.grad is None else _to_numpy(t.grad) for n, t in named.items()}
 
 
-@settings(max_examples=max(25, settings().max_examples))
-@given(site_cases())
-def test_adapter_layer_equals_loop_reference(case):
+# The fused ops' own draws: token-routed MoV on the output (per head or not) and routed
+# MoLoRA on the input, so that every example exercises them.
+FUSED = {
+    "any-site": site_cases(),
+    "fused-mov": site_cases(ml.Vectors(), min_experts=2, routings=("token",), reads=("output",)),
+    "fused-routed-molora": site_cases(
+        ml.LowRank(2, 8.0), min_experts=2, routings=("token",), reads=("input",)
+    ),
+}
+
+
+@pytest.mark.parametrize("draw", list(FUSED))
+@settings(max_examples=max(25, settings().max_examples // 2))
+@given(data=st.data())
+def test_adapter_layer_equals_loop_reference(draw, data):
+    case = data.draw(FUSED[draw])
     out_tol, grad_tol = TOL[case.dtype]
     check_site(
         case,
