@@ -129,10 +129,10 @@ MUTANTS = (
         "ranks sum gradients instead of averaging (FSDP2)",
         "backends/mixlight_torch/distributed.py",
         (
-            (
-                "    fully_shard(model, **fsdp)\n    return model",
-                "    fully_shard(model, **fsdp)\n    model.set_gradient_divide_factor(1.0)\n"
-                "    return model",
+            (  # every block holds adapter parameters and reduce-scatters its own gradients
+                "        fully_shard(model.get_submodule(path), **fsdp)\n",
+                "        fully_shard(model.get_submodule(path), **fsdp)\n"
+                "        model.get_submodule(path).set_gradient_divide_factor(1.0)\n",
             ),
         ),
         ("tests/torch/test_distributed.py::test_sharded_gradients_equal_single_process",),
@@ -221,9 +221,10 @@ def run_tests(copy: Path, tests: tuple[str, ...], timeout: int) -> tuple[int, li
 
 
 def short(test_id: str) -> str:
-    """``tests/x/test_y.py::test_z[param]`` -> ``test_y::test_z`` (parameters dropped)."""
+    """``tests/x/test_y.py::test_z[param]`` -> ``x/test_y::test_z[param]``."""
     path, _, name = test_id.partition("::")
-    return f"{Path(path).stem}::{name.split('[')[0]}" if name else Path(path).stem
+    where = f"{Path(path).parent.name}/{Path(path).stem}"
+    return f"{where}::{name}" if name else where
 
 
 def main(argv: list[str] | None = None) -> int:

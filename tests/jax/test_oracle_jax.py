@@ -59,11 +59,32 @@ def _check(fn, case):
     )
 
 
-# Each example traces the ops afresh (seconds): a few per run, more under the "ci" profile.
-@settings(max_examples=max(8, settings().max_examples // 8))
-@given(site_cases())
-def test_jax_layer_mix_equals_loop_reference(case):
-    _check(mix, case)
+# Each example traces the ops afresh (seconds): a few per run, more under the "ci" profile;
+# any site, and the custom_vjp ops' own draws (token-routed MoV on the output, routed MoLoRA
+# on the input), so that some examples always exercise them.
+DRAWS = {
+    "any-site": (site_cases(), max(8, settings().max_examples // 8)),
+    "fused-mov": (
+        site_cases(ml.Vectors(), min_experts=2, routings=("token",), reads=("output",)),
+        max(4, settings().max_examples // 16),
+    ),
+    "fused-routed-molora": (
+        site_cases(ml.LowRank(2, 8.0), min_experts=2, routings=("token",), reads=("input",)),
+        max(4, settings().max_examples // 16),
+    ),
+}
+
+
+@pytest.mark.parametrize("draw", list(DRAWS))
+def test_jax_layer_mix_equals_loop_reference(draw):
+    strategy, examples = DRAWS[draw]
+
+    @settings(max_examples=examples)
+    @given(strategy)
+    def check(case):
+        _check(mix, case)
+
+    check()
 
 
 @settings(max_examples=max(4, settings().max_examples // 16))
