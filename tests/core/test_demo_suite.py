@@ -586,3 +586,12 @@ def test_plots_write_png_files(tmp_path):
         assert data.startswith(b"\x89PNG") and len(data) > 1000
     with pytest.raises(ValueError):
         plot_accuracy_vs_params(agg, tmp_path / "none.png", {})
+
+
+def test_docs_suite_md_is_generated_from_the_code():
+    from mixlight_tune.miniature.describe import describe
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "suite.md"
+    assert docs.read_text(encoding="utf-8") == describe(), (
+        "regenerate: python -m mixlight_tune.miniature.describe > docs/suite.md"
+    )

@@ -9,7 +9,7 @@ from flax import nnx
 
 import mixlight as ml
 from mixlight_tune import cli
-from mixlight_tune.experiment import QUICK, _settings, validate
+from mixlight_tune.experiment import QUICK, settings_for, validate
 
 pytest.importorskip("torch")
 
@@ -26,6 +26,8 @@ def test_quick_run_writes_results(tmp_path, cache_dir):
     assert cli.main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["methods_info"]) == {"ia3", "mov"}
+    assert list(results["tables"]) == ["A", "B", "C"]
+    assert set(results["tables"]["B"]["methods"]) == {"ia3", "mov"}
     assert (out / "adapters" / "mov-seed0" / "adapter_config.json").is_file()
 
 
@@ -34,30 +36,31 @@ def test_matches_torch_backend(tmp_path, cache_dir):
     from mixlight_tune.backends import torch_steps as torch_instruct
 
     cfg = dataclasses.replace(
-        QUICK, methods=("base",), out_dir=tmp_path, cache_dir=cache_dir, progress=False
+        QUICK, methods=("full",), out_dir=tmp_path, cache_dir=cache_dir, progress=False
     )
     plan = validate(cfg)
+    examples = [e for table in plan.tables.values() for e in table] + plan.probes
     torch_base = torch_instruct.prepare(cfg)
     jax_base = jax_instruct.prepare(cfg)
     assert jax_base.path == torch_base.path
-    settings = _settings(cfg, "base", 0)
+    settings = dataclasses.replace(settings_for(cfg, "full", 0), steps=0)
     torch_model, torch_losses = torch_instruct.tune(torch_base, None, plan.train, settings)
     jax_model, jax_losses = jax_instruct.tune(jax_base, None, plan.train, settings)
     assert torch_losses == jax_losses == []
     assert jax_instruct.trainable_percent(jax_model) == 0.0
     assert jax_instruct.save(jax_model, tmp_path / "a") is None
-    torch_correct, _ = torch_instruct.evaluate(torch_model, torch_base, plan.eval, cfg)
-    jax_correct, routing = jax_instruct.evaluate(jax_model, jax_base, plan.eval, cfg)
+    torch_correct, _ = torch_instruct.evaluate(torch_model, torch_base, examples, cfg)
+    jax_correct, routing = jax_instruct.evaluate(jax_model, jax_base, examples, cfg)
     assert jax_correct == torch_correct
     assert routing == {}
 
     # The same MoV adapter (torch's, loaded into the JAX model): same routing per task.
-    zero = dataclasses.replace(_settings(cfg, "mov", 0), steps=0)
+    zero = dataclasses.replace(settings_for(cfg, "mov", 0), steps=0)
     torch_mov, _ = torch_instruct.tune(torch_base, ml.MoV(10), plan.train, zero)
     saved = torch_instruct.save(torch_mov, tmp_path / "mov")
     jax_mov = ml.load_adapter(nnx.clone(jax_base.model), saved)
-    _, torch_routing = torch_instruct.evaluate(torch_mov, torch_base, plan.eval, cfg)
-    _, jax_routing = jax_instruct.evaluate(jax_mov, jax_base, plan.eval, cfg)
+    _, torch_routing = torch_instruct.evaluate(torch_mov, torch_base, examples, cfg)
+    _, jax_routing = jax_instruct.evaluate(jax_mov, jax_base, examples, cfg)
     assert set(jax_routing) == set(torch_routing) and jax_routing
     for site, by_task in torch_routing.items():
         assert set(jax_routing[site]) == set(by_task)
