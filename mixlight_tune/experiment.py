@@ -102,11 +102,11 @@ class BaseSpec:
     num_heads: int = 4
     d_ff: int = 128
     num_layers: int = 3
-    vocab_size: int = 512
-    corpus_sentences: int = 20_000
+    vocab_size: int = 1024
+    corpus_sentences: int = 30_000
     chunk_tokens: int = 48
     prefix_lm: float = 0.5
-    pretrain_steps: int = 4000
+    pretrain_steps: int = 6000
     pretrain_batch_size: int = 32
     pretrain_lr: float = 1e-2
     seed: int = 0
