@@ -62,6 +62,10 @@ class Method:
     def full(self) -> bool:
         return self.make is None
 
+    def adapter(self) -> ml.AdapterConfig | None:
+        """A fresh adapter config (``None`` for full fine-tuning)."""
+        return None if self.make is None else self.make()
+
 
 METHODS: dict[str, Method] = {
     "full": Method("Full FT"),
@@ -366,9 +370,8 @@ def run_method(
 ) -> tuple[dict[str, dict[str, Any]], RunRecord]:
     """Tune, score every table and save one method with one seed."""
     settings = settings_for(cfg, method, seed)
-    spec = METHODS[method]
     t0 = time.perf_counter()
-    model, losses = plan.steps.tune(base, spec.make() if spec.make else None, plan.train, settings)
+    model, losses = plan.steps.tune(base, METHODS[method].adapter(), plan.train, settings)
     t1 = time.perf_counter()
     scores, routing = score_sets(plan.steps, model, base, plan.tables, cfg)
     t2 = time.perf_counter()
@@ -489,7 +492,16 @@ class Outputs:
         headline = "B" if "B" in self.chance else next(iter(self.chance))
         agg = self.table(headline)
         if agg and any(i["trainable_percent"] > 0 for i in self.info.values()):
-            plot_accuracy_vs_params(agg, self.out / "accuracy_vs_params.png", self.info)
+            references = {"chance": self.chance[headline]["average"]}
+            if headline in self.base_scores:
+                references["untuned base"] = self.base_scores[headline]["average"]
+            plot_accuracy_vs_params(
+                agg,
+                self.out / "accuracy_vs_params.png",
+                self.info,
+                ylabel=f"table {headline}: average median accuracy (%)",
+                references=references,
+            )
         for method, routing in self.routing.items():
             title = f"{METHODS[method].label}: mean routing probability per task (seed 0)"
             panels = {short_site(site): by_task for site, by_task in routing.items()}
@@ -554,9 +566,7 @@ def run(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
                 )
         if cfg.shares:
             t = time.perf_counter()
-            outputs.shares = real_size_shares(
-                {m: METHODS[m].make() if METHODS[m].make else None for m in cfg.methods}
-            )
+            outputs.shares = real_size_shares({m: METHODS[m].adapter() for m in cfg.methods})
             outputs.timings["real-size shares"] = time.perf_counter() - t
     finally:
         outputs.timings["total"] = time.perf_counter() - start

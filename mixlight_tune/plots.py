@@ -34,8 +34,11 @@ def plot_accuracy_vs_params(
     results: Mapping[str, Mapping[str, Any]],
     path: str | os.PathLike[str],
     methods_info: Mapping[str, float | Mapping[str, Any]],
+    ylabel: str = "held-out average median accuracy (%)",
+    references: Mapping[str, float] | None = None,
 ) -> Path:
-    """Held-out average accuracy against % trainable parameters (log x), one point per method.
+    """Average accuracy against % trainable parameters (log x), one point per method, with
+    ``references`` (e.g. ``{"chance": 0.33, "untuned base": 0.34}``) as dashed lines.
 
     ``results`` is ``report.aggregate_seeds`` output; error bars span the seeds' min to max.
     Methods without a positive % in ``methods_info`` cannot sit on a log axis and are left out.
@@ -56,12 +59,23 @@ def plot_accuracy_vs_params(
         spread = [[mean - 100 * avg["min"]], [100 * avg["max"] - mean]]
         ax.errorbar([pct], [mean], yerr=spread, fmt="o", capsize=4, label=label)
         ax.annotate(label, (pct, mean), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    for i, (name, value) in enumerate((references or {}).items()):
+        ax.axhline(100 * value, linestyle="--", linewidth=1, color=f"C{7 + i}", label=name)
+        ax.annotate(
+            name,
+            (0.01, 100 * value),
+            xycoords=("axes fraction", "data"),
+            textcoords="offset points",
+            xytext=(0, 3),
+            fontsize=8,
+            color=f"C{7 + i}",
+        )
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}%"))
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.margins(x=0.2, y=0.1)
     ax.set_xlabel("% trainable parameters (log scale)")
-    ax.set_ylabel("held-out average median accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     return _save_png(fig, path)
 

@@ -34,15 +34,17 @@ def score_table(predictions: Iterable[Prediction | tuple[str, str, float]]) -> d
         hits.setdefault(task, {}).setdefault(template, []).append(float(correct))
     if not hits:
         raise ValueError("score_table needs at least one prediction")
-    tasks = {}
+    tasks: dict[str, dict[str, Any]] = {}
+    medians: list[float] = []
     for task, by_template in hits.items():
         accuracies = {t: sum(v) / len(v) for t, v in by_template.items()}
+        medians.append(statistics.median(accuracies.values()))
         tasks[task] = {
             "templates": accuracies,
-            "median": statistics.median(accuracies.values()),
+            "median": medians[-1],
             "n": sum(len(v) for v in by_template.values()),
         }
-    return {"tasks": tasks, "average": statistics.fmean(t["median"] for t in tasks.values())}
+    return {"tasks": tasks, "average": statistics.fmean(medians)}
 
 
 def _spread(values: Sequence[float]) -> dict[str, Any]:

@@ -40,7 +40,7 @@ def real_size_shares(
         config = T5Config(
             d_model=d_model, d_kv=d_kv, num_heads=heads, d_ff=d_ff, num_layers=layers,
             feed_forward_proj="gated-gelu", tie_word_embeddings=False, vocab_size=32128,
-        )  # fmt: skip
+        )  # type: ignore[call-arg]  # fmt: skip
         out[size] = {}
         with torch.device("meta"):
             base = T5ForConditionalGeneration(config)

@@ -48,8 +48,10 @@ Routing = dict[str, dict[str, list[float]]]
 
 
 class Base(Protocol):
-    """A backend's frozen starting point; the experiment reads only these two fields."""
+    """A backend's frozen starting point: its model (scored untuned as the base row), the
+    checkpoint directory and a description for the report."""
 
+    model: Any
     description: str
     path: Path
 
