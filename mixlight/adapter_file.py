@@ -113,6 +113,11 @@ def write_adapter(
     from safetensors.numpy import save
 
     out = as_directory(directory, "save_adapter")
+    if out.exists() and not out.is_dir():
+        raise AdapterFileError(
+            f"{out} exists and is not a directory; an adapter is saved as a directory: "
+            "choose another path or remove that file"
+        )
     arrays = {n: np.ascontiguousarray(a, np.float32) for n, a in arrays.items()}
     check_arrays(specs, arrays, "arrays to save")
     check_finite(

@@ -208,7 +208,7 @@ FILE_CASES = [
     Case(
         "save onto a regular file",
         write_to(a_file),
-        OSError,
+        ml.AdapterFileError,
         "exists and is not a directory",
         "choose another path",
     ),
