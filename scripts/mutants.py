@@ -8,7 +8,8 @@ The repository is never touched: HEAD is exported (``git archive``) into a tempo
 directory, each mutant is a textual patch applied there and undone afterwards (also on
 Ctrl-C), and the tests run there with that copy first on ``PYTHONPATH``. Before the mutants,
 the killing tests must pass on the unpatched copy. Prints a table: mutant -> the tests that
-failed (killed) or "SURVIVED". Exit status 1 if any mutant survives or the baseline fails.
+failed (killed), "SURVIVED", or "BROKEN" (pytest failed without a failing test: a crash is
+not a kill). Exit status 1 if any mutant is not killed or the baseline fails.
 """
 
 from __future__ import annotations
@@ -132,10 +133,14 @@ MUTANTS = (
             (  # every block holds adapter parameters and reduce-scatters its own gradients
                 "        fully_shard(model.get_submodule(path), **fsdp)\n",
                 "        fully_shard(model.get_submodule(path), **fsdp)\n"
-                "        model.get_submodule(path).set_gradient_divide_factor(1.0)\n",
-            ),
+                "        model.get_submodule(path).set_gradient_divide_factor(1.0)\n"
+                "        model.get_submodule(path).set_force_sum_reduction_for_comms(True)\n",
+            ),  # (a plain SUM: gloo has no PREMUL_SUM)
         ),
-        ("tests/torch/test_distributed.py::test_sharded_gradients_equal_single_process",),
+        (
+            "tests/torch/test_distributed.py::test_sharded_gradients_equal_single_process",
+            "tests/torch/test_distributed.py::test_sharded_training_equals_single_process",
+        ),
     ),
     Mutant(
         "JAX MoV vector gradient x8",
@@ -208,7 +213,7 @@ def run_tests(copy: Path, tests: tuple[str, ...], timeout: int) -> tuple[int, li
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     env["PYTHONPATH"] = os.pathsep.join([str(copy), str(copy / "backends")])
     env["PYTHONDONTWRITEBYTECODE"] = "1"
-    command = [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", *tests]
+    command = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *tests]
     try:
         proc = subprocess.run(
             command, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout
@@ -216,8 +221,9 @@ def run_tests(copy: Path, tests: tuple[str, ...], timeout: int) -> tuple[int, li
     except subprocess.TimeoutExpired:
         return -1, ["(timed out)"], ""
     out = proc.stdout + proc.stderr
-    failed = sorted(set(re.findall(r"^(?:FAILED|ERROR) (\S+)", out, flags=re.M)))
-    return proc.returncode, failed, out[-2000:]
+    failed = sorted(set(re.findall(r"^FAILED (\S+)", out, flags=re.M)))
+    errors = sorted(set(re.findall(r"^ERROR (\S+)", out, flags=re.M)))
+    return proc.returncode, failed + [f"ERROR {e}" for e in errors], out[-2000:]
 
 
 def short(test_id: str) -> str:
@@ -257,8 +263,14 @@ def main(argv: list[str] | None = None) -> int:
                 code, failed, _ = run_tests(copy, mutant.tests, args.timeout)
             finally:
                 restore(copy, mutant, original)
-            killers = sorted({short(f) for f in failed})
-            verdict = ", ".join(killers) if code != 0 else "SURVIVED"
+            killers = sorted({short(f) for f in failed if not f.startswith("ERROR")})
+            # a test that errors (a crash in setup) is not a kill: it compared nothing
+            if killers:
+                verdict = ", ".join(killers)
+            elif code != 0:
+                verdict = f"BROKEN (pytest exit {code}, no failing test): {failed}"
+            else:
+                verdict = "SURVIVED"
             rows.append((mutant.name, verdict, time.monotonic() - start))
             print(f"  {mutant.name}: {verdict} ({rows[-1][2]:.0f} s)", flush=True)
     finally:
@@ -267,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n| {'mutant':<{width}} | killed by |\n|{'-' * (width + 2)}|-----------|")
     for name, verdict, _ in rows:
         print(f"| {name:<{width}} | {verdict} |")
-    return 1 if any(v == "SURVIVED" for _, v, _ in rows) else 0
+    return 1 if any(v.startswith(("SURVIVED", "BROKEN")) for _, v, _ in rows) else 0
 
 
 if __name__ == "__main__":

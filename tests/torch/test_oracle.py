@@ -75,14 +75,16 @@ def _core_grads(case, g_out: np.ndarray) -> dict[str, np.ndarray]:
     return {n: np.zeros(t.shape) if t.grad is None else _to_numpy(t.grad) for n, t in named.items()}
 
 
-# The fused ops' own draws: token-routed MoV on the output (per head or not) and routed
-# MoLoRA on the input, so that every example exercises them.
+# Any site, and draws narrowed to one path each, so that every example exercises it: the
+# fused ops (token-routed MoV on the output, per head or not; routed MoLoRA on the input).
 FUSED = {
     "any-site": site_cases(),
     "fused-mov": site_cases(ml.Vectors(), min_experts=2, routings=("token",), reads=("output",)),
     "fused-routed-molora": site_cases(
         ml.LowRank(2, 8.0), min_experts=2, routings=("token",), reads=("input",)
     ),
+    # the core math on torch with bf16 activations: its router must still compute in float32
+    "sequence-bf16": site_cases(min_experts=2, routings=("sequence",), dtypes=("bfloat16",)),
 }
 
 
