@@ -65,7 +65,7 @@ def build(checkpoint: str | None, experts: int, spread: float = 0.0):
 @nnx.jit
 def train_step(model, optimizer, ids, labels):
     def loss_fn(model):
-        logits = model(input_ids=ids, decoder_input_ids=labels)
+        logits = model(input_ids=ids, decoder_input_ids=t5.shift_right(labels, model.config))
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
     loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, AdapterParam))(model)

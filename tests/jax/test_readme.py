@@ -1,6 +1,8 @@
 """The README's JAX example runs as written (on a tiny checkpoint written here) and computes
-what it says: its printed loss is the base model's cross-entropy by torch (a fresh adapter
-is the identity), and the saved adapter gives torch the JAX model's logits."""
+what it says: its printed step-0 loss is the base model's next-token cross-entropy by torch
+(HF shifts the labels right itself; a fresh adapter is the identity) -- a decoder fed the
+unshifted labels sees its own targets and prints another number -- and the saved adapter
+gives torch the JAX model's logits."""
 
 import pathlib
 import re
@@ -42,11 +44,14 @@ def test_jax_example_and_round_trip_into_torch(tmp_path, monkeypatch, capsys):
     )
     printed_loss = float(capsys.readouterr().out.strip().splitlines()[-1])
     torch_model = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "hf-t5")
-    ids = torch.ones((2, 8), dtype=torch.long)
+    ids = torch.tensor(np.array(namespace["ids"]), dtype=torch.long)
+    assert len(set(ids.flatten().tolist())) > 4  # varied tokens: shifting changes the inputs
     with torch.no_grad():
+        base_loss = torch_model(input_ids=ids, labels=ids).loss.item()  # HF shifts right
         base_logits = torch_model(input_ids=ids, decoder_input_ids=ids).logits
-    base_loss = torch.nn.functional.cross_entropy(base_logits.flatten(0, 1), ids.flatten())
-    np.testing.assert_allclose(printed_loss, base_loss.item(), rtol=1e-4)
+    unshifted_loss = torch.nn.functional.cross_entropy(base_logits.flatten(0, 1), ids.flatten())
+    assert abs(unshifted_loss.item() - base_loss) > 1e-2  # the check below can tell them apart
+    np.testing.assert_allclose(printed_loss, base_loss, rtol=1e-4)
     ml.load_adapter(torch_model, tmp_path / "out/mov-jax")
     saved = ml.read_adapter(tmp_path / "out/mov-jax").arrays
     vectors = saved["encoder.block.0.layer.0.SelfAttention.k.vectors"]

@@ -19,6 +19,7 @@ from .layers import T5DenseActDense, T5DenseGatedActDense, T5LayerFF, T5LayerNor
 from .loading import from_pretrained
 from .model import T5EncoderModel, T5ForConditionalGeneration
 from .paths import hf_state_key, module_paths
+from .shift import shift_right
 from .stack import DecoderCache, LayerCache, T5Block, T5Stack
 
 __all__ = [
@@ -45,4 +46,5 @@ __all__ = [
     "hf_state_key",
     "module_paths",
     "relative_position_bucket",
+    "shift_right",
 ]

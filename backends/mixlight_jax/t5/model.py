@@ -65,7 +65,9 @@ class T5ForConditionalGeneration(_T5Encoding):
         """Teacher-forced logits ``[batch, tgt_len, vocab]``.
 
         ``input_ids``/``attention_mask`` ``[batch, src_len]``; ``decoder_input_ids``/
-        ``decoder_attention_mask`` ``[batch, tgt_len]`` (already shifted right, as HF).
+        ``decoder_attention_mask`` ``[batch, tgt_len]`` (already shifted right, as HF:
+        ``t5.shift_right(labels, model.config)``; unshifted labels let each position see
+        its own target).
         """
         if decoder_input_ids is None:
             raise ValueError("decoder_input_ids is required")
