@@ -89,7 +89,7 @@ FUSED = {
 
 
 @pytest.mark.parametrize("draw", list(FUSED))
-@settings(max_examples=max(25, settings().max_examples // 2))
+@settings(max_examples=max(50, settings().max_examples // 2))
 @given(data=st.data())
 def test_adapter_layer_equals_loop_reference(draw, data):
     case = data.draw(FUSED[draw])
