@@ -199,33 +199,59 @@ def primitives_for(x: Any) -> Primitives:
 
 
 def backend_for_model(model: Any, backend: str | None = None, config: Any = None) -> Backend:
-    """Select a backend: explicit ``backend``, then ``config.backend``, then
-    ``$MIXLIGHT_BACKEND``, then the model's type. An explicit choice must own the model."""
-    name = backend or getattr(config, "backend", None) or os.environ.get(ENV_VAR) or None
-    if name is not None:
-        chosen = load_backend(name)
+    """Select the backend that runs ``model``.
+
+    An explicit choice (the ``backend`` argument, else ``config.backend``) must own the
+    model: a model object belongs to one framework, and naming another is an error that says
+    how to run the experiment there. Without one, the model's type decides;
+    ``$MIXLIGHT_BACKEND`` is only a default for the cases the type cannot decide (several
+    backends own the model), never an error on a model it cannot handle.
+    """
+    explicit = backend or getattr(config, "backend", None) or None
+    if explicit is not None:
+        chosen = load_backend(explicit)
         if not chosen.owns_model(model):
             raise TypeError(
-                f"backend {name!r} (chosen by "
-                + (
-                    "argument"
-                    if backend
-                    else "config.backend"
-                    if config and config.backend
-                    else f"${ENV_VAR}"
-                )
-                + f") cannot handle a {type(model).__module__}.{type(model).__name__}; "
-                "drop that choice to pick the backend by the model's type, or choose the "
-                "backend of this model's framework"
+                _foreign_model_message(model, explicit, "argument" if backend else "config.backend")
             )
         return chosen
-    for candidate in _candidates():
-        if candidate.owns_model(model):
-            return candidate
+    owners = [candidate for candidate in _candidates() if candidate.owns_model(model)]
+    if len(owners) > 1:
+        default = os.environ.get(ENV_VAR)
+        for owner in owners:
+            if owner.name == default:
+                return owner
+    if owners:
+        return owners[0]
     raise TypeError(
-        f"no mixlight backend handles models of type "
-        f"{type(model).__module__}.{type(model).__name__}; expected a torch nn.Module "
-        f'(pip install "mixlight[torch]") or a flax nnx.Module (pip install "mixlight[jax]")'
+        f"no mixlight backend handles models of type {_type_name(model)}; expected a torch "
+        f'nn.Module (pip install "mixlight[torch]") or a flax nnx.Module '
+        f'(pip install "mixlight[jax]")'
+    )
+
+
+def _type_name(model: Any) -> str:
+    return f"{type(model).__module__}.{type(model).__name__}"
+
+
+_T5_LOADERS = {
+    "torch": "transformers.T5ForConditionalGeneration.from_pretrained(checkpoint)",
+    "jax": "mixlight_jax.t5.from_pretrained(checkpoint)",
+}
+"""How each shipped backend loads a T5 checkpoint, for the foreign-model error's advice."""
+
+
+def _foreign_model_message(model: Any, name: str, chosen_by: str) -> str:
+    """Why backend ``name`` cannot run ``model``, and how to run the experiment in ``name``."""
+    owner = next((c.name for c in _candidates() if c.owns_model(model)), None)
+    belongs = f"it is a {owner} model" if owner else "no installed backend owns it"
+    loader = f" (a T5: {_T5_LOADERS[name]})" if name in _T5_LOADERS else ""
+    return (
+        f"backend {name!r} (chosen by {chosen_by}) cannot handle a {_type_name(model)}: "
+        f"a model object belongs to one framework and {belongs}. Drop that choice to pick "
+        f"the backend by the model's type; to run the same experiment in {name}, load the "
+        f"model in {name}{loader} or "
+        f'run `mixlight tune CONFIG` with backend = "{name}" in the config'
     )
 
 

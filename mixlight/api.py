@@ -1,4 +1,7 @@
-"""The public model functions; each dispatches to the backend that owns the model."""
+"""The public model functions; each dispatches to the backend that owns the model.
+
+Every function takes ``backend=`` (a backend name); it must name the model's own framework
+(see :func:`mixlight._backends.backend_for_model` for the order of choices)."""
 
 from __future__ import annotations
 
@@ -34,12 +37,12 @@ def inject(
     return backend_for_model(model, backend, config).inject(model, config, seed)
 
 
-def save_adapter(model: Any, directory: str | os.PathLike) -> Path:
+def save_adapter(model: Any, directory: str | os.PathLike, *, backend: str | None = None) -> Path:
     """Write the model's adapter to ``directory`` (adapter_config.json + adapter.safetensors)
     with one commit point: the directory holds the previous adapter or this one, never a mix
     (see :func:`mixlight.write_adapter`)."""
     as_directory(directory, "save_adapter")
-    chosen = backend_for_model(model)
+    chosen = backend_for_model(model, backend)
     config, specs, arrays = chosen.adapter_state(model)
     return write_adapter(directory, config, specs, arrays, base=_identity(chosen, model))
 
@@ -50,9 +53,9 @@ def load_adapter(model: Any, directory: str | os.PathLike, *, backend: str | Non
     An un-injected model is injected from the file's config first (whatever backend wrote the
     file); an injected one must have the same config. Shapes are checked against the model.
     """
+    chosen = backend_for_model(model, backend)
     adapter = read_adapter(as_directory(directory, "load_adapter"))
     config = attrs.evolve(adapter.config, backend=None)
-    chosen = backend_for_model(model, backend)
     if not chosen.is_injected(model):
         chosen.inject(model, config)
     current, specs = chosen.adapter_specs(model)
@@ -83,25 +86,27 @@ def _differences(model_config: AdapterConfig, file_config: AdapterConfig) -> str
     )
 
 
-def trainable_parameters(model: Any) -> Any:
+def trainable_parameters(model: Any, *, backend: str | None = None) -> Any:
     """Trainable and total parameter counts (and percent) of an injected model."""
-    return backend_for_model(model).trainable_parameters(model)
+    return backend_for_model(model, backend).trainable_parameters(model)
 
 
-def aux_losses(model: Any) -> Any:
+def aux_losses(model: Any, *, backend: str | None = None) -> Any:
     """Weighted router auxiliary losses from the model's last forward pass, summed (a scalar
     of the model's framework; 0 when no site has a non-zero loss weight)."""
-    return backend_for_model(model).aux_losses(model)
+    return backend_for_model(model, backend).aux_losses(model)
 
 
-def routing_stats(model: Any) -> dict[str, dict[str, Any]]:
+def routing_stats(model: Any, *, backend: str | None = None) -> dict[str, dict[str, Any]]:
     """Per-site routing statistics (numpy) from the model's last forward pass."""
-    return backend_for_model(model).routing_stats(model)
+    return backend_for_model(model, backend).routing_stats(model)
 
 
-def disable_adapters(model: Any) -> contextlib.AbstractContextManager:
+def disable_adapters(
+    model: Any, *, backend: str | None = None
+) -> contextlib.AbstractContextManager:
     """Context manager that runs the frozen base model."""
-    return backend_for_model(model).disable_adapters(model)
+    return backend_for_model(model, backend).disable_adapters(model)
 
 
 @attrs.frozen

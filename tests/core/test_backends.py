@@ -54,17 +54,80 @@ class _FakeBackend(_backends.NumpyBackend):
         return model
 
 
+class _Twin(_FakeBackend):
+    """A second backend owning the same model type: the type alone cannot decide."""
+
+    name = "twin"
+
+    def inject(self, model, config, seed=None):
+        model.injected_by = "twin"
+        return model
+
+    def trainable_parameters(self, model):
+        return "twin"
+
+
 def test_selection_order(monkeypatch):
     with _backends._isolated_registry():
         ml.register_backend(ml.BackendPlugin("fake", "numpy", "fake", _FakeBackend))
         model = _Model()
         assert ml.inject(model, ml.MoV()) is model  # inferred from the model type
         monkeypatch.setenv("MIXLIGHT_BACKEND", "numpy")
-        with pytest.raises(TypeError, match=r"backend 'numpy' \(chosen by \$MIXLIGHT_BACKEND\)"):
-            ml.inject(model, ml.MoV())
-        ml.inject(model, ml.MoV(backend="fake"))  # config beats the environment
-        with pytest.raises(TypeError, match=r"chosen by argument"):
+        ml.inject(model, ml.MoV())  # the environment is a default, never an error
+        assert model.injected == ml.MoV()
+        ml.inject(model, ml.MoV(backend="fake"))  # config
+        with pytest.raises(TypeError, match=r"backend 'numpy' \(chosen by argument\)"):
             ml.inject(model, ml.MoV(backend="fake"), backend="numpy")  # argument beats config
+        with pytest.raises(TypeError, match=r"backend 'numpy' \(chosen by config.backend\)"):
+            ml.inject(model, ml.MoV(backend="numpy"))
+
+
+def test_environment_decides_only_between_owners(monkeypatch):
+    with _backends._isolated_registry():
+        ml.register_backend(ml.BackendPlugin("fake", "numpy", "fake", _FakeBackend))
+        ml.register_backend(ml.BackendPlugin("twin", "numpy", "twin", _Twin))
+        ml.load_backend("fake"), ml.load_backend("twin")
+        monkeypatch.setenv("MIXLIGHT_BACKEND", "twin")
+        assert ml.trainable_parameters(_Model()) == "twin"
+        monkeypatch.setenv("MIXLIGHT_BACKEND", "fake")
+        model = ml.inject(_Model(), ml.MoV())
+        assert not hasattr(model, "injected_by") and model.injected == ml.MoV()
+        assert ml.trainable_parameters(_Model(), backend="twin") == "twin"
+
+
+def test_foreign_model_error_names_the_owner_and_the_fix(monkeypatch):
+    monkeypatch.delenv("MIXLIGHT_BACKEND", raising=False)
+    with _backends._isolated_registry():
+        ml.register_backend(ml.BackendPlugin("fake", "numpy", "fake", _FakeBackend))
+        with pytest.raises(TypeError) as err:
+            ml.inject(_Model(), ml.MoV(), backend="numpy")
+    message = str(err.value)
+    assert "a model object belongs to one framework and it is a fake model" in message
+    assert "Drop that choice" in message
+    assert '`mixlight tune CONFIG` with backend = "numpy"' in message
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: ml.save_adapter(m, "unused", backend="numpy"),
+        lambda m: ml.load_adapter(m, "unused", backend="numpy"),
+        lambda m: ml.trainable_parameters(m, backend="numpy"),
+        lambda m: ml.aux_losses(m, backend="numpy"),
+        lambda m: ml.routing_stats(m, backend="numpy"),
+        lambda m: ml.disable_adapters(m, backend="numpy"),
+    ],
+    ids=["save", "load", "trainable", "aux", "routing", "disable"],
+)
+def test_every_model_function_takes_backend(call, tmp_path, monkeypatch):
+    """Each public model function honours ``backend=``: naming a backend that does not own
+    the model is the clear foreign-model error, not an unexpected keyword."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "unused").mkdir()
+    with _backends._isolated_registry():
+        ml.register_backend(ml.BackendPlugin("fake", "numpy", "fake", _FakeBackend))
+        with pytest.raises(TypeError, match=r"backend 'numpy' \(chosen by argument\)"):
+            call(_Model())
 
 
 def test_unowned_model_is_refused(monkeypatch):

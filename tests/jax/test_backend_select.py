@@ -1,0 +1,53 @@
+"""Backend selection on a JAX (Flax NNX) model: the model's type decides,
+``$MIXLIGHT_BACKEND`` never overrides it, ``backend="jax"`` is accepted by every model
+function, and naming torch for a JAX model is refused with the way to run it in torch."""
+
+import numpy as np
+import pytest
+
+import mixlight as ml
+
+pytest.importorskip("jax")
+from flax import nnx  # noqa: E402
+
+from mixlight_jax import t5  # noqa: E402
+
+TINY = dict(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2)
+
+
+def tiny():
+    return t5.T5ForConditionalGeneration(t5.T5Config(**TINY), rngs=nnx.Rngs(0))
+
+
+def test_environment_is_a_default_not_an_override(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setenv("MIXLIGHT_BACKEND", "torch")
+    model = ml.inject(tiny(), ml.MoV(num_experts=2), seed=0)
+    assert ml.trainable_parameters(model).trainable > 0
+    ml.save_adapter(model, tmp_path / "a")  # issue 14: this raised TypeError
+    ml.load_adapter(tiny(), tmp_path / "a")
+
+
+def test_every_model_function_accepts_its_own_backend(tmp_path):
+    model = ml.inject(tiny(), ml.MoV(num_experts=2), backend="jax", seed=0)
+    assert ml.trainable_parameters(model, backend="jax").trainable > 0
+    ids = np.full((2, 5), 3, np.int32)
+    model(input_ids=ids, decoder_input_ids=ids)
+    assert ml.routing_stats(model, backend="jax")
+    assert float(ml.aux_losses(model, backend="jax")) == 0.0
+    with ml.disable_adapters(model, backend="jax"):
+        pass
+    ml.save_adapter(model, tmp_path / "a", backend="jax")
+    ml.load_adapter(tiny(), tmp_path / "a", backend="jax")
+    assert ml.read_adapter(tmp_path / "a").config == ml.MoV(num_experts=2)
+
+
+def test_torch_for_a_jax_model_names_the_problem_and_the_fix():
+    pytest.importorskip("torch")
+    with pytest.raises(TypeError) as err:
+        ml.inject(tiny(), ml.MoV(num_experts=2), backend="torch")
+    message = str(err.value)
+    assert "backend 'torch' (chosen by argument) cannot handle" in message
+    assert "a model object belongs to one framework and it is a jax model" in message
+    assert "transformers.T5ForConditionalGeneration.from_pretrained(checkpoint)" in message
+    assert '`mixlight tune CONFIG` with backend = "torch"' in message
