@@ -1,4 +1,4 @@
-"""The ``mixlight`` command: ``info``, ``inspect DIR``, ``demo``, ``bench``.
+"""The ``mixlight`` command: ``info``, ``inspect DIR``, ``tune CONFIG``, ``demo``, ``bench``.
 
 Heavy subcommands import their backend only when they run.
 """
@@ -64,6 +64,12 @@ def _demo(args: argparse.Namespace, rest: Sequence[str]) -> int:
     return demo_main(list(rest))
 
 
+def _tune(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    from mixlight_tune.tune_cli import main as tune_main
+
+    return tune_main(list(rest))
+
+
 def _bench(args: argparse.Namespace, rest: Sequence[str]) -> int:
     from mixlight.bench_cli import main as bench_main
 
@@ -77,14 +83,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     inspect = sub.add_parser("inspect", help="describe an adapter directory")
     inspect.add_argument("directory")
     sub.add_parser(
+        "tune",
+        help="tune an adapter from a TOML/JSON config, torch or JAX (see `mixlight tune -h`)",
+        add_help=False,
+    )
+    sub.add_parser(
         "demo", help="instruction tuning in miniature (see `mixlight demo -h`)", add_help=False
     )
     sub.add_parser(
         "bench", help="speed and memory benchmarks (see `mixlight bench -h`)", add_help=False
     )
     args, rest = parser.parse_known_args(argv)
-    if args.command in ("demo", "bench"):
-        return {"demo": _demo, "bench": _bench}[args.command](args, rest)
+    if args.command in ("tune", "demo", "bench"):
+        return {"tune": _tune, "demo": _demo, "bench": _bench}[args.command](args, rest)
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     try:

@@ -1,0 +1,175 @@
+"""``mixlight tune CONFIG``: one tuning experiment from a config file, in either backend.
+
+The run stands on the demo's pipeline: the backend's :class:`~mixlight_tune.steps.BackendSteps`
+(``prepare``, ``tune``, ``evaluate``, ``save``), :class:`~mixlight_tune.steps.TuneSettings`
+and :func:`~mixlight_tune.report.score_table`. What it writes to ``output_dir`` is the same
+for both backends: ``adapter/`` (the portable adapter format), ``metrics.json`` (the
+resolved config, the loss of every step, the trainable share and the eval scores) and
+``config.json`` (the resolved config, which ``mixlight tune`` accepts back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .data_files import load_examples
+from .experiment import DemoConfig, check_t5_dir
+from .miniature.suite import build_suite
+from .report import score_table
+from .schema import Example
+from .steps import DemoError, TuneSettings, load_steps
+from .tune_config import TuneConfig, TuneConfigError, read_config
+
+METRICS_FILE = "metrics.json"
+RESOLVED_FILE = "config.json"
+
+
+def demo_config(cfg: TuneConfig) -> DemoConfig:
+    """The demo config the backend steps read (base checkpoint, token limits, threads)."""
+    return DemoConfig(
+        backend=cfg.backend,
+        model_path=cfg.model,
+        out_dir=cfg.output_dir,
+        max_input_tokens=cfg.max_input_tokens,
+        max_target_tokens=cfg.max_target_tokens,
+        eval_batch_size=cfg.eval_batch_size,
+        progress=cfg.progress,
+        threads=1,
+        dropout=0.0,
+        shares=False,
+    )
+
+
+def settings(cfg: TuneConfig) -> TuneSettings:
+    """The optimisation recipe. Dropout is off: the JAX T5 has none, and the two backends
+    must run the same experiment."""
+    return TuneSettings(
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        optimizer=cfg.optimizer,
+        seed=cfg.seed,
+        dropout=0.0,
+        max_input_tokens=cfg.max_input_tokens,
+        max_target_tokens=cfg.max_target_tokens,
+        progress=cfg.progress,
+        label=f"tune {cfg.adapter.method} ({cfg.backend})",
+    )
+
+
+def load_data(cfg: TuneConfig) -> tuple[list[Example], list[Example]]:
+    """``(train, eval)``: the JSONL files, else the built-in mixture; eval keeps only rows
+    with ``answer_choices`` (rank classification) and is empty without ``eval_data``."""
+    if cfg.data is None:
+        train = build_suite(cfg.data_seed, cfg.builtin_per_task, 0).train
+    else:
+        train = _read(cfg.data, "data")
+    if not train:
+        raise TuneConfigError(f"data = {cfg.data}: no rows to train on")
+    evals: list[Example] = []
+    if cfg.eval_data is not None:
+        evals = [e for e in _read(cfg.eval_data, "eval_data") if e.choices]
+        if not evals:
+            raise TuneConfigError(
+                f"eval_data = {cfg.eval_data}: no rows with answer_choices to score"
+            )
+    return train, evals
+
+
+def _read(path: Path, key: str) -> list[Example]:
+    try:
+        return load_examples(path)
+    except (ValueError, OSError, ImportError) as err:
+        raise TuneConfigError(f"{key}: {err}") from None
+
+
+def _check_model(cfg: TuneConfig) -> None:
+    if cfg.model is not None:
+        try:
+            check_t5_dir(cfg.model)
+        except DemoError as err:
+            raise TuneConfigError(str(err).replace("--model", "model =", 1)) from None
+
+
+def run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Tune, save the adapter, score ``eval_data``; write and return the metrics."""
+    _check_model(cfg)
+    train, evals = load_data(cfg)
+    steps = load_steps(cfg.backend)
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    demo = demo_config(cfg)
+    base = steps.prepare(demo)
+    log(f"base: {base.description}; {len(train)} training examples; backend {cfg.backend}")
+    start = time.perf_counter()
+    model, losses = steps.tune(base, cfg.adapter, train, settings(cfg))
+    seconds = time.perf_counter() - start
+    saved = steps.save(model, cfg.output_dir / "adapter")
+    scores = None
+    if evals:
+        correct, _routing = steps.evaluate(model, base, evals, demo)
+        scores = score_table((e.task, e.template, c) for e, c in zip(evals, correct, strict=True))
+    metrics = {
+        "config": cfg.resolved(),
+        "base": base.description,
+        "trainable_percent": steps.trainable_percent(model),
+        "losses": losses,
+        "train_seconds": round(seconds, 2),
+        "eval": scores,
+        "adapter": None if saved is None else str(saved),
+    }
+    (cfg.output_dir / RESOLVED_FILE).write_text(json.dumps(cfg.resolved(), indent=2) + "\n")
+    (cfg.output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    final = f"final loss {losses[-1]:.4f}" if losses else "no steps"
+    accuracy = "" if scores is None else f", eval accuracy {100 * scores['average']:.1f}%"
+    log(f"{final}{accuracy}; adapter and {METRICS_FILE} in {cfg.output_dir}")
+    return metrics
+
+
+def dry_run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Validate everything, load the base and inject the adapter; train and write nothing.
+    Returns the resolved config with the trainable share."""
+    _check_model(cfg)
+    train, _ = load_data(cfg)
+    steps = load_steps(cfg.backend)
+    base = steps.prepare(demo_config(cfg))
+    zero = settings(cfg)
+    model, _ = steps.tune(base, cfg.adapter, train[:1], dataclasses.replace(zero, steps=0))
+    resolved = cfg.resolved() | {"trainable_percent": steps.trainable_percent(model)}
+    log(json.dumps(resolved, indent=2))
+    return resolved
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mixlight tune", description=(__doc__ or "").splitlines()[0]
+    )
+    parser.add_argument("config", type=Path, help="a .toml or .json file (see docs/tune.md)")
+    parser.add_argument("--backend", help='override the config\'s backend ("torch" or "jax")')
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config and the trainable share; train nothing",
+    )
+    args = parser.parse_args(argv)
+    overrides = {} if args.backend is None else {"backend": args.backend}
+    try:
+        cfg = read_config(args.config, **overrides)
+        if args.dry_run:
+            dry_run(cfg)
+        else:
+            run(cfg)
+    except (DemoError, OSError) as err:
+        print(f"mixlight tune: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
