@@ -52,7 +52,11 @@ def from_pretrained(
     if encoder_only:
         unused_keys = {key for key in unused_keys if not key.startswith("decoder.")}
     _check_unexpected(unused_keys, lm_head_unused=encoder_only or config.tie_word_embeddings)
-    return nnx.merge(graphdef, state)
+    model = nnx.merge(graphdef, state)
+    # As HF's ``name_or_path``: saved adapters record it as the base model's name, the same
+    # string torch records for the same checkpoint path.
+    model.name_or_path = str(path)
+    return model
 
 
 def _with_single_embedding(state_dict: dict[str, Any]) -> dict[str, Any]:
