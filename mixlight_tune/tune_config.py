@@ -223,7 +223,7 @@ def _existing_path(raw: dict[str, Any], key: str, base_dir: Path) -> Path | None
         )
     path = base_dir / value
     if not path.exists():
-        what = "checkpoint directory" if key == "model" else ".jsonl file"
+        what = "checkpoint directory" if key == "model" else ".jsonl file or save_to_disk folder"
         raise TuneConfigError(
             f"{key} = {value!r}: nothing at {path} (expected a {what}; relative paths are "
             "taken from the config file's folder)"
