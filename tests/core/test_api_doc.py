@@ -1,0 +1,31 @@
+"""``docs/api.md`` is what ``docs/api_reference.py`` writes from the current docstrings, and
+it covers every public name of ``mixlight``."""
+
+import importlib.util
+import pathlib
+
+import mixlight as ml
+
+DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs"
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("api_reference", DOCS / "api_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_api_doc_is_current():
+    expected = _generator().render()
+    assert (DOCS / "api.md").read_text() == expected, (
+        "docs/api.md is stale: run `python docs/api_reference.py`"
+    )
+
+
+def test_every_public_name_is_documented_with_a_docstring():
+    text = (DOCS / "api.md").read_text()
+    for name in ml.__all__:
+        if name != "__version__":
+            assert f"### `ml.{name}` (" in text, name
+    assert "(no docstring)" not in text
