@@ -1,4 +1,5 @@
-"""mixlight's speed and memory benchmarks (run them with ``mixlight bench``).
+"""mixlight's speed and memory benchmarks (run them with ``mixlight bench``, or
+``python -m benchmarks`` from the repository root; they are not installed with the package).
 
 * :mod:`benchmarks.impl` — implementations under test, groups of them, equality checks.
 * :mod:`benchmarks.measure` — interleaved timing, saved-for-backward bytes, CUDA peak memory,

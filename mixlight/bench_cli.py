@@ -1,7 +1,9 @@
 """``mixlight bench``: run the speed and memory benchmarks and write RESULTS.md/results.json.
 
-The benchmark code lives in the repository's ``benchmarks/`` package (not installed); this
-module finds it next to the ``mixlight`` package. torch is imported only when a run starts.
+The benchmark code lives in the repository's ``benchmarks/`` package, which is not part of
+the installed distribution: this command (or ``python -m benchmarks`` from the repository
+root) needs a source checkout, and says so when run from a wheel. torch is imported only
+when a run starts.
 """
 
 from __future__ import annotations
@@ -34,15 +36,28 @@ NOTES = (
 )
 
 
+def source_root() -> Path:
+    """Where a source checkout keeps ``benchmarks/``: the folder above ``mixlight/``."""
+    return Path(__file__).resolve().parents[1]
+
+
 def import_benchmarks():
-    """The ``benchmarks`` package, from the repository root when it is not importable."""
+    """The ``benchmarks`` package, from the repository root when it is not importable;
+    ImportError naming the fix when there is no source checkout (an installed wheel)."""
     try:
         import benchmarks.analysis
         import benchmarks.cases
-    except ModuleNotFoundError:
-        root = Path(__file__).resolve().parents[1]
+    except ModuleNotFoundError as err:
+        if err.name != "benchmarks":
+            raise  # a dependency of the benchmarks is missing: its own message says which
+        root = source_root()
         if not (root / "benchmarks" / "cases.py").exists():
-            raise
+            raise ImportError(
+                "mixlight bench needs a source checkout: the benchmarks are not installed "
+                "with the package. Clone the mixlight repository, install it with "
+                'pip install -e ".[all]", and run `mixlight bench` or `python -m benchmarks` '
+                "from its root"
+            ) from None
         sys.path.insert(0, str(root))
         import benchmarks.analysis
         import benchmarks.cases
@@ -134,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     command = " ".join(["mixlight", "bench", *argv])
     try:
+        import_benchmarks()  # before torch loads: no checkout is the first thing to say
         record = rerender(Path(args.out)) if args.render else run(args, command)
     except (ValueError, OSError, ImportError) as err:
         print(f"mixlight bench: error: {err}", file=sys.stderr)
