@@ -83,8 +83,11 @@ FUSED = {
     "fused-routed-molora": site_cases(
         ml.LowRank(2, 8.0), min_experts=2, routings=("token",), reads=("input",)
     ),
-    # the core math on torch with bf16 activations: its router must still compute in float32
-    "sequence-bf16": site_cases(min_experts=2, routings=("sequence",), dtypes=("bfloat16",)),
+    # the core math on torch (MoV routed on its input, token by token) with bf16 activations:
+    # its router must still compute in float32 (sequence routing pools in float32 first)
+    "core-bf16": site_cases(
+        ml.Vectors(), min_experts=2, routings=("token",), reads=("input",), dtypes=("bfloat16",)
+    ),
 }
 
 
