@@ -5,8 +5,8 @@ The base is a HF T5 checkpoint directory loaded with :func:`mixlight_jax.t5.from
 ``--model PATH``, or the shipped tiny T5 (a base for another ``BaseSpec`` is pre-trained by
 the torch backend, so torch is needed only for that).
 Batches are padded to fixed lengths (``max_input_tokens`` / ``max_target_tokens``) so the
-jitted train and scoring steps compile once. The NNX T5 has no dropout, so
-``settings.dropout`` is not applied.
+jitted train and scoring steps compile once. The NNX T5 has no dropout, so a run that asks
+for it is refused rather than silently run without.
 """
 
 from __future__ import annotations
@@ -125,6 +125,11 @@ def tune(
 ) -> tuple[Any, list[float]]:
     """A trained copy of the base (``adapter`` injected; ``None``: all weights train) and its
     loss at every step. Routers' auxiliary losses are added when the config weights them."""
+    if settings.dropout > 0:
+        raise DemoError(
+            f"{settings.label}: dropout {settings.dropout} asked, but the JAX T5 has no dropout; "
+            "use dropout 0 (the demo's default) or --backend torch"
+        )
     model = nnx.clone(base.model)
     if adapter is not None:
         ml.inject(model, adapter, seed=settings.seed)

@@ -66,3 +66,15 @@ def test_matches_torch_backend(tmp_path, cache_dir):
         assert set(jax_routing[site]) == set(by_task)
         for task, probs in by_task.items():
             np.testing.assert_allclose(jax_routing[site][task], probs, atol=1e-4)
+
+
+def test_dropout_is_refused_not_ignored(tmp_path):
+    from mixlight_tune.backends import jax_steps
+    from mixlight_tune.steps import DemoError
+
+    cfg = dataclasses.replace(QUICK, out_dir=tmp_path, progress=False)
+    plan = validate(cfg)
+    base = jax_steps.prepare(cfg)
+    settings = dataclasses.replace(settings_for(cfg, "ia3", 0), dropout=0.1)
+    with pytest.raises(DemoError, match="JAX T5 has no dropout"):
+        jax_steps.tune(base, ml.IA3(), plan.train, settings)
