@@ -19,8 +19,8 @@ GROUPS = {
         "AdapterConfig", "Site", "SoftMerge", "TopK", "MoV", "MoLoRA", "IA3", "LoRA",
     ],
     "Model functions (any backend)": [
-        "inject", "load_adapter", "save_adapter", "trainable_parameters", "ParameterCount",
-        "aux_losses", "routing_stats", "disable_adapters",
+        "load_model", "inject", "load_adapter", "save_adapter", "trainable_parameters",
+        "ParameterCount", "aux_losses", "routing_stats", "disable_adapters",
     ],
     "Adapter files": ["read_adapter", "write_adapter", "AdapterFileError"],
     "Extension surface: expert kinds": [

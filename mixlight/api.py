@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from mixlight._atomic_dir import as_directory
-from mixlight._backends import Backend, backend_for_model
+from mixlight._backends import ENV_VAR, Backend, backend_for_model, load_backend
 from mixlight._base_identity import BaseIdentity
 from mixlight.adapter_file import check_fits, read_adapter, write_adapter
 from mixlight.config import AdapterConfig
@@ -68,6 +68,26 @@ def load_adapter(model: Any, directory: str | os.PathLike, *, backend: str | Non
     check_fits(adapter, specs, str(directory), _identity(chosen, model))
     chosen.load_adapter_state(model, adapter.arrays)
     return model
+
+
+def load_model(path: str | os.PathLike, *, backend: str | None = None) -> Any:
+    """The base model of a Hugging Face T5 checkpoint directory in ``backend``'s framework
+    (torch: transformers' T5; jax: ``mixlight_jax.t5``), so swapping frameworks in a script
+    is one argument. ``backend=None`` takes ``$MIXLIGHT_BACKEND`` (there is no model yet
+    whose type could decide)."""
+    name = backend or os.environ.get(ENV_VAR)
+    if not name:
+        raise ValueError(
+            f'load_model({str(path)!r}) needs a backend: pass backend="torch" or "jax" '
+            f"(or set ${ENV_VAR})"
+        )
+    loader = getattr(load_backend(name), "load_model", None)
+    if loader is None:
+        raise TypeError(
+            f"backend {name!r} has no model loader; load the model with its framework's own "
+            "tools and pass it to ml.inject"
+        )
+    return loader(str(as_directory(path, "load_model")))
 
 
 def _identity(chosen: Backend, model: Any) -> BaseIdentity:

@@ -65,6 +65,12 @@ class JaxBackend:
     def base_identity(self, model: nnx.Module) -> BaseIdentity:
         return _model.base_identity(model)
 
+    def load_model(self, path: str) -> nnx.Module:
+        """The NNX T5 of a HF checkpoint directory (``ml.load_model``)."""
+        from mixlight_jax import t5
+
+        return t5.from_pretrained(path)
+
     def trainable_parameters(self, model: nnx.Module) -> ParameterCount:
         return ParameterCount(
             _size(nnx.state(model, AdapterParam)), _size(nnx.state(model, nnx.Param))

@@ -75,6 +75,16 @@ class TorchBackend:
     def base_identity(self, model: nn.Module) -> BaseIdentity:
         return _model.base_identity(_model.unwrap(model))
 
+    def load_model(self, path: str) -> nn.Module:
+        """The HF transformers T5 of a checkpoint directory (``ml.load_model``), in eval mode."""
+        try:
+            import transformers
+        except ImportError:
+            raise ImportError(
+                'loading a T5 checkpoint in torch needs transformers: pip install "mixlight[t5]"'
+            ) from None
+        return transformers.T5ForConditionalGeneration.from_pretrained(path).eval()
+
     def trainable_parameters(self, model: nn.Module) -> ParameterCount:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return ParameterCount(trainable, sum(p.numel() for p in model.parameters()))

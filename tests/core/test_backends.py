@@ -144,3 +144,23 @@ def test_inject_rejects_non_config():
 def test_numpy_backend_has_no_models():
     with pytest.raises(TypeError, match="has no models"):
         ml.load_backend("numpy").inject(None, ml.MoV())
+
+
+class _Loading(_FakeBackend):
+    def load_model(self, path):
+        return ("loaded", path)
+
+
+def test_load_model_by_backend_name(tmp_path, monkeypatch):
+    monkeypatch.delenv("MIXLIGHT_BACKEND", raising=False)
+    with _backends._isolated_registry():
+        ml.register_backend(ml.BackendPlugin("fake", "numpy", "fake", _Loading))
+        with pytest.raises(ValueError, match=r'needs a backend: pass backend="torch" or "jax"'):
+            ml.load_model(tmp_path)
+        assert ml.load_model(tmp_path, backend="fake") == ("loaded", str(tmp_path))
+        monkeypatch.setenv("MIXLIGHT_BACKEND", "fake")  # no model type yet: the env decides
+        assert ml.load_model(tmp_path)[0] == "loaded"
+        with pytest.raises(TypeError, match="backend 'numpy' has no model loader"):
+            ml.load_model(tmp_path, backend="numpy")
+        with pytest.raises(TypeError, match="load_model: the directory must be a str"):
+            ml.load_model(3, backend="fake")

@@ -51,3 +51,20 @@ def test_torch_for_a_jax_model_names_the_problem_and_the_fix():
     assert "a model object belongs to one framework and it is a jax model" in message
     assert "transformers.T5ForConditionalGeneration.from_pretrained(checkpoint)" in message
     assert '`mixlight tune CONFIG` with backend = "torch"' in message
+
+
+def test_load_model_swaps_framework_by_one_argument(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.T5Config(**TINY, decoder_start_token_id=0, dropout_rate=0.0)
+    transformers.T5ForConditionalGeneration(config).save_pretrained(tmp_path / "hf-t5")
+    models = {b: ml.load_model(tmp_path / "hf-t5", backend=b) for b in ("torch", "jax")}
+    assert ml.load_backend("jax").owns_model(models["jax"])
+    ids = np.arange(2, 12).reshape(2, 5) % TINY["vocab_size"]
+    with torch.no_grad():
+        torch_logits = models["torch"](
+            input_ids=torch.tensor(ids), decoder_input_ids=torch.tensor(ids)
+        ).logits.numpy()
+    jax_logits = np.asarray(models["jax"](input_ids=ids, decoder_input_ids=ids))
+    np.testing.assert_allclose(jax_logits, torch_logits, atol=1e-4, rtol=0)

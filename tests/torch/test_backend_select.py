@@ -44,3 +44,11 @@ def test_jax_for_a_torch_model_names_the_problem_and_the_fix():
     assert "a model object belongs to one framework and it is a torch model" in message
     assert "(a T5: mixlight_jax.t5.from_pretrained(checkpoint))" in message
     assert '`mixlight tune CONFIG` with backend = "jax"' in message
+
+
+def test_load_model_gives_the_hf_t5(tmp_path):
+    pytest.importorskip("transformers")
+    tiny_t5().save_pretrained(tmp_path / "hf-t5")
+    model = ml.load_model(tmp_path / "hf-t5", backend="torch")
+    assert type(model).__name__ == "T5ForConditionalGeneration" and not model.training
+    assert ml.load_backend("torch").owns_model(model)
