@@ -123,3 +123,14 @@ def test_shipped_example_config_is_valid():
     cfg = read_config(example)
     assert cfg.adapter == ml.MoV(10) and cfg.backend == "torch"
     assert read_config(example, backend="jax").resolved().keys() == cfg.resolved().keys()
+
+
+def test_model_directory_is_checked_before_anything_loads(tmp_path):
+    from mixlight_tune.tune_cli import dry_run, run
+
+    (tmp_path / "ckpt").mkdir()
+    cfg = parse({"model": "ckpt"}, base_dir=tmp_path)
+    for command in (run, dry_run):
+        with pytest.raises(TuneConfigError, match=r"^model = .*ckpt: no config.json"):
+            command(cfg)
+    assert not (tmp_path / "runs").exists()
