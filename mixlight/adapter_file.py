@@ -138,7 +138,9 @@ def write_adapter(
         },
         "arrays_sha256": _arrays_sha256(arrays),
     }
-    weights = save(arrays, metadata={"format": FORMAT, _META_KEY: json.dumps(meta)})
+    # One metadata key: safetensors writes several in hash order, which differs between
+    # processes, and the same adapter must always give the same bytes.
+    weights = save(arrays, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
     readable = dict(meta, weights_sha256=hashlib.sha256(weights).hexdigest())
     text = json.dumps(readable, indent=2, sort_keys=True) + "\n"
     committed: list[str] = []

@@ -211,3 +211,25 @@ def test_fingerprint_mismatch_lists_differences(tmp_path):
     ):
         adapter_file.check_fits(loaded, other, "dir")
     adapter_file.check_fits(loaded, specs, "dir")
+
+
+def test_the_same_adapter_gives_the_same_bytes_in_every_process(tmp_path):
+    """No hash-ordered metadata: two processes saving one adapter write identical files."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from tests.core.test_adapter_file import MOV, make\n"
+        "import mixlight as ml\n"
+        "specs, arrays = make(MOV, 3)\n"
+        "ml.write_adapter(sys.argv[1], MOV, specs, arrays)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for i, seed in enumerate(("1", "2", "3")):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / str(i))], check=True, env=env, cwd=root
+        )
+    files = [(tmp_path / str(i) / "adapter.safetensors").read_bytes() for i in range(3)]
+    assert files[0] == files[1] == files[2]
