@@ -23,9 +23,7 @@ def _home_choice(rng: random.Random) -> Item:
 
 def _smallest(rng: random.Random) -> Item:
     """size facts, asked the other way round (``biggest_animal`` asks for the largest)."""
-    sizes = rng.sample(sorted({a.size for a in world.ANIMALS}), 3)
-    picks = [rng.choice([a for a in world.ANIMALS if a.size == s]) for s in sizes]
-    rng.shuffle(picks)
+    picks = scenes.three_sizes(rng)
     answer = min(range(3), key=lambda i: picks[i].size)
     names = tuple(a.name for a in picks)
     return Item({"options": ", ".join(names)}, choices=names, answer=answer)

@@ -34,6 +34,14 @@ def one_that_fits(
     return tuple(options), options.index(good)
 
 
+def three_sizes(rng: random.Random) -> tuple[world.Animal, ...]:
+    """Three animals of three different sizes, in random order."""
+    sizes = rng.sample(sorted({a.size for a in world.ANIMALS}), 3)
+    picks = [rng.choice([a for a in world.ANIMALS if a.size == s]) for s in sizes]
+    rng.shuffle(picks)
+    return tuple(picks)
+
+
 def two_numbers(rng: random.Random, low: int, high: int) -> tuple[int, int]:
     """Two distinct integers from ``[low, high]`` in random order."""
     a, b = rng.sample(range(low, high + 1), 2)

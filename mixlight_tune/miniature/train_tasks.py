@@ -37,15 +37,8 @@ def _habitat(rng: random.Random) -> Item:
     return Item(fields, answer=world.HOMES.index(animal.home))
 
 
-def _three_sizes(rng: random.Random) -> tuple[world.Animal, ...]:
-    sizes = rng.sample(sorted({a.size for a in world.ANIMALS}), 3)
-    picks = [rng.choice([a for a in world.ANIMALS if a.size == s]) for s in sizes]
-    rng.shuffle(picks)
-    return tuple(picks)
-
-
 def _biggest(rng: random.Random) -> Item:
-    picks = _three_sizes(rng)
+    picks = scenes.three_sizes(rng)
     answer = max(range(3), key=lambda i: picks[i].size)
     names = tuple(a.name for a in picks)
     return Item({"options": ", ".join(names)}, choices=names, answer=answer)
