@@ -66,7 +66,7 @@ def plot_accuracy_vs_params(
             (0.01, 100 * value),
             xycoords=("axes fraction", "data"),
             textcoords="offset points",
-            xytext=(0, 3),
+            xytext=(0, 3 - 12 * i),
             fontsize=8,
             color=f"C{7 + i}",
         )

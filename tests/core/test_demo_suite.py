@@ -559,8 +559,24 @@ def test_claim_check_margins_and_spread():
     assert claims["mov", "full"]["margin"] == pytest.approx(-1.0)
     assert claims["mov", "full"]["exceeds_spread"] is False
     assert claims["molora", "lora"]["exceeds_spread"] is False
+    assert mov_ia3["holds"] is True and claims["mov", "full"]["holds"] is True
+    assert claims["molora", "lora"]["holds"] is True  # behind by less than the spread
     text = format_claims(list(claims.values()))
-    assert "margin +20.0 points, exceeds the seed spread (4.0)" in text
+    assert "margin +20.0 points, beyond the seed spread (4.0): **holds**" in text
+    far = {
+        c["first"] + c["second"]: c
+        for c in check_claims(
+            _agg(
+                {
+                    "mov": [0.50, 0.52, 0.54],
+                    "full": [0.80, 0.82, 0.84],
+                    "molora": [0.40, 0.41, 0.42],
+                    "lora": [0.60, 0.61, 0.62],
+                }
+            )
+        )
+    }
+    assert far["movfull"]["holds"] is False and far["molora" + "lora"]["holds"] is False
     one_seed = check_claims(_agg({"mov": [0.7], "ia3": [0.5]}))
     assert one_seed[0]["exceeds_spread"] is None and "one seed" in format_claims(one_seed)
     assert check_claims(_agg({"mov": [0.7]})) == []
