@@ -2,7 +2,6 @@
 
 from mixlight.math._losses import load_balance_loss, router_z_loss, routing_summary
 from mixlight.math._mixing import lowrank_mixture, merge_vectors, mix_vectors
-from mixlight.math._oracle import naive_molora, naive_mov
 from mixlight.math._routing import pool_sequence, router_logits, router_probs
 
 __all__ = [
@@ -10,8 +9,6 @@ __all__ = [
     "lowrank_mixture",
     "merge_vectors",
     "mix_vectors",
-    "naive_molora",
-    "naive_mov",
     "pool_sequence",
     "router_logits",
     "router_probs",
