@@ -91,13 +91,19 @@ def _low_rank_token_grad(params, grads, probs, g_probs, x, g, scale) -> np.ndarr
 def loop_gradients(case: Any, g_out: np.ndarray) -> dict[str, np.ndarray]:
     """``{"x": dL/dx, "h": dL/dh, <param>: dL/d<param>}`` for ``L = sum(g_out * out)``.
 
-    Built-in expert kinds only (``vectors``, ``low_rank``); raises ``NotImplementedError``
-    for others. ``g_out [batch, seq, d_out]``.
+    Built-in expert kinds only (``vectors``, ``low_rank``): a custom kind's mixing rule has
+    no hand-derived gradient here, so asking for one is a ``ValueError`` naming the way out.
+    ``g_out [batch, seq, d_out]``.
     """
     spec = case.spec
     kind = spec.expert.kind
     if kind not in ("vectors", "low_rank"):
-        raise NotImplementedError(f"no loop gradients for expert kind {kind!r}")
+        raise ValueError(
+            f"no loop gradients for expert kind {kind!r}: they are derived by hand for the "
+            "built-in kinds ('vectors', 'low_rank') only. Check a custom kind's forward with "
+            "check_expert_kind(..., grads=None) and its gradients against finite differences "
+            "of its loop_reference in your own test"
+        )
     params = {n: _as64(p) for n, p in case.params.items()}
     x, h, g_out = _as64(case.x), _as64(case.h), np.asarray(g_out, np.float64)
     grads = {"x": np.zeros(x.shape), "h": np.zeros(h.shape)}

@@ -202,3 +202,11 @@ def test_a_custom_kinds_loop_reference_is_used_and_can_fail():
     check_expert_kind(_OracleBiases(), examples=10)
     with pytest.raises(AssertionError, match="output differs from the loop reference"):
         check_expert_kind(_OracleBiases(wrong=True), examples=10)
+
+
+def test_loop_gradients_of_a_custom_kind_say_what_to_do_instead():
+    from types import SimpleNamespace
+
+    case = SimpleNamespace(spec=SimpleNamespace(expert=SimpleNamespace(kind="biases")))
+    with pytest.raises(ValueError, match=r"'biases'.*built-in kinds.*finite differences"):
+        loop_gradients(case, np.zeros((1, 1, 1)))
