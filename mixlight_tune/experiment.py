@@ -537,19 +537,15 @@ def run(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     outputs = Outputs(cfg, plan, base.description)
     outputs.timings["prepare base"] = time.perf_counter() - start
     t = time.perf_counter()
-    if plan.probes:
-        correct, _ = plan.steps.evaluate(base.model, base, plan.probes, cfg)
-        outputs.probes = {
-            family: statistics.fmean(
-                c for e, c in zip(plan.probes, correct, strict=True) if e.task == family
-            )
-            for family in dict.fromkeys(e.task for e in plan.probes)
-        }
+    sets = {**plan.tables, "probes": plan.probes} if plan.probes else plan.tables
+    scores, _ = score_sets(plan.steps, base.model, base, sets, cfg)
+    if "probes" in scores:  # one template per family: its median is its accuracy
+        outputs.probes = {f: s["median"] for f, s in scores.pop("probes")["tasks"].items()}
         log(
             "fact probes (base): "
             + ", ".join(f"{k} {100 * v:.0f}%" for k, v in outputs.probes.items())
         )
-    outputs.base_scores, _ = score_sets(plan.steps, base.model, base, plan.tables, cfg)
+    outputs.base_scores = scores
     outputs.timings["score the untuned base"] = time.perf_counter() - t
     try:
         for seed in range(cfg.seeds):

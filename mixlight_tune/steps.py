@@ -8,6 +8,7 @@ when a run starts, so nothing here imports torch or JAX.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +107,7 @@ def load_steps(name: str) -> BackendSteps:
 
 def check_finite_loss(loss: float, step: int, settings: TuneSettings) -> None:
     """Stop a run whose loss is NaN or infinite: its weights are garbage from here on."""
-    if loss != loss or loss in (float("inf"), float("-inf")):
+    if not math.isfinite(loss):
         raise DemoError(
             f"{settings.label}: the loss became {loss} at step {step + 1} (lr {settings.lr:g}); "
             "the run is stopped and scores nothing. Lower --lr or check the data"
