@@ -1,21 +1,30 @@
-"""The portable adapter directory: ``adapter.safetensors`` + ``adapter_config.json``.
+"""The portable adapter directory: ``mixlight_adapter.safetensors`` + ``mixlight_config.json``
++ ``README.md``.
 
-``adapter.safetensors`` is the whole adapter: float32 numpy arrays under canonical names
-``<module path>.<router|vectors|lora_A|lora_B|...>`` and, in its safetensors metadata, the
-format name and version, the mixlight version, the :class:`~mixlight.AdapterConfig`, the base
-model's adapted-module shapes with their fingerprint, what is known of the base model's
+``mixlight_adapter.safetensors`` is the whole adapter: float32 numpy arrays under canonical
+names ``<module path>.<router|vectors|lora_A|lora_B|...>`` and, in its safetensors metadata,
+the format name and version, the mixlight version, the :class:`~mixlight.AdapterConfig`, the
+base model's adapted-module shapes with their fingerprint, what is known of the base model's
 identity, and a sha256 of the arrays. One ``os.replace`` of this file commits a save.
-``adapter_config.json`` is a human-readable copy of the same metadata (plus the file's
-sha256, which mixlight 1.0 readers check), rewritten right after the commit; when the two
-disagree (a save killed between its two renames) the weights file wins.
+``mixlight_config.json`` is a human-readable copy of the same metadata (plus the file's
+sha256), rewritten right after the commit; when the two disagree (a save killed between its
+renames) the weights file wins. ``README.md`` is a Hugging Face Hub model card, written last
+(see :mod:`mixlight._model_card`); it is documentation, never read back.
 
-Directories written by mixlight 1.0 (no metadata in the weights file; the JSON is the
-authority and its ``weights_sha256`` guards the weights) are still read. No pickle anywhere.
-This module is backend-neutral: it reads and writes numpy dicts.
+Format 2.0 renamed the files: 1.x wrote ``adapter.safetensors`` + ``adapter_config.json``, and
+PEFT and transformers take any directory holding ``adapter_config.json`` for a PEFT adapter.
+The metadata schema is unchanged, so directories of both layouts are read: 1.1 (metadata in
+the weights file) and 1.0 (no metadata in the weights file; the JSON is the authority and its
+``weights_sha256`` guards the weights). A save over a 1.x directory removes the old-named
+files after its commit. A PEFT directory is recognised and refused with the function that
+imports it. No pickle anywhere. This module is backend-neutral: it reads and writes numpy
+dicts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -29,14 +38,20 @@ import numpy as np
 
 from mixlight._atomic_dir import as_directory, explain_os_error, locked_writer, read_once
 from mixlight._base_identity import BaseIdentity, mismatch
+from mixlight._model_card import CardFacts, card_or_none, is_replaceable
 from mixlight._version import __version__
 from mixlight.config import AdapterConfig
 from mixlight.site_spec import ModuleShape, SiteSpec, fingerprint, plan_sites
 
 FORMAT = "mixlight.adapter"
-FORMAT_VERSION = "1.1"
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter.safetensors"
+FORMAT_VERSION = "2.0"
+READABLE_MAJORS = (1, 2)  # 1.x metadata is 2.0's, under the old file names
+WEIGHTS_FILE = "mixlight_adapter.safetensors"
+CONFIG_FILE = "mixlight_config.json"
+CARD_FILE = "README.md"
+LEGACY_WEIGHTS_FILE = "adapter.safetensors"  # mixlight 1.x names (the config name is PEFT's)
+LEGACY_CONFIG_FILE = "adapter_config.json"
+LAYOUTS = ((WEIGHTS_FILE, CONFIG_FILE), (LEGACY_WEIGHTS_FILE, LEGACY_CONFIG_FILE))
 _META_KEY = "mixlight.adapter"  # safetensors metadata key holding the JSON metadata
 _READ_ATTEMPTS = 3  # a 1.0-layout read that races a save is retried
 
@@ -100,6 +115,7 @@ def write_adapter(
     arrays: Mapping[str, np.ndarray],
     *,
     base: BaseIdentity | None = None,
+    card: CardFacts | None = None,
 ) -> Path:
     """Write an adapter directory with a single commit point.
 
@@ -108,7 +124,10 @@ def write_adapter(
     failed save (full disk, permissions, bad arrays) leaves the previous adapter untouched.
     Concurrent writers to one directory are serialised (last one wins, both complete), and
     staging files left by killed writers are removed. ``base`` records the base model's
-    identity for the warning on load into a different checkpoint.
+    identity for the warning on load into a different checkpoint. ``card`` adds what only
+    the model can tell (parameter total, routing) to the ``README.md`` model card; a card
+    that cannot be rendered is skipped with a warning, never at the adapter's expense, and a
+    ``README.md`` that mixlight did not write is left as it is.
     """
     from safetensors.numpy import save
 
@@ -143,14 +162,21 @@ def write_adapter(
     weights = save(arrays, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
     readable = dict(meta, weights_sha256=hashlib.sha256(weights).hexdigest())
     text = json.dumps(readable, indent=2, sort_keys=True) + "\n"
+    card_text = card_or_none(config, specs, base or BaseIdentity(), card)
     committed: list[str] = []
     try:
         with locked_writer(out) as writer:
             committed = writer.committed
             writer.stage(WEIGHTS_FILE, weights)
             writer.stage(CONFIG_FILE, text.encode())
+            with_card = card_text is not None and is_replaceable(out / CARD_FILE)
+            if with_card:
+                writer.stage(CARD_FILE, card_text.encode())  # type: ignore[union-attr]
             writer.commit(WEIGHTS_FILE)  # the commit point
             writer.commit(CONFIG_FILE)  # the readable copy
+            _remove_legacy(out)
+            if with_card:
+                writer.commit(CARD_FILE)
     except OSError as err:
         raise explain_os_error(err, out, WEIGHTS_FILE in committed) from err
     return out
@@ -161,23 +187,62 @@ def read_adapter(directory: str | os.PathLike) -> AdapterFile:
     finite values). A save running at the same time yields the old or the new adapter."""
     root = as_directory(directory, "read_adapter")
     _check_layout(root)
+    weights_name, config_name = WEIGHTS_FILE, CONFIG_FILE
     for attempt in range(_READ_ATTEMPTS):
-        data = read_once(root / WEIGHTS_FILE)
-        meta = _embedded_meta(data, root / WEIGHTS_FILE)
-        if meta is not None:
-            return _decode(meta, data, root / WEIGHTS_FILE)
-        meta = _read_json(root / CONFIG_FILE)  # a mixlight 1.0 directory
+        try:
+            weights_name, config_name = _layout(root)
+            data = read_once(root / weights_name)
+            meta = _embedded_meta(data, root / weights_name)
+            if meta is not None:
+                return _decode(meta, data, root / weights_name, root / weights_name)
+            meta = _read_json(root / config_name, weights_name)  # a mixlight 1.0 directory
+        except FileNotFoundError:
+            if attempt + 1 < _READ_ATTEMPTS:
+                continue  # a save upgraded a 1.x directory meanwhile: read the new files
+            raise
         if meta.get("weights_sha256") == hashlib.sha256(data).hexdigest():
-            return _decode(meta, data, root / CONFIG_FILE)
-        if attempt + 1 < _READ_ATTEMPTS and _embedded_meta(
-            read_once(root / WEIGHTS_FILE), root / WEIGHTS_FILE
-        ):
+            return _decode(meta, data, root / config_name, root / weights_name)
+        if attempt + 1 < _READ_ATTEMPTS and _newer_weights(root):
             continue  # a save replaced the weights meanwhile: read the new ones
         break
     raise AdapterFileError(
-        f"{root / WEIGHTS_FILE} does not match the checksum in {CONFIG_FILE} (truncated, "
-        "replaced, or an interrupted save); save the adapter again"
+        f"{root / weights_name} does not match the checksum in {config_name} "
+        "(truncated, replaced, or an interrupted save); save the adapter again"
     )
+
+
+def _layout(root: Path) -> tuple[str, str]:
+    """(weights, config) file names of the layout ``root`` holds, the current one first."""
+    for weights, config in LAYOUTS:
+        if (root / weights).is_file():
+            return weights, config
+    raise FileNotFoundError(errno.ENOENT, f"no adapter weights in {root}")
+
+
+def _newer_weights(root: Path) -> bool:
+    """Whether the weights ``root`` holds now carry 1.1+ metadata (a save replaced them)."""
+    try:
+        weights = _layout(root)[0]
+        return _embedded_meta(read_once(root / weights), root / weights) is not None
+    except (FileNotFoundError, AdapterFileError):
+        return False
+
+
+def _remove_legacy(root: Path) -> None:
+    """After a commit, delete a 1.x layout's files that mixlight wrote (the new files are the
+    adapter now, and ``adapter_config.json`` would make PEFT take the directory for its own);
+    files of the same names that mixlight did not write stay."""
+    weights, config = root / LEGACY_WEIGHTS_FILE, root / LEGACY_CONFIG_FILE
+    with contextlib.suppress(FileNotFoundError, AdapterFileError, ValueError):
+        header = _safetensors_header(read_once(weights), weights)
+        if (header.get("__metadata__") or {}).get("format") == FORMAT or _META_KEY in (
+            header.get("__metadata__") or {}
+        ):
+            weights.unlink()
+    with contextlib.suppress(FileNotFoundError, UnicodeDecodeError, ValueError):
+        meta = json.loads(read_once(config).decode("utf-8"))
+        if isinstance(meta, dict) and meta.get("format") == FORMAT:
+            config.unlink()
 
 
 def _check_layout(root: Path) -> None:
@@ -185,18 +250,44 @@ def _check_layout(root: Path) -> None:
         raise AdapterFileError(
             f"adapter directory {root} does not exist; pass the directory save_adapter wrote"
         )
+    names = {WEIGHTS_FILE, CONFIG_FILE, LEGACY_WEIGHTS_FILE, LEGACY_CONFIG_FILE, CARD_FILE}
     if not root.is_dir():
         hint = (
             f"; pass its directory {root.parent}"
-            if root.name in (CONFIG_FILE, WEIGHTS_FILE)
+            if root.name in names
             else f"; pass the directory that holds {WEIGHTS_FILE} and {CONFIG_FILE}"
         )
         raise AdapterFileError(f"{root} is a file, not an adapter directory{hint}")
-    if not (root / WEIGHTS_FILE).is_file():
+    if not any((root / weights).is_file() for weights, _ in LAYOUTS):
+        peft = peft_description(root)
+        if peft is not None:
+            raise AdapterFileError(
+                f"{root} is a PEFT adapter directory ({peft}), not a mixlight one; import it "
+                f"with mixlight.load_peft_adapter(model, {str(root)!r}) (add upcycle=ml.MoV(...) "
+                "to start every expert of a mixture from it)"
+            )
         raise AdapterFileError(
             f"{root / WEIGHTS_FILE} is missing; an adapter directory needs {WEIGHTS_FILE} "
-            f"(and {CONFIG_FILE}); point at the directory save_adapter wrote"
+            f"(and {CONFIG_FILE}; mixlight 1.x wrote {LEGACY_WEIGHTS_FILE}); point at the "
+            "directory save_adapter wrote"
         )
+
+
+def peft_description(root: Path) -> str | None:
+    """``"adapter_config.json with peft_type 'IA3'"`` when ``root`` looks like a PEFT adapter
+    directory (PEFT's config or weights file names and no mixlight format), else None."""
+    config = root / LEGACY_CONFIG_FILE
+    if config.is_file():
+        try:
+            meta = json.loads(config.read_text("utf-8"))
+        except (UnicodeDecodeError, ValueError, OSError):
+            meta = None
+        if isinstance(meta, dict) and meta.get("format") != FORMAT and "peft_type" in meta:
+            return f"{LEGACY_CONFIG_FILE} with peft_type {meta['peft_type']!r}"
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        if (root / name).is_file():
+            return f"it holds {name}"
+    return None
 
 
 def _embedded_meta(data: bytes, path: Path) -> dict[str, Any] | None:
@@ -228,10 +319,10 @@ def _safetensors_header(data: bytes, path: Path) -> dict[str, Any]:
     return header
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path, weights_name: str) -> dict[str, Any]:
     if not path.is_file():
         raise AdapterFileError(
-            f"{path} is missing and {WEIGHTS_FILE} carries no metadata (a mixlight 1.0 "
+            f"{path} is missing and {weights_name} carries no metadata (a mixlight 1.0 "
             "adapter needs both files); copy the whole directory save_adapter wrote"
         )
     try:
@@ -248,8 +339,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _decode(meta: dict[str, Any], data: bytes, where: Path) -> AdapterFile:
-    """Check ``meta`` and the arrays in ``data`` against each other; build the result."""
+def _decode(meta: dict[str, Any], data: bytes, where: Path, weights: Path) -> AdapterFile:
+    """Check ``meta`` (read from ``where``) and the arrays in ``data`` (the bytes of
+    ``weights``) against each other; build the result."""
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
@@ -261,12 +353,11 @@ def _decode(meta: dict[str, Any], data: bytes, where: Path) -> AdapterFile:
         arrays = load(data)
     except SafetensorError as err:
         raise AdapterFileError(
-            f"{where.parent / WEIGHTS_FILE} is not a readable safetensors file ({err}); "
-            "save the adapter again"
+            f"{weights} is not a readable safetensors file ({err}); save the adapter again"
         ) from None
     if "arrays_sha256" in meta and meta["arrays_sha256"] != _arrays_sha256(arrays):
         raise AdapterFileError(
-            f"{where.parent / WEIGHTS_FILE}: its arrays do not match the sha256 recorded when "
+            f"{weights}: its arrays do not match the sha256 recorded when "
             "it was saved (the file was modified or damaged); save the adapter again"
         )
     try:
@@ -283,10 +374,10 @@ def _decode(meta: dict[str, Any], data: bytes, where: Path) -> AdapterFile:
         ) from None
     except ValueError as err:
         raise AdapterFileError(f"{where}: {err}") from None
-    check_arrays(specs, arrays, str(where.parent / WEIGHTS_FILE))
+    check_arrays(specs, arrays, str(weights))
     check_finite(
         arrays,
-        str(where.parent / WEIGHTS_FILE),
+        str(weights),
         "the adapter was saved from a diverged run; retrain it or use an earlier save",
     )
     return AdapterFile(
@@ -343,12 +434,13 @@ def _check_version(version: str, path: Path) -> bool:
             "edited or damaged: save the adapter again"
         ) from None
     ours_major, ours_minor = (int(p) for p in FORMAT_VERSION.split("."))
-    if major != ours_major:
+    if major not in READABLE_MAJORS:
+        readable = " and ".join(f"{m}.x" for m in READABLE_MAJORS)
         raise AdapterFileError(
             f"{path}: format version {version} is not readable by this mixlight "
-            f"(reads {ours_major}.x); upgrade or downgrade mixlight"
+            f"(reads {readable}); upgrade or downgrade mixlight"
         )
-    return minor > ours_minor
+    return major == ours_major and minor > ours_minor
 
 
 def _arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:

@@ -15,6 +15,7 @@ import attrs
 from mixlight._atomic_dir import as_directory
 from mixlight._backends import ENV_VAR, Backend, backend_for_model, load_backend
 from mixlight._base_identity import BaseIdentity
+from mixlight._model_card import facts_of
 from mixlight.adapter_file import check_fits, read_adapter, write_adapter
 from mixlight.config import AdapterConfig
 
@@ -38,13 +39,14 @@ def inject(
 
 
 def save_adapter(model: Any, directory: str | os.PathLike, *, backend: str | None = None) -> Path:
-    """Write the model's adapter to ``directory`` (adapter_config.json + adapter.safetensors)
-    with one commit point: the directory holds the previous adapter or this one, never a mix
-    (see :func:`mixlight.write_adapter`)."""
+    """Write the model's adapter to ``directory`` (mixlight_adapter.safetensors +
+    mixlight_config.json + a README.md model card) with one commit point: the directory holds
+    the previous adapter or this one, never a mix (see :func:`mixlight.write_adapter`)."""
     as_directory(directory, "save_adapter")
     chosen = backend_for_model(model, backend)
     config, specs, arrays = chosen.adapter_state(model)
-    return write_adapter(directory, config, specs, arrays, base=_identity(chosen, model))
+    card = facts_of(chosen, model)
+    return write_adapter(directory, config, specs, arrays, base=_identity(chosen, model), card=card)
 
 
 def load_adapter(model: Any, directory: str | os.PathLike, *, backend: str | None = None) -> Any:

@@ -60,8 +60,8 @@ def test_round_trip_is_bit_exact(tmp_path_factory, config, seed):
     for name, arr in arrays.items():
         assert back.arrays[name].dtype == np.float32
         np.testing.assert_array_equal(back.arrays[name], arr)
-    meta = json.loads((out / "adapter_config.json").read_text())
-    assert meta["format"] == "mixlight.adapter" and meta["format_version"] == "1.1"
+    meta = json.loads((out / "mixlight_config.json").read_text())
+    assert meta["format"] == "mixlight.adapter" and meta["format_version"] == "2.0"
     assert meta["base_model"]["fingerprint"] == fingerprint(specs)[1]
 
 
@@ -95,12 +95,16 @@ def test_failed_write_leaves_old_adapter_intact(tmp_path, monkeypatch):
 
 def rewrite_meta(out, **changes):
     """Rewrite the metadata embedded in the weights file (and its readable copy)."""
-    data = (out / "adapter.safetensors").read_bytes()
+    data = (out / "mixlight_adapter.safetensors").read_bytes()
     header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
     meta = {**json.loads(header["__metadata__"]["mixlight.adapter"]), **changes}
     arrays = load(data)
-    save_file(arrays, out / "adapter.safetensors", metadata={"mixlight.adapter": json.dumps(meta)})
-    (out / "adapter_config.json").write_text(json.dumps(meta))
+    save_file(
+        arrays,
+        out / "mixlight_adapter.safetensors",
+        metadata={"mixlight.adapter": json.dumps(meta)},
+    )
+    (out / "mixlight_config.json").write_text(json.dumps(meta))
 
 
 def write_v1_0(out, config, specs, arrays):
@@ -124,14 +128,14 @@ def test_weights_file_is_the_commit_point(tmp_path):
     the directory loads as the new adapter."""
     specs, arrays = make(MOV)
     ml.write_adapter(tmp_path, MOV, specs, arrays)
-    config_text = (tmp_path / "adapter_config.json").read_text()
+    config_text = (tmp_path / "mixlight_config.json").read_text()
     _, other = make(MOV, seed=1)
     ml.write_adapter(tmp_path, MOV, specs, other)
-    (tmp_path / "adapter_config.json").write_text(config_text)  # old config, new weights
+    (tmp_path / "mixlight_config.json").write_text(config_text)  # old config, new weights
     back = ml.read_adapter(tmp_path)
     for name, arr in other.items():
         np.testing.assert_array_equal(back.arrays[name], arr)
-    (tmp_path / "adapter_config.json").unlink()  # the weights file alone is the adapter
+    (tmp_path / "mixlight_config.json").unlink()  # the weights file alone is the adapter
     assert set(ml.read_adapter(tmp_path).arrays) == set(other)
 
 
@@ -146,8 +150,10 @@ def test_reads_1_0_directories_and_detects_their_torn_state(tmp_path):
     save_file(other, tmp_path / "adapter.safetensors", metadata={"format": "mixlight.adapter"})
     with pytest.raises(ml.AdapterFileError, match="does not match the checksum"):
         ml.read_adapter(tmp_path)
-    ml.write_adapter(tmp_path, MOV, specs, other)  # a 1.1 save over a 1.0 directory
-    assert ml.read_adapter(tmp_path).format_version == "1.1"
+    ml.write_adapter(tmp_path, MOV, specs, other)  # a 2.0 save over a 1.0 directory
+    assert ml.read_adapter(tmp_path).format_version == "2.0"
+    assert not (tmp_path / "adapter_config.json").exists(), "PEFT would take the dir for its own"
+    assert not (tmp_path / "adapter.safetensors").exists()
 
 
 def test_file_modes_follow_the_umask(tmp_path):
@@ -158,7 +164,11 @@ def test_file_modes_follow_the_umask(tmp_path):
     finally:
         os.umask(previous)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "shared").iterdir()}
-    assert modes == {"adapter.safetensors": 0o644, "adapter_config.json": 0o644}
+    assert modes == {
+        "mixlight_adapter.safetensors": 0o644,
+        "mixlight_config.json": 0o644,
+        "README.md": 0o644,
+    }
     assert (tmp_path / "shared").stat().st_mode & 0o777 == 0o755
 
 
@@ -176,9 +186,9 @@ def test_non_finite_arrays_are_refused_on_save_and_load(tmp_path):
 def test_modified_arrays_fail_their_checksum(tmp_path):
     specs, arrays = make(MOV)
     ml.write_adapter(tmp_path, MOV, specs, arrays)
-    data = bytearray((tmp_path / "adapter.safetensors").read_bytes())
+    data = bytearray((tmp_path / "mixlight_adapter.safetensors").read_bytes())
     data[-3] ^= 0x40  # one bit of the last array
-    (tmp_path / "adapter.safetensors").write_bytes(bytes(data))
+    (tmp_path / "mixlight_adapter.safetensors").write_bytes(bytes(data))
     with pytest.raises(ml.AdapterFileError, match="do not match the sha256"):
         ml.read_adapter(tmp_path)
 
@@ -231,5 +241,5 @@ def test_the_same_adapter_gives_the_same_bytes_in_every_process(tmp_path):
         subprocess.run(
             [sys.executable, "-c", code, str(tmp_path / str(i))], check=True, env=env, cwd=root
         )
-    files = [(tmp_path / str(i) / "adapter.safetensors").read_bytes() for i in range(3)]
+    files = [(tmp_path / str(i) / "mixlight_adapter.safetensors").read_bytes() for i in range(3)]
     assert files[0] == files[1] == files[2]

@@ -96,7 +96,7 @@ def v1_0(tmp_path: Path, edit: Callable[[dict], Any] = lambda meta: None, arrays
 
 def corrupt(tmp_path: Path, how: str) -> Path:
     out = saved(tmp_path)
-    weights = out / "adapter.safetensors"
+    weights = out / "mixlight_adapter.safetensors"
     data = bytearray(weights.read_bytes())
     if how == "truncate":
         data = data[: len(data) // 2]
@@ -123,6 +123,15 @@ def write_to(path_of: Callable[[Path], Any], arrays=None) -> Callable[[Path], An
 def a_file(tmp: Path) -> Path:
     (tmp / "notes.txt").write_text("hello")
     return tmp / "notes.txt"
+
+
+def peft_dir(tmp: Path) -> Path:
+    """What PEFT's save_pretrained writes for an (IA)³ adapter."""
+    (tmp / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3", "r": 8}))
+    save_file(
+        {"base_model.model.k.ia3_l": np.ones((8, 1), np.float32)}, tmp / "adapter_model.safetensors"
+    )
+    return tmp
 
 
 def random_folder(tmp: Path) -> Path:
@@ -189,7 +198,7 @@ FILE_CASES = [
     ),
     Case(
         "read the weights file itself",
-        read(lambda t: saved(t) / "adapter.safetensors"),
+        read(lambda t: saved(t) / "mixlight_adapter.safetensors"),
         ml.AdapterFileError,
         "is a file, not an adapter directory",
         "pass its directory",
@@ -216,7 +225,7 @@ FILE_CASES = [
         "read an empty directory",
         read(lambda t: t),
         ml.AdapterFileError,
-        "adapter.safetensors is missing",
+        r"mixlight_adapter\.safetensors is missing",
         "point at the directory save_adapter wrote",
     ),
     Case(
@@ -290,10 +299,10 @@ FILE_CASES = [
         "save the adapter again",
     ),
     Case(
-        "format version 2.0",
-        read(lambda t: v1_0(t, lambda m: m.update(format_version="2.0"))),
+        "format version 3.0",
+        read(lambda t: v1_0(t, lambda m: m.update(format_version="3.0"))),
         ml.AdapterFileError,
-        "format version 2.0 is not readable",
+        "format version 3.0 is not readable",
         "upgrade or downgrade",
     ),
     Case(
@@ -302,6 +311,13 @@ FILE_CASES = [
         ml.AdapterFileError,
         "bad format_version 'x'",
         "save the adapter again",
+    ),
+    Case(
+        "a PEFT adapter directory",
+        read(peft_dir),
+        ml.AdapterFileError,
+        r"is a PEFT adapter directory \(adapter_config\.json with peft_type 'IA3'\)",
+        r"mixlight\.load_peft_adapter\(model, ",
     ),
     Case(
         "a PEFT adapter_config",
@@ -781,7 +797,7 @@ def model_cases(kit: Kit) -> list[Case]:
         ),
         Case(
             f"{kit.name}: load from the weights file",
-            lambda t: ml.load_adapter(kit.model(0), saved_from(t) / "adapter.safetensors"),
+            lambda t: ml.load_adapter(kit.model(0), saved_from(t) / "mixlight_adapter.safetensors"),
             ml.AdapterFileError,
             "is a file, not an adapter directory",
             "pass its directory",

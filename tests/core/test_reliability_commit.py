@@ -177,10 +177,14 @@ def test_two_savers_and_a_reader_only_ever_see_whole_adapters(tmp_path):
     assert int(log.read_text()) >= 3
     final = ml.read_adapter(root)
     assert _arrays_sha256(final.arrays) in {_arrays_sha256(b[-1]) for b in batches}
-    readable = json.loads((root / "adapter_config.json").read_text())
-    weights = (root / "adapter.safetensors").read_bytes()
+    readable = json.loads((root / "mixlight_config.json").read_text())
+    weights = (root / "mixlight_adapter.safetensors").read_bytes()
     assert readable["weights_sha256"] == hashlib.sha256(weights).hexdigest()
-    assert sorted(os.listdir(root)) == ["adapter.safetensors", "adapter_config.json"]
+    assert sorted(os.listdir(root)) == [
+        "README.md",
+        "mixlight_adapter.safetensors",
+        "mixlight_config.json",
+    ]
 
 
 def test_stale_staging_of_any_version_is_removed(tmp_path):
@@ -191,8 +195,9 @@ def test_stale_staging_of_any_version_is_removed(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     ml.write_adapter(tmp_path, CONFIG, specs, arrays)
     assert sorted(os.listdir(tmp_path)) == [
-        "adapter.safetensors",
-        "adapter_config.json",
+        "README.md",
+        "mixlight_adapter.safetensors",
+        "mixlight_config.json",
         "notes.txt",
     ]
 

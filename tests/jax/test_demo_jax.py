@@ -28,7 +28,7 @@ def test_quick_run_writes_results(tmp_path, cache_dir):
     assert set(results["methods_info"]) == {"ia3", "mov"}
     assert list(results["tables"]) == ["A", "B", "C"]
     assert set(results["tables"]["B"]["methods"]) == {"ia3", "mov"}
-    assert (out / "adapters" / "mov-seed0" / "adapter_config.json").is_file()
+    assert (out / "adapters" / "mov-seed0" / "mixlight_config.json").is_file()
 
 
 def test_matches_torch_backend(tmp_path, cache_dir):

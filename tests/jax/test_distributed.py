@@ -36,7 +36,7 @@ def test_mesh_training_equals_one_device_and_reloads(tmp_path):
     assert report["adapter_vectors_spec"] == "P('model',)"
     assert report["param_diff"] < 1e-4 and report["loss_diff"] < 1e-5
     assert report["reload_logit_diff"] < 1e-4
-    assert (tmp_path / "adapter/adapter.safetensors").is_file()
+    assert (tmp_path / "adapter/mixlight_adapter.safetensors").is_file()
 
 
 def test_batch_not_divisible_by_data_axis_is_refused(tmp_path):

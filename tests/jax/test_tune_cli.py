@@ -37,7 +37,7 @@ def _split(path):
 def test_same_config_same_initial_adapter_bytes(tmp_path):
     _both(tmp_path, steps=0, eval_data=None)
     (torch_header, torch_data), (jax_header, jax_data) = (
-        _split(tmp_path / f"out-{b}/adapter/adapter.safetensors") for b in ("torch", "jax")
+        _split(tmp_path / f"out-{b}/adapter/mixlight_adapter.safetensors") for b in ("torch", "jax")
     )
     assert torch_data == jax_data  # the arrays, byte for byte
     assert torch_header == jax_header  # layout, config and base identity (name, samples)

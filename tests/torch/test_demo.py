@@ -189,7 +189,7 @@ def test_micro_pipeline_end_to_end_and_base_cache(tmp_path, monkeypatch):
         assert heading in text, heading
     assert not (out / "adapters" / "full-seed0").exists()
     for method in ("ia3", "lora", "mov", "molora"):
-        assert (out / "adapters" / f"{method}-seed0" / "adapter_config.json").is_file()
+        assert (out / "adapters" / f"{method}-seed0" / "mixlight_config.json").is_file()
     base = instruct.prepare(cfg)
     fresh = ml.load_adapter(base.model, out / "adapters" / "mov-seed0")
     assert "mixlight_state" in fresh.__dict__

@@ -36,7 +36,8 @@ def run_layer(spec, params, x, h, mask):
     switch = AdapterSwitch()
     if mask is not None:
         switch.masks = [mask]
-    layer = AdapterLayer(Given(), spec, {n: p.float().numpy() for n, p in params.items()}, switch)
+    layer = AdapterLayer(Given(), switch)
+    layer.add("default", spec, {n: p.float().numpy() for n, p in params.items()})
     out = layer(x)
     return ml.SiteResult(out, layer.last_probs, layer.last_logits)
 
@@ -138,8 +139,8 @@ def test_double_injection_is_refused():
 def test_loading_a_corrupt_file_is_refused(tmp_path):
     model = ml.inject(tiny_t5(), ml.MoV(2))
     ml.save_adapter(model, tmp_path)
-    data = (tmp_path / "adapter.safetensors").read_bytes()
-    (tmp_path / "adapter.safetensors").write_bytes(data[:100])
+    data = (tmp_path / "mixlight_adapter.safetensors").read_bytes()
+    (tmp_path / "mixlight_adapter.safetensors").write_bytes(data[:100])
     with pytest.raises(ml.AdapterFileError, match="truncated"):
         ml.load_adapter(tiny_t5(), tmp_path)
 
