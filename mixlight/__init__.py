@@ -12,6 +12,8 @@ from mixlight._backends import (
     primitives_for,
     register_backend,
 )
+from mixlight._hub import push_to_hub
+from mixlight._peft_api import load_peft_adapter, save_peft_adapter
 from mixlight._version import __version__
 from mixlight.adapter_file import AdapterFileError, read_adapter, write_adapter
 from mixlight.api import (
@@ -69,13 +71,16 @@ __all__ = [
     "load_adapter",
     "load_backend",
     "load_model",
+    "load_peft_adapter",
     "plan_sites",
     "primitives_for",
+    "push_to_hub",
     "read_adapter",
     "register_backend",
     "register_expert",
     "routing_stats",
     "save_adapter",
+    "save_peft_adapter",
     "trainable_parameters",
     "write_adapter",
 ]

@@ -15,6 +15,7 @@ import attrs
 from mixlight._atomic_dir import as_directory
 from mixlight._backends import ENV_VAR, Backend, backend_for_model, load_backend
 from mixlight._base_identity import BaseIdentity
+from mixlight._hub import resolve
 from mixlight._model_card import facts_of
 from mixlight.adapter_file import check_fits, read_adapter, write_adapter
 from mixlight.config import AdapterConfig
@@ -50,13 +51,14 @@ def save_adapter(model: Any, directory: str | os.PathLike, *, backend: str | Non
 
 
 def load_adapter(model: Any, directory: str | os.PathLike, *, backend: str | None = None) -> Any:
-    """Load an adapter directory into ``model``.
+    """Load an adapter directory, or a Hugging Face Hub repo id (``"user/repo"``, when no such
+    local path exists and huggingface_hub is installed), into ``model``.
 
     An un-injected model is injected from the file's config first (whatever backend wrote the
     file); an injected one must have the same config. Shapes are checked against the model.
     """
     chosen = backend_for_model(model, backend)
-    adapter = read_adapter(as_directory(directory, "load_adapter"))
+    adapter = read_adapter(resolve(directory, "load_adapter"))
     config = attrs.evolve(adapter.config, backend=None)
     if not chosen.is_injected(model):
         chosen.inject(model, config)

@@ -1,0 +1,90 @@
+"""PEFT interop for models: import a PEFT (IA)³ or LoRA adapter, optionally as every expert of
+a mixture ("upcycling"), and export a one-expert adapter in PEFT's layout. Works in every
+backend: the conversion is numpy (:mod:`mixlight._peft_format`), the model side goes through
+the backend's adapter state."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from mixlight._backends import backend_for_model
+from mixlight._hub import resolve
+from mixlight._peft_format import (
+    check_upcycle,
+    fill_experts,
+    one_expert_config,
+    peft_state,
+    read_peft,
+    write_peft,
+)
+from mixlight.config import AdapterConfig
+
+
+def load_peft_adapter(
+    model: Any,
+    source: str | os.PathLike,
+    *,
+    upcycle: AdapterConfig | None = None,
+    seed: int | None = None,
+    backend: str | None = None,
+) -> Any:
+    """Load a PEFT (IA)³ or LoRA adapter directory (or Hub repo id) into ``model``.
+
+    Without ``upcycle`` the model gets the one-expert mixlight adapter that computes what the
+    PEFT adapter computes (IA3 vectors / LoRA experts at exactly PEFT's modules; T5's
+    feed-forward ``wo`` input scaling becomes the ``DenseReluDense.act`` site). With
+    ``upcycle=ml.MoV(...)`` or ``ml.MoLoRA(...)``, the model is injected with that config
+    (routers initialised as usual, from ``seed``) and every expert of each PEFT module's site
+    starts from the PEFT values, so under soft merging (or renormalised top-k) the model
+    computes the PEFT model's function at initialisation; sites PEFT did not adapt keep
+    their identity initialisation. A model that already carries an adapter must carry this
+    config. What PEFT computes but mixlight cannot is refused before the model is touched,
+    naming the PEFT key.
+    """
+    peft = read_peft(resolve(source, "load_peft_adapter"))
+    if upcycle is not None:
+        if not isinstance(upcycle, AdapterConfig):
+            raise TypeError(
+                "load_peft_adapter(upcycle=...) takes a mixlight.AdapterConfig such as "
+                f"ml.MoV(10) or ml.MoLoRA(10, rank=...), got {type(upcycle).__name__}"
+            )
+        check_upcycle(peft, upcycle)
+        config = upcycle
+    else:
+        config = one_expert_config(peft)
+    chosen = backend_for_model(model, backend, config)
+    if not chosen.is_injected(model):
+        chosen.inject(model, config, seed)
+    current, _ = chosen.adapter_specs(model)
+    if attrs.evolve(current, backend=None) != attrs.evolve(config, backend=None):
+        raise ValueError(
+            f"the model already carries an adapter ({current.method}) other than the one "
+            f"importing {source} needs ({config.method}); import into a fresh model, or pass "
+            "upcycle= the config the model carries"
+        )
+    _, specs, arrays = chosen.adapter_state(model)
+    chosen.load_adapter_state(model, fill_experts(peft, specs, arrays))
+    return model
+
+
+def save_peft_adapter(
+    model: Any,
+    directory: str | os.PathLike,
+    *,
+    task_type: str | None = None,
+    backend: str | None = None,
+) -> Path:
+    """Write the model's one-expert adapter (IA3, LoRA, or MoV/MoLoRA with one expert) as a
+    PEFT adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``) that
+    ``peft.PeftModel.from_pretrained(base, directory)`` loads with the same outputs.
+    ``task_type`` is PEFT's (e.g. ``"SEQ_2_SEQ_LM"``); None gives a plain ``PeftModel``."""
+    chosen = backend_for_model(model, backend)
+    config, specs, arrays = chosen.adapter_state(model)
+    hook = getattr(chosen, "base_identity", None)
+    base = hook(model).name if hook is not None else None
+    peft_config, tensors = peft_state(config, specs, arrays, base_model=base, task_type=task_type)
+    return write_peft(directory, peft_config, tensors)
