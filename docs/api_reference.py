@@ -23,6 +23,9 @@ GROUPS = {
         "ParameterCount", "aux_losses", "routing_stats", "disable_adapters",
     ],
     "Adapter files": ["read_adapter", "write_adapter", "AdapterFileError"],
+    "Hugging Face interop: PEFT and the Hub": [
+        "load_peft_adapter", "save_peft_adapter", "push_to_hub",
+    ],
     "Extension surface: expert kinds": [
         "ExpertKind", "Vectors", "LowRank", "ParamSpec", "expert_kinds", "register_expert",
     ],
