@@ -1,0 +1,88 @@
+"""A framework-free backend for core tests: a "model" is a dict of module shapes, and its
+adapter state lives in numpy arrays, so model-level functions (load_peft_adapter,
+push_to_hub, save_adapter) run without torch or JAX."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+
+import mixlight as ml
+from mixlight import _backends
+
+
+class DictModel:
+    """Module path -> :class:`mixlight.ModuleShape`; ``state`` once injected."""
+
+    def __init__(self, shapes: dict[str, ml.ModuleShape]) -> None:
+        self.shapes = shapes
+        self.state: tuple | None = None
+
+
+class DictBackend:
+    name = "dict"
+    primitives = ml.primitives_for(np.zeros(1))
+
+    def owns_array(self, x):
+        return False
+
+    def owns_model(self, model):
+        return isinstance(model, DictModel)
+
+    def is_injected(self, model):
+        return model.state is not None
+
+    def inject(self, model, config, seed=None):
+        specs = ml.plan_sites(config, list(model.shapes), lambda p, s: model.shapes[p])
+        rng = np.random.default_rng(seed or 0)
+        arrays = {s.canonical_name(n): a for s in specs for n, a in s.init_params(rng).items()}
+        model.state = (config, specs, arrays)
+        return model
+
+    def adapter_specs(self, model):
+        return model.state[0], model.state[1]
+
+    def adapter_state(self, model):
+        config, specs, arrays = model.state
+        return config, specs, {n: a.copy() for n, a in arrays.items()}
+
+    def load_adapter_state(self, model, arrays):
+        config, specs, _ = model.state
+        model.state = (config, specs, {n: np.asarray(a).copy() for n, a in arrays.items()})
+
+    def trainable_parameters(self, model):
+        adapter = sum(a.size for a in model.state[2].values())
+        return ml.ParameterCount(adapter, adapter + 10_000)
+
+    def aux_losses(self, model):
+        return 0.0
+
+    def routing_stats(self, model):
+        return {}
+
+    @contextlib.contextmanager
+    def disable_adapters(self, model) -> Iterator[DictModel]:
+        yield model
+
+
+@contextlib.contextmanager
+def dict_backend() -> Iterator[None]:
+    with _backends._isolated_registry():
+        ml.register_backend(ml.BackendPlugin("dict", "numpy", "dict", DictBackend))
+        ml.load_backend("dict")
+        yield
+
+
+def t5_like(layers: int = 2, d: int = 8, d_ff: int = 16) -> DictModel:
+    """The T5 module paths the presets target, with their widths."""
+    shapes = {}
+    for i in range(layers):
+        for name in ("q", "k", "v", "o"):
+            shapes[f"encoder.block.{i}.layer.0.SelfAttention.{name}"] = ml.ModuleShape(d, d, 2)
+        ffn = f"encoder.block.{i}.layer.1.DenseReluDense"
+        shapes[f"{ffn}.wi"] = ml.ModuleShape(d, d_ff)
+        shapes[f"{ffn}.wo"] = ml.ModuleShape(d_ff, d)
+        shapes[f"{ffn}.act"] = ml.ModuleShape(d_ff, d_ff)
+    return DictModel(shapes)
