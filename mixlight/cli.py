@@ -1,5 +1,8 @@
 """The ``mixlight`` command: ``info``, ``inspect DIR``, ``tune CONFIG``, ``demo``, ``bench``.
 
+``inspect`` describes a mixlight adapter directory (any format version), a PEFT adapter
+directory (as mixlight would import it), or a Hub repo id holding either.
+
 Heavy subcommands import their backend only when they run.
 """
 
@@ -8,10 +11,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 import mixlight as ml
+from mixlight._hub import resolve
+from mixlight._peft_format import read_peft
+from mixlight.adapter_file import LAYOUTS, peft_description
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -31,7 +38,11 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    adapter = ml.read_adapter(args.directory)
+    root = resolve(args.directory, "inspect")
+    if root.is_dir() and not any((root / w).is_file() for w, _ in LAYOUTS):
+        if peft_description(root) is not None:
+            return _inspect_peft(args.directory, root)
+    adapter = ml.read_adapter(root)
     cfg = adapter.config
     total = sum(int(np.prod(a.shape)) for a in adapter.arrays.values())
     print(
@@ -58,6 +69,21 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect_peft(name: str, root: Path) -> int:
+    """Describe a PEFT adapter directory as mixlight would import it."""
+    peft = read_peft(root)
+    kinds = sorted({m.kind for m in peft.modules.values()})
+    total = sum(int(a.size) for m in peft.modules.values() for a in m.arrays.values())
+    print(f"{name}: a PEFT {peft.peft_type} adapter (not a mixlight adapter directory)")
+    print(f"  base model: {peft.base_model or 'not recorded'}")
+    print(f"  {len(peft.modules)} modules, {total:,} parameters, as mixlight {', '.join(kinds)}")
+    for module in peft.modules.values():
+        shapes = " ".join(f"{k}{tuple(a.shape)}" for k, a in module.arrays.items())
+        print(f"    {module.path}  {shapes}")
+    print(f"  import: ml.load_peft_adapter(model, {name!r}) (upcycle=ml.MoV(...) for a mixture)")
+    return 0
+
+
 def _demo(args: argparse.Namespace, rest: Sequence[str]) -> int:
     from mixlight_tune.cli import main as demo_main
 
@@ -80,7 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mixlight", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="list backends and expert kinds")
-    inspect = sub.add_parser("inspect", help="describe an adapter directory")
+    inspect = sub.add_parser(
+        "inspect", help="describe an adapter directory (mixlight or PEFT) or Hub repo id"
+    )
     inspect.add_argument("directory")
     sub.add_parser(
         "tune",

@@ -187,3 +187,20 @@ def test_a_mixlight_1x_directory_is_not_taken_for_peft(tmp_path):
         ml.AdapterFileError, match="mixlight 1.x adapter: load it with mixlight.load_adapter"
     ):
         ml.load_peft_adapter(t5_like(), tmp_path)
+
+
+def test_mixlight_inspect_describes_a_peft_directory(tmp_path, capsys):
+    from mixlight.cli import main
+
+    peft_files(
+        tmp_path,
+        {"peft_type": "IA3", "feedforward_modules": ["wo"], "base_model_name_or_path": "t5-small"},
+        {
+            f"{K}.ia3_l": np.ones((8, 1), np.float32),
+            "base_model.model.x.DenseReluDense.wo.ia3_l": np.ones((1, 16), np.float32),
+        },
+    )
+    assert main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "a PEFT IA3 adapter" in out and "base model: t5-small" in out
+    assert "x.DenseReluDense.act  vectors(16,)" in out and "ml.load_peft_adapter(model" in out
