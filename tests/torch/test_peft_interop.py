@@ -175,3 +175,29 @@ def test_each_library_recognises_the_others_directory(tmp_path):
     theirs, _ = peft_dir(tmp_path, "1.1", ia3_config())
     with pytest.raises(ml.AdapterFileError, match=r"PEFT adapter directory.*load_peft_adapter"):
         ml.load_adapter(tiny_t5(vocab_size=128), theirs)
+
+
+def test_the_pages_peft_section_runs_and_computes_what_it_says(tmp_path, monkeypatch):
+    """docs/huggingface.md, section "PEFT interop, files, model cards, the Hub": its python
+    blocks run in order (``py`` blocks need a network and are shown, not run)."""
+    from tests.docs_pages import ROOT, run_page
+
+    text = (ROOT / "docs/huggingface.md").read_text()
+    section = text.split("\n## PEFT interop, files, model cards, the Hub\n", 1)[1]
+    page = tmp_path / "section.md"
+    page.write_text(section.split("\n## ", 1)[0])
+    (tmp_path / "work").mkdir()
+    ns = run_page(page, tmp_path / "work")
+    monkeypatch.chdir(tmp_path / "work")  # where the page's "t5-tiny" checkpoint is
+    logits = ns["logits"]
+    for ours, theirs in (("model", "ia3"), ("mov", "ia3"), ("in_peft", "lora")):
+        diff = (logits(ns[ours]) - logits(ns[theirs])).abs().max().item()
+        assert diff < ATOL, (ours, theirs, diff)
+    assert (logits(ns["lora"]) - logits(ns["base"]())).abs().max() > 1e-3
+    out = tmp_path / "work/out/mov"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "mixlight_adapter.safetensors",
+        "mixlight_config.json",
+    ]
+    assert "## Routing (last forward pass before the save)" in (out / "README.md").read_text()
