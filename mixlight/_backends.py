@@ -40,17 +40,37 @@ class Backend(Protocol):
 
     def is_injected(self, model: Any) -> bool: ...
 
-    def inject(self, model: Any, config: Any, seed: int | None = None) -> Any: ...
-
-    def adapter_specs(self, model: Any) -> Any:
-        """``(AdapterConfig, [SiteSpec])`` of an injected model (no array copies)."""
+    def inject(
+        self, model: Any, config: Any, seed: int | None = None, name: str = "default"
+    ) -> Any:
+        """Add adapter ``name``; the model's first adapter is the active one."""
         ...
 
-    def adapter_state(self, model: Any) -> Any:
-        """``(AdapterConfig, [SiteSpec], {canonical name: np.ndarray})`` of an injected model."""
+    def adapter_names(self, model: Any) -> list[str]:
+        """The model's adapter names, the active one first."""
         ...
 
-    def load_adapter_state(self, model: Any, arrays: Mapping[str, np.ndarray]) -> None: ...
+    def set_adapter(self, model: Any, name: str) -> None: ...
+
+    def delete_adapter(self, model: Any, name: str) -> None: ...
+
+    def adapter_specs(self, model: Any, name: str | None = None) -> Any:
+        """``(AdapterConfig, [SiteSpec])`` of adapter ``name`` (default: the active one)."""
+        ...
+
+    def adapter_state(self, model: Any, name: str | None = None) -> Any:
+        """``(AdapterConfig, [SiteSpec], {canonical name: np.ndarray})`` of adapter ``name``."""
+        ...
+
+    def load_adapter_state(
+        self, model: Any, arrays: Mapping[str, np.ndarray], name: str | None = None
+    ) -> None: ...
+
+    def merge_and_unload(self, model: Any, routing: Any = None) -> Any:
+        """Fold the active adapter into the base weights (see :mod:`mixlight.merging`)."""
+        ...
+
+    def mean_routing(self, model: Any, batches: Any) -> dict[str, np.ndarray]: ...
 
     def trainable_parameters(self, model: Any) -> Any: ...
 
@@ -98,6 +118,7 @@ class NumpyBackend:
 
     is_injected = inject = adapter_specs = adapter_state = load_adapter_state = _no_models
     trainable_parameters = aux_losses = routing_stats = disable_adapters = _no_models
+    adapter_names = set_adapter = delete_adapter = merge_and_unload = mean_routing = _no_models
 
 
 _NUMPY = NumpyBackend()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,12 @@ from mixlight.config import AdapterConfig
 
 
 def inject(
-    model: Any, config: AdapterConfig, *, backend: str | None = None, seed: int | None = None
+    model: Any,
+    config: AdapterConfig,
+    *,
+    backend: str | None = None,
+    seed: int | None = None,
+    adapter_name: str = "default",
 ) -> Any:
     """Wrap the modules matched by ``config``'s sites in adapters, freeze everything else,
     and return the model (modified in place).
@@ -30,39 +36,61 @@ def inject(
     ``seed`` fixes the adapters' initial values (drawn with numpy from the canonical
     initialisers, so a seed gives the same adapter in every backend); None takes it from the
     framework's own RNG where it has one (``torch.manual_seed``), else 0.
+    ``adapter_name`` names the adapter; on a model that already has adapters, a new name adds
+    one beside them, inactive until :func:`set_adapter` (as PEFT's ``add_adapter``).
     """
     if not isinstance(config, AdapterConfig):
         raise TypeError(
             f"inject(model, config): config must be a mixlight.AdapterConfig (e.g. "
             f"mixlight.MoV()), got {type(config).__name__}"
         )
-    return backend_for_model(model, backend, config).inject(model, config, seed)
+    named = () if adapter_name == "default" else (adapter_name,)  # backends without names
+    return backend_for_model(model, backend, config).inject(model, config, seed, *named)
 
 
-def save_adapter(model: Any, directory: str | os.PathLike, *, backend: str | None = None) -> Path:
+def save_adapter(
+    model: Any,
+    directory: str | os.PathLike,
+    *,
+    backend: str | None = None,
+    adapter_name: str | None = None,
+) -> Path:
     """Write the model's adapter to ``directory`` (mixlight_adapter.safetensors +
     mixlight_config.json + a README.md model card) with one commit point: the directory holds
-    the previous adapter or this one, never a mix (see :func:`mixlight.write_adapter`)."""
+    the previous adapter or this one, never a mix (see :func:`mixlight.write_adapter`).
+    ``adapter_name`` picks one of the model's named adapters (default: the active one)."""
     as_directory(directory, "save_adapter")
     chosen = backend_for_model(model, backend)
-    config, specs, arrays = chosen.adapter_state(model)
+    config, specs, arrays = chosen.adapter_state(model, *_named(adapter_name))
     card = facts_of(chosen, model)
     return write_adapter(directory, config, specs, arrays, base=_identity(chosen, model), card=card)
 
 
-def load_adapter(model: Any, directory: str | os.PathLike, *, backend: str | None = None) -> Any:
+def load_adapter(
+    model: Any,
+    directory: str | os.PathLike,
+    *,
+    backend: str | None = None,
+    adapter_name: str | None = None,
+) -> Any:
     """Load an adapter directory, or a Hugging Face Hub repo id (``"user/repo"``, when no such
     local path exists and huggingface_hub is installed), into ``model``.
 
     An un-injected model is injected from the file's config first (whatever backend wrote the
     file); an injected one must have the same config. Shapes are checked against the model.
+    With ``adapter_name``, the file goes into the adapter of that name: a name the model
+    does not have yet is added from the file's config (inactive unless it is the model's
+    first adapter: switch with :func:`set_adapter`, as in PEFT).
     """
     chosen = backend_for_model(model, backend)
     adapter = read_adapter(resolve(directory, "load_adapter"))
     config = attrs.evolve(adapter.config, backend=None)
+    named = _named(adapter_name)
     if not chosen.is_injected(model):
-        chosen.inject(model, config)
-    current, specs = chosen.adapter_specs(model)
+        chosen.inject(model, config, None, *named)
+    elif adapter_name is not None and adapter_name not in adapter_names(model, backend=backend):
+        chosen.inject(model, config, None, adapter_name)
+    current, specs = chosen.adapter_specs(model, *named)
     if attrs.evolve(current, backend=None) != config:
         raise ValueError(
             f"the model already carries a different adapter ({current.method}) than {directory} "
@@ -70,8 +98,69 @@ def load_adapter(model: Any, directory: str | os.PathLike, *, backend: str | Non
             "load into a fresh model or remove the adapter first"
         )
     check_fits(adapter, specs, str(directory), _identity(chosen, model))
-    chosen.load_adapter_state(model, adapter.arrays)
+    chosen.load_adapter_state(model, adapter.arrays, *named)
     return model
+
+
+def _named(adapter_name: str | None) -> tuple[str, ...]:
+    """The trailing adapter-name argument of a backend call (none: the active adapter)."""
+    return () if adapter_name is None else (adapter_name,)
+
+
+def adapter_names(model: Any, *, backend: str | None = None) -> list[str]:
+    """The model's adapter names, the active one first."""
+    return backend_for_model(model, backend).adapter_names(model)
+
+
+def set_adapter(model: Any, adapter_name: str, *, backend: str | None = None) -> None:
+    """Make ``adapter_name`` the adapter that runs and trains; the others stay, frozen.
+    (JAX: build the ``nnx.Optimizer`` after switching, since the trainable state changed.)"""
+    backend_for_model(model, backend).set_adapter(model, adapter_name)
+
+
+def delete_adapter(model: Any, adapter_name: str, *, backend: str | None = None) -> None:
+    """Remove one named adapter (the last one: the model is un-injected)."""
+    backend_for_model(model, backend).delete_adapter(model, adapter_name)
+
+
+def adapter_per_example(
+    model: Any, adapter_names: list[str], *, backend: str | None = None
+) -> contextlib.AbstractContextManager:
+    """Context manager in which example ``i`` of each batch runs adapter
+    ``adapter_names[i]`` (``"__base__"``: the base model), as PEFT's mixed-batch inference;
+    works under HF ``generate`` (beams repeat their example's adapter). Torch only."""
+    chosen = backend_for_model(model, backend)
+    per_example = getattr(chosen, "adapter_per_example", None)
+    if per_example is None:
+        raise TypeError(
+            f"the {chosen.name} backend runs one adapter per batch; switch between batches "
+            "with mixlight.set_adapter(model, name)"
+        )
+    return per_example(model, adapter_names)
+
+
+def merge_and_unload(
+    model: Any, *, routing: Mapping[str, Any] | None = None, backend: str | None = None
+) -> Any:
+    """Fold the active adapter into the base weights, remove every adapter and return the
+    plain model, for deployment without mixlight (as PEFT's ``merge_and_unload``).
+
+    Exact for one-expert adapters ((IA)³, LoRA, MoV/MoLoRA with one expert). A routed
+    adapter mixes its experts per token; it merges only at a fixed ``routing`` (``{site path:
+    [E] or [H, E]}``, e.g. ``mean_routing(model, batches)`` over one task's data), which
+    approximates it: ``docs/huggingface.md`` measures the cost. Nothing changes when a site
+    cannot be merged (the error names it)."""
+    return backend_for_model(model, backend).merge_and_unload(model, routing)
+
+
+def mean_routing(
+    model: Any, batches: Iterable[Mapping[str, Any]], *, backend: str | None = None
+) -> dict[str, Any]:
+    """Each routed site's mean routing probability (numpy ``[E]``, ``[H, E]`` per head) over
+    the real tokens of ``batches``: dicts of keyword arguments for ``model(**batch)``, whose
+    ``attention_mask`` / ``decoder_attention_mask`` (torch also ``labels != -100``) mark the
+    tokens. The routing at which :func:`merge_and_unload` folds a routed adapter."""
+    return backend_for_model(model, backend).mean_routing(model, batches)
 
 
 def load_model(path: str | os.PathLike, *, backend: str | None = None) -> Any:

@@ -15,7 +15,7 @@ import attrs
 import numpy as np
 
 from mixlight import _validate as v
-from mixlight.math import lowrank_mixture, mix_vectors
+from mixlight.math import lowrank_mixture, merge_vectors, mix_vectors
 
 
 @attrs.frozen
@@ -38,6 +38,16 @@ class ParamSpec:
         if self.init == "zeros":
             return np.zeros(self.shape, np.float32)
         return (rng.standard_normal(self.shape) * self.std).astype(np.float32)
+
+
+@attrs.frozen
+class Merged:
+    """One site's adapter folded into its frozen module at a fixed routing, float32: the
+    module's output ``h`` becomes ``h * scale`` (``scale [d_out]``) and/or
+    ``h + x @ delta`` (``delta [d_in, d_out]``)."""
+
+    scale: np.ndarray | None = None
+    delta: np.ndarray | None = None
 
 
 class ExpertKind(abc.ABC):
@@ -82,6 +92,16 @@ class ExpertKind(abc.ABC):
         Returns:
           ``[..., d_out]`` in ``h``'s dtype.
         """
+
+    def merged(self, params: Mapping[str, Any], probs: Any | None, heads: int | None) -> Merged:
+        """This kind's adapter as a :class:`Merged` update at fixed routing ``probs`` (``[E]``,
+        ``[H, E]`` per head, None for one expert), numpy in and out. Kinds whose output is not
+        ``h * s`` or ``h + x @ D`` for fixed probabilities cannot be merged; they keep this
+        error."""
+        raise TypeError(
+            f"expert kind {self.kind!r} has no merge rule: keep the adapter unmerged, or give "
+            f"{type(self).__name__} a merged(params, probs, heads) returning mixlight.Merged"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **attrs.asdict(self, recurse=False)}  # type: ignore[arg-type]
@@ -149,6 +169,9 @@ class Vectors(ExpertKind):
     def mix(self, params, probs, x, h, heads):
         return mix_vectors(h, probs, params["vectors"], heads)
 
+    def merged(self, params, probs, heads):
+        return Merged(scale=np.asarray(merge_vectors(probs, params["vectors"], heads)))
+
 
 @register_expert
 @attrs.frozen
@@ -180,3 +203,8 @@ class LowRank(ExpertKind):
 
     def mix(self, params, probs, x, h, heads):
         return h + lowrank_mixture(x, probs, params["lora_A"], params["lora_B"], self.scale, h)
+
+    def merged(self, params, probs, heads):
+        lora_A, lora_B = np.asarray(params["lora_A"]), np.asarray(params["lora_B"])
+        identity = np.eye(lora_A.shape[1], dtype=np.float32)  # x = I: the rows of delta
+        return Merged(delta=lowrank_mixture(identity, probs, lora_A, lora_B, self.scale))

@@ -14,6 +14,8 @@ _EXPORTS = {
     "AdapterLayer": "mixlight_torch.layers",
     "TorchBackend": "mixlight_torch.backend",
     "adapter_layers": "mixlight_torch.model",
+    "aux_loss_in_output": "mixlight_torch.model",
+    "adapter_checkpoints": "mixlight_torch.hf",
     "check_finite": "mixlight_torch.model",
     "remove_adapters": "mixlight_torch.model",
     "fused_molora": "mixlight_torch.fused",

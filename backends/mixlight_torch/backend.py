@@ -14,7 +14,7 @@ from mixlight import AdapterConfig, ParameterCount
 from mixlight._base_identity import BaseIdentity
 from mixlight.adapter_file import check_arrays
 from mixlight.math import routing_summary
-from mixlight.site_spec import aux_loss_terms
+from mixlight_torch import merge as _merge
 from mixlight_torch import model as _model
 from mixlight_torch.primitives import TORCH_PRIMITIVES
 
@@ -33,34 +33,57 @@ class TorchBackend:
     def is_injected(self, model: nn.Module) -> bool:
         return "mixlight_state" in _model.unwrap(model).__dict__
 
-    def inject(self, model: nn.Module, config: AdapterConfig, seed: int | None = None) -> nn.Module:
-        return _model.inject(model, config, seed)
+    def inject(
+        self,
+        model: nn.Module,
+        config: AdapterConfig,
+        seed: int | None = None,
+        name: str = _model.DEFAULT,
+    ) -> nn.Module:
+        return _model.inject(model, config, seed, name)
 
-    def adapter_specs(self, model: nn.Module):
+    def adapter_names(self, model: nn.Module) -> list[str]:
         state = _model.state_of(_model.unwrap(model))
-        return state.config, state.specs
+        return [state.active, *(n for n in state.configs if n != state.active)]
 
-    def adapter_state(self, model: nn.Module):
+    def set_adapter(self, model: nn.Module, name: str) -> None:
+        _model.set_adapter(_model.unwrap(model), name)
+
+    def delete_adapter(self, model: nn.Module, name: str) -> None:
+        _model.delete_adapter(_model.unwrap(model), name)
+
+    def adapter_per_example(self, model: nn.Module, names: list[str]):
+        return _model.adapter_per_example(_model.unwrap(model), names)
+
+    def adapter_specs(self, model: nn.Module, name: str | None = None):
+        state = _model.state_of(_model.unwrap(model))
+        name = state.check_name(name) if name is not None else state.active
+        return state.configs[name], state.site_specs[name]
+
+    def adapter_state(self, model: nn.Module, name: str | None = None):
         model = _model.unwrap(model)
-        config, specs = self.adapter_specs(model)
-        _model.materialize(model, "save the adapter")
+        config, specs = self.adapter_specs(model, name)
+        _model.materialize(model, "save the adapter", name)
         arrays = {}
-        for name, p in _model.adapter_parameters(model):
+        for key, p in _model.adapter_parameters(model, name):
             if _is_dtensor(p):
                 raise ValueError(
-                    f"{name} is sharded (DTensor): gathering needs every rank, so save with "
+                    f"{key} is sharded (DTensor): gathering needs every rank, so save with "
                     "mixlight_torch.distributed.save_adapter_distributed(model, directory) "
                     "called on all ranks"
                 )
-            arrays[name] = p.detach().to("cpu", torch.float32).numpy().copy()
+            arrays[key] = p.detach().to("cpu", torch.float32).numpy().copy()
         return config, specs, arrays
 
-    def load_adapter_state(self, model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
+    def load_adapter_state(
+        self, model: nn.Module, arrays: Mapping[str, np.ndarray], name: str | None = None
+    ) -> None:
         model = _model.unwrap(model)
-        check_arrays(self.adapter_specs(model)[1], arrays, "adapter arrays")
-        _model.materialize(model, "load an adapter into this model")
+        check_arrays(self.adapter_specs(model, name)[1], arrays, "adapter arrays")
+        _model.materialize(model, "load an adapter into this model", name)
+        adapter = name or _model.state_of(model).active
         with torch.no_grad():
-            for name, param in _model.adapter_parameters(model):
+            for name, param in _model.adapter_parameters(model, adapter):
                 full = torch.from_numpy(np.asarray(arrays[name])).to(param.device, param.dtype)
                 if _is_dtensor(param):  # FSDP2: each rank keeps its own slice
                     from torch.distributed.tensor import distribute_tensor
@@ -69,8 +92,14 @@ class TorchBackend:
                         full, param.device_mesh, param.placements, src_data_rank=None
                     )
                 param.copy_(full)
-        for layer in _model.adapter_layers(model).values():
-            layer.mark_loaded()
+        for layer in _model.adapter_layers(model, adapter).values():
+            layer.mark_loaded(adapter)
+
+    def merge_and_unload(self, model: nn.Module, routing: Any = None) -> nn.Module:
+        return _merge.merge_and_unload(model, routing)
+
+    def mean_routing(self, model: nn.Module, batches: Any) -> dict[str, np.ndarray]:
+        return _merge.mean_routing(model, batches)
 
     def base_identity(self, model: nn.Module) -> BaseIdentity:
         return _model.base_identity(_model.unwrap(model))
@@ -92,12 +121,7 @@ class TorchBackend:
     def aux_losses(self, model: nn.Module) -> torch.Tensor:
         model = _model.unwrap(model)
         _model.state_of(model)
-        total = torch.zeros(())
-        for layer in _model.adapter_layers(model).values():
-            if layer.last_logits is not None:
-                for term in aux_loss_terms(layer.spec, layer.last_logits).values():
-                    total = total.to(term.device) + term
-        return total
+        return _model.aux_loss(model)
 
     def routing_stats(self, model: nn.Module) -> dict[str, dict[str, Any]]:
         model = _model.unwrap(model)

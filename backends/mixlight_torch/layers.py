@@ -1,7 +1,8 @@
-"""The adapter layer: wraps a frozen module and applies one site's routed mixture."""
+"""The adapter layer: wraps a frozen module and applies the active adapter's routed mixture."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -13,44 +14,78 @@ from mixlight.site_spec import route, select_mask
 from mixlight_torch._router import no_autocast
 from mixlight_torch.fused import fused_molora, fused_mov, fused_routed_molora
 
+BASE = "__base__"
+"""The adapter name that means "no adapter" in a per-example list (PEFT's spelling)."""
+
 
 class AdapterSwitch:
-    """Shared by all layers of one model: adapters on/off and the sequence-routing masks
-    captured from the model's last call (plain object: no global state)."""
+    """Shared by all layers of one model (a plain object: no global state): which adapter
+    runs, whether adapters run at all, per-example adapter names for a mixed batch, and the
+    sequence-routing masks captured from the model's last call."""
 
-    def __init__(self) -> None:
+    def __init__(self, active: str = "default") -> None:
+        self.active = active
         self.enabled = True
         self.check_finite = False
+        self.per_example: list[str] | None = None
         self.masks: list[torch.Tensor] = []
 
 
 class AdapterLayer(nn.Module):
-    """A frozen ``base`` module plus one site's adapter parameters.
+    """A frozen ``base`` module plus, per named adapter that targets it, one site's adapter
+    parameters.
 
-    ``forward(x)`` returns the adapted ``base(x)``: ``x [..., d_in] -> [..., d_out]``.
-    Parameters live in ``self.adapter`` under their short canonical names (``router``,
-    ``vectors``, ``lora_A``, ``lora_B``), float32. Attributes the base module has (``weight``,
-    ``in_features``, ...) stay readable through the layer, as model code expects.
-    The last forward's routing probabilities and logits are kept in ``last_probs`` and
-    ``last_logits`` for :func:`mixlight.aux_losses` and :func:`mixlight.routing_stats`.
+    ``forward(x)`` returns ``base(x)`` adapted by the active adapter (unchanged when the
+    active adapter does not target this module): ``x [..., d_in] -> [..., d_out]``.
+    Parameters live in ``self.adapters[name]`` under their short canonical names (``router``,
+    ``vectors``, ``lora_A``, ``lora_B``), float32; ``self.adapter`` and ``self.spec`` are the
+    active adapter's. In ``state_dict()`` the base module's entries keep the names they had
+    before injection (``...k.weight``, not ``...k.base.weight``), so a full checkpoint of an
+    injected model still loads into the plain model (the adapter entries are then reported
+    as unexpected keys). Attributes the base module has (``weight``, ``in_features``, ...)
+    stay readable through the layer, as model code expects. The last forward's routing
+    probabilities and logits are kept in ``last_probs`` and ``last_logits`` for
+    :func:`mixlight.aux_losses` and :func:`mixlight.routing_stats`.
     """
 
-    def __init__(
-        self, base: nn.Module, spec: SiteSpec, params: dict[str, np.ndarray], switch: AdapterSwitch
-    ) -> None:
+    def __init__(self, base: nn.Module, switch: AdapterSwitch) -> None:
         super().__init__()
         self.base = base
-        self.spec = spec
         self.switch = switch
-        device = next((p.device for p in base.parameters()), torch.device("cpu"))
-        self.adapter = nn.ParameterDict(
-            {n: nn.Parameter(torch.from_numpy(a).to(device)) for n, a in params.items()}
-        )
+        self.adapters = nn.ModuleDict()
+        self.specs: dict[str, SiteSpec] = {}
         # On the meta device the initial values have nowhere to live: they are kept here and
         # written once the parameters get storage (``model.to_empty(device=...)``).
-        self.__dict__["pending_init"] = params if device.type == "meta" else None
+        self.__dict__["pending_init"] = {}
         self.last_probs: torch.Tensor | None = None
         self.last_logits: torch.Tensor | None = None
+        self.register_state_dict_post_hook(_base_keys_unprefixed)
+        self.register_load_state_dict_pre_hook(_base_keys_prefixed)
+
+    def add(self, name: str, spec: SiteSpec, params: dict[str, np.ndarray]) -> None:
+        """Give this module the adapter ``name`` with initial values ``params``."""
+        device = next((p.device for p in self.base.parameters()), torch.device("cpu"))
+        self.adapters[name] = nn.ParameterDict(
+            {n: nn.Parameter(torch.from_numpy(a).to(device)) for n, a in params.items()}
+        )
+        self.specs[name] = spec
+        if device.type == "meta":
+            self.__dict__["pending_init"][name] = params
+
+    def remove(self, name: str) -> None:
+        del self.adapters[name]
+        del self.specs[name]
+        self.__dict__["pending_init"].pop(name, None)
+
+    @property
+    def spec(self) -> SiteSpec:
+        """The active adapter's site (a ``KeyError`` naming it when this module has none)."""
+        return self.specs[self.switch.active]
+
+    @property
+    def adapter(self) -> nn.ParameterDict:
+        """The active adapter's parameters by short name."""
+        return self.adapters[self.switch.active]  # type: ignore[return-value]
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -63,17 +98,19 @@ class AdapterLayer(nn.Module):
     def materialize(self) -> None:
         """Write the initial values kept from a meta-device injection into the parameters,
         once they have storage (after ``to_empty``); a no-op otherwise."""
-        pending = self.__dict__.get("pending_init")
-        if pending is None or any(p.is_meta for p in self.adapter.values()):
-            return
-        with torch.no_grad():
-            for name, param in self.adapter.items():
-                param.copy_(torch.from_numpy(pending[name]))
-        self.__dict__["pending_init"] = None
+        pending = self.__dict__["pending_init"]
+        for name in list(pending):
+            params = self.adapters[name]
+            if any(p.is_meta for p in params.values()):
+                continue
+            with torch.no_grad():
+                for short, param in params.items():
+                    param.copy_(torch.from_numpy(pending[name][short]))
+            del pending[name]
 
-    def mark_loaded(self) -> None:
-        """The parameters now hold loaded values: forget the pending initial ones."""
-        self.__dict__["pending_init"] = None
+    def mark_loaded(self, name: str) -> None:
+        """Adapter ``name`` now holds loaded values: forget its pending initial ones."""
+        self.__dict__["pending_init"].pop(name, None)
 
     def _apply(self, fn: Any, recurse: bool = True) -> AdapterLayer:
         # ``to_empty``/``to`` pass through here: meta-injected adapters get their values now.
@@ -83,31 +120,78 @@ class AdapterLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         h = self.base(x, *args, **kwargs)
-        if not self.switch.enabled:  # no routing ran: no statistics from this pass
+        switch = self.switch
+        spec = self.specs.get(switch.active) if switch.per_example is None else None
+        if not switch.enabled or spec is None:  # no routing ran: no statistics from this pass
             self.__dict__.update(last_probs=None, last_logits=None)
+            if switch.enabled and switch.per_example is not None:
+                return self._mixed_batch(x, h, switch.per_example)
             return h
-        if self.switch.check_finite:
+        if switch.check_finite:
             self._check_finite(x, h)
         # Autocast off: routers stay float32; mixing runs in the activations' own dtypes.
         with no_autocast(h):
-            out, probs, logits = self.mix(x, h)
+            out, probs, logits = self.mix(spec, self.adapters[switch.active], x, h, switch.masks)
         if probs is not None and probs.numel() == 0:  # 0 tokens: nothing routed, no statistics
             probs = logits = None
         # (plain attributes: nn.Module.__setattr__ is measurable per generated token)
         self.__dict__.update(last_probs=probs, last_logits=logits)
         return out
 
+    def _mixed_batch(self, x: torch.Tensor, h: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+        """Each example (row of dim 0) adapted by its own adapter; ``names[i]`` is example
+        ``i``'s adapter (``"__base__"``: none). A batch ``k`` times as long as ``names`` (beam
+        search, ``num_return_sequences``) repeats each name ``k`` times, as ``generate``
+        repeats the examples."""
+        rows = x.shape[0]
+        if rows % len(names):
+            raise ValueError(
+                f"{self.spec_path()}: a batch of {rows} examples cannot take the "
+                f"{len(names)} adapter names given; give one name per example"
+            )
+        repeat = rows // len(names)
+        out = h
+        for name in dict.fromkeys(names):
+            spec = self.specs.get(name)
+            if spec is None:  # the base model, or an adapter that does not target this module
+                continue
+            index = torch.tensor(
+                [i * repeat + j for i, n in enumerate(names) if n == name for j in range(repeat)],
+                device=x.device,
+            )
+            masks = [m.index_select(0, index) for m in self.switch.masks if m.shape[0] == rows]
+            with no_autocast(h):
+                part, _, _ = self.mix(
+                    spec,
+                    self.adapters[name],
+                    x.index_select(0, index),
+                    h.index_select(0, index),
+                    masks,
+                )
+            out = out.index_copy(0, index, part.to(out.dtype))
+        return out
+
+    def spec_path(self) -> str:
+        return next(iter(self.specs.values())).path if self.specs else type(self.base).__name__
+
     def _check_finite(self, x: torch.Tensor, h: torch.Tensor) -> None:
         for name, t in (("input", x), ("base-module output", h)):
             if not torch.isfinite(t).all():
                 raise FloatingPointError(
-                    f"{self.spec.path}: non-finite values (NaN/inf) in the {name} of this "
+                    f"{self.spec_path()}: non-finite values (NaN/inf) in the {name} of this "
                     f"adapted {type(self.base).__name__}"
                 )
 
-    def mix(self, x: torch.Tensor, h: torch.Tensor):
-        """``(out, probs, logits)``: the fused path where one applies, else the core math."""
-        spec, p = self.spec, self.adapter
+    @staticmethod
+    def mix(
+        spec: SiteSpec,
+        p: nn.ParameterDict,
+        x: torch.Tensor,
+        h: torch.Tensor,
+        masks: Sequence[torch.Tensor] = (),
+    ):
+        """``(out, probs, logits)`` of one adapter: the fused path where one applies, else
+        the core math."""
         token = spec.routing == "token"
         if isinstance(spec.expert, Vectors) and spec.reads == "output" and token:
             if not spec.has_router:
@@ -125,11 +209,36 @@ class AdapterLayer(nn.Module):
                 probs, logits = route(spec, p["router"], h if spec.reads == "output" else x)
             return fused_molora(x, probs, *lora, base=h), probs, logits
         route_in = h if spec.reads == "output" else x
-        mask = select_mask(self.switch.masks, route_in) if spec.routing == "sequence" else None
+        mask = select_mask(masks, route_in) if spec.routing == "sequence" else None
         result = apply_site(spec, dict(p.items()), x, h, mask)
         return result.out, result.probs, result.logits
 
     def extra_repr(self) -> str:
-        s = self.spec
-        heads = f", heads={s.heads}" if s.heads else ""
-        return f"{s.expert.kind}, experts={s.num_experts}, d_in={s.d_in}, d_out={s.d_out}{heads}"
+        def one(s: SiteSpec) -> str:
+            heads = f", heads={s.heads}" if s.heads else ""
+            return (
+                f"{s.expert.kind}, experts={s.num_experts}, d_in={s.d_in}, d_out={s.d_out}{heads}"
+            )
+
+        if list(self.specs) == [self.switch.active]:
+            return one(self.spec)
+        return "; ".join(f"{name}: {one(s)}" for name, s in self.specs.items())
+
+
+def _base_keys_unprefixed(module: AdapterLayer, state: dict, prefix: str, meta: Any) -> None:
+    """``state_dict`` post-hook: ``<prefix>base.<key>`` -> ``<prefix><key>``."""
+    inner = prefix + "base."
+    for key in [k for k in state if k.startswith(inner)]:
+        state[prefix + key[len(inner) :]] = state.pop(key)
+
+
+def _base_keys_prefixed(module: AdapterLayer, state: dict, prefix: str, *args: Any) -> None:
+    """``load_state_dict`` pre-hook, the inverse of :func:`_base_keys_unprefixed`. Keys of
+    mixlight < 1.2 checkpoints are read too: ``base.*`` as they are, and the one adapter's
+    ``adapter.*`` as the active adapter's."""
+    old_adapter = prefix + "adapter."
+    for key in [k for k in state if k.startswith(old_adapter)]:
+        state[f"{prefix}adapters.{module.switch.active}.{key[len(old_adapter) :]}"] = state.pop(key)
+    ours = (prefix + "base.", prefix + "adapters.")
+    for key in [k for k in state if k.startswith(prefix) and not k.startswith(ours)]:
+        state[prefix + "base." + key[len(prefix) :]] = state.pop(key)

@@ -13,24 +13,54 @@ from torch import nn
 from mixlight import AdapterConfig, ModuleShape, Site, SiteSpec, plan_sites
 from mixlight._base_identity import BaseIdentity, sample_weights
 from mixlight._cache_safety import cache_unsafe_sites, refuse_cached_sequence_routing
-from mixlight.site_spec import describe_module
-from mixlight_torch.layers import AdapterLayer, AdapterSwitch
+from mixlight.site_spec import aux_loss_terms, describe_module
+from mixlight_torch import hf as _hf
+from mixlight_torch.layers import BASE, AdapterLayer, AdapterSwitch
+
+DEFAULT = "default"
+"""The name an adapter gets when none is given (PEFT's default name)."""
 
 
 class MixlightState:
-    """Attached to an injected model as ``model.mixlight_state``."""
+    """Attached to an injected model as ``model.mixlight_state``: the configs and sites of
+    its named adapters, the switch its layers share, and its hooks."""
 
-    def __init__(
-        self,
-        config: AdapterConfig,
-        specs: list[SiteSpec],
-        switch: AdapterSwitch,
-        hooks: list[Any],
-    ) -> None:
-        self.config = config
-        self.specs = specs
+    def __init__(self, switch: AdapterSwitch) -> None:
+        self.configs: dict[str, AdapterConfig] = {}
+        self.site_specs: dict[str, list[SiteSpec]] = {}
         self.switch = switch
-        self.hooks = hooks
+        self.hooks: list[Any] = []
+        self.aux_loss_in_output = True
+        self.sequence_hooks = False
+
+    @property
+    def active(self) -> str:
+        return self.switch.active
+
+    @property
+    def config(self) -> AdapterConfig:
+        """The active adapter's config."""
+        return self.configs[self.active]
+
+    @property
+    def specs(self) -> list[SiteSpec]:
+        """The active adapter's sites."""
+        return self.site_specs[self.active]
+
+    def check_name(self, name: str) -> str:
+        """``name`` when the model has an adapter of that name; else a ``KeyError`` naming
+        the adapters it has."""
+        if name not in self.configs:
+            raise KeyError(
+                f"this model has no adapter named {name!r}; its adapters: {sorted(self.configs)}"
+            )
+        return name
+
+    def running_specs(self) -> list[SiteSpec]:
+        """The sites the next forward runs: the active adapter's, or in a mixed batch those
+        of every adapter named."""
+        names = self.switch.per_example or [self.active]
+        return [s for n in dict.fromkeys(names) if n in self.site_specs for s in self.site_specs[n]]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -54,9 +84,35 @@ def state_of(model: nn.Module) -> MixlightState:
     return state
 
 
-def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
-    """Adapter layers by the path of the module they wrap."""
+def adapter_layers(model: nn.Module, name: str | None = None) -> dict[str, AdapterLayer]:
+    """The layers that carry adapter ``name`` (default: the active one), by the path of the
+    module they wrap."""
+    if name is None:
+        state = model.__dict__.get("mixlight_state")
+        name = state.active if state is not None else DEFAULT
+    return {
+        path: m
+        for path, m in model.named_modules()
+        if isinstance(m, AdapterLayer) and name in m.specs
+    }
+
+
+def _all_layers(model: nn.Module) -> dict[str, AdapterLayer]:
     return {path: m for path, m in model.named_modules() if isinstance(m, AdapterLayer)}
+
+
+def _plain_paths(model: nn.Module) -> list[str]:
+    """The module paths the model had before injection: an adapter layer stands for the
+    module it wraps, and nothing inside a layer is listed."""
+    paths: list[str] = []
+    inside: tuple[str, ...] = ()
+    for path, module in model.named_modules():
+        if not path or (inside and path.startswith(inside)):
+            continue
+        paths.append(path)
+        if isinstance(module, AdapterLayer):
+            inside = (*inside, path + ".")
+    return paths
 
 
 def _width(module: nn.Module | None, which: str) -> int | None:
@@ -69,12 +125,14 @@ def _width(module: nn.Module | None, which: str) -> int | None:
     return None
 
 
-def _describe(model: nn.Module, path: str, site: Site) -> ModuleShape:
-    parent_path, _, name = path.rpartition(".")
+def _describe(model: nn.Module, path: str, site: Site, name: str) -> ModuleShape:
+    parent_path, _, attr = path.rpartition(".")
     parent = model.get_submodule(parent_path)
-    module = parent.get_submodule(name)
+    module = parent.get_submodule(attr)
     if isinstance(module, AdapterLayer):
-        raise ValueError(f"{path} already carries a mixlight adapter")
+        if name in module.specs:
+            raise ValueError(f"{path} already carries the mixlight adapter {name!r}")
+        module = module.base
     if type(module).__module__.startswith("peft."):
         raise TypeError(
             f"{path} is a PEFT layer ({type(module).__module__}.{type(module).__name__}): this "
@@ -87,61 +145,174 @@ def _describe(model: nn.Module, path: str, site: Site) -> ModuleShape:
     )
 
 
-def inject(model: nn.Module, config: AdapterConfig, seed: int | None = None) -> nn.Module:
-    """Wrap matched modules in :class:`AdapterLayer`s in place and freeze everything else.
+def inject(
+    model: nn.Module, config: AdapterConfig, seed: int | None = None, name: str = DEFAULT
+) -> nn.Module:
+    """Give the modules matched by ``config``'s sites the adapter ``name``, in place, and
+    freeze everything but the active adapter.
 
+    The first adapter of a model becomes the active one; a further name adds an inactive
+    adapter beside it (switch with :func:`set_adapter`), as PEFT's ``add_adapter`` does.
     Adapter parameters are drawn from a numpy generator seeded with ``seed``, or from torch's
     RNG when None, so ``torch.manual_seed`` makes injection reproducible.
     """
-    if "mixlight_state" in model.__dict__:
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"adapter_name={name!r}: must be a Python identifier, e.g. 'default'")
+    state = model.__dict__.get("mixlight_state")
+    if state is not None and name in state.configs:
         raise ValueError(
-            "this model already carries a mixlight adapter; call "
-            "mixlight_torch.remove_adapters(model) first or use a fresh model"
+            f"this model already carries a mixlight adapter named {name!r}; pick another "
+            f"adapter_name, delete it (mixlight.delete_adapter(model, {name!r})), or use a "
+            "fresh model"
         )
-    paths = [p for p, _ in model.named_modules() if p]
+    paths = _plain_paths(model)
     if not paths:
         raise TypeError(
             f"mixlight.inject adapts the submodules of a model in place, and this "
             f"{type(model).__name__} has none (a bare layer given as the whole model); wrap it, "
             "e.g. model = nn.Sequential(layer), and target its path '0'"
         )
-    specs = plan_sites(config, paths, lambda path, site: _describe(model, path, site))
+    specs = plan_sites(config, paths, lambda path, site: _describe(model, path, site, name))
     if seed is None:  # drawn on the CPU: also under ``with torch.device("meta")``
         seed = int(torch.randint(0, 2**62, (), device="cpu"))
     rng = np.random.default_rng(seed)
-    switch = AdapterSwitch()
-    model.requires_grad_(False)
-    for spec in specs:
-        parent_path, _, name = spec.path.rpartition(".")
-        parent = model.get_submodule(parent_path)
-        layer = AdapterLayer(parent.get_submodule(name), spec, spec.init_params(rng), switch)
-        setattr(parent, name, layer)
-    hooks = []
-    if config.routing == "sequence":
-        hooks.append(
-            model.register_forward_pre_hook(_capture_masks(switch, specs), with_kwargs=True)
+    if state is None:
+        model.requires_grad_(False)
+        state = MixlightState(AdapterSwitch(name))
+        state.hooks.append(
+            model.register_forward_hook(_aux_loss_into_output(state), with_kwargs=True)
         )
+        model.__dict__["mixlight_state"] = state
+        _hf.install_save_pretrained(model)
+    for spec in specs:
+        parent_path, _, attr = spec.path.rpartition(".")
+        parent = model.get_submodule(parent_path)
+        layer = parent.get_submodule(attr)
+        if not isinstance(layer, AdapterLayer):
+            layer = AdapterLayer(layer, state.switch)
+            setattr(parent, attr, layer)
+        layer.add(name, spec, spec.init_params(rng))
+        layer.adapters[name].requires_grad_(name == state.active)
+    state.configs[name], state.site_specs[name] = config, specs
+    if config.routing == "sequence" and not state.sequence_hooks:
+        state.sequence_hooks = True
+        state.hooks.append(model.register_forward_pre_hook(_capture_masks(state), with_kwargs=True))
         encoder = _separate_encoder(model)
         if encoder is not None:
-            hooks.append(
-                encoder.register_forward_pre_hook(_capture_source_mask(switch), with_kwargs=True)
+            state.hooks.append(
+                encoder.register_forward_pre_hook(
+                    _capture_source_mask(state.switch), with_kwargs=True
+                )
             )
-    model.__dict__["mixlight_state"] = MixlightState(config, specs, switch, hooks)
     return model
 
 
-def _capture_masks(switch: AdapterSwitch, specs: list[SiteSpec]):
+def set_adapter(model: nn.Module, name: str) -> None:
+    """Make adapter ``name`` the one that runs and trains; the others stay, frozen."""
+    state = state_of(model)
+    state.switch.active = state.check_name(name)
+    for layer in _all_layers(model).values():
+        for other, params in layer.adapters.items():
+            params.requires_grad_(other == name)
+
+
+def delete_adapter(model: nn.Module, name: str) -> None:
+    """Remove adapter ``name``; modules no adapter targets any more get their original
+    module back. Deleting the active adapter activates the first remaining one; deleting the
+    last is :func:`remove_adapters`."""
+    state = state_of(model)
+    state.check_name(name)
+    if list(state.configs) == [name]:
+        remove_adapters(model)
+        return
+    for path, layer in _all_layers(model).items():
+        if name in layer.specs:
+            layer.remove(name)
+        if not layer.specs:
+            parent_path, _, attr = path.rpartition(".")
+            setattr(model.get_submodule(parent_path), attr, layer.base)
+    del state.configs[name], state.site_specs[name]
+    if state.active == name:
+        set_adapter(model, next(iter(state.configs)))
+
+
+@contextlib.contextmanager
+def adapter_per_example(model: nn.Module, names: list[str]) -> Iterator[nn.Module]:
+    """Within this context each example of a batch runs its own adapter: ``names[i]`` is
+    example ``i``'s adapter name, ``"__base__"`` for none (PEFT's mixed-batch inference).
+    Also under ``generate``: beams and returned sequences repeat their example's name.
+    Every example runs only its adapter's sites; routing statistics and router losses are
+    not recorded."""
+    state = state_of(model)
+    names = list(names)
+    for n in dict.fromkeys(names):
+        if n != BASE:
+            state.check_name(n)
+    if not names:
+        raise ValueError("adapter_per_example(model, names): names is empty; give one per example")
+    previous, state.switch.per_example = state.switch.per_example, names
+    try:
+        yield model
+    finally:
+        state.switch.per_example = previous
+
+
+def _aux_loss_into_output(state: MixlightState):
+    """A forward hook that adds the weighted router losses of the pass to the model's
+    ``loss`` output (HF ``ModelOutput.loss``, or the first element of a tuple output when
+    ``labels`` were given), so HF's Trainer, accelerate and plain loops optimise them with no
+    user code. Off with ``mixlight_torch.aux_loss_in_output(model, False)``; no-op when no
+    running site has a non-zero loss weight or the call computed no loss."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        if not (state.aux_loss_in_output and state.switch.enabled):
+            return None
+        if not any(_weighted(s) for s in state.specs) or state.switch.per_example is not None:
+            return None
+        if isinstance(output, tuple) and kwargs.get("labels") is not None and output:
+            return (output[0] + aux_loss(module), *output[1:])
+        loss = getattr(output, "loss", None)
+        if isinstance(loss, torch.Tensor):
+            output.loss = loss + aux_loss(module)
+        return None
+
+    return hook
+
+
+def _weighted(spec: SiteSpec) -> bool:
+    return spec.has_router and bool(spec.router.load_balance_weight or spec.router.z_loss_weight)
+
+
+def aux_loss(model: nn.Module) -> torch.Tensor:
+    """The weighted router losses of the active adapter in the last forward pass, summed."""
+    total = torch.zeros(())
+    for layer in adapter_layers(model).values():
+        if layer.last_logits is not None:
+            for term in aux_loss_terms(layer.spec, layer.last_logits).values():
+                total = total.to(term.device) + term
+    return total
+
+
+def aux_loss_in_output(model: nn.Module, enabled: bool = True) -> None:
+    """Whether the injected model adds its router losses to ``outputs.loss`` (default on;
+    see :func:`_aux_loss_into_output`). Turn it off when your loop adds
+    :func:`mixlight.aux_losses` itself."""
+    state_of(unwrap(model)).aux_loss_in_output = bool(enabled)
+
+
+def _capture_masks(state: MixlightState):
     """A forward pre-hook that hands the call's padding masks to sequence-routed sites, and
     refuses a decoding step that reuses a non-empty key/value cache when decoder-side sites
-    route by sequence (they would pool over the new token alone)."""
-    unsafe = cache_unsafe_sites(specs)
+    of the running adapter route by sequence (they would pool over the new token alone)."""
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if unsafe and max(_cache_length(kwargs.get(k)) for k in CACHE_KWARGS) > 0:
-            refuse_cached_sequence_routing(
-                specs, type(module).__name__, "generate(..., use_cache=False)"
-            )
-        switch.masks = [
+        if max(_cache_length(kwargs.get(k)) for k in CACHE_KWARGS) > 0:
+            specs = state.running_specs()
+            if cache_unsafe_sites(specs):
+                refuse_cached_sequence_routing(
+                    specs, type(module).__name__, "generate(..., use_cache=False)"
+                )
+        state.switch.masks = [
             m
             for m in (kwargs.get("attention_mask"), kwargs.get("decoder_attention_mask"))
             if isinstance(m, torch.Tensor) and m.ndim == 2
@@ -185,23 +356,24 @@ def _cache_length(cache: Any) -> int:
 
 
 def remove_adapters(model: nn.Module) -> nn.Module:
-    """Put the original modules back and forget the adapter (parameters stay frozen)."""
+    """Put the original modules back and forget every adapter (parameters stay frozen)."""
     state = state_of(model)
-    for path, layer in adapter_layers(model).items():
+    for path, layer in _all_layers(model).items():
         parent_path, _, name = path.rpartition(".")
         setattr(model.get_submodule(parent_path), name, layer.base)
     for hook in state.hooks:
         hook.remove()
     del model.__dict__["mixlight_state"]
+    _hf.uninstall_save_pretrained(model)
     return model
 
 
-def materialize(model: nn.Module, action: str) -> None:
+def materialize(model: nn.Module, action: str, name: str | None = None) -> None:
     """Give meta-injected adapters their initial values if they now have storage; refuse,
-    saying what to do, while any adapter parameter is still on the meta device."""
-    for path, layer in adapter_layers(model).items():
+    saying what to do, while adapter ``name``'s parameters are still on the meta device."""
+    for path, layer in adapter_layers(model, name).items():
         layer.materialize()
-        if any(p.is_meta for p in layer.adapter.values()):
+        if any(p.is_meta for p in layer.adapters[name or layer.switch.active].values()):
             raise ValueError(
                 f"cannot {action}: the adapter at {path} is on the meta device (no values). "
                 "Give the model storage first, model.to_empty(device='cpu') (or 'cuda'), then "
@@ -209,10 +381,13 @@ def materialize(model: nn.Module, action: str) -> None:
             )
 
 
-def adapter_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-    """``(canonical name, parameter)`` pairs, canonical names as in adapter files."""
-    for path, layer in adapter_layers(model).items():
-        for short, param in layer.adapter.items():
+def adapter_parameters(
+    model: nn.Module, name: str | None = None
+) -> Iterator[tuple[str, nn.Parameter]]:
+    """``(canonical name, parameter)`` pairs of adapter ``name`` (default: the active one),
+    canonical names as in adapter files."""
+    for path, layer in adapter_layers(model, name).items():
+        for short, param in layer.adapters[name or layer.switch.active].items():
             yield f"{path}.{short}", param
 
 

@@ -677,7 +677,7 @@ def model_cases(kit: Kit) -> list[Case]:
             lambda t: ml.inject(injected(), MOV_KV),
             ValueError,
             "already carries a mixlight adapter",
-            "remove_adapters",
+            "remove_adapters|delete_adapter",
         ),
         Case(
             f"{kit.name}: low-rank experts on an activation",

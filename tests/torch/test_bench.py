@@ -53,7 +53,7 @@ def _site_of(name: str) -> str:
     """The adapted module's path from a PEFT (IA)³ or mixlight parameter name; PEFT scales
     the input of ``wo``, mixlight the output of ``act`` that feeds it (the same product)."""
     path = name.removeprefix("base_model.model.")
-    path = path.removesuffix(".ia3_l.default").removesuffix(".adapter.vectors")
+    path = path.removesuffix(".ia3_l.default").removesuffix(".adapters.default.vectors")
     return path.replace("DenseReluDense.wo", "DenseReluDense.act")
 
 

@@ -40,7 +40,9 @@ class _Returns(torch.nn.Module):
 def _layer(case, h: torch.Tensor) -> AdapterLayer:
     switch = AdapterSwitch()
     switch.masks = [torch.from_numpy(case.mask)]
-    return AdapterLayer(_Returns(h), case.spec, case.params, switch)
+    layer = AdapterLayer(_Returns(h), switch)
+    layer.add("default", case.spec, case.params)
+    return layer
 
 
 def _layer_result(case):
