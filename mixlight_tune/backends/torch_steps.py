@@ -76,9 +76,12 @@ def t5_config(spec: BaseSpec, vocab_size: int) -> transformers.T5Config:
 
 
 def make_optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """HF Adafactor as in the paper (parameter-scaled, constant lr, no momentum) or AdamW."""
+    """HF Adafactor as in the paper (parameter-scaled, constant lr, no momentum), AdamW or
+    plain SGD."""
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
     return transformers.optimization.Adafactor(
         params, lr=lr, scale_parameter=True, relative_step=False, warmup_init=False
     )
