@@ -153,12 +153,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("config", type=Path, help="a .toml or .json file (see docs/tune.md)")
     parser.add_argument("--backend", help='override the config\'s backend ("torch" or "jax")')
     parser.add_argument(
+        "--output-dir", type=Path, help="override the config's output_dir (relative: to here)"
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="print the resolved config and the trainable share; train nothing",
     )
     args = parser.parse_args(argv)
-    overrides = {} if args.backend is None else {"backend": args.backend}
+    overrides: dict[str, Any] = {} if args.backend is None else {"backend": args.backend}
+    if args.output_dir is not None:
+        overrides["output_dir"] = str(args.output_dir.resolve())
     try:
         cfg = read_config(args.config, **overrides)
         if args.dry_run:

@@ -27,7 +27,7 @@ PRESETS: dict[str, Callable[..., ml.AdapterConfig]] = {
     "ia3": ml.IA3,
     "lora": ml.LoRA,
 }
-OPTIMIZERS = ("adafactor", "adamw")
+OPTIMIZERS = ("adafactor", "adamw", "sgd")
 DEFAULT_ADAPTER: dict[str, Any] = {"preset": "mov", "num_experts": 10}
 
 

@@ -12,6 +12,10 @@ echo "== lint and types"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check mixlight backends tests examples
 .venv/bin/mypy
+echo "== docs site (mkdocs.yml; warnings are errors)"
+site=$(mktemp -d)
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$site"
+rm -rf "$site"
 echo "== full suite"
 .venv/bin/python -m pytest tests -q
 echo "== main job smoke test: mixlight demo --quick"

@@ -104,11 +104,13 @@ def prepare(cfg: DemoConfig) -> Base:
 
 
 def make_optimizer(name: str, lr: float) -> optax.GradientTransformation:
-    """Adafactor (parameter-scaled, constant lr, no momentum) or AdamW, as the torch backend.
-    ``min_dim_size_to_factor=1`` factors every matrix as HF's Adafactor does (optax's default
-    128 would not, and full fine-tuning losses would drift from torch's)."""
+    """Adafactor (parameter-scaled, constant lr, no momentum), AdamW or plain SGD, as the
+    torch backend. ``min_dim_size_to_factor=1`` factors every matrix as HF's Adafactor does
+    (optax's default 128 would not, and full fine-tuning losses would drift from torch's)."""
     if name == "adamw":
         return optax.adamw(lr, weight_decay=0.0)
+    if name == "sgd":
+        return optax.sgd(lr)
     return optax.adafactor(lr, min_dim_size_to_factor=1, multiply_by_parameter_scale=True)
 
 
