@@ -96,6 +96,19 @@ def render() -> str:
                 f"::: mixlight.{name}",
                 "",
             ]
+    lines += [
+        "## Testing helpers: `mixlight.testing`",
+        "",
+        "Conformance checks and hypothesis strategies for expert-kind and backend authors",
+        "(needs `hypothesis`): `from mixlight import testing`.",
+        "",
+        "::: mixlight.testing",
+        "    options:",
+        "      show_root_heading: false",
+        "      show_submodules: false",
+        "      members_order: alphabetical",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -111,6 +111,9 @@ def site_cases(
     min_experts: int = 1,
     routings: tuple[str, ...] = ("token", "sequence"),
     reads: tuple[str, ...] = ("output", "input"),
+    batches: tuple[int, ...] = (1, 2, 3),
+    seqs: tuple[int, ...] = (1, 2, 3, 4, 5),
+    heads: tuple[int | None, ...] = (None, 1, 2, 4),
 ) -> SiteCase:
     """A random site (expert kind, E, router, routing, heads, widths) with random inputs.
 
@@ -118,29 +121,37 @@ def site_cases(
     or some: equal logits that top-k must settle by the lowest index), E = 1, heads, and
     bf16-representable activations; near-ties that float32 could order either way are
     rejected (see :func:`mixlight.testing._loops.top_k_margin`). ``min_experts``, ``routings``
-    and ``reads`` narrow the draw to one code path (e.g. a backend's fused op).
+    and ``reads`` narrow the draw to one code path (e.g. a backend's fused op). The knobs
+    ``batches``, ``seqs`` (sizes to draw from: e.g. batches that a device mesh divides),
+    ``dtypes`` (``"float32"``, ``"bfloat16"``) and ``heads`` (per-head routing: ``None`` =
+    routing on the whole width; used only by kinds that support heads) shape the arrays.
     """
     from mixlight.testing._loops import NEAR_TIE, loop_reference, top_k_margin
 
+    if not (batches and seqs and heads and dtypes) or min(batches) < 1 or min(seqs) < 1:
+        raise ValueError(
+            f"site_cases: batches {batches}, seqs {seqs}, heads {heads} and dtypes {dtypes} "
+            "must be non-empty, with sizes >= 1"
+        )
     expert = expert if expert is not None else draw(expert_kinds())
     num_experts = draw(st.integers(min_experts, max_experts))
     router = draw(routers(num_experts))
     routing = draw(st.sampled_from(routings))
-    heads = draw(st.sampled_from([None, 1, 2, 4])) if expert.supports_heads else None
+    head_count = draw(st.sampled_from(heads)) if expert.supports_heads else None
     read = draw(st.sampled_from(reads))
     d_head = draw(st.integers(1, 6))
-    d_out = d_head * (heads or draw(st.integers(1, 3)))
-    d_in = d_out if (heads and read == "input") else draw(st.integers(1, 12))
-    batch, seq = draw(st.integers(1, 3)), draw(st.integers(1, 5))
+    d_out = d_head * (head_count or draw(st.integers(1, 3)))
+    d_in = d_out if (head_count and read == "input") else draw(st.integers(1, 12))
+    batch, seq = draw(st.sampled_from(batches)), draw(st.sampled_from(seqs))
     spec = SiteSpec(
         "model.layer.0.proj",
-        Site("model.layer.0.proj", expert, read, heads),
+        Site("model.layer.0.proj", expert, read, head_count),
         num_experts,
         router,
         routing,
         d_in,
         d_out,
-        heads if num_experts > 1 else None,
+        head_count if num_experts > 1 else None,
     )
     paddings = draw(st.lists(st.sampled_from(PADDINGS), min_size=batch, max_size=batch))
     ties = draw(st.sampled_from(["none", "none", "some", "all"]))

@@ -1,0 +1,78 @@
+"""A third party's device test, written as one would outside this repository: only the public
+``mixlight.testing`` API. The conformance check, forward and gradients, runs on 4 forced CPU
+JAX devices and on a batch-sharded mesh of them (in a subprocess: ``XLA_FLAGS`` must be set
+before JAX is imported); a place that computes wrong gradients, or that leaves the batch
+replicated instead of split, fails it.
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/jax/test_third_party_devices.py
+"""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+
+from mixlight.testing import check_case_at, check_on_devices, device_places, site_cases
+
+pytest.importorskip("jax")
+
+
+def _fails(check) -> str:
+    """The assertion message of ``check()``, which must fail."""
+    try:
+        check()
+    except AssertionError as err:
+        return str(err)
+    raise AssertionError("the check passed on a broken place")
+
+
+def main() -> dict:
+    """Run in a process with 4 forced CPU devices; returns what it saw."""
+    places = device_places("jax")
+    checked = check_on_devices("jax", examples=8)
+    mesh = places[-1]
+    broken_grads = dataclasses.replace(
+        mesh,
+        value_and_grads=lambda case, g: (
+            lambda res, grads: (res, {n: 1.01 * v for n, v in grads.items()})
+        )(*mesh.value_and_grads(case, g)),
+    )
+    replicated = dataclasses.replace(mesh, expected=mesh.expected.removesuffix(" split"))
+    case = site_cases(dtypes=("float32",), batches=(4,), min_experts=2)
+
+    @settings(max_examples=1, deadline=None, database=None)
+    @given(case)
+    def wrong(case):
+        messages.append(_fails(lambda: check_case_at(case, broken_grads)))
+        messages.append(_fails(lambda: check_case_at(case, replicated)))
+
+    messages: list[str] = []
+    wrong()
+    return {"checked": checked, "messages": messages}
+
+
+def test_gradients_on_four_forced_cpu_devices_and_a_mesh():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run(
+        [sys.executable, __file__], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["checked"] == [f"jax:cpu:{i}" for i in range(4)] + ["jax:mesh(data=4)"]
+    wrong_grads, replicated = report["messages"]
+    assert "gradient of" in wrong_grads
+    assert "lives on cpu:0,cpu:1,cpu:2,cpu:3 split" in replicated
+
+
+def test_torch_devices():
+    pytest.importorskip("torch")
+    assert check_on_devices("torch", examples=5)[0] == "torch:cpu"
+
+
+if __name__ == "__main__":
+    print(json.dumps(main()))
