@@ -63,7 +63,10 @@ def save_adapter(
     chosen = backend_for_model(model, backend)
     config, specs, arrays = chosen.adapter_state(model, *_named(adapter_name))
     card = facts_of(chosen, model)
-    return write_adapter(directory, config, specs, arrays, base=_identity(chosen, model), card=card)
+    if adapter_name is not None and adapter_name != adapter_names(model, backend=backend)[0]:
+        card = attrs.evolve(card, routing=None)  # the last pass ran another adapter
+    base = _identity(chosen, model, adapter_name)
+    return write_adapter(directory, config, specs, arrays, base=base, card=card)
 
 
 def load_adapter(
@@ -97,7 +100,7 @@ def load_adapter(
             f"({config.method}): {_differences(attrs.evolve(current, backend=None), config)}; "
             "load into a fresh model or remove the adapter first"
         )
-    check_fits(adapter, specs, str(directory), _identity(chosen, model))
+    check_fits(adapter, specs, str(directory), _identity(chosen, model, adapter_name))
     chosen.load_adapter_state(model, adapter.arrays, *named)
     return model
 
@@ -183,10 +186,11 @@ def load_model(path: str | os.PathLike, *, backend: str | None = None) -> Any:
     return loader(str(as_directory(path, "load_model")))
 
 
-def _identity(chosen: Backend, model: Any) -> BaseIdentity:
-    """What the backend can tell of the base model's identity (nothing when it has no hook)."""
+def _identity(chosen: Backend, model: Any, adapter_name: str | None = None) -> BaseIdentity:
+    """What the backend can tell of the base model's identity, sampled at the modules that
+    adapter ``adapter_name`` adapts (nothing when the backend has no hook)."""
     hook = getattr(chosen, "base_identity", None)
-    return hook(model) if hook is not None else BaseIdentity()
+    return hook(model, *_named(adapter_name)) if hook is not None else BaseIdentity()
 
 
 def _differences(model_config: AdapterConfig, file_config: AdapterConfig) -> str:

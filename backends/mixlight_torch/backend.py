@@ -101,8 +101,8 @@ class TorchBackend:
     def mean_routing(self, model: nn.Module, batches: Any) -> dict[str, np.ndarray]:
         return _merge.mean_routing(model, batches)
 
-    def base_identity(self, model: nn.Module) -> BaseIdentity:
-        return _model.base_identity(_model.unwrap(model))
+    def base_identity(self, model: nn.Module, name: str | None = None) -> BaseIdentity:
+        return _model.base_identity(_model.unwrap(model), name)
 
     def load_model(self, path: str) -> nn.Module:
         """The HF transformers T5 of a checkpoint directory (``ml.load_model``), in eval mode."""

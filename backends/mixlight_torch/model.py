@@ -404,14 +404,15 @@ def check_finite(model: nn.Module) -> Iterator[nn.Module]:
         switch.check_finite = previous
 
 
-def base_identity(model: nn.Module) -> BaseIdentity:
-    """The base model's name and revision (HF ``config``) and samples of the adapted modules'
-    weights; no samples when a weight has no values here (meta device, sharded)."""
+def base_identity(model: nn.Module, adapter: str | None = None) -> BaseIdentity:
+    """The base model's name and revision (HF ``config``) and samples of the weights of the
+    modules ``adapter`` (default: the active one) adapts; no samples when a weight has no
+    values here (meta device, sharded)."""
     config = getattr(model, "config", None)
     name = getattr(config, "_name_or_path", None) or None
     revision = getattr(config, "_commit_hash", None) or None
     weights = {}
-    for path, layer in adapter_layers(model).items():
+    for path, layer in adapter_layers(model, adapter).items():
         weight = _canonical_weight(layer.base)
         if weight is not None:
             if weight.is_meta or type(weight).__name__ == "DTensor":

@@ -142,3 +142,34 @@ def test_full_state_dict_keeps_the_base_names(tmp_path):
     assert ml.read_adapter(tmp_path / "out").config == ml.LoRA(2)
     with pytest.raises(ValueError, match="push_to_hub"):
         model.save_pretrained(tmp_path / "hub", push_to_hub=True)
+
+
+def test_the_hf_trainer_example_resumes_exactly_and_merges(tmp_path):
+    pytest.importorskip("accelerate")
+    import runpy
+
+    from tests.docs_pages import ROOT
+
+    example = runpy.run_path(str(ROOT / "examples/hf_trainer.py"))
+    result = example["main"](["--out", str(tmp_path), "--steps", "6"])
+    assert result["drift"] == 0.0
+    merged = {p.name for p in (tmp_path / "merged").iterdir()}
+    assert {"config.json", "model.safetensors"} <= merged
+
+
+def test_the_pages_trainer_merge_and_named_adapter_section_runs(tmp_path):
+    """docs/huggingface.md, section "Training with the Trainer, merging, several adapters":
+    its python blocks run in order, and what they claim holds."""
+    pytest.importorskip("accelerate")
+    from tests.docs_pages import ROOT, run_page
+
+    text = (ROOT / "docs/huggingface.md").read_text()
+    section = text.split("\n## Training with the Trainer, merging, several adapters\n", 1)[1]
+    page = tmp_path / "section.md"
+    page.write_text(section.split("\n## ", 1)[0])
+    (tmp_path / "work").mkdir()
+    ns = run_page(page, tmp_path / "work")
+    assert ml.adapter_names(ns["served"]) == ["a"]
+    assert ns["out"].shape[0] == 4
+    assert (tmp_path / "work/out/merged/model.safetensors").is_file()
+    assert not (tmp_path / "work/out/run/checkpoint-2/model.safetensors").exists()
