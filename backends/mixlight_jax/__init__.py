@@ -2,10 +2,10 @@
 
 Use the framework-neutral functions (``mixlight.inject``, ``mixlight.save_adapter``, ...) on
 ``nnx.Module``s; this package adds JAX-specific pieces (a seeded :func:`inject`, the
-:class:`AdapterParam` filter for optimizers, sequence-routing masks, the fused ops, and the
-NNX T5 in :mod:`mixlight_jax.t5`). Its names load lazily, so that the entry point
-(:mod:`mixlight_jax._plugin`) can be discovered without importing jax.
-"""
+:class:`AdapterParam` filter for optimizers, which leaves inactive named adapters
+(:class:`StoredAdapter`) alone, sequence-routing masks, merging, the fused ops, and the NNX
+T5 in :mod:`mixlight_jax.t5`). Its names load lazily, so that the entry point
+(:mod:`mixlight_jax._plugin`) can be discovered without importing jax."""
 
 import importlib
 from typing import Any
@@ -17,13 +17,18 @@ _EXPORTS = {
     "AdapterParam": "mixlight_jax.params",
     "JaxBackend": "mixlight_jax.backend",
     "RoutingTrace": "mixlight_jax.layers",
+    "StoredAdapter": "mixlight_jax.layers",
     "adapter_layers": "mixlight_jax.model",
+    "delete_adapter": "mixlight_jax.model",
     "fused_molora": "mixlight_jax.fused",
     "fused_mov": "mixlight_jax.fused",
     "fused_routed_molora": "mixlight_jax.fused",
     "inject": "mixlight_jax.model",
+    "mean_routing": "mixlight_jax.merge",
+    "merge_and_unload": "mixlight_jax.merge",
     "remove_adapters": "mixlight_jax.model",
     "sequence_masks": "mixlight_jax.model",
+    "set_adapter": "mixlight_jax.model",
 }
 
 __all__ = ["plugin", *_EXPORTS]

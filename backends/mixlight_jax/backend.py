@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import jax
@@ -16,7 +16,9 @@ from mixlight._base_identity import BaseIdentity
 from mixlight.adapter_file import check_arrays
 from mixlight.math import routing_summary
 from mixlight.site_spec import aux_loss_terms
+from mixlight_jax import merge as _merge
 from mixlight_jax import model as _model
+from mixlight_jax.layers import StoredAdapter
 from mixlight_jax.params import AdapterParam
 from mixlight_jax.primitives import JAX_PRIMITIVES
 
@@ -39,31 +41,57 @@ class JaxBackend:
         return _model.is_injected(model)
 
     def inject(
-        self, model: nnx.Module, config: AdapterConfig, seed: int | None = None
+        self,
+        model: nnx.Module,
+        config: AdapterConfig,
+        seed: int | None = None,
+        name: str = _model.DEFAULT,
     ) -> nnx.Module:
-        return _model.inject(model, config, rngs=seed)
+        return _model.inject(model, config, rngs=seed, name=name)
 
-    def adapter_specs(self, model: nnx.Module):
-        state = _model.state_of(model)
-        return state.config, list(state.specs)
+    def adapter_names(self, model: nnx.Module) -> list[str]:
+        return _model.state_of(model).names()
 
-    def adapter_state(self, model: nnx.Module):
+    def set_adapter(self, model: nnx.Module, name: str) -> None:
+        _model.set_adapter(model, name)
+
+    def delete_adapter(self, model: nnx.Module, name: str) -> None:
+        _model.delete_adapter(model, name)
+
+    def adapter_specs(self, model: nnx.Module, name: str | None = None):
         state = _model.state_of(model)
+        name = state.check_name(name) if name is not None else state.active
+        return state.configs[name], list(state.site_specs[name])
+
+    def adapter_state(self, model: nnx.Module, name: str | None = None):
+        config, specs = self.adapter_specs(model, name)
         arrays = {
-            name: np.array(jax.device_get(p[...]), np.float32)
-            for name, p in _model.adapter_parameters(model)
+            key: np.array(jax.device_get(v[...]), np.float32)
+            for key, v in _model.adapter_parameters(model, name)
         }
-        return state.config, list(state.specs), arrays
+        return config, specs, arrays
 
-    def load_adapter_state(self, model: nnx.Module, arrays: Mapping[str, np.ndarray]) -> None:
-        state = _model.state_of(model)
-        check_arrays(list(state.specs), arrays, "adapter arrays")
-        for name, param in _model.adapter_parameters(model):
-            old = param[...]
-            param.set_value(jax.device_put(jnp.asarray(arrays[name], old.dtype), old.sharding))
+    def load_adapter_state(
+        self, model: nnx.Module, arrays: Mapping[str, np.ndarray], name: str | None = None
+    ) -> None:
+        check_arrays(self.adapter_specs(model, name)[1], arrays, "adapter arrays")
+        for key, variable in _model.adapter_parameters(model, name):
+            old = variable[...]
+            variable.set_value(jax.device_put(jnp.asarray(arrays[key], old.dtype), old.sharding))
 
-    def base_identity(self, model: nnx.Module) -> BaseIdentity:
-        return _model.base_identity(model)
+    def merge_and_unload(
+        self, model: nnx.Module, routing: Mapping[str, np.ndarray] | None = None
+    ) -> nnx.Module:
+        return _merge.merge_and_unload(model, routing)
+
+    def mean_routing(
+        self, model: nnx.Module, batches: Iterable[Mapping[str, Any]]
+    ) -> dict[str, np.ndarray]:
+        return _merge.mean_routing(model, batches)
+
+    def base_identity(self, model: nnx.Module, name: str | None = None) -> BaseIdentity:
+        """Of the modules adapter ``name`` (default: the active one) adapts."""
+        return _model.base_identity(model, name)
 
     def load_model(self, path: str) -> nnx.Module:
         """The NNX T5 of a HF checkpoint directory (``ml.load_model``)."""
@@ -72,17 +100,19 @@ class JaxBackend:
         return t5.from_pretrained(path)
 
     def trainable_parameters(self, model: nnx.Module) -> ParameterCount:
+        """The active adapter's parameters; the total counts inactive adapters too."""
         return ParameterCount(
-            _size(nnx.state(model, AdapterParam)), _size(nnx.state(model, nnx.Param))
+            _size(nnx.state(model, AdapterParam)),
+            _size(nnx.state(model, nnx.Param)) + _size(nnx.state(model, StoredAdapter)),
         )
 
     def aux_losses(self, model: nnx.Module) -> jax.Array:
         _model.state_of(model)
         total = jnp.zeros((), jnp.float32)
         for layer in _model.adapter_layers(model).values():
-            logits = layer.last_logits.get_value()
-            if logits is not None:
-                for term in aux_loss_terms(layer.spec, logits).values():
+            logits, spec = layer.last_logits.get_value(), layer.spec
+            if logits is not None and spec is not None:
+                for term in aux_loss_terms(spec, logits).values():
                     total = total + term
         return total
 

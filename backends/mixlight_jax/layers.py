@@ -1,4 +1,5 @@
-"""The NNX adapter layer: wraps a frozen module and applies one site's routed mixture."""
+"""The NNX adapter layer: wraps a frozen module and applies the active named adapter's routed
+mixture at that site."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import errors, nnx
 
 from mixlight import LowRank, SiteResult, SiteSpec, Vectors, apply_site
 from mixlight.site_spec import route, select_mask
 from mixlight_jax.fused import fused_molora, fused_mov, fused_routed_molora
-from mixlight_jax.params import adapter_param
+from mixlight_jax.params import AdapterParam, sharding_metadata
 
 # SiteResult is a pytree, so that ``mix`` and ``mixlight.apply_site`` can be jitted as they are.
 jax.tree_util.register_pytree_node(
@@ -25,6 +27,13 @@ jax.tree_util.register_pytree_node(
 class RoutingTrace(nnx.Variable):
     """The last forward's routing probabilities or logits (float32, ``[..., E]`` or
     ``[..., H, E]``), None before the first call. Model state, so it survives ``nnx.jit``."""
+
+
+class StoredAdapter(nnx.Variable):
+    """An inactive named adapter's parameter (float32): kept with the model, saved and loaded
+    by name, but not an :class:`AdapterParam`, so optimizers built with
+    ``wrt=AdapterParam`` neither train nor decay it. :func:`mixlight.set_adapter` turns the
+    new active adapter's variables into ``AdapterParam`` (build the optimizer after it)."""
 
 
 class SequenceMasks(nnx.Variable):
@@ -64,11 +73,19 @@ def mix(
 
 
 class AdapterLayer(nnx.Module):
-    """A frozen ``base`` module (an ``nnx.Linear`` or an activation) plus one site's adapter.
+    """A frozen ``base`` module (an ``nnx.Linear`` or an activation) plus, per named adapter
+    that targets it, one site's adapter.
 
-    ``__call__(x)`` returns the adapted ``base(x)``: ``x [..., d_in] -> [..., d_out]``.
-    Parameters live in ``self.adapter`` (an ``nnx.Dict`` of :class:`AdapterParam`, float32)
-    under their short canonical names (``router``, ``vectors``, ``lora_A``, ``lora_B``).
+    ``__call__(x)`` returns ``base(x)`` adapted by the active adapter, or ``base(x)`` itself
+    when the active adapter does not target this module: ``x [..., d_in] -> [..., d_out]``.
+    Built empty around ``base``; :meth:`add` gives it adapters, :meth:`activate` picks the
+    one that runs. The active adapter's parameters live in ``self.adapter`` (an ``nnx.Dict`` of
+    :class:`AdapterParam`, float32) under their short canonical names (``router``,
+    ``vectors``, ``lora_A``, ``lora_B``), its site in ``self.spec`` (None when it does not
+    target this module); every other adapter's are in ``self.stored[name]``, as
+    :class:`StoredAdapter` variables that ``nnx.Optimizer(..., wrt=AdapterParam)`` neither
+    trains nor decays. ``self.specs`` holds ``(name, SiteSpec)`` for every adapter here, in
+    the order they were added (a tuple: static NNX metadata).
     Attributes the base module has (``kernel``, ``in_features``, ...) stay readable through the
     layer. The last forward's routing is kept in ``last_probs`` / ``last_logits``
     (:class:`RoutingTrace`) for :func:`mixlight.aux_losses` and :func:`mixlight.routing_stats`;
@@ -76,16 +93,67 @@ class AdapterLayer(nnx.Module):
     recorded, since NNX state cannot change there.
     """
 
-    def __init__(self, base: nnx.Module, spec: SiteSpec, params: Mapping[str, np.ndarray]):
-        axes = {name: p.axes for name, p in spec.param_specs().items()}
+    def __init__(self, base: nnx.Module):
         self.base = base
-        self.spec = spec
         self.enabled = True
-        self.adapter = nnx.Dict({n: adapter_param(a, axes[n]) for n, a in params.items()})
+        self.specs: tuple[tuple[str, SiteSpec], ...] = ()
+        self.active: str | None = None
+        self.adapter: nnx.Dict = nnx.Dict({})
+        self.stored: nnx.Dict = nnx.Dict({})
         self.last_probs = RoutingTrace(None)
         self.last_logits = RoutingTrace(None)
-        if spec.routing == "sequence":
-            self.masks = SequenceMasks(())
+        self.masks = SequenceMasks(())
+
+    @property
+    def spec(self) -> SiteSpec | None:
+        """The active adapter's site here; None when it does not target this module."""
+        return dict(self.specs).get(self.active) if self.active is not None else None
+
+    def names(self) -> list[str]:
+        """The adapters that target this module, in the order they were added."""
+        return [name for name, _ in self.specs]
+
+    def variables(self, name: str) -> nnx.Dict:
+        """Adapter ``name``'s variables by short name: :class:`AdapterParam` when it is the
+        active one, else :class:`StoredAdapter`."""
+        return self.adapter if name == self.active else self.stored[name]
+
+    def add(self, name: str, spec: SiteSpec, params: Mapping[str, np.ndarray]) -> None:
+        """Give this module the inactive adapter ``name`` with initial values ``params``."""
+        if name in self.names():
+            raise ValueError(f"{spec.path} already carries the mixlight adapter {name!r}")
+        self.specs = (*self.specs, (name, spec))
+        self.stored[name] = nnx.Dict(
+            {
+                n: StoredAdapter(jnp.asarray(a, jnp.float32), **sharding_metadata(_axes(spec, n)))
+                for n, a in params.items()
+            }
+        )
+
+    def activate(self, name: str) -> None:
+        """Make ``name`` the adapter that runs here (its variables become
+        :class:`AdapterParam`, the previous active one's :class:`StoredAdapter`); a name that
+        does not target this module leaves it running as its base module."""
+        if name == self.active:
+            return
+        if self.active is not None:
+            self.stored[self.active] = _retyped(self.adapter, StoredAdapter)
+        if name in self.names():
+            self.adapter = _retyped(self.stored[name], AdapterParam)
+            del self.stored[name]
+            self.active = name
+        else:
+            self.adapter = nnx.Dict({})
+            self.active = None
+
+    def remove(self, name: str) -> None:
+        """Forget adapter ``name`` here (the active one: the module then runs as its base)."""
+        if name == self.active:
+            self.adapter = nnx.Dict({})
+            self.active = None
+        else:
+            del self.stored[name]
+        self.specs = tuple((n, s) for n, s in self.specs if n != name)
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names the layer lacks: fall back to the wrapped module.
@@ -95,11 +163,12 @@ class AdapterLayer(nnx.Module):
 
     def __call__(self, x: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
         h = self.base(x, *args, **kwargs)
-        if not self.enabled:  # no routing ran: no statistics from this pass
+        spec = self.spec
+        if not self.enabled or spec is None:  # no routing ran: no statistics from this pass
             self._record(None, None)
             return h
         params = {name: p[...] for name, p in self.adapter.items()}
-        result = mix(self.spec, params, x, h, self._mask(h if self.spec.reads == "output" else x))
+        result = mix(spec, params, x, h, self._mask(spec, h if spec.reads == "output" else x))
         if result.probs is not None and result.probs.size == 0:  # 0 tokens: nothing routed
             self._record(None, None)
         else:
@@ -113,8 +182,18 @@ class AdapterLayer(nnx.Module):
         except errors.TraceContextError:
             pass
 
-    def _mask(self, route_in: jax.Array) -> jax.Array | None:
+    def _mask(self, spec: SiteSpec, route_in: jax.Array) -> jax.Array | None:
         """The ``[batch, seq]`` mask matching ``route_in [batch, seq, d]`` under sequence
         routing, else None (pool over every position)."""
-        masks = self.masks.get_value() if self.spec.routing == "sequence" else ()
+        masks = self.masks.get_value() if spec.routing == "sequence" else ()
         return select_mask(masks, route_in)
+
+
+def _axes(spec: SiteSpec, short: str) -> tuple[str, ...]:
+    """The logical axis names of parameter ``short`` of ``spec``."""
+    return spec.param_specs()[short].axes
+
+
+def _retyped(variables: nnx.Dict, kind: type[nnx.Variable]) -> nnx.Dict:
+    """The same arrays and metadata (sharding axes) as variables of type ``kind``."""
+    return nnx.Dict({n: kind(v.get_value(), **v.get_metadata()) for n, v in variables.items()})

@@ -16,20 +16,56 @@ from mixlight import AdapterConfig, ModuleShape, Site, SiteSpec, plan_sites
 from mixlight._base_identity import BaseIdentity, sample_weights
 from mixlight.site_spec import describe_module
 from mixlight_jax.layers import AdapterLayer
-from mixlight_jax.params import AdapterParam
 
 _SEED_RANGE = 2**31 - 1
 _STATE = "mixlight_state"  # the attribute an injected model carries
 
 Path = tuple[Any, ...]  # attribute names (str) and list indices (int)
 
+DEFAULT = "default"
+"""The name an adapter gets when none is given (PEFT's default name)."""
+
 
 @attrs.frozen
 class MixlightState:
-    """Attached to an injected model as ``model.mixlight_state`` (static NNX metadata)."""
+    """Attached to an injected model as ``model.mixlight_state`` (static NNX metadata, so
+    frozen and hashable: every change replaces it). ``adapters`` holds ``(name, config,
+    sites)`` per named adapter in the order they were added; ``active`` names the one that
+    runs and trains."""
 
-    config: AdapterConfig
-    specs: tuple[SiteSpec, ...]
+    adapters: tuple[tuple[str, AdapterConfig, tuple[SiteSpec, ...]], ...]
+    active: str
+
+    @property
+    def configs(self) -> dict[str, AdapterConfig]:
+        return {name: config for name, config, _ in self.adapters}
+
+    @property
+    def site_specs(self) -> dict[str, tuple[SiteSpec, ...]]:
+        return {name: specs for name, _, specs in self.adapters}
+
+    @property
+    def config(self) -> AdapterConfig:
+        """The active adapter's config."""
+        return self.configs[self.active]
+
+    @property
+    def specs(self) -> tuple[SiteSpec, ...]:
+        """The active adapter's sites."""
+        return self.site_specs[self.active]
+
+    def check_name(self, name: str) -> str:
+        """``name`` when the model has an adapter of that name; else a ``KeyError`` naming
+        the adapters it has."""
+        if name not in self.configs:
+            raise KeyError(
+                f"this model has no adapter named {name!r}; its adapters: {sorted(self.configs)}"
+            )
+        return name
+
+    def names(self) -> list[str]:
+        """Adapter names, the active one first."""
+        return [self.active, *(n for n, _, _ in self.adapters if n != self.active)]
 
 
 def is_injected(model: nnx.Module) -> bool:
@@ -46,10 +82,17 @@ def state_of(model: nnx.Module) -> MixlightState:
     return state
 
 
-def _paths(model: nnx.Module) -> dict[str, Path]:
+def _plain_paths(model: nnx.Module) -> dict[str, Path]:
     """Dotted module path (HF style, ``encoder.block.0.layer.0.SelfAttention.k``) -> NNX path,
-    for every submodule but the root."""
-    return {".".join(map(str, p)): p for p, _ in nnx.iter_modules(model) if p}
+    for every submodule but the root, as the model had them before injection: an adapter
+    layer stands for the module it wraps, and nothing inside a layer is listed."""
+    modules = list(nnx.iter_modules(model))
+    layers = {p for p, m in modules if isinstance(m, AdapterLayer)}
+    return {
+        ".".join(map(str, p)): p
+        for p, _ in modules
+        if p and not any(p[:n] in layers for n in range(1, len(p)))
+    }
 
 
 def _child(parent: Any, part: str | int) -> Any:
@@ -70,15 +113,27 @@ def _set(model: nnx.Module, path: Path, module: nnx.Module) -> None:
         setattr(parent, last, module)
 
 
-def adapter_layers(model: nnx.Module) -> dict[str, AdapterLayer]:
-    """Adapter layers by the dotted path of the module they wrap."""
+def adapter_layers(model: nnx.Module, name: str | None = None) -> dict[str, AdapterLayer]:
+    """The layers that carry adapter ``name`` (default: those running the active adapter),
+    by the dotted path of the module they wrap."""
+    return {
+        path: layer
+        for path, layer in _all_layers(model).items()
+        if (layer.spec is not None if name is None else name in layer.names())
+    }
+
+
+def _all_layers(model: nnx.Module) -> dict[str, AdapterLayer]:
     return {
         ".".join(map(str, p)): m for p, m in nnx.iter_modules(model) if isinstance(m, AdapterLayer)
     }
 
 
 def _width(module: Any, which: str) -> int | None:
-    """Width of an ``nnx.Linear`` (kernel ``[in, out]``); None for anything else."""
+    """Width of an ``nnx.Linear`` (kernel ``[in, out]``), also one an adapter layer wraps;
+    None for anything else."""
+    if isinstance(module, AdapterLayer):
+        module = module.base
     if isinstance(module, nnx.Linear):
         return int(module.kernel.shape[0 if which == "in" else 1])
     return None
@@ -88,12 +143,14 @@ def _has_params(module: nnx.Module) -> bool:
     return bool(jax.tree.leaves(nnx.state(module, nnx.Param)))
 
 
-def _describe(model: nnx.Module, path: Path, site: Site) -> ModuleShape:
+def _describe(model: nnx.Module, path: Path, site: Site, name: str) -> ModuleShape:
     dotted = ".".join(map(str, path))
     parent = _get(model, path[:-1])
     module = _child(parent, path[-1])
     if isinstance(module, AdapterLayer):
-        raise ValueError(f"{dotted} already carries a mixlight adapter")
+        if name in module.names():
+            raise ValueError(f"{dotted} already carries the mixlight adapter {name!r}")
+        module = module.base
     return describe_module(dotted, site, module, parent, _width, _has_params)
 
 
@@ -106,51 +163,108 @@ def _seed(rngs: nnx.Rngs | int | None) -> int:
 
 
 def inject(
-    model: nnx.Module, config: AdapterConfig, *, rngs: nnx.Rngs | int | None = None
+    model: nnx.Module,
+    config: AdapterConfig,
+    *,
+    rngs: nnx.Rngs | int | None = None,
+    name: str = DEFAULT,
 ) -> nnx.Module:
-    """Wrap matched modules in :class:`AdapterLayer`s in place and return the model.
+    """Give the modules matched by ``config``'s sites the adapter ``name`` (wrapping them in
+    :class:`AdapterLayer`s) in place, and return the model.
 
+    The first adapter of a model becomes the active one; a further name adds an inactive
+    adapter beside it (switch with :func:`set_adapter`), as PEFT's ``add_adapter`` does.
     Adapter parameters are drawn with numpy from a seed: ``rngs`` (an ``nnx.Rngs``, whose
     ``params`` stream is advanced, or an int; default 0), so injection is reproducible. The
-    base model's parameters stay ``nnx.Param``; train only the adapters with
-    ``nnx.Optimizer(model, tx, wrt=mixlight_jax.AdapterParam)``.
+    base model's parameters stay ``nnx.Param``; train only the active adapter with
+    ``nnx.Optimizer(model, tx, wrt=mixlight_jax.AdapterParam)`` (inactive adapters are
+    :class:`StoredAdapter` variables, which it leaves alone).
     """
-    if is_injected(model):
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"adapter_name={name!r}: must be a Python identifier, e.g. 'default'")
+    state = vars(model).get(_STATE)
+    if state is not None and name in state.configs:
         raise ValueError(
-            "this model already carries a mixlight adapter; call "
-            "mixlight_jax.remove_adapters(model) first or use a fresh model"
+            f"this model already carries a mixlight adapter named {name!r}; pick another "
+            f"adapter_name, delete it (mixlight.delete_adapter(model, {name!r})), or call "
+            "mixlight_jax.remove_adapters(model) first, or use a fresh model"
         )
-    paths = _paths(model)
+    paths = _plain_paths(model)
     if not paths:
         raise TypeError(
             f"mixlight.inject adapts the submodules of a model in place, and this "
             f"{type(model).__name__} has none (a bare layer given as the whole model); wrap it "
             "in a module that holds it as an attribute, and target that attribute's name"
         )
-    specs = plan_sites(config, paths, lambda p, site: _describe(model, paths[p], site))
+    specs = plan_sites(config, paths, lambda p, site: _describe(model, paths[p], site, name))
+    active = state.active if state is not None else name
     rng = np.random.default_rng(_seed(rngs))
     for spec in specs:
         path = paths[spec.path]
-        _set(model, path, AdapterLayer(_get(model, path), spec, spec.init_params(rng)))
-    setattr(model, _STATE, MixlightState(config, tuple(specs)))
+        layer = _get(model, path)
+        if not isinstance(layer, AdapterLayer):
+            layer = AdapterLayer(layer)
+            _set(model, path, layer)
+        layer.add(name, spec, spec.init_params(rng))
+        layer.activate(active)
+    adapters = state.adapters if state is not None else ()
+    setattr(model, _STATE, MixlightState((*adapters, (name, config, tuple(specs))), active))
     return model
 
 
+def set_adapter(model: nnx.Module, name: str) -> None:
+    """Make adapter ``name`` the one that runs and trains: its variables become
+    :class:`AdapterParam`, every other adapter's :class:`StoredAdapter`. The trainable state
+    changes, so build the ``nnx.Optimizer`` (and re-jit) after switching."""
+    state = state_of(model)
+    state.check_name(name)
+    for layer in _all_layers(model).values():
+        layer.activate(name)
+    setattr(model, _STATE, attrs.evolve(state, active=name))
+
+
+def delete_adapter(model: nnx.Module, name: str) -> None:
+    """Remove adapter ``name``; modules no adapter targets any more get their original
+    module back. Deleting the active adapter activates the first remaining one; deleting the
+    last is :func:`remove_adapters`."""
+    state = state_of(model)
+    state.check_name(name)
+    if [n for n, _, _ in state.adapters] == [name]:
+        remove_adapters(model)
+        return
+    rest = tuple(entry for entry in state.adapters if entry[0] != name)
+    active = state.active if state.active != name else rest[0][0]
+    paths = _plain_paths(model)
+    for dotted, layer in _all_layers(model).items():
+        if name in layer.names():
+            layer.remove(name)
+        if layer.specs:
+            layer.activate(active)
+        else:
+            _set(model, paths[dotted], layer.base)
+    setattr(model, _STATE, MixlightState(rest, active))
+
+
 def remove_adapters(model: nnx.Module) -> nnx.Module:
-    """Put the original modules back and forget the adapter."""
+    """Put the original modules back and forget every adapter."""
     state_of(model)
-    paths = _paths(model)
-    for dotted, layer in adapter_layers(model).items():
+    paths = _plain_paths(model)
+    for dotted, layer in _all_layers(model).items():
         _set(model, paths[dotted], layer.base)
     delattr(model, _STATE)
     return model
 
 
-def adapter_parameters(model: nnx.Module) -> Iterator[tuple[str, AdapterParam]]:
-    """``(canonical name, parameter)`` pairs, canonical names as in adapter files."""
-    for dotted, layer in adapter_layers(model).items():
-        for short, param in layer.adapter.items():
-            yield f"{dotted}.{short}", param
+def adapter_parameters(
+    model: nnx.Module, name: str | None = None
+) -> Iterator[tuple[str, nnx.Variable]]:
+    """``(canonical name, variable)`` pairs of adapter ``name`` (default: the active one),
+    canonical names as in adapter files; :class:`AdapterParam` for the active adapter,
+    :class:`StoredAdapter` for the others."""
+    name = name if name is not None else state_of(model).active
+    for dotted, layer in adapter_layers(model, name).items():
+        for short, variable in layer.variables(name).items():
+            yield f"{dotted}.{short}", variable
 
 
 @contextlib.contextmanager
@@ -163,7 +277,11 @@ def sequence_masks(model: nnx.Module, *masks: jax.Array) -> Iterator[nnx.Module]
         with mixlight_jax.sequence_masks(model, attention_mask, decoder_attention_mask):
             logits = model(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask)
     """
-    layers = [m for m in adapter_layers(model).values() if m.spec.routing == "sequence"]
+    layers = [
+        m
+        for m in adapter_layers(model).values()
+        if m.spec is not None and m.spec.routing == "sequence"
+    ]
     previous = [layer.masks.get_value() for layer in layers]
     kept = tuple(jnp.asarray(m) for m in masks if m is not None)
     for layer in layers:
@@ -181,7 +299,7 @@ def disable_adapters(model: nnx.Module) -> Iterator[nnx.Module]:
     metadata, so ``nnx.jit`` compiles the disabled model separately (once) and never mixes
     the two up."""
     state_of(model)
-    layers = list(adapter_layers(model).values())
+    layers = list(_all_layers(model).values())
     previous = [layer.enabled for layer in layers]
     for layer in layers:
         layer.enabled = False
@@ -192,12 +310,13 @@ def disable_adapters(model: nnx.Module) -> Iterator[nnx.Module]:
             layer.enabled = enabled
 
 
-def base_identity(model: nnx.Module) -> BaseIdentity:
-    """Samples of the adapted ``nnx.Linear`` kernels (``[in, out]``, the canonical order) and
-    the model's ``name_or_path`` when it has one."""
+def base_identity(model: nnx.Module, name: str | None = None) -> BaseIdentity:
+    """Samples of the ``nnx.Linear`` kernels (``[in, out]``, the canonical order) that adapter
+    ``name`` (default: the active one) adapts, and the model's ``name_or_path`` when it has
+    one."""
     kernels = {
         path: layer.base.kernel
-        for path, layer in adapter_layers(model).items()
+        for path, layer in adapter_layers(model, name).items()
         if isinstance(layer.base, nnx.Linear)
     }
     samples = sample_weights(

@@ -26,7 +26,9 @@ class AdapterParam(nnx.Param):
 def adapter_param(value: np.ndarray, axes: tuple[str, ...]) -> AdapterParam:
     """Wrap a float32 array; ``axes`` (one logical name per dimension, or empty) become its
     sharding metadata. Sharding is not applied at creation, so no mesh is needed."""
-    metadata: dict[str, Any] = (
-        {"out_sharding": tuple(axes), "eager_sharding": False} if axes else {}
-    )
-    return AdapterParam(jnp.asarray(value, jnp.float32), **metadata)
+    return AdapterParam(jnp.asarray(value, jnp.float32), **sharding_metadata(axes))
+
+
+def sharding_metadata(axes: tuple[str, ...]) -> dict[str, Any]:
+    """The variable metadata naming ``axes`` (none when empty), not applied at creation."""
+    return {"out_sharding": tuple(axes), "eager_sharding": False} if axes else {}
