@@ -19,6 +19,7 @@ import mixlight as ml
 from .schema import Example
 
 if TYPE_CHECKING:
+    from .checkpoint import Resume
     from .experiment import DemoConfig
 
 BACKENDS = ("torch", "jax")
@@ -42,6 +43,7 @@ class TuneSettings:
     max_target_tokens: int
     progress: bool
     label: str
+    resume: Resume | None = None  # save (and continue from) checkpoints in a run directory
 
 
 Routing = dict[str, dict[str, list[float]]]

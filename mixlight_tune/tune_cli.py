@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._files import atomic_write
+from .checkpoint import Resume
 from .data_files import load_examples
 from .experiment import DemoConfig, check_t5_dir
 from .miniature.suite import build_suite
@@ -61,7 +63,14 @@ def settings(cfg: TuneConfig) -> TuneSettings:
         max_target_tokens=cfg.max_target_tokens,
         progress=cfg.progress,
         label=f"tune {cfg.adapter.method} ({cfg.backend})",
+        resume=run_dir(cfg),
     )
+
+
+def run_dir(cfg: TuneConfig) -> Resume:
+    """Where the run saves its training state every ``checkpoint_every`` steps, and the
+    config a saved state must match to be continued."""
+    return Resume(cfg.output_dir, cfg.checkpoint_every, cfg.resolved())
 
 
 def load_data(cfg: TuneConfig) -> tuple[list[Example], list[Example]]:
@@ -103,14 +112,17 @@ def run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     _check_model(cfg)
     train, evals = load_data(cfg)
     steps = load_steps(cfg.backend)
+    saved = run_dir(cfg).load()  # refuses a run directory of another config before loading
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     demo = demo_config(cfg)
     base = steps.prepare(demo)
     log(f"base: {base.description}; {len(train)} training examples; backend {cfg.backend}")
+    if saved is not None:
+        log(f"resuming {cfg.output_dir} from step {saved.step} of {cfg.steps}")
     start = time.perf_counter()
     model, losses = steps.tune(base, cfg.adapter, train, settings(cfg))
     seconds = time.perf_counter() - start
-    saved = steps.save(model, cfg.output_dir / "adapter")
+    adapter_dir = steps.save(model, cfg.output_dir / "adapter")
     scores = None
     if evals:
         correct, _routing = steps.evaluate(model, base, evals, demo)
@@ -122,10 +134,10 @@ def run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         "losses": losses,
         "train_seconds": round(seconds, 2),
         "eval": scores,
-        "adapter": None if saved is None else str(saved),
+        "adapter": None if adapter_dir is None else str(adapter_dir),
     }
-    (cfg.output_dir / RESOLVED_FILE).write_text(json.dumps(cfg.resolved(), indent=2) + "\n")
-    (cfg.output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write(cfg.output_dir / RESOLVED_FILE, json.dumps(cfg.resolved(), indent=2) + "\n")
+    atomic_write(cfg.output_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     final = f"final loss {losses[-1]:.4f}" if losses else "no steps"
     accuracy = "" if scores is None else f", eval accuracy {100 * scores['average']:.1f}%"
     log(f"{final}{accuracy}; adapter and {METRICS_FILE} in {cfg.output_dir}")
@@ -139,8 +151,8 @@ def dry_run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, An
     train, _ = load_data(cfg)
     steps = load_steps(cfg.backend)
     base = steps.prepare(demo_config(cfg))
-    zero = settings(cfg)
-    model, _ = steps.tune(base, cfg.adapter, train[:1], dataclasses.replace(zero, steps=0))
+    zero = dataclasses.replace(settings(cfg), steps=0, resume=None)
+    model, _ = steps.tune(base, cfg.adapter, train[:1], zero)
     resolved = cfg.resolved() | {"trainable_percent": steps.trainable_percent(model)}
     log(json.dumps(resolved, indent=2))
     return resolved

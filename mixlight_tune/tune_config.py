@@ -61,6 +61,7 @@ class TuneConfig:
     max_target_tokens: int = 64
     eval_batch_size: int = 64
     progress: bool = True
+    checkpoint_every: int = 50
 
     def resolved(self) -> dict[str, Any]:
         """The config as JSON-ready data, every default filled in (``--dry-run`` prints it
@@ -128,7 +129,7 @@ def parse(raw: dict[str, Any], base_dir: Path = Path("."), where: str = "config"
         )
     default = TuneConfig()
     values: dict[str, Any] = {}
-    for key in ("steps", "batch_size", "seed", "data_seed", "builtin_per_task"):
+    for key in ("steps", "batch_size", "seed", "data_seed", "builtin_per_task", "checkpoint_every"):
         values[key] = _int(raw, key, getattr(default, key), minimum=0 if key != "batch_size" else 1)
     for key in ("max_input_tokens", "max_target_tokens", "eval_batch_size"):
         values[key] = _int(raw, key, getattr(default, key), minimum=2)

@@ -34,3 +34,41 @@ def write_case(root: Path, backend: str, **overrides) -> Path:
     path = root / f"{backend}.json"
     path.write_text(json.dumps(config))
     return path
+
+
+def interrupted_then_resumed(root: Path, backend: str, monkeypatch, **overrides):
+    """Run the case whole (``root/whole``) and, in ``root/split``, stopped by an exception
+    after its 5th step (its last checkpoint is step 4), then restarted with the same config.
+    Returns the metrics of ``(whole, resumed)``."""
+    import importlib
+
+    from mixlight_tune.tune_cli import run
+    from mixlight_tune.tune_config import read_config
+
+    case = {"steps": 7, "checkpoint_every": 2, "eval_data": None} | overrides
+    configs = {}
+    for name in ("whole", "split"):
+        (root / name).mkdir()
+        configs[name] = read_config(write_case(root / name, backend, **case))
+    whole = run(configs["whole"], lambda _: None)
+    steps = importlib.import_module(f"mixlight_tune.backends.{backend}_steps")
+    check = steps.check_finite_loss
+
+    def killed_after_step_5(loss, step, settings):
+        check(loss, step, settings)
+        if step == 4:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(steps, "check_finite_loss", killed_after_step_5)
+    try:
+        run(configs["split"], lambda _: None)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the run was not interrupted")
+    monkeypatch.undo()
+    assert not (root / "split" / f"out-{backend}" / "metrics.json").exists()
+    log: list[str] = []
+    resumed = run(configs["split"], log.append)
+    assert any("from step 4 of 7" in line for line in log), log
+    return whole, resumed

@@ -11,6 +11,7 @@ for it is refused rather than silently run without.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from tqdm.auto import tqdm
 import mixlight as ml
 from mixlight_jax import AdapterParam, adapter_layers, t5
 from mixlight_jax.model import is_injected
+from mixlight_tune.backends import jax_resume
+from mixlight_tune.checkpoint import resume_point
 from mixlight_tune.experiment import DemoConfig, base_checkpoint
 from mixlight_tune.sampling import batches, routing_sites
 from mixlight_tune.schema import Example
@@ -170,18 +173,45 @@ def tune(
         optimizer.update(model, grads)
         return loss
 
-    losses: list[float] = []
-    order = batches(len(pairs), settings.batch_size, settings.steps, settings.seed)
-    bar = tqdm(order, total=settings.steps, desc=settings.label, disable=not settings.progress)
-    for indices in bar:
+    resume = settings.resume
+
+    @nnx.jit
+    def forward(model, ids, attn, dec_in):
+        return model(input_ids=ids, attention_mask=attn, decoder_input_ids=dec_in)
+
+    def batch(indices: list[int]) -> tuple[np.ndarray, ...]:
         ids, attn = pad_to([pairs[i][0] for i in indices], in_len, PAD_ID)
         labels, label_mask = pad_to([pairs[i][1] for i in indices], out_len, PAD_ID)
         dec_in = shift_right(labels, label_mask, start)
-        loss = step(model, optimizer, ids, attn, dec_in, labels, label_mask.astype(np.float32))
+        return ids, attn, dec_in, labels, label_mask.astype(np.float32)
+
+    def restore(checkpoint: Any) -> None:
+        # After its first step, a run's step also takes the adapters' last-forward caches
+        # (routing probabilities) as inputs; one forward pass creates them, and the restore
+        # gives them the saved run's values: the same program on the same bits.
+        ids, attn, dec_in, _, _ = batch(list(range(min(settings.batch_size, len(pairs)))))
+        forward(model, ids, attn, dec_in)
+        jax_resume.restore(model, optimizer, wrt, checkpoint)
+
+    done, losses = resume_point(resume, restore)
+    order = itertools.islice(
+        batches(len(pairs), settings.batch_size, settings.steps, settings.seed), done, None
+    )
+    bar = tqdm(
+        order,
+        total=settings.steps,
+        initial=done,
+        desc=settings.label,
+        disable=not settings.progress,
+    )
+    for indices in bar:
+        loss = step(model, optimizer, *batch(indices))
         losses.append(float(loss))
         check_finite_loss(losses[-1], len(losses) - 1, settings)
         if len(losses) % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+        if resume is not None and resume.due(len(losses), settings.steps):
+            resume.save(len(losses), losses, jax_resume.train_state(model, optimizer, wrt))
     return model, losses
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 import os
 import random
@@ -29,7 +30,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import mixlight as ml
+from mixlight_tune.backends import torch_resume
 from mixlight_tune.backends.torch_scoring import as_encode, pad, rank_classification, truncate
+from mixlight_tune.checkpoint import resume_point
 from mixlight_tune.corruption import span_corruption
 from mixlight_tune.experiment import (
     BaseSpec,
@@ -99,21 +102,28 @@ def train_loop(
     make_batch: Callable[[list[int]], dict[str, torch.Tensor]],
     n: int,
     settings: TuneSettings,
-    aux_loss: bool = False,
 ) -> list[float]:
-    """Train ``model`` in place; return the loss of every step (none when nothing trains)."""
+    """Train ``model`` in place; return the loss of every step (none when nothing trains).
+    An injected model's loss already holds its weighted router losses."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params or settings.steps == 0:
         return []
     optimizer = make_optimizer(settings.optimizer, params, settings.lr)
     model.train()
-    losses: list[float] = []
-    steps = batches(n, settings.batch_size, settings.steps, settings.seed)
-    bar = tqdm(steps, total=settings.steps, desc=settings.label, disable=not settings.progress)
+    resume = settings.resume
+    done, losses = resume_point(resume, lambda c: torch_resume.restore(model, optimizer, c))
+    steps = itertools.islice(
+        batches(n, settings.batch_size, settings.steps, settings.seed), done, None
+    )
+    bar = tqdm(
+        steps,
+        total=settings.steps,
+        initial=done,
+        desc=settings.label,
+        disable=not settings.progress,
+    )
     for indices in bar:
         loss = model(**make_batch(indices)).loss
-        if aux_loss:
-            loss = loss + ml.aux_losses(model)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -121,6 +131,8 @@ def train_loop(
         check_finite_loss(losses[-1], len(losses) - 1, settings)
         if len(losses) % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+        if resume is not None and resume.due(len(losses), settings.steps):
+            resume.save(len(losses), losses, *torch_resume.train_state(model, optimizer))
     model.eval()
     return losses
 
@@ -231,7 +243,7 @@ def tune(
     settings: TuneSettings,
 ) -> tuple[nn.Module, list[float]]:
     """A trained copy of the base (``adapter`` injected; ``None``: all weights train) and its
-    loss at every step. Routers' auxiliary losses are added when the config weights them."""
+    loss at every step. Routers' auxiliary losses count when the config weights them."""
     torch.manual_seed(settings.seed)
     model = copy.deepcopy(base.model)
     if adapter is None:
@@ -250,7 +262,7 @@ def tune(
     def make_batch(indices: list[int]) -> dict[str, torch.Tensor]:
         return collate([pairs[i] for i in indices])
 
-    losses = train_loop(model, make_batch, len(pairs), settings, aux_loss=adapter is not None)
+    losses = train_loop(model, make_batch, len(pairs), settings)
     return model, losses
 
 

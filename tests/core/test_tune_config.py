@@ -66,7 +66,7 @@ def test_resolved_config_reads_back(tmp_path):
     [
         ({"backnd": "jax"}, r"unknown key\(s\) backnd; valid keys: .*backend"),
         ({"backend": "mlx"}, r'backend must be "torch" or "jax", got \'mlx\''),
-        ({"optimizer": "sgd"}, r'optimizer must be "adafactor" or "adamw"'),
+        ({"optimizer": "lion"}, r'optimizer must be "adafactor" or "adamw" or "sgd"'),
         ({"steps": -1}, r"steps must be an integer >= 0, got -1"),
         ({"batch_size": 0}, r"batch_size must be an integer >= 1"),
         ({"steps": 2.5}, r"steps must be an integer"),

@@ -1,0 +1,144 @@
+"""Resumable run directories: the training state of ``mixlight tune`` saved every few steps.
+
+A checkpoint is one file, ``<output_dir>/checkpoint.safetensors``, written atomically (temp
+file + ``os.replace``): a killed run leaves the previous checkpoint or the new one, never a
+mix. Its tensors are the trainable weights (``model/<name>``), the optimiser state
+(``optimizer/<name>``) and the framework's RNG state (``rng/<name>``); its safetensors
+metadata holds one JSON object: the step reached, every loss so far, the JSON-able optimiser
+values (``scalars``) and the resolved config the run belongs to. Nothing is pickled.
+
+The data position is the step: :func:`mixlight_tune.sampling.batches` draws batch ``k`` from
+``seed`` and ``k`` alone, so a resumed run skips the first ``step`` batches. A backend reads
+and writes its own arrays (:class:`Resume` is framework-free).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load, save
+
+from ._files import atomic_write
+from .steps import DemoError
+
+FILE = "checkpoint.safetensors"
+META_KEY = "mixlight_tune_checkpoint"
+FORMAT = 1
+# Keys that may change between a run and its resumption: how it is shown, not what it computes.
+NOT_COMPARED = ("progress", "output_dir", "eval_batch_size", "checkpoint_every")
+
+
+class ResumeError(DemoError):
+    """A run directory whose checkpoint cannot continue this run."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The state after ``step`` optimiser steps."""
+
+    step: int
+    losses: list[float]
+    arrays: dict[str, np.ndarray]
+    scalars: dict[str, Any] = field(default_factory=dict)
+
+    def group(self, prefix: str) -> dict[str, np.ndarray]:
+        """The arrays under ``prefix/``, keyed by the rest of their name."""
+        start = f"{prefix}/"
+        return {k[len(start) :]: v for k, v in self.arrays.items() if k.startswith(start)}
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a run saves its checkpoint, how often (``every`` steps; 0: never) and the
+    resolved config that a checkpoint must match to be resumed."""
+
+    directory: Path
+    every: int
+    config: Mapping[str, Any]
+
+    @property
+    def path(self) -> Path:
+        return self.directory / FILE
+
+    def load(self) -> Checkpoint | None:
+        """The saved state, or ``None`` when the directory holds none. Raises
+        :class:`ResumeError` naming the config fields that differ from the saved run's."""
+        if not self.path.is_file():
+            return None
+        try:
+            raw = self.path.read_bytes()
+            arrays = load(raw)
+            meta = json.loads(_metadata(raw)[META_KEY])
+        except (ValueError, KeyError, OSError) as err:
+            raise ResumeError(
+                f"{self.path} is not a readable checkpoint ({err}); delete it to start over"
+            ) from None
+        if meta.get("format") != FORMAT:
+            raise ResumeError(
+                f"{self.path}: checkpoint format {meta.get('format')!r}, "
+                f"expected {FORMAT}; delete it to start over"
+            )
+        changed = config_changes(meta["config"], self.config)
+        if changed:
+            raise ResumeError(
+                f"{self.directory} holds a run of another config ({'; '.join(changed)}); "
+                "restore those values to resume it, or choose another output_dir"
+            )
+        for name in meta.get("zero_dim", []):  # (safetensors stores a 0-d array as [1])
+            arrays[name] = arrays[name].reshape(())
+        return Checkpoint(meta["step"], meta["losses"], arrays, meta.get("scalars", {}))
+
+    def due(self, step: int, last: int) -> bool:
+        """Whether to save after ``step`` steps of ``last`` (every ``every``, and the last)."""
+        return self.every > 0 and (step % self.every == 0 or step == last)
+
+    def save(
+        self,
+        step: int,
+        losses: list[float],
+        arrays: Mapping[str, np.ndarray],
+        scalars: Mapping[str, Any] | None = None,
+    ) -> None:
+        meta = {
+            "format": FORMAT,
+            "step": step,
+            "losses": losses,
+            "scalars": dict(scalars or {}),
+            "config": dict(self.config),
+            "zero_dim": sorted(k for k, v in arrays.items() if np.ndim(v) == 0),
+        }
+        tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        atomic_write(self.path, save(tensors, metadata={META_KEY: json.dumps(meta)}))
+
+
+def config_changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """``"key: run X, config Y"`` for every compared key whose value differs."""
+    keys = sorted((set(saved) | set(now)) - set(NOT_COMPARED))
+    return [
+        f"{k}: checkpoint {saved.get(k)!r}, config {now.get(k)!r}"
+        for k in keys
+        if saved.get(k) != now.get(k)
+    ]
+
+
+def _metadata(raw: bytes) -> dict[str, str]:
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    return header.get("__metadata__", {})
+
+
+def resume_point(
+    resume: Resume | None, restore: Callable[[Checkpoint], None]
+) -> tuple[int, list[float]]:
+    """``(steps done, their losses)`` to continue from: ``(0, [])`` without a checkpoint;
+    else ``restore(checkpoint)`` puts the backend's weights, optimiser and RNG back first."""
+    checkpoint = None if resume is None else resume.load()
+    if checkpoint is None:
+        return 0, []
+    restore(checkpoint)
+    return checkpoint.step, list(checkpoint.losses)
