@@ -17,7 +17,7 @@ the logits read `h`, the merge writes, the scaling reads and writes; backward: `
 two contractions with it, the router-kernel gradient, the merge again, the scaling and the
 router term) against about 7 for (IA)³: ~2x at equal speed per pass, ~1.8x as measured.
 Fewer passes need one loop per token block that reads `h` and `g_out` once and keeps the
-merged vector in registers: that is `mixlight_torch.triton_mov` on CUDA (interpreter-tested
+merged vector in registers: that is `mixlight_torch.ops.triton_mov` on CUDA (interpreter-tested
 here, never timed: no GPU was lent). Proposed CPU target for the composed-op path: <= 2.0x
 (IA)³ at E=10 and <= 1.05x its saved activations; keep 1.3x for the Triton kernel on GPU."""
 

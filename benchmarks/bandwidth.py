@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from mixlight_torch.fused import FusedMoV
-from mixlight_torch.triton_mov import triton_mov
+from mixlight_torch.ops import FusedMoV
+from mixlight_torch.ops.triton_mov import triton_mov
 
 
 def _median_ms(step, repeats: int = 20) -> float:

@@ -16,7 +16,7 @@ import torch
 
 from benchmarks.impl import Group, Impl, Pairs, grads_of, new_generator, randn
 from mixlight.math import mix_vectors, router_logits, router_probs
-from mixlight_torch.fused import FusedMoV, fused_mov, fused_routed_molora
+from mixlight_torch.ops import FusedMoV, fused_mov, fused_routed_molora
 
 Tensor = torch.Tensor
 MOLORA_SCALE = 4.0  # alpha / r = 16 / 4, the preset's

@@ -9,7 +9,8 @@ routing over a task's data: a static per-task export) it is an approximation, wh
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -63,15 +64,24 @@ class RoutingMeans:
         self._sums: dict[str, np.ndarray] = {}
         self._counts: dict[str, float] = {}
 
-    def add(self, spec: SiteSpec, probs: np.ndarray, masks: Sequence[Any] = ()) -> None:
-        """Site ``spec``'s ``probs [..., E]`` (``[..., H, E]`` per head) from one pass;
-        ``masks``: the call's ``[batch, seq]`` padding masks (1 = token), of which the one
-        matching the leading axes weighs the tokens."""
+    def add(
+        self,
+        spec: SiteSpec,
+        probs: np.ndarray,
+        source_mask: Any | None = None,
+        target_mask: Any | None = None,
+    ) -> None:
+        """Site ``spec``'s ``probs [..., E]`` (``[..., H, E]`` per head) from one pass.
+
+        ``source_mask`` / ``target_mask``: the call's ``[batch, seq]`` padding masks (1 =
+        token) of the source (encoder) and target (decoder) sequences. A site that reads the
+        source (``encoder.*``, and T5's cross-attention ``EncDecAttention.k`` / ``.v``) is
+        weighed by the source mask, any other by the target mask; a mask that does not fit
+        the leading axes (or none) counts every position."""
         lead = probs.shape[: probs.ndim - (2 if spec.heads else 1)]
-        weight = next(
-            (np.asarray(m, np.float64) for m in masks if tuple(np.shape(m)) == tuple(lead)),
-            np.ones(lead, np.float64),
-        )
+        mask = source_mask if _reads_source(spec.path) else target_mask
+        fits = mask is not None and tuple(np.shape(mask)) == tuple(lead)
+        weight = np.asarray(mask, np.float64) if fits else np.ones(lead, np.float64)
         flat = probs.reshape(-1, *probs.shape[len(lead) :]).astype(np.float64)
         total = np.tensordot(weight.reshape(-1), flat, axes=1)
         self._sums[spec.path] = self._sums.get(spec.path, 0) + total
@@ -83,3 +93,11 @@ class RoutingMeans:
             path: (total / max(self._counts[path], 1e-9)).astype(np.float32)
             for path, total in self._sums.items()
         }
+
+
+_SOURCE_SITE = re.compile(r"^encoder\.|EncDecAttention\.[kv]$")
+
+
+def _reads_source(path: str) -> bool:
+    """Whether the site at ``path`` routes the source sequence's tokens (T5 module paths)."""
+    return _SOURCE_SITE.search(path) is not None

@@ -64,7 +64,7 @@ MUTANTS = (
     ),
     Mutant(
         "torch per-head vector layout transposed",
-        "backends/mixlight_torch/_fused_mov.py",
+        "backends/mixlight_torch/ops/mov.py",
         (
             (
                 "per_head = vectors.view(n_experts, n_heads, -1).transpose(0, 1)  # [H, E, k]",
@@ -84,7 +84,7 @@ MUTANTS = (
     ),
     Mutant(
         "wrong top-k router gradient (torch)",
-        "backends/mixlight_torch/_router.py",
+        "backends/mixlight_torch/ops/_routing.py",
         (("g_l = probs * g_probs - full_softmax * dot", "g_l = probs * (g_probs - dot)"),),
         (ORACLE_TORCH + "::test_adapter_layer_equals_loop_reference",),
     ),
@@ -113,7 +113,7 @@ MUTANTS = (
     ),
     Mutant(
         "fused MoV saves the logits",
-        "backends/mixlight_torch/_fused_mov.py",
+        "backends/mixlight_torch/ops/mov.py",
         (
             (
                 "ctx.save_for_backward(h, router_weight, vectors, probs)",

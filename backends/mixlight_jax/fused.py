@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange, reduce, repeat
 
+from mixlight._op_checks import check_molora, check_mov, soft_if_all
 from mixlight.math import lowrank_mixture, merge_vectors, mix_vectors, router_logits, router_probs
 
 __all__ = ["fused_molora", "fused_mov", "fused_routed_molora"]
@@ -49,28 +50,10 @@ def fused_mov(
       ``out [..., d]`` in h's dtype, and ``probs``, ``logits`` ``[..., E]`` (``[..., heads, E]``
       per head) in float32.
     """
-    d, n_heads = h.shape[-1], heads or 1
-    if d % n_heads:
-        raise ValueError(f"fused_mov: width {d} is not divisible by heads={heads}")
+    check_mov(h.shape, router_weight.shape, vectors.shape, heads)
     n_experts = router_weight.shape[-1]
-    if router_weight.shape != (d // n_heads, n_experts):
-        raise ValueError(
-            f"fused_mov: router_weight has shape {tuple(router_weight.shape)}; expected "
-            f"[{d // n_heads}, E]"
-        )
-    if vectors.shape != (n_experts, d):
-        raise ValueError(
-            f"fused_mov: vectors has shape {tuple(vectors.shape)}; expected [{n_experts}, {d}]"
-        )
-    top_k = _soft_if_all(top_k, n_experts, "fused_mov")
+    top_k = soft_if_all(top_k, n_experts, "fused_mov")
     return _mov(h, router_weight, vectors, heads or None, top_k, bool(renormalize))
-
-
-def _soft_if_all(top_k: int | None, n_experts: int, op: str) -> int | None:
-    """``top_k``, or None (a soft merge) when it keeps every expert; rejects ``top_k < 1``."""
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"{op}: top_k must be at least 1; got {top_k}")
-    return None if top_k is None or top_k >= n_experts else top_k
 
 
 def _mov_forward(h, router_weight, vectors, heads, top_k, renormalize):
@@ -148,24 +131,13 @@ def fused_molora(
     Returns:
       ``[..., d_out]`` in x's dtype.
     """
-    _check_molora_shapes(x, lora_A, lora_B, "fused_molora")
+    check_molora(x.shape, lora_A.shape, lora_B.shape, "fused_molora")
     n_experts = lora_A.shape[0]
     if probs is None and n_experts != 1:
         raise ValueError(f"fused_molora: {n_experts} experts need routing probabilities")
     if probs is not None and probs.shape[-1] != n_experts:
         raise ValueError(f"fused_molora: probs {tuple(probs.shape)} do not end in E={n_experts}")
     return _molora(x, probs, lora_A, lora_B, float(scale))
-
-
-def _check_molora_shapes(x: jax.Array, lora_A: jax.Array, lora_B: jax.Array, op: str) -> None:
-    """Raise ``ValueError`` unless ``x [..., d_in]``, ``lora_A [E, d_in, r]`` and ``lora_B
-    [E, r, d_out]`` fit together."""
-    n_experts, d_in, rank = lora_A.shape
-    if x.shape[-1] != d_in or lora_B.shape[:2] != (n_experts, rank):
-        raise ValueError(
-            f"{op}: x {tuple(x.shape)}, lora_A {tuple(lora_A.shape)} and lora_B "
-            f"{tuple(lora_B.shape)} do not fit x [..., d_in], A [E, d_in, r], B [E, r, d_out]"
-        )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -224,14 +196,9 @@ def fused_routed_molora(
     Returns:
       ``delta [..., d_out]`` in x's dtype; ``probs``, ``logits`` ``[..., E]`` float32.
     """
-    _check_molora_shapes(x, lora_A, lora_B, "fused_routed_molora")
-    n_experts, d_in, _ = lora_A.shape
-    if router_weight.shape != (d_in, n_experts):
-        raise ValueError(
-            f"fused_routed_molora: router_weight has shape {tuple(router_weight.shape)}; "
-            f"expected [{d_in}, {n_experts}]"
-        )
-    top_k = _soft_if_all(top_k, n_experts, "fused_routed_molora")
+    check_molora(x.shape, lora_A.shape, lora_B.shape, "fused_routed_molora", router_weight.shape)
+    n_experts = lora_A.shape[0]
+    top_k = soft_if_all(top_k, n_experts, "fused_routed_molora")
     return _routed_molora(x, router_weight, lora_A, lora_B, float(scale), top_k, bool(renormalize))
 
 

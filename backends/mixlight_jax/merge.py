@@ -149,7 +149,8 @@ def mean_routing(model: nnx.Module, batches: Iterable[Mapping[str, Any]]) -> dic
             probs = layer.last_probs.get_value()
             if probs is not None:
                 probs = np.asarray(jax.device_get(probs), np.float32)
-                means.add(spec, probs, [np.asarray(m) for m in masks])
+                source, target = (_mask(batch.get(k)) for k in MASK_KEYS)
+                means.add(spec, probs, source, target)
     return means.result()
 
 
@@ -158,3 +159,7 @@ def _forward(model: nnx.Module, batch: dict[str, Any], masks: list[jax.Array]) -
     """One forward pass, which records every site's routing in the model."""
     with sequence_masks(model, *masks):
         model(**batch)
+
+
+def _mask(mask: Any) -> np.ndarray | None:
+    return None if mask is None else np.asarray(jax.device_get(mask))

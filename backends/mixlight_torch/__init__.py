@@ -18,10 +18,10 @@ _EXPORTS = {
     "adapter_checkpoints": "mixlight_torch.hf",
     "check_finite": "mixlight_torch.model",
     "remove_adapters": "mixlight_torch.model",
-    "fused_molora": "mixlight_torch.fused",
-    "fused_mov": "mixlight_torch.fused",
-    "fused_routed_molora": "mixlight_torch.fused",
-    "triton_mov": "mixlight_torch.triton_mov",
+    "fused_molora": "mixlight_torch.ops",
+    "fused_mov": "mixlight_torch.ops",
+    "fused_routed_molora": "mixlight_torch.ops",
+    "triton_mov": "mixlight_torch.ops.triton_mov",
 }
 
 __all__ = ["plugin", *_EXPORTS]

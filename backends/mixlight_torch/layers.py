@@ -11,8 +11,8 @@ from torch import nn
 
 from mixlight import LowRank, SiteSpec, Vectors, apply_site
 from mixlight.site_spec import route, select_mask
-from mixlight_torch._router import no_autocast
-from mixlight_torch.fused import fused_molora, fused_mov, fused_routed_molora
+from mixlight_torch.ops import fused_molora, fused_mov, fused_routed_molora
+from mixlight_torch.ops._precision import no_autocast
 
 BASE = "__base__"
 """The adapter name that means "no adapter" in a per-example list (PEFT's spelling)."""

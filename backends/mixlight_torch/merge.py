@@ -102,13 +102,16 @@ def mean_routing(model: nn.Module, batches: Iterable[Mapping[str, Any]]) -> dict
     with torch.no_grad():
         for batch in batches:
             model(**batch)
-            masks = [
-                batch[k].cpu().numpy() for k in MASK_KEYS if isinstance(batch.get(k), torch.Tensor)
-            ]
+            source, target = (_mask(batch.get(k)) for k in MASK_KEYS)
             labels = batch.get("labels")
-            if "decoder_attention_mask" not in batch and isinstance(labels, torch.Tensor):
-                masks.append((labels != -100).cpu().numpy())
+            if target is None and isinstance(labels, torch.Tensor):
+                target = (labels != -100).cpu().numpy()
             for layer in adapter_layers(inner).values():
                 if layer.last_probs is not None:
-                    means.add(layer.spec, layer.last_probs.float().cpu().numpy(), masks)
+                    probs = layer.last_probs.float().cpu().numpy()
+                    means.add(layer.spec, probs, source, target)
     return means.result()
+
+
+def _mask(t: Any) -> np.ndarray | None:
+    return t.cpu().numpy() if isinstance(t, torch.Tensor) else None

@@ -12,7 +12,7 @@ from hypothesis import assume, given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from mixlight.math import lowrank_mixture, mix_vectors, router_logits, router_probs  # noqa: E402
-from mixlight_torch.fused import fused_molora, fused_mov, fused_routed_molora  # noqa: E402
+from mixlight_torch.ops import fused_molora, fused_mov, fused_routed_molora  # noqa: E402
 
 Tensor = torch.Tensor
 
@@ -21,7 +21,7 @@ Tensor = torch.Tensor
 def contraction_path(request):
     """Every test twice: with small CPU contractions as broadcast-and-sum (what these tiny
     shapes get by default) and forced through the matmul kernels (what large ones get)."""
-    from mixlight_torch import _router
+    from mixlight_torch.ops import _precision as _router
 
     saved = _router.SMALL_CPU_WORK
     _router.SMALL_CPU_WORK = 1 << 62 if request.param == "broadcast" else 0

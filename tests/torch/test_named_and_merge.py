@@ -176,3 +176,23 @@ def ml_layers(model):
     from mixlight_torch.model import adapter_layers
 
     return adapter_layers(model).items()
+
+
+def test_mean_routing_weighs_each_side_by_its_own_mask_when_lengths_are_equal():
+    """Source and target of the same length: encoder-side sites (and cross-attention k/v)
+    take the source's padding, decoder-side sites the target's."""
+    model = perturb(ml.inject(tiny_t5(), ml.MoLoRA(3, rank=2), seed=0))
+    ids, mask, _ = batch(0, src=6)
+    dec = torch.randint(2, 100, (2, 6), generator=torch.Generator().manual_seed(1))
+    dec_mask = torch.ones_like(dec)
+    dec_mask[1, -3:] = 0  # different padding on the target side
+    args = {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec}
+    means = ml.mean_routing(model, [{**args, "decoder_attention_mask": dec_mask}])
+    model(**args, decoder_attention_mask=dec_mask)
+    for path, layer in ml_layers(model):
+        source = path.startswith("encoder") or path.endswith(
+            ("EncDecAttention.k", "EncDecAttention.v")
+        )
+        keep = (mask if source else dec_mask).numpy().astype(bool)
+        want = layer.last_probs.detach().numpy()[keep].mean(0)
+        np.testing.assert_allclose(means[path], want, atol=1e-6, err_msg=path)

@@ -1,4 +1,4 @@
-"""The Triton MoV kernel (:mod:`mixlight_torch.triton_mov`): on CPU through Triton's
+"""The Triton MoV kernel (:mod:`mixlight_torch.ops.triton_mov`): on CPU through Triton's
 interpreter (in a subprocess, which must set ``TRITON_INTERPRET=1`` before the kernels are
 defined), and on CUDA against the CPU torch op when a device is present."""
 
@@ -40,7 +40,8 @@ def test_interpreted_kernel_matches_the_torch_op() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("heads", [None, 4])
 def test_cuda_soft_mov_runs_the_kernel_and_matches_cpu(heads: int | None) -> None:
-    from mixlight_torch import _fused_mov, fused
+    from mixlight_torch import ops as fused
+    from mixlight_torch.ops import mov as _fused_mov
 
     gen = torch.Generator().manual_seed(0)
     h = torch.randn(3, 50, 256, generator=gen)

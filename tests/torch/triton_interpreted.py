@@ -9,8 +9,8 @@ import json
 
 import torch
 
-from mixlight_torch.fused import fused_mov
-from mixlight_torch.triton_mov import triton_mov
+from mixlight_torch.ops import fused_mov
+from mixlight_torch.ops.triton_mov import triton_mov
 
 # (lead shape, heads, d_head, experts, dtype, which outputs carry gradient)
 CASES = [

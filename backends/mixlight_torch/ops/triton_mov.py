@@ -1,6 +1,6 @@
 """A single-pass Triton kernel for soft-merge MoV: ``h * (softmax(h @ W) @ V)`` per head.
 
-:func:`mixlight_torch.fused.fused_mov` is built from torch ops, so it writes the merged
+:func:`mixlight_torch.ops.fused_mov` is built from torch ops, so it writes the merged
 ``[n, d]`` vector to memory and reads it back (and in backward also ``g_out * h``). Here each
 program owns a block of tokens of one head and keeps everything but ``h``, ``g_out`` and the
 results in registers:
@@ -26,7 +26,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from mixlight_torch._fused_mov import check_mov_shapes
+from mixlight._op_checks import check_mov
 
 __all__ = ["TritonMoV", "triton_mov"]
 
@@ -217,7 +217,7 @@ def triton_mov(
     h: Tensor, router_weight: Tensor, vectors: Tensor, heads: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Soft-merge MoV in one Triton kernel per pass; the same contract as
-    :func:`mixlight_torch.fused.fused_mov` with ``top_k=None``.
+    :func:`mixlight_torch.ops.fused_mov` with ``top_k=None``.
 
     Args:
       h: ``[..., d]`` float32, bfloat16 or float16.
@@ -226,5 +226,5 @@ def triton_mov(
     Returns:
       ``out [..., d]`` in h's dtype; ``probs`` and ``logits`` ``[..., (heads,) E]`` float32.
     """
-    check_mov_shapes(h, router_weight, vectors, heads or 1)
+    check_mov(h.shape, router_weight.shape, vectors.shape, heads)
     return TritonMoV.apply(h, router_weight, vectors, heads or None)

@@ -1,5 +1,4 @@
-"""The token router inside the fused ops (forward, and backward to the logits), and the
-small helpers both fused ops share.
+"""The token router inside the fused ops: forward, and backward to the logits.
 
 Tokens are flattened and every tensor is per head (a router without heads is one head):
 ``route_in [n, H, k]``, router kernel ``[k, E]``, ``probs`` and ``logits`` ``[n, H, E]``.
@@ -8,24 +7,11 @@ The math is :func:`mixlight.math.router_logits` and :func:`mixlight.math.router_
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor
 
+from mixlight_torch.ops._precision import is_small
 from mixlight_torch.primitives import top_k_indices
-
-
-def no_autocast(t: Tensor) -> contextlib.AbstractContextManager:
-    """A context that turns autocast off on ``t``'s device type (free when it is off)."""
-    if torch.is_autocast_enabled(t.device.type):
-        return torch.autocast(device_type=t.device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def compute_dtype(t: Tensor) -> torch.dtype:
-    """The router's dtype: float32 for half and single precision, float64 for float64."""
-    return torch.promote_types(t.dtype, torch.float32)
 
 
 def mask_top_k(probs: Tensor, top_k: int | None, renormalize: bool) -> Tensor:
@@ -38,18 +24,6 @@ def mask_top_k(probs: Tensor, top_k: int | None, renormalize: bool) -> Tensor:
     if renormalize:
         probs = probs / probs.sum(dim=-1, keepdim=True)
     return probs
-
-
-# Below this many multiply-adds a contraction on CPU runs as broadcast-and-sum: the matmul and
-# softmax kernels open an OpenMP parallel region even for a handful of numbers, and waking the
-# worker threads costs ~0.1 ms, 10-30x the arithmetic (a decoding step routes one token).
-SMALL_CPU_WORK = 1 << 15
-
-
-def is_small(t: Tensor, work: int) -> bool:
-    """Whether a contraction of ``work`` multiply-adds on ``t``'s device is small enough for
-    :data:`SMALL_CPU_WORK` (never on an accelerator)."""
-    return t.device.type == "cpu" and work <= SMALL_CPU_WORK
 
 
 def _softmax_small(logits: Tensor) -> Tensor:
@@ -127,15 +101,3 @@ def no_token_grads(
         torch.zeros_like(t) if t is not None and need else None
         for t, need in zip(inputs, needs, strict=True)
     )
-
-
-def wants_grad(*tensors: Tensor | None) -> bool:
-    """Whether autograd will need a backward through an op on ``tensors``."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def soft_if_all(top_k: int | None, n_experts: int, op: str) -> int | None:
-    """``top_k``, or None (a soft merge) when it keeps every expert; rejects ``top_k < 1``."""
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"{op}: top_k must be at least 1; got {top_k}")
-    return None if top_k is None or top_k >= n_experts else top_k

@@ -1,7 +1,7 @@
 """Fused MoLoRA (``fused_molora``, ``fused_routed_molora``): two matmuls over the
 concatenated experts, with the token router optionally inside the op.
 
-See :mod:`mixlight_torch.fused` for what is saved and allocated.
+See :mod:`mixlight_torch.ops` for what is saved and allocated.
 """
 
 from __future__ import annotations
@@ -10,15 +10,13 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from mixlight_torch._router import (
-    compute_dtype,
+from mixlight._op_checks import check_molora, soft_if_all
+from mixlight_torch.ops._precision import compute_dtype, no_autocast, wants_grad
+from mixlight_torch.ops._routing import (
     full_softmax_if_masked,
     logits_grad,
-    no_autocast,
     no_token_grads,
     route_tokens,
-    soft_if_all,
-    wants_grad,
     weight_grad,
 )
 
@@ -214,21 +212,6 @@ def _molora_backward(
     return g_x, g_p if need_p else None, g_w if need_w else None, g_a if need_a else None, g_b
 
 
-def _check_molora_shapes(x: Tensor, lora_A: Tensor, lora_B: Tensor, op: str) -> None:
-    n_experts, d_in, rank = lora_A.shape
-    if x.shape[-1] != d_in or tuple(lora_B.shape[:2]) != (n_experts, rank):
-        raise ValueError(
-            f"{op}: x {tuple(x.shape)}, lora_A {tuple(lora_A.shape)} and lora_B "
-            f"{tuple(lora_B.shape)} do not fit x [..., d_in], A [E, d_in, r], B [E, r, d_out]"
-        )
-
-
-def _check_base(base: Tensor | None, x: Tensor, lora_B: Tensor, op: str) -> None:
-    want = (*x.shape[:-1], lora_B.shape[-1])
-    if base is not None and tuple(base.shape) != want:
-        raise ValueError(f"{op}: base has shape {tuple(base.shape)}; expected {want}")
-
-
 def fused_molora(
     x: Tensor,
     probs: Tensor | None,
@@ -251,8 +234,7 @@ def fused_molora(
     Returns:
       ``[..., d_out]`` in base's dtype (x's without a base).
     """
-    _check_molora_shapes(x, lora_A, lora_B, "fused_molora")
-    _check_base(base, x, lora_B, "fused_molora")
+    check_molora(x.shape, lora_A.shape, lora_B.shape, "fused_molora", None, _shape(base))
     n_experts = lora_A.shape[0]
     if probs is None and n_experts != 1:
         raise ValueError(f"fused_molora: {n_experts} experts need routing probabilities")
@@ -289,15 +271,20 @@ def fused_routed_molora(
       ``out [..., d_out]`` (base's dtype, else x's), and ``probs``, ``logits`` ``[..., E]``
       in float32 (float64 for float64 ``x``).
     """
-    _check_molora_shapes(x, lora_A, lora_B, "fused_routed_molora")
-    _check_base(base, x, lora_B, "fused_routed_molora")
-    if tuple(router_weight.shape) != (x.shape[-1], lora_A.shape[0]):
-        raise ValueError(
-            f"fused_routed_molora: router_weight has shape {tuple(router_weight.shape)}; "
-            f"expected [{x.shape[-1]}, {lora_A.shape[0]}]"
-        )
+    check_molora(
+        x.shape,
+        lora_A.shape,
+        lora_B.shape,
+        "fused_routed_molora",
+        router_weight.shape,
+        _shape(base),
+    )
     top_k = soft_if_all(top_k, lora_A.shape[0], "fused_routed_molora")
     args = (x, base, None, router_weight, lora_A, lora_B, float(scale), top_k, renormalize)
     if not wants_grad(x, base, router_weight, lora_A, lora_B):
         return _routed_forward(*args)  # type: ignore[return-value]
     return FusedMoLoRA.apply(*args)
+
+
+def _shape(t: Tensor | None) -> tuple[int, ...] | None:
+    return None if t is None else tuple(t.shape)

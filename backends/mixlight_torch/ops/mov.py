@@ -1,6 +1,6 @@
 """Fused soft-merge MoV (``fused_mov``): the torch ops, and the switch to the Triton kernel.
 
-See :mod:`mixlight_torch.fused` for what is saved and allocated. Tokens are flattened and
+See :mod:`mixlight_torch.ops` for what is saved and allocated. Tokens are flattened and
 every tensor is per head (a router without heads is one head): ``h [n, H, k]``, ``probs
 [n, H, E]``, ``vectors [E, H, k]``.
 """
@@ -15,16 +15,13 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from mixlight_torch._router import (
-    compute_dtype,
+from mixlight._op_checks import check_mov, soft_if_all
+from mixlight_torch.ops._precision import compute_dtype, is_small, no_autocast, wants_grad
+from mixlight_torch.ops._routing import (
     full_softmax_if_masked,
-    is_small,
     logits_grad,
-    no_autocast,
     no_token_grads,
     route_tokens,
-    soft_if_all,
-    wants_grad,
     weight_grad,
 )
 
@@ -64,24 +61,6 @@ def _merge_grads(probs: Tensor, vectors: Tensor, g_merged: Tensor) -> tuple[Tens
     per_head_t = vectors.view(n_experts, n_heads, -1).permute(1, 2, 0)  # [H, k, E]
     g_p = torch.bmm(g_heads, per_head_t).transpose(0, 1)  # [n, H, E]
     return g_v.transpose(0, 1).reshape(vectors.shape), g_p
-
-
-def check_mov_shapes(h: Tensor, router_weight: Tensor, vectors: Tensor, heads: int) -> None:
-    """Raise ``ValueError`` unless ``h [..., d]``, ``router_weight [d // heads, E]`` and
-    ``vectors [E, d]`` agree."""
-    d = h.shape[-1]
-    if d % heads:
-        raise ValueError(f"fused_mov: width {d} is not divisible by heads={heads}")
-    n_experts = router_weight.shape[-1]
-    if router_weight.ndim != 2 or router_weight.shape[0] != d // heads:
-        raise ValueError(
-            f"fused_mov: router_weight has shape {tuple(router_weight.shape)}; expected "
-            f"[{d // heads}, E]"
-        )
-    if tuple(vectors.shape) != (n_experts, d):
-        raise ValueError(
-            f"fused_mov: vectors has shape {tuple(vectors.shape)}; expected [{n_experts}, {d}]"
-        )
 
 
 def _mov_forward(
@@ -212,10 +191,10 @@ def fused_mov(
       ``out [..., d]`` in h's dtype, and ``probs``, ``logits`` ``[..., E]`` (``[..., heads, E]``
       per head) in float32 (float64 for float64 ``h``).
     """
-    check_mov_shapes(h, router_weight, vectors, heads or 1)
+    check_mov(h.shape, router_weight.shape, vectors.shape, heads)
     top_k = soft_if_all(top_k, vectors.shape[0], "fused_mov")
     if top_k is None and _triton_applies(h):
-        from mixlight_torch.triton_mov import triton_mov
+        from mixlight_torch.ops.triton_mov import triton_mov
 
         return triton_mov(h, router_weight, vectors, heads)
     if not wants_grad(h, router_weight, vectors):

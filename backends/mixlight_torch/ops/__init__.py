@@ -20,13 +20,18 @@ one matrix product each.
 The ops run with autocast disabled, so that forward and the backward recomputation see the
 same dtypes: the router is always computed in float32 (float64 for float64 inputs), the LoRA
 products in ``x``'s dtype. All are ``torch.compile(fullgraph=True)``-clean. On CUDA, with
+products in ``x``'s dtype. All are ``torch.compile(fullgraph=True)``-clean. On CUDA, with
 triton installed, the soft-merge MoV runs as one Triton kernel per pass instead
-(:mod:`mixlight_torch.triton_mov`; ``MIXLIGHT_TRITON=0`` turns it off); the torch code below
-runs on every device. The MoV op lives in :mod:`mixlight_torch._fused_mov`, the MoLoRA ops in
-:mod:`mixlight_torch._fused_molora`, the router they share in :mod:`mixlight_torch._router`.
+(:mod:`mixlight_torch.ops.triton_mov`; ``MIXLIGHT_TRITON=0`` turns it off); the torch code
+runs on every device.
+
+Layout: :mod:`.mov` (MoV), :mod:`.molora` (MoLoRA), :mod:`.triton_mov` (the CUDA kernel,
+imported only when it runs), the token router they share in :mod:`._routing`, and the dtype,
+autocast and size policies in :mod:`._precision`. Argument checks are shape-only and live
+in the core (:mod:`mixlight._op_checks`), shared with the JAX backend.
 """
 
-from mixlight_torch._fused_molora import FusedMoLoRA, fused_molora, fused_routed_molora
-from mixlight_torch._fused_mov import FusedMoV, fused_mov
+from mixlight_torch.ops.molora import FusedMoLoRA, fused_molora, fused_routed_molora
+from mixlight_torch.ops.mov import FusedMoV, fused_mov
 
 __all__ = ["FusedMoLoRA", "FusedMoV", "fused_molora", "fused_mov", "fused_routed_molora"]
