@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
 from ._files import atomic_write
@@ -74,7 +75,7 @@ class Resume:
             raw = self.path.read_bytes()
             arrays = load(raw)
             meta = json.loads(_metadata(raw)[META_KEY])
-        except (ValueError, KeyError, OSError) as err:
+        except (SafetensorError, ValueError, KeyError, OSError) as err:
             raise ResumeError(
                 f"{self.path} is not a readable checkpoint ({err}); delete it to start over"
             ) from None
@@ -117,13 +118,25 @@ class Resume:
 
 
 def config_changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
-    """``"key: run X, config Y"`` for every compared key whose value differs."""
-    keys = sorted((set(saved) | set(now)) - set(NOT_COMPARED))
+    """``"key: checkpoint X, config Y"`` for every compared key whose value differs; nested
+    tables are compared key by key (``adapter.config.num_experts: checkpoint 3, config 4``)."""
+    before, after = _flat(saved), _flat(now)
+    keys = sorted(k for k in set(before) | set(after) if k.split(".")[0] not in NOT_COMPARED)
     return [
-        f"{k}: checkpoint {saved.get(k)!r}, config {now.get(k)!r}"
+        f"{k}: checkpoint {before.get(k)!r}, config {after.get(k)!r}"
         for k in keys
-        if saved.get(k) != now.get(k)
+        if before.get(k) != after.get(k)
     ]
+
+
+def _flat(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, Mapping) and value:
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _metadata(raw: bytes) -> dict[str, str]:

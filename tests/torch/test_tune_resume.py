@@ -40,3 +40,23 @@ def test_a_changed_config_is_refused_naming_the_field(tmp_path, capsys):
     # what a run may change without losing its place: the progress bars
     config.write_text(json.dumps(raw | {"progress": False, "steps": 3}))
     assert main(["tune", str(config)]) == 0
+
+
+def test_a_changed_adapter_is_named_by_its_field(tmp_path, capsys):
+    config = write_case(tmp_path, "torch", steps=1, checkpoint_every=1, eval_data=None)
+    assert main(["tune", str(config)]) == 0
+    raw = json.loads(config.read_text())
+    config.write_text(json.dumps(raw | {"adapter": {"preset": "mov", "num_experts": 4}}))
+    capsys.readouterr()
+    assert main(["tune", str(config)]) == 2
+    assert "adapter.config.num_experts: checkpoint 3, config 4" in capsys.readouterr().err
+
+
+def test_a_damaged_checkpoint_is_refused_with_the_fix(tmp_path, capsys):
+    config = write_case(tmp_path, "torch", steps=1, checkpoint_every=1, eval_data=None)
+    checkpoint = tmp_path / "out-torch/checkpoint.safetensors"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header")
+    assert main(["tune", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a readable checkpoint" in err and "delete it to start over" in err
