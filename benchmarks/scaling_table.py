@@ -163,7 +163,8 @@ def saved_bytes(spec: SiteSpec, fused: bool, n: int) -> int:
     from mixlight_torch.layers import AdapterLayer, AdapterSwitch
 
     rng = np.random.default_rng(0)
-    layer = AdapterLayer(torch.nn.Identity(), spec, spec.init_params(rng), AdapterSwitch())
+    layer = AdapterLayer(torch.nn.Identity(), AdapterSwitch())
+    layer.add("default", spec, spec.init_params(rng))
     x = torch.randn(n, spec.d_in, requires_grad=True)
     h = torch.randn(n, spec.d_out, requires_grad=True)
     known = {t.untyped_storage().data_ptr() for t in (x, h, *layer.adapter.values())}
@@ -177,7 +178,7 @@ def saved_bytes(spec: SiteSpec, fused: bool, n: int) -> int:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         if fused:
-            layer.mix(x, h)
+            layer.mix("default", x, h)
         else:
             ml.apply_site(spec, dict(layer.adapter.items()), x, h)
     return sum(kept.values())

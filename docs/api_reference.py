@@ -35,7 +35,7 @@ GROUPS = {
     ],
     "Extension surface: expert kinds": [
         "ExpertKind", "Vectors", "LowRank", "ParamSpec", "Merged", "expert_kinds",
-        "register_expert",
+        "register_expert", "register_fast_op",
     ],
     "Extension surface: backends": [
         "Backend", "BackendPlugin", "installed_backends", "load_backend", "register_backend",

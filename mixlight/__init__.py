@@ -43,6 +43,7 @@ from mixlight.experts import (
     expert_kinds,
     register_expert,
 )
+from mixlight.fast_ops import register_fast_op
 from mixlight.presets import IA3, LoRA, MoLoRA, MoV
 from mixlight.primitives import Primitives
 from mixlight.site_spec import ModuleShape, SiteResult, SiteSpec, apply_site, plan_sites
@@ -92,6 +93,7 @@ __all__ = [
     "read_adapter",
     "register_backend",
     "register_expert",
+    "register_fast_op",
     "routing_stats",
     "save_adapter",
     "save_peft_adapter",

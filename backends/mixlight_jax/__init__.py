@@ -23,6 +23,7 @@ _EXPORTS = {
     "fused_molora": "mixlight_jax.fused",
     "fused_mov": "mixlight_jax.fused",
     "fused_routed_molora": "mixlight_jax.fused",
+    "implement_fast_op": "mixlight_jax._sites",
     "inject": "mixlight_jax.model",
     "mean_routing": "mixlight_jax.merge",
     "merge_and_unload": "mixlight_jax.merge",

@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import errors, nnx
 
-from mixlight import LowRank, SiteResult, SiteSpec, Vectors, apply_site
-from mixlight.site_spec import route, select_mask
-from mixlight_jax.fused import fused_molora, fused_mov, fused_routed_molora
+from mixlight import SiteResult, SiteSpec, apply_site
+from mixlight.fast_ops import fast_op
+from mixlight.site_spec import select_mask
+from mixlight_jax._sites import FAST_OPS
 from mixlight_jax.params import AdapterParam, sharding_metadata
 
 # SiteResult is a pytree, so that ``mix`` and ``mixlight.apply_site`` can be jitted as they are.
@@ -48,27 +49,12 @@ def mix(
     h: jax.Array,
     mask: jax.Array | None = None,
 ) -> SiteResult:
-    """One site's output on jax arrays: the fused ops where they apply (token-routed MoV on
-    the output, low-rank experts with token routing or none), else the core's
-    :func:`mixlight.apply_site`.
-    Same signature and result as ``apply_site``."""
-    token = spec.routing == "token"
-    if isinstance(spec.expert, Vectors) and spec.reads == "output" and token and spec.has_router:
-        r = spec.router
-        return SiteResult(
-            *fused_mov(h, params["router"], params["vectors"], spec.heads, r.top_k, r.renormalize)
-        )
-    if isinstance(spec.expert, LowRank) and token:
-        if spec.has_router and spec.reads == "input" and not spec.heads:
-            r, lora = spec.router, (params["lora_A"], params["lora_B"], spec.expert.scale)
-            routed = fused_routed_molora(x, params["router"], *lora, r.top_k, r.renormalize)
-            return SiteResult(h + routed[0].astype(h.dtype), routed[1], routed[2])
-        probs: jax.Array | None = None
-        logits: jax.Array | None = None
-        if spec.has_router:
-            probs, logits = route(spec, params["router"], h if spec.reads == "output" else x)
-        delta = fused_molora(x, probs, params["lora_A"], params["lora_B"], spec.expert.scale)
-        return SiteResult(h + delta.astype(h.dtype), probs, logits)
+    """One site's output on jax arrays: its fast op where the core assigns one that this
+    backend implements (:mod:`mixlight.fast_ops`, :mod:`mixlight_jax._sites`), else the
+    core's :func:`mixlight.apply_site`. Same signature and result as ``apply_site``."""
+    op = FAST_OPS.get(fast_op(spec))
+    if op is not None:
+        return SiteResult(*op(spec, params, x, h))
     return apply_site(spec, params, x, h, mask)
 
 

@@ -21,6 +21,7 @@ _EXPORTS = {
     "fused_molora": "mixlight_torch.ops",
     "fused_mov": "mixlight_torch.ops",
     "fused_routed_molora": "mixlight_torch.ops",
+    "implement_fast_op": "mixlight_torch.ops",
     "triton_mov": "mixlight_torch.ops.triton_mov",
 }
 

@@ -9,10 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from mixlight import LowRank, SiteSpec, Vectors, apply_site
-from mixlight.site_spec import route, select_mask
-from mixlight_torch.ops import fused_molora, fused_mov, fused_routed_molora
+from mixlight import SiteSpec, apply_site
+from mixlight.fast_ops import fast_op
+from mixlight.site_spec import select_mask
 from mixlight_torch.ops._precision import no_autocast
+from mixlight_torch.ops._sites import FAST_OPS
 
 BASE = "__base__"
 """The adapter name that means "no adapter" in a per-example list (PEFT's spelling)."""
@@ -57,6 +58,7 @@ class AdapterLayer(nn.Module):
         # On the meta device the initial values have nowhere to live: they are kept here and
         # written once the parameters get storage (``model.to_empty(device=...)``).
         self.__dict__["pending_init"] = {}
+        self.__dict__["ops"] = {}  # adapter name -> its fast op's name (mixlight.fast_ops)
         self.last_probs: torch.Tensor | None = None
         self.last_logits: torch.Tensor | None = None
         self.register_state_dict_post_hook(_base_keys_unprefixed)
@@ -69,12 +71,14 @@ class AdapterLayer(nn.Module):
             {n: nn.Parameter(torch.from_numpy(a).to(device)) for n, a in params.items()}
         )
         self.specs[name] = spec
+        self.__dict__["ops"][name] = fast_op(spec)
         if device.type == "meta":
             self.__dict__["pending_init"][name] = params
 
     def remove(self, name: str) -> None:
         del self.adapters[name]
         del self.specs[name]
+        del self.__dict__["ops"][name]
         self.__dict__["pending_init"].pop(name, None)
 
     @property
@@ -131,7 +135,7 @@ class AdapterLayer(nn.Module):
             self._check_finite(x, h)
         # Autocast off: routers stay float32; mixing runs in the activations' own dtypes.
         with no_autocast(h):
-            out, probs, logits = self.mix(spec, self.adapters[switch.active], x, h, switch.masks)
+            out, probs, logits = self.mix(switch.active, x, h, switch.masks)
         if probs is not None and probs.numel() == 0:  # 0 tokens: nothing routed, no statistics
             probs = logits = None
         # (plain attributes: nn.Module.__setattr__ is measurable per generated token)
@@ -162,11 +166,7 @@ class AdapterLayer(nn.Module):
             masks = [m.index_select(0, index) for m in self.switch.masks if m.shape[0] == rows]
             with no_autocast(h):
                 part, _, _ = self.mix(
-                    spec,
-                    self.adapters[name],
-                    x.index_select(0, index),
-                    h.index_select(0, index),
-                    masks,
+                    name, x.index_select(0, index), h.index_select(0, index), masks
                 )
             out = out.index_copy(0, index, part.to(out.dtype))
         return out
@@ -182,35 +182,16 @@ class AdapterLayer(nn.Module):
                     f"adapted {type(self.base).__name__}"
                 )
 
-    @staticmethod
-    def mix(
-        spec: SiteSpec,
-        p: nn.ParameterDict,
-        x: torch.Tensor,
-        h: torch.Tensor,
-        masks: Sequence[torch.Tensor] = (),
-    ):
-        """``(out, probs, logits)`` of one adapter: the fused path where one applies, else
-        the core math."""
-        token = spec.routing == "token"
-        if isinstance(spec.expert, Vectors) and spec.reads == "output" and token:
-            if not spec.has_router:
-                return h * p["vectors"][0].to(h.dtype), None, None
-            return fused_mov(
-                h, p["router"], p["vectors"], spec.heads, spec.router.top_k, spec.router.renormalize
-            )
-        if isinstance(spec.expert, LowRank) and token:
-            lora = (p["lora_A"], p["lora_B"], spec.expert.scale)
-            if spec.has_router and spec.reads == "input" and not spec.heads:
-                r = spec.router
-                return fused_routed_molora(x, p["router"], *lora, r.top_k, r.renormalize, base=h)
-            probs = logits = None
-            if spec.has_router:
-                probs, logits = route(spec, p["router"], h if spec.reads == "output" else x)
-            return fused_molora(x, probs, *lora, base=h), probs, logits
+    def mix(self, name: str, x: torch.Tensor, h: torch.Tensor, masks: Sequence[torch.Tensor] = ()):
+        """``(out, probs, logits)`` of adapter ``name``: its fast op where the core assigns
+        one that this backend implements (:mod:`mixlight.fast_ops`), else the core math."""
+        spec, params = self.specs[name], self.adapters[name]
+        op = FAST_OPS.get(self.__dict__["ops"][name])
+        if op is not None:
+            return op(spec, params, x, h)
         route_in = h if spec.reads == "output" else x
         mask = select_mask(masks, route_in) if spec.routing == "sequence" else None
-        result = apply_site(spec, dict(p.items()), x, h, mask)
+        result = apply_site(spec, dict(params.items()), x, h, mask)
         return result.out, result.probs, result.logits
 
     def extra_repr(self) -> str:

@@ -26,12 +26,22 @@ triton installed, the soft-merge MoV runs as one Triton kernel per pass instead
 runs on every device.
 
 Layout: :mod:`.mov` (MoV), :mod:`.molora` (MoLoRA), :mod:`.triton_mov` (the CUDA kernel,
-imported only when it runs), the token router they share in :mod:`._routing`, and the dtype,
+imported only when it runs), :mod:`._sites` (the table of site runners by the op names
+:mod:`mixlight.fast_ops` assigns), the token router they share in :mod:`._routing`, and the dtype,
 autocast and size policies in :mod:`._precision`. Argument checks are shape-only and live
 in the core (:mod:`mixlight._op_checks`), shared with the JAX backend.
 """
 
+from mixlight_torch.ops._sites import FAST_OPS, implement_fast_op
 from mixlight_torch.ops.molora import FusedMoLoRA, fused_molora, fused_routed_molora
 from mixlight_torch.ops.mov import FusedMoV, fused_mov
 
-__all__ = ["FusedMoLoRA", "FusedMoV", "fused_molora", "fused_mov", "fused_routed_molora"]
+__all__ = [
+    "FAST_OPS",
+    "FusedMoLoRA",
+    "FusedMoV",
+    "fused_molora",
+    "fused_mov",
+    "fused_routed_molora",
+    "implement_fast_op",
+]
