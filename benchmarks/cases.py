@@ -153,10 +153,13 @@ CASES = {
         _build_training,
         (
             Target("train step", "mov-10", "peft-ia3", "time", 1.05),
-            Target("train step", "molora-10-r4", "peft-lora-r40", "time", 1.10),
+            Target("train step", "molora-10-r4", "peft-lora-r40", "time", 1.05),
+            Target("train step", "mov-10", "hooks-mov-10", "time", 1.0),
+            Target("train step", "molora-10-r4", "hooks-molora-10-r4", "time", 1.0),
             Target("train step", "mov-10", "peft-ia3", "saved", 1.05),
+            Target("train step", "molora-10-r4", "peft-lora-r40", "saved", 1.05),
         ),
-        repeats=5,
+        repeats=7,
     ),
     4: Case(
         4,

@@ -18,6 +18,7 @@ from torch import nn
 
 import mixlight as ml
 from benchmarks.impl import Group, Impl, Pairs, grads_of, new_generator
+from benchmarks.naive_hooks import naive_molora, naive_mov
 
 Tensor = torch.Tensor
 LORA_TARGETS = ["q", "k", "v", "o", "wi_0", "wo"]
@@ -101,8 +102,10 @@ def training_methods() -> dict[str, Callable[[nn.Module], nn.Module]]:
         "peft-ia3": _peft("ia3"),
         "mixlight-ia3": _mixlight(ml.IA3()),
         "mov-10": _mixlight(ml.MoV(10)),
+        "hooks-mov-10": naive_mov,
         "peft-lora-r40": _peft("lora"),
         "molora-10-r4": _mixlight(ml.MoLoRA(10, rank=4)),
+        "hooks-molora-10-r4": naive_molora,
     }
 
 
