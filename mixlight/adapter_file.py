@@ -195,6 +195,9 @@ def read_adapter(directory: str | os.PathLike) -> AdapterFile:
             meta = _embedded_meta(data, root / weights_name)
             if meta is not None:
                 return _decode(meta, data, root / weights_name, root / weights_name)
+            upgraded = weights_name != WEIGHTS_FILE and (root / WEIGHTS_FILE).is_file()
+            if upgraded and attempt + 1 < _READ_ATTEMPTS:
+                continue  # a save upgraded this 1.x directory meanwhile: read the new files
             meta = _read_json(root / config_name, weights_name)  # a mixlight 1.0 directory
         except FileNotFoundError:
             if attempt + 1 < _READ_ATTEMPTS:

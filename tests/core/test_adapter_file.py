@@ -243,3 +243,45 @@ def test_the_same_adapter_gives_the_same_bytes_in_every_process(tmp_path):
         )
     files = [(tmp_path / str(i) / "mixlight_adapter.safetensors").read_bytes() for i in range(3)]
     assert files[0] == files[1] == files[2]
+
+
+def test_a_read_racing_the_upgrade_of_a_1_0_directory_gets_the_new_adapter(tmp_path, monkeypatch):
+    """The reader opens the 1.0 weights; before it reads the 1.0 JSON, a 2.0 save commits and
+    removes the 1.x files. The read starts again on the new files."""
+    specs, arrays = make(MOV)
+    write_v1_0(tmp_path, MOV, specs, arrays)
+    _, other = make(MOV, seed=1)
+    real_read_once = adapter_file.read_once
+    raced = []
+
+    def racing(path):
+        data = real_read_once(path)
+        if path.name == "adapter.safetensors" and not raced:
+            raced.append(path)  # once: the save itself reads the 1.x files it removes
+            ml.write_adapter(tmp_path, MOV, specs, other)
+        return data
+
+    monkeypatch.setattr(adapter_file, "read_once", racing)
+    back = ml.read_adapter(tmp_path)
+    assert raced and back.format_version == "2.0"
+    for name, arr in other.items():
+        np.testing.assert_array_equal(back.arrays[name], arr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "README.md",
+        "mixlight_adapter.safetensors",
+        "mixlight_config.json",
+    ]
+
+
+def test_a_1_1_directory_under_the_old_names_still_loads(tmp_path):
+    specs, arrays = make(MOV)
+    ml.write_adapter(tmp_path, MOV, specs, arrays)
+    (tmp_path / "mixlight_adapter.safetensors").rename(tmp_path / "adapter.safetensors")
+    (tmp_path / "mixlight_config.json").rename(tmp_path / "adapter_config.json")
+    back = ml.read_adapter(tmp_path)
+    for name, arr in arrays.items():
+        np.testing.assert_array_equal(back.arrays[name], arr)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    with pytest.raises(ml.AdapterFileError, match="PEFT adapter directory"):
+        ml.read_adapter(tmp_path / "notes")
