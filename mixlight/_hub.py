@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mixlight._atomic_dir import as_directory
-from mixlight._backends import backend_for_model
-from mixlight._model_card import facts_of
+from mixlight._model_card import retarget
 from mixlight.adapter_file import (
     CARD_FILE,
     CONFIG_FILE,
@@ -22,7 +21,6 @@ from mixlight.adapter_file import (
     LEGACY_WEIGHTS_FILE,
     WEIGHTS_FILE,
     AdapterFileError,
-    write_adapter,
 )
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
@@ -76,10 +74,13 @@ def push_to_hub(
     commit_message: str = "Upload mixlight adapter",
     revision: str | None = None,
     backend: str | None = None,
+    adapter_name: str | None = None,
 ) -> Any:
-    """Save the model's adapter (weights, readable config, model card naming ``repo_id``)
-    and upload it to Hub repo ``repo_id`` (created if missing) in one commit; returns
-    ``huggingface_hub``'s commit info. Load it back with ``ml.load_adapter(model, repo_id)``.
+    """Save the model's adapter (weights, readable config, and a model card whose loading
+    snippets name ``repo_id``) and upload it to Hub repo ``repo_id`` (created if missing) in
+    one commit; returns ``huggingface_hub``'s commit info. ``adapter_name`` picks one of the
+    model's named adapters (default: the active one). Load it back with
+    ``ml.load_adapter(model, repo_id)``.
     """
     if not isinstance(repo_id, str) or not REPO_ID.fullmatch(repo_id):
         raise ValueError(f"push_to_hub: repo_id must look like 'user/repo', got {repo_id!r}")
@@ -89,21 +90,14 @@ def push_to_hub(
         raise ImportError(
             "push_to_hub needs huggingface_hub: pip install huggingface_hub"
         ) from None
-    from mixlight.api import _identity
+    from mixlight.api import save_adapter
 
-    chosen = backend_for_model(model, backend)
-    config, specs, arrays = chosen.adapter_state(model)
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="mixlight-push-") as tmp:
-        folder = Path(tmp) / "adapter"
-        write_adapter(
-            folder,
-            config,
-            specs,
-            arrays,
-            base=_identity(chosen, model),
-            card=facts_of(chosen, model, repo_id=repo_id),
+        folder = save_adapter(
+            model, Path(tmp) / "adapter", backend=backend, adapter_name=adapter_name
         )
+        retarget(folder / CARD_FILE, repo_id)
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         return api.upload_folder(
             repo_id=repo_id,

@@ -27,6 +27,7 @@ from mixlight.site_spec import SiteSpec
 
 MARKER = "<!-- model card written by mixlight; edits are replaced on the next save -->"
 MAX_ROUTING_ROWS = 12
+HERE = "path/to/this/directory"  # where the loading snippets load from, until pushed
 CITATION = """@article{zadouri2023pushing,
   title   = {Pushing Mixture of Experts to the Limit: Extremely Parameter Efficient MoE
              for Instruction Tuning},
@@ -51,22 +52,20 @@ class CardFacts:
         trainable share; None when unknown.
       routing: :func:`mixlight.routing_stats` of the last forward pass (module path ->
         ``mean_prob [E]``, ``top1_share [E]``, ``entropy``); None or empty when it never ran.
-      repo_id: the Hub repository the card is pushed to, for the loading snippet.
     """
 
     total_parameters: int | None = None
     routing: Mapping[str, Mapping[str, Any]] | None = None
-    repo_id: str | None = None
 
 
-def facts_of(backend: Any, model: Any, repo_id: str | None = None) -> CardFacts:
+def facts_of(backend: Any, model: Any) -> CardFacts:
     """What ``backend`` can tell of ``model`` for its card; parts it cannot tell stay None."""
     total = routing = None
     with contextlib.suppress(Exception):  # optional facts: a backend may lack either
         total = int(backend.trainable_parameters(model).total)
     with contextlib.suppress(Exception):
         routing = backend.routing_stats(model) or None
-    return CardFacts(total, routing, repo_id)
+    return CardFacts(total, routing)
 
 
 def is_replaceable(path: Path) -> bool:
@@ -140,7 +139,7 @@ def render_card(
             f"{len(matched)} | {count:,} |"
         )
     lines += _routing_section(facts.routing)
-    lines += _loading_section(facts.repo_id, base.name)
+    lines += _loading_section(base.name)
     lines += ["", "## Citation", "", "```bibtex", CITATION, "```", ""]
     return "\n".join(lines)
 
@@ -208,8 +207,8 @@ def _numbers(values: Any) -> str:
     return " ".join(f"{float(x):.2f}" for x in np.asarray(values).reshape(-1))
 
 
-def _loading_section(repo_id: str | None, base_name: str | None) -> list[str]:
-    where = repo_id or "path/to/this/directory"
+def _loading_section(base_name: str | None) -> list[str]:
+    where = HERE
     base = base_name or "path/to/the/base/checkpoint"
     return [
         "",
@@ -235,3 +234,10 @@ def _loading_section(repo_id: str | None, base_name: str | None) -> list[str]:
         f'ml.load_adapter(model, "{where}")',
         "```",
     ]
+
+
+def retarget(card: Path, repo_id: str) -> None:
+    """Point the loading snippets of the card at ``card`` to Hub repo ``repo_id`` (before an
+    upload; the file is a private copy, so a plain rewrite is safe)."""
+    if card.is_file() and is_replaceable(card):
+        card.write_text(card.read_text("utf-8").replace(f'"{HERE}"', f'"{repo_id}"'), "utf-8")

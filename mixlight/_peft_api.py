@@ -31,6 +31,7 @@ def load_peft_adapter(
     upcycle: AdapterConfig | None = None,
     seed: int | None = None,
     backend: str | None = None,
+    adapter_name: str | None = None,
 ) -> Any:
     """Load a PEFT (IA)³ or LoRA adapter directory (or Hub repo id) into ``model``.
 
@@ -43,7 +44,8 @@ def load_peft_adapter(
     computes the PEFT model's function at initialisation; sites PEFT did not adapt keep
     their identity initialisation. A model that already carries an adapter must carry this
     config. What PEFT computes but mixlight cannot is refused before the model is touched,
-    naming the PEFT key.
+    naming the PEFT key. ``adapter_name`` works as in :func:`mixlight.load_adapter`: a name
+    the model does not have yet is added (inactive unless it is the first adapter).
     """
     peft = read_peft(resolve(source, "load_peft_adapter"))
     if upcycle is not None:
@@ -57,17 +59,20 @@ def load_peft_adapter(
     else:
         config = one_expert_config(peft)
     chosen = backend_for_model(model, backend, config)
+    named = () if adapter_name is None else (adapter_name,)
     if not chosen.is_injected(model):
-        chosen.inject(model, config, seed)
-    current, _ = chosen.adapter_specs(model)
+        chosen.inject(model, config, seed, *named)
+    elif adapter_name is not None and adapter_name not in chosen.adapter_names(model):
+        chosen.inject(model, config, seed, adapter_name)
+    current, _ = chosen.adapter_specs(model, *named)
     if attrs.evolve(current, backend=None) != attrs.evolve(config, backend=None):
         raise ValueError(
             f"the model already carries an adapter ({current.method}) other than the one "
             f"importing {source} needs ({config.method}); import into a fresh model, or pass "
             "upcycle= the config the model carries"
         )
-    _, specs, arrays = chosen.adapter_state(model)
-    chosen.load_adapter_state(model, fill_experts(peft, specs, arrays))
+    _, specs, arrays = chosen.adapter_state(model, *named)
+    chosen.load_adapter_state(model, fill_experts(peft, specs, arrays), *named)
     return model
 
 
@@ -77,14 +82,18 @@ def save_peft_adapter(
     *,
     task_type: str | None = None,
     backend: str | None = None,
+    adapter_name: str | None = None,
 ) -> Path:
     """Write the model's one-expert adapter (IA3, LoRA, or MoV/MoLoRA with one expert) as a
     PEFT adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``) that
     ``peft.PeftModel.from_pretrained(base, directory)`` loads with the same outputs.
-    ``task_type`` is PEFT's (e.g. ``"SEQ_2_SEQ_LM"``); None gives a plain ``PeftModel``."""
+    ``task_type`` is PEFT's (e.g. ``"SEQ_2_SEQ_LM"``); None gives a plain ``PeftModel``.
+    ``adapter_name`` picks one of the model's named adapters (default: the active one)."""
+    from mixlight.api import _identity
+
     chosen = backend_for_model(model, backend)
-    config, specs, arrays = chosen.adapter_state(model)
-    hook = getattr(chosen, "base_identity", None)
-    base = hook(model).name if hook is not None else None
+    named = () if adapter_name is None else (adapter_name,)
+    config, specs, arrays = chosen.adapter_state(model, *named)
+    base = _identity(chosen, model, adapter_name).name
     peft_config, tensors = peft_state(config, specs, arrays, base_model=base, task_type=task_type)
     return write_peft(directory, peft_config, tensors)

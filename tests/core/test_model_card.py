@@ -69,13 +69,13 @@ def test_the_card_names_a_hub_base_model_and_the_routing():
             "entropy": 1.03,
         }
     }
-    facts = _model_card.CardFacts(1_000_000, routing, "user/repo")
+    facts = _model_card.CardFacts(1_000_000, routing)
     text = _model_card.render_card(
         CONFIG, specs, BaseIdentity("google/t5-v1_1-small", "abc"), facts
     )
     assert front_matter(text)["base_model"] == "google/t5-v1_1-small"
     assert "| `enc.k` | 0.50 0.30 0.20 | 1.00 0.00 0.00 | 1.030 |" in text
-    assert 'ml.load_adapter(model, "user/repo")' in text
+    assert 'ml.load_adapter(model, "path/to/this/directory")' in text
     assert "revision abc" in text
     local = _model_card.render_card(CONFIG, specs, BaseIdentity("/data/ckpt/t5"), facts)
     assert "base_model" not in front_matter(local)  # a local path is no Hub id

@@ -201,3 +201,16 @@ def test_the_pages_peft_section_runs_and_computes_what_it_says(tmp_path, monkeyp
         "mixlight_config.json",
     ]
     assert "## Routing (last forward pass before the save)" in (out / "README.md").read_text()
+
+
+def test_peft_adapters_load_and_export_by_name(tmp_path):
+    ia3_dir, ia3_logits = peft_dir(tmp_path, "1.1", ia3_config(), "ia3")
+    lora_dir, lora_logits = peft_dir(tmp_path, "1.1", lora_config("1.1"), "lora")
+    model = ml.load_peft_adapter(tiny_t5(vocab_size=128), ia3_dir, adapter_name="ia3")
+    ml.load_peft_adapter(model, lora_dir, adapter_name="lora")
+    assert ml.adapter_names(model) == ["ia3", "lora"]  # the active one first
+    np.testing.assert_allclose(logits(model), ia3_logits, atol=ATOL)
+    ml.set_adapter(model, "lora")
+    np.testing.assert_allclose(logits(model), lora_logits, atol=ATOL)
+    out = ml.save_peft_adapter(model, tmp_path / "ia3-again", adapter_name="ia3")
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "IA3"
