@@ -150,7 +150,7 @@ def parse(raw: dict[str, Any], base_dir: Path = Path("."), where: str = "config"
 def make_adapter(source: Any) -> ml.AdapterConfig:
     """``adapter``: a preset name (``"mov"``), a table ``{preset = "mov", num_experts = 4}``
     (the preset's keyword arguments), or ``{config = {...}}`` holding a full
-    ``AdapterConfig`` as ``AdapterConfig.to_dict()`` / an ``adapter_config.json`` writes it."""
+    ``AdapterConfig`` as ``AdapterConfig.to_dict()`` / a ``mixlight_config.json`` writes it."""
     if isinstance(source, str):
         source = {"preset": source}
     if not isinstance(source, dict):
