@@ -156,11 +156,12 @@ def _method_tags(config: AdapterConfig, kinds: list[str]) -> list[str]:
 
 def _summary_sentence(config: AdapterConfig, kinds: list[str]) -> str:
     what = " and ".join(_DESCRIPTIONS.get(k, f"{k!r} experts") for k in kinds)
+    paper = "[Zadouri et al., 2023](https://arxiv.org/abs/2309.05444)"
     if config.num_experts == 1:
-        return f"A [mixlight](https://arxiv.org/abs/2309.05444) adapter of {what}, one per site."
+        return f"A mixlight adapter of {what}, one per site ({paper})."
     return (
-        f"A [mixlight](https://arxiv.org/abs/2309.05444) mixture of {config.num_experts} experts "
-        f"of {what} per site, mixed by a learned router (Zadouri et al., 2023)."
+        f"A mixlight mixture of {config.num_experts} experts of {what} per site, mixed by a "
+        f"learned router ({paper})."
     )
 
 

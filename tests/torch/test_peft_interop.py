@@ -214,3 +214,17 @@ def test_peft_adapters_load_and_export_by_name(tmp_path):
     np.testing.assert_allclose(logits(model), lora_logits, atol=ATOL)
     out = ml.save_peft_adapter(model, tmp_path / "ia3-again", adapter_name="ia3")
     assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "IA3"
+
+
+def test_the_peft_upcycle_example(tmp_path):
+    import runpy
+
+    from tests.docs_pages import ROOT
+
+    example = runpy.run_path(str(ROOT / "examples/peft_upcycle.py"))
+    result = example["main"](["--out", str(tmp_path), "--steps", "6", "--experts", "3"])
+    assert result["import_gap"] < ATOL and result["upcycle_gap"] < ATOL
+    assert result["round_trip_gap"] < ATOL
+    assert result["peft_last_loss"] < result["peft_first_loss"]  # PEFT trained
+    assert result["mov_first_loss"] < result["peft_first_loss"]  # the MoV starts from it
+    assert (tmp_path / "mov" / "README.md").is_file()
