@@ -69,6 +69,9 @@ class DictBackend:
 
 @contextlib.contextmanager
 def dict_backend() -> Iterator[None]:
+    # Discover the installed backends first: the registry snapshot restored on exit must
+    # hold them, since discovery runs once per process.
+    _backends.installed_backends()
     with _backends._isolated_registry():
         ml.register_backend(ml.BackendPlugin("dict", "numpy", "dict", DictBackend))
         ml.load_backend("dict")
