@@ -17,7 +17,8 @@ import attrs
 import numpy as np
 
 import mixlight as ml
-from mixlight import ModuleShape, SiteSpec, plan_sites
+import mixlight.extend as mlx
+from mixlight.extend import ModuleShape, SiteSpec, plan_sites
 
 VOCAB, ENC_LEN, DEC_LEN, BATCH, RANKS = 32128, 512, 128, 32, 8
 EXPERTS = (1, 10, 30, 60)
@@ -90,7 +91,7 @@ def n_params(site_specs: list[SiteSpec]) -> int:
 def mix_flops(s: SiteSpec) -> int:
     """Forward FLOPs per token of one site: ``(router, experts)``."""
     router = 2 * s.d_route * (s.heads or 1) * s.num_experts if s.has_router else 0
-    if isinstance(s.expert, ml.LowRank):
+    if isinstance(s.expert, mlx.LowRank):
         r = s.expert.rank * s.num_experts
         return router, 2 * r * (s.d_in + s.d_out) + r + s.d_out
     return router, 2 * s.num_experts * s.d_out * bool(s.has_router) + s.d_out
@@ -180,7 +181,7 @@ def saved_bytes(spec: SiteSpec, fused: bool, n: int) -> int:
         if fused:
             layer.mix("default", x, h)
         else:
-            ml.apply_site(spec, dict(layer.adapter.items()), x, h)
+            mlx.apply_site(spec, dict(layer.adapter.items()), x, h)
     return sum(kept.values())
 
 

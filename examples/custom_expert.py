@@ -1,7 +1,7 @@
 """A custom expert kind in ~20 lines: a routed mixture of bias vectors, ``h + probs @ biases``.
 
 It declares its parameters and its mixing rule with the core's einops math; registered with
-``@ml.register_expert``, it works in configs, adapter files and every backend with no backend
+``@mlx.register_expert``, it works in configs, adapter files and every backend with no backend
 code. Run: ``python examples/custom_expert.py`` (uses torch if installed).
 """
 
@@ -11,12 +11,13 @@ import attrs
 import numpy as np
 
 import mixlight as ml
+import mixlight.extend as mlx
 from mixlight.math import merge_vectors
 
 
-@ml.register_expert
+@mlx.register_expert
 @attrs.frozen
-class Biases(ml.ExpertKind):
+class Biases(mlx.ExpertKind):
     """E bias vectors, soft-merged per token and added to the output. Start at zero."""
 
     kind: ClassVar[str] = "biases"
@@ -24,11 +25,11 @@ class Biases(ml.ExpertKind):
     fits_activations: ClassVar[bool] = True
 
     def param_specs(self, num_experts, d_in, d_out):
-        return {"biases": ml.ParamSpec((num_experts, d_out), "zeros", axes=("expert", "embed"))}
+        return {"biases": mlx.ParamSpec((num_experts, d_out), "zeros", axes=("expert", "embed"))}
 
     def mix(self, params, probs, x, h, heads):
         merged = merge_vectors(probs, params["biases"])  # [..., d_out]
-        return h + ml.primitives_for(h).cast_like(merged, h)
+        return h + mlx.primitives_for(h).cast_like(merged, h)
 
     @staticmethod
     def loop_reference(params, probs, x, h, heads):

@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import mixlight as ml
+import mixlight.extend as mlx
 from mixlight_jax import AdapterParam, t5
 
 # Adapter logical axes -> mesh axes: experts spread over "model", the rest replicated.
@@ -53,7 +54,7 @@ def build(checkpoint: str | None, experts: int, spread: float = 0.0):
         model = t5.T5ForConditionalGeneration(t5.T5Config(**TINY), rngs=nnx.Rngs(0))
     ml.inject(model, ml.MoV(experts), seed=0)
     if spread:
-        backend = ml.load_backend("jax")
+        backend = mlx.load_backend("jax")
         rng = np.random.default_rng(1)
         arrays = backend.adapter_state(model)[2]
         backend.load_adapter_state(
@@ -144,8 +145,8 @@ def main(argv=None) -> dict:
     }
     if args.check:
         single, single_losses = train(args, None)
-        ours = ml.load_backend("jax").adapter_state(model)[2]
-        theirs = ml.load_backend("jax").adapter_state(single)[2]
+        ours = mlx.load_backend("jax").adapter_state(model)[2]
+        theirs = mlx.load_backend("jax").adapter_state(single)[2]
         fresh, _ = build(args.checkpoint, args.experts)  # a fresh adapter, then the file
         ml.load_adapter(fresh, args.out)
         ids, labels = next(batches(1, args.batch, model.config.vocab_size))

@@ -1,21 +1,21 @@
 """mixlight: extremely parameter-efficient Mixture-of-Experts fine-tuning (MoV, MoLoRA).
 
+The names here are the user API: configs and presets, the model functions (any backend),
+adapter files and the Hugging Face interop. Building blocks for new expert kinds and
+backends are in :mod:`mixlight.extend`; everything else is private.
+
 The core is numpy + einops + attrs; torch and JAX backends are plugins loaded on demand.
 Importing ``mixlight`` imports neither framework.
 """
 
-from mixlight._backends import (
-    Backend,
-    BackendPlugin,
-    installed_backends,
-    load_backend,
-    primitives_for,
-    register_backend,
-)
+import warnings
+from typing import Any
+
+from mixlight import extend
 from mixlight._hub import push_to_hub
 from mixlight._peft_api import load_peft_adapter, save_peft_adapter
 from mixlight._version import __version__
-from mixlight.adapter_file import AdapterFileError, read_adapter, write_adapter
+from mixlight.adapter_file import AdapterFileError, read_adapter
 from mixlight.api import (
     ParameterCount,
     adapter_names,
@@ -34,69 +34,50 @@ from mixlight.api import (
     trainable_parameters,
 )
 from mixlight.config import AdapterConfig, Site, SoftMerge, TopK
-from mixlight.experts import (
-    ExpertKind,
-    LowRank,
-    Merged,
-    ParamSpec,
-    Vectors,
-    expert_kinds,
-    register_expert,
-)
-from mixlight.fast_ops import register_fast_op
 from mixlight.presets import IA3, LoRA, MoLoRA, MoV
-from mixlight.primitives import Primitives
-from mixlight.site_spec import ModuleShape, SiteResult, SiteSpec, apply_site, plan_sites
 
 __all__ = [
     "IA3",
     "AdapterConfig",
     "AdapterFileError",
-    "Backend",
-    "BackendPlugin",
-    "ExpertKind",
-    "Merged",
     "LoRA",
-    "LowRank",
     "MoLoRA",
     "MoV",
-    "ModuleShape",
-    "ParamSpec",
     "ParameterCount",
-    "Primitives",
     "Site",
-    "SiteResult",
-    "SiteSpec",
     "SoftMerge",
     "TopK",
-    "Vectors",
     "__version__",
-    "apply_site",
-    "set_adapter",
-    "merge_and_unload",
-    "mean_routing",
-    "delete_adapter",
-    "adapter_per_example",
     "adapter_names",
+    "adapter_per_example",
     "aux_losses",
+    "delete_adapter",
     "disable_adapters",
-    "expert_kinds",
+    "extend",
     "inject",
-    "installed_backends",
     "load_adapter",
-    "load_backend",
     "load_model",
     "load_peft_adapter",
-    "plan_sites",
-    "primitives_for",
+    "mean_routing",
+    "merge_and_unload",
     "push_to_hub",
     "read_adapter",
-    "register_backend",
-    "register_expert",
-    "register_fast_op",
     "routing_stats",
     "save_adapter",
     "save_peft_adapter",
+    "set_adapter",
     "trainable_parameters",
-    "write_adapter",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Names that moved to :mod:`mixlight.extend` in 0.2 still resolve here, with a warning."""
+    if name in extend.__all__:
+        warnings.warn(
+            f"mixlight.{name} moved to mixlight.extend.{name} (the extension surface); "
+            "import it from there",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(extend, name)
+    raise AttributeError(f"module 'mixlight' has no attribute {name!r}")

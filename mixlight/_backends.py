@@ -279,10 +279,12 @@ def _foreign_model_message(model: Any, name: str, chosen_by: str) -> str:
 @contextlib.contextmanager
 def _isolated_registry() -> Iterator[None]:
     """Testing aid: restore the registry after registering throwaway backends."""
-    plugins, loaded = dict(_PLUGINS), dict(_LOADED)
+    global _DISCOVERED
+    plugins, loaded, discovered = dict(_PLUGINS), dict(_LOADED), _DISCOVERED
     try:
         yield
     finally:
+        _DISCOVERED = discovered
         _PLUGINS.clear()
         _PLUGINS.update(plugins)
         _LOADED.clear()

@@ -57,7 +57,7 @@ def save_adapter(
 ) -> Path:
     """Write the model's adapter to ``directory`` (mixlight_adapter.safetensors +
     mixlight_config.json + a README.md model card) with one commit point: the directory holds
-    the previous adapter or this one, never a mix (see :func:`mixlight.write_adapter`).
+    the previous adapter or this one, never a mix (see :func:`mixlight.extend.write_adapter`).
     ``adapter_name`` picks one of the model's named adapters (default: the active one)."""
     as_directory(directory, "save_adapter")
     chosen = backend_for_model(model, backend)

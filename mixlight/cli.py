@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import mixlight as ml
+import mixlight.extend as mlx
 from mixlight._hub import resolve
 from mixlight._peft_format import read_peft
 from mixlight.adapter_file import LAYOUTS, peft_description
@@ -24,15 +25,15 @@ from mixlight.adapter_file import LAYOUTS, peft_description
 def _info(args: argparse.Namespace) -> int:
     print(f"mixlight {ml.__version__}")
     print("backends:")
-    for name, plugin in sorted(ml.installed_backends().items()):
+    for name, plugin in sorted(mlx.installed_backends().items()):
         try:
-            ml.load_backend(name)
+            mlx.load_backend(name)
             state = "available"
         except ImportError as err:
             state = f"not usable: {err}"
         print(f"  {name:8s} framework={plugin.framework:6s} {state}")
     print("expert kinds:")
-    for name, cls in sorted(ml.expert_kinds().items()):
+    for name, cls in sorted(mlx.expert_kinds().items()):
         print(f"  {name:10s} {cls.__module__}.{cls.__name__}")
     return 0
 

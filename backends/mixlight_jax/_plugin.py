@@ -1,6 +1,6 @@
 """Entry point of the JAX backend; importing this module does not import jax."""
 
-from mixlight import BackendPlugin
+from mixlight.extend import BackendPlugin
 
 
 def _load():

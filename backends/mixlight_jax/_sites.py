@@ -47,5 +47,5 @@ FAST_OPS: dict[str, SiteOp] = {"mov": _mov, "routed_molora": _routed_molora, "mo
 
 def implement_fast_op(name: str, op: SiteOp) -> None:
     """Run sites that :func:`mixlight.fast_ops.fast_op` assigns ``name`` with ``op`` in JAX
-    (for a custom expert kind's op; see :func:`mixlight.register_fast_op`)."""
+    (for a custom expert kind's op; see :func:`mixlight.extend.register_fast_op`)."""
     FAST_OPS[name] = op

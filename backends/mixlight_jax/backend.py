@@ -1,4 +1,4 @@
-"""The JAX (Flax NNX) implementation of the :class:`mixlight.Backend` protocol."""
+"""The JAX (Flax NNX) implementation of the :class:`mixlight.extend.Backend` protocol."""
 
 from __future__ import annotations
 

@@ -11,13 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import errors, nnx
 
-from mixlight import SiteResult, SiteSpec, apply_site
+from mixlight.extend import SiteResult, SiteSpec, apply_site
 from mixlight.fast_ops import fast_op
 from mixlight.site_spec import select_mask
 from mixlight_jax._sites import FAST_OPS
 from mixlight_jax.params import AdapterParam, sharding_metadata
 
-# SiteResult is a pytree, so that ``mix`` and ``mixlight.apply_site`` can be jitted as they are.
+# SiteResult is a pytree, so that ``mix`` and ``apply_site`` can be jitted as they are.
 jax.tree_util.register_pytree_node(
     SiteResult,
     lambda r: ((r.out, r.probs, r.logits), None),
@@ -51,7 +51,7 @@ def mix(
 ) -> SiteResult:
     """One site's output on jax arrays: its fast op where the core assigns one that this
     backend implements (:mod:`mixlight.fast_ops`, :mod:`mixlight_jax._sites`), else the
-    core's :func:`mixlight.apply_site`. Same signature and result as ``apply_site``."""
+    core's :func:`mixlight.extend.apply_site`. Same signature and result as ``apply_site``."""
     op = FAST_OPS.get(fast_op(spec))
     if op is not None:
         return SiteResult(*op(spec, params, x, h))

@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mixlight import AdapterConfig, ModuleShape, Site, SiteSpec, plan_sites
+from mixlight import AdapterConfig, Site
 from mixlight._base_identity import BaseIdentity, sample_weights
+from mixlight.extend import ModuleShape, SiteSpec, plan_sites
 from mixlight.site_spec import describe_module
 from mixlight_jax.layers import AdapterLayer
 

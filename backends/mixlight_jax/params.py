@@ -3,7 +3,7 @@
 ``nnx.Optimizer(model, optax_tx, wrt=AdapterParam)`` trains only adapters,
 ``nnx.state(model, AdapterParam)`` selects them, and ``nnx.DiffState(0, AdapterParam)``
 differentiates only them. Each carries the logical axis names of its
-:class:`mixlight.ParamSpec` (``expert``, ``embed``, ``rank``, ``mlp``) as ``out_sharding``
+:class:`mixlight.extend.ParamSpec` (``expert``, ``embed``, ``rank``, ``mlp``) as ``out_sharding``
 metadata, resolved to mesh axes the usual Flax way::
 
     with nnx.logical_axis_rules([("expert", "model"), ("embed", None), ...]):

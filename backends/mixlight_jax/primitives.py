@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from mixlight import Primitives
+from mixlight.extend import Primitives
 
 
 def _top_k_mask(x: jax.Array, k: int) -> jax.Array:

@@ -1,6 +1,6 @@
 """Entry point of the torch backend; importing this module does not import torch."""
 
-from mixlight import BackendPlugin
+from mixlight.extend import BackendPlugin
 
 
 def _load():

@@ -1,4 +1,4 @@
-"""The torch implementation of the :class:`mixlight.Backend` protocol."""
+"""The torch implementation of the :class:`mixlight.extend.Backend` protocol."""
 
 from __future__ import annotations
 

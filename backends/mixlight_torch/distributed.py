@@ -123,7 +123,7 @@ def save_adapter_distributed(
     Checks that all ranks carry the same adapter config and adapted-module shapes (a
     ``ValueError`` on every rank otherwise), gathers each full adapter tensor on every rank
     (``DTensor.full_tensor()``), writes the directory atomically on rank 0 with
-    :func:`mixlight.write_adapter`, and returns on every rank once rank 0 has written it (the
+    :func:`mixlight.extend.write_adapter`, and returns on every rank once rank 0 has written it (the
     broadcast of rank 0's outcome is the barrier). A write error is raised on every rank.
     """
     if not dist.is_available() or not dist.is_initialized():

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mixlight import SiteSpec, apply_site
+from mixlight.extend import SiteSpec, apply_site
 from mixlight.fast_ops import fast_op
 from mixlight.site_spec import select_mask
 from mixlight_torch.ops._precision import no_autocast

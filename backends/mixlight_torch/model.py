@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from mixlight import AdapterConfig, ModuleShape, Site, SiteSpec, plan_sites
+from mixlight import AdapterConfig, Site
 from mixlight._base_identity import BaseIdentity, sample_weights
 from mixlight._cache_safety import cache_unsafe_sites, refuse_cached_sequence_routing
+from mixlight.extend import ModuleShape, SiteSpec, plan_sites
 from mixlight.site_spec import aux_loss_terms, describe_module
 from mixlight_torch import hf as _hf
 from mixlight_torch.layers import BASE, AdapterLayer, AdapterSwitch

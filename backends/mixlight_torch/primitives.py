@@ -2,7 +2,7 @@
 
 import torch
 
-from mixlight import Primitives
+from mixlight.extend import Primitives
 
 
 def top_k_indices(x: torch.Tensor, k: int) -> torch.Tensor:

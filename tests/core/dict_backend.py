@@ -10,20 +10,21 @@ from collections.abc import Iterator
 import numpy as np
 
 import mixlight as ml
+import mixlight.extend as mlx
 from mixlight import _backends
 
 
 class DictModel:
-    """Module path -> :class:`mixlight.ModuleShape`; ``state`` once injected."""
+    """Module path -> :class:`mixlight.extend.ModuleShape`; ``state`` once injected."""
 
-    def __init__(self, shapes: dict[str, ml.ModuleShape]) -> None:
+    def __init__(self, shapes: dict[str, mlx.ModuleShape]) -> None:
         self.shapes = shapes
         self.state: tuple | None = None
 
 
 class DictBackend:
     name = "dict"
-    primitives = ml.primitives_for(np.zeros(1))
+    primitives = mlx.primitives_for(np.zeros(1))
 
     def owns_array(self, x):
         return False
@@ -35,7 +36,7 @@ class DictBackend:
         return model.state is not None
 
     def inject(self, model, config, seed=None):
-        specs = ml.plan_sites(config, list(model.shapes), lambda p, s: model.shapes[p])
+        specs = mlx.plan_sites(config, list(model.shapes), lambda p, s: model.shapes[p])
         rng = np.random.default_rng(seed or 0)
         arrays = {s.canonical_name(n): a for s in specs for n, a in s.init_params(rng).items()}
         model.state = (config, specs, arrays)
@@ -73,8 +74,8 @@ def dict_backend() -> Iterator[None]:
     # hold them, since discovery runs once per process.
     _backends.installed_backends()
     with _backends._isolated_registry():
-        ml.register_backend(ml.BackendPlugin("dict", "numpy", "dict", DictBackend))
-        ml.load_backend("dict")
+        mlx.register_backend(mlx.BackendPlugin("dict", "numpy", "dict", DictBackend))
+        mlx.load_backend("dict")
         yield
 
 
@@ -83,9 +84,9 @@ def t5_like(layers: int = 2, d: int = 8, d_ff: int = 16) -> DictModel:
     shapes = {}
     for i in range(layers):
         for name in ("q", "k", "v", "o"):
-            shapes[f"encoder.block.{i}.layer.0.SelfAttention.{name}"] = ml.ModuleShape(d, d, 2)
+            shapes[f"encoder.block.{i}.layer.0.SelfAttention.{name}"] = mlx.ModuleShape(d, d, 2)
         ffn = f"encoder.block.{i}.layer.1.DenseReluDense"
-        shapes[f"{ffn}.wi"] = ml.ModuleShape(d, d_ff)
-        shapes[f"{ffn}.wo"] = ml.ModuleShape(d_ff, d)
-        shapes[f"{ffn}.act"] = ml.ModuleShape(d_ff, d_ff)
+        shapes[f"{ffn}.wi"] = mlx.ModuleShape(d, d_ff)
+        shapes[f"{ffn}.wo"] = mlx.ModuleShape(d_ff, d)
+        shapes[f"{ffn}.act"] = mlx.ModuleShape(d_ff, d_ff)
     return DictModel(shapes)

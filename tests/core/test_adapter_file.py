@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from safetensors.numpy import load, save_file
 
 import mixlight as ml
+import mixlight.extend as mlx
 from mixlight import adapter_file
 from mixlight._base_identity import BaseIdentity
 from mixlight.site_spec import fingerprint
@@ -20,11 +21,11 @@ PATHS = ["enc.0.attn.k", "enc.0.attn.v", "enc.0.mlp.act", "enc.0.mlp.wo"]
 
 
 def shapes(path, site):
-    return ml.ModuleShape(8, 8, heads=2) if "attn" in path else ml.ModuleShape(8, 16)
+    return mlx.ModuleShape(8, 8, heads=2) if "attn" in path else mlx.ModuleShape(8, 16)
 
 
 def make(config, seed=0):
-    specs = ml.plan_sites(config, PATHS, shapes)
+    specs = mlx.plan_sites(config, PATHS, shapes)
     rng = np.random.default_rng(seed)
     arrays = {
         s.canonical_name(n): a + rng.standard_normal(a.shape).astype(np.float32)
@@ -34,7 +35,7 @@ def make(config, seed=0):
     return specs, arrays
 
 
-MOV = ml.AdapterConfig([ml.Site(r".*attn\.(k|v)", ml.Vectors(), heads="auto")], 4, method="MoV-4")
+MOV = ml.AdapterConfig([ml.Site(r".*attn\.(k|v)", mlx.Vectors(), heads="auto")], 4, method="MoV-4")
 
 
 @settings(max_examples=10)
@@ -52,7 +53,7 @@ MOV = ml.AdapterConfig([ml.Site(r".*attn\.(k|v)", ml.Vectors(), heads="auto")], 
 def test_round_trip_is_bit_exact(tmp_path_factory, config, seed):
     out = tmp_path_factory.mktemp("adapter")
     specs, arrays = make(config, seed)
-    ml.write_adapter(out, config, specs, arrays)
+    mlx.write_adapter(out, config, specs, arrays)
     back = ml.read_adapter(out)
     assert back.config == config
     assert back.specs == specs
@@ -79,7 +80,7 @@ def test_canonical_names_and_shapes(tmp_path):
 
 def test_failed_write_leaves_old_adapter_intact(tmp_path, monkeypatch):
     specs, arrays = make(MOV)
-    ml.write_adapter(tmp_path, MOV, specs, arrays)
+    mlx.write_adapter(tmp_path, MOV, specs, arrays)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
     def crash(*args, **kwargs):
@@ -88,7 +89,7 @@ def test_failed_write_leaves_old_adapter_intact(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", crash)
     _, other = make(MOV, seed=1)
     with pytest.raises(OSError, match="disk full"):
-        ml.write_adapter(tmp_path, MOV, specs, other)
+        mlx.write_adapter(tmp_path, MOV, specs, other)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     ml.read_adapter(tmp_path)
 
@@ -127,10 +128,10 @@ def test_weights_file_is_the_commit_point(tmp_path):
     """A save killed between its two renames leaves new weights beside the old readable copy:
     the directory loads as the new adapter."""
     specs, arrays = make(MOV)
-    ml.write_adapter(tmp_path, MOV, specs, arrays)
+    mlx.write_adapter(tmp_path, MOV, specs, arrays)
     config_text = (tmp_path / "mixlight_config.json").read_text()
     _, other = make(MOV, seed=1)
-    ml.write_adapter(tmp_path, MOV, specs, other)
+    mlx.write_adapter(tmp_path, MOV, specs, other)
     (tmp_path / "mixlight_config.json").write_text(config_text)  # old config, new weights
     back = ml.read_adapter(tmp_path)
     for name, arr in other.items():
@@ -150,7 +151,7 @@ def test_reads_1_0_directories_and_detects_their_torn_state(tmp_path):
     save_file(other, tmp_path / "adapter.safetensors", metadata={"format": "mixlight.adapter"})
     with pytest.raises(ml.AdapterFileError, match="does not match the checksum"):
         ml.read_adapter(tmp_path)
-    ml.write_adapter(tmp_path, MOV, specs, other)  # a 2.0 save over a 1.0 directory
+    mlx.write_adapter(tmp_path, MOV, specs, other)  # a 2.0 save over a 1.0 directory
     assert ml.read_adapter(tmp_path).format_version == "2.0"
     assert not (tmp_path / "adapter_config.json").exists(), "PEFT would take the dir for its own"
     assert not (tmp_path / "adapter.safetensors").exists()
@@ -160,7 +161,7 @@ def test_file_modes_follow_the_umask(tmp_path):
     specs, arrays = make(MOV)
     previous = os.umask(0o022)
     try:
-        ml.write_adapter(tmp_path / "shared", MOV, specs, arrays)
+        mlx.write_adapter(tmp_path / "shared", MOV, specs, arrays)
     finally:
         os.umask(previous)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "shared").iterdir()}
@@ -176,7 +177,7 @@ def test_non_finite_arrays_are_refused_on_save_and_load(tmp_path):
     specs, arrays = make(MOV)
     bad = dict(arrays, **{"enc.0.attn.k.vectors": np.full((4, 8), np.nan, np.float32)})
     with pytest.raises(ml.AdapterFileError, match=r"NaN/inf\) in enc.0.attn.k.vectors"):
-        ml.write_adapter(tmp_path, MOV, specs, bad)
+        mlx.write_adapter(tmp_path, MOV, specs, bad)
     assert not any(tmp_path.iterdir())
     write_v1_0(tmp_path, MOV, specs, bad)  # a file written by another tool
     with pytest.raises(ml.AdapterFileError, match="non-finite .* diverged run"):
@@ -185,7 +186,7 @@ def test_non_finite_arrays_are_refused_on_save_and_load(tmp_path):
 
 def test_modified_arrays_fail_their_checksum(tmp_path):
     specs, arrays = make(MOV)
-    ml.write_adapter(tmp_path, MOV, specs, arrays)
+    mlx.write_adapter(tmp_path, MOV, specs, arrays)
     data = bytearray((tmp_path / "mixlight_adapter.safetensors").read_bytes())
     data[-3] ^= 0x40  # one bit of the last array
     (tmp_path / "mixlight_adapter.safetensors").write_bytes(bytes(data))
@@ -196,7 +197,7 @@ def test_modified_arrays_fail_their_checksum(tmp_path):
 def test_base_identity_mismatch_warns_but_shapes_still_error(tmp_path):
     specs, arrays = make(MOV)
     saved = BaseIdentity("t5-small", "abc", np.array([0.5, -0.25], np.float32), "float32")
-    ml.write_adapter(tmp_path, MOV, specs, arrays, base=saved)
+    mlx.write_adapter(tmp_path, MOV, specs, arrays, base=saved)
     loaded = ml.read_adapter(tmp_path)
     assert loaded.base_identity == saved
     np.testing.assert_array_equal(loaded.base_identity.samples, saved.samples)
@@ -213,9 +214,9 @@ def test_base_identity_mismatch_warns_but_shapes_still_error(tmp_path):
 
 def test_fingerprint_mismatch_lists_differences(tmp_path):
     specs, arrays = make(MOV)
-    ml.write_adapter(tmp_path, MOV, specs, arrays)
+    mlx.write_adapter(tmp_path, MOV, specs, arrays)
     loaded = ml.read_adapter(tmp_path)
-    other = ml.plan_sites(MOV, PATHS, lambda p, s: ml.ModuleShape(12, 12, heads=2))
+    other = mlx.plan_sites(MOV, PATHS, lambda p, s: mlx.ModuleShape(12, 12, heads=2))
     with pytest.raises(
         ml.AdapterFileError, match=r"different base model .*enc.0.attn.k: adapter has"
     ):
@@ -231,9 +232,9 @@ def test_the_same_adapter_gives_the_same_bytes_in_every_process(tmp_path):
     code = (
         "import sys\n"
         "from tests.core.test_adapter_file import MOV, make\n"
-        "import mixlight as ml\n"
+        "import mixlight.extend as mlx\n"
         "specs, arrays = make(MOV, 3)\n"
-        "ml.write_adapter(sys.argv[1], MOV, specs, arrays)\n"
+        "mlx.write_adapter(sys.argv[1], MOV, specs, arrays)\n"
     )
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     for i, seed in enumerate(("1", "2", "3")):
@@ -258,7 +259,7 @@ def test_a_read_racing_the_upgrade_of_a_1_0_directory_gets_the_new_adapter(tmp_p
         data = real_read_once(path)
         if path.name == "adapter.safetensors" and not raced:
             raced.append(path)  # once: the save itself reads the 1.x files it removes
-            ml.write_adapter(tmp_path, MOV, specs, other)
+            mlx.write_adapter(tmp_path, MOV, specs, other)
         return data
 
     monkeypatch.setattr(adapter_file, "read_once", racing)
@@ -275,7 +276,7 @@ def test_a_read_racing_the_upgrade_of_a_1_0_directory_gets_the_new_adapter(tmp_p
 
 def test_a_1_1_directory_under_the_old_names_still_loads(tmp_path):
     specs, arrays = make(MOV)
-    ml.write_adapter(tmp_path, MOV, specs, arrays)
+    mlx.write_adapter(tmp_path, MOV, specs, arrays)
     (tmp_path / "mixlight_adapter.safetensors").rename(tmp_path / "adapter.safetensors")
     (tmp_path / "mixlight_config.json").rename(tmp_path / "adapter_config.json")
     back = ml.read_adapter(tmp_path)

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 
 import mixlight as ml
+import mixlight.extend as mlx
 from mixlight import _backends
 
 
 def test_import_mixlight_imports_no_framework():
     code = (
         "import sys, mixlight, mixlight.math, mixlight.testing, mixlight.cli;"
-        "mixlight.installed_backends();"
+        "mixlight.extend.installed_backends();"
         "print(','.join(m for m in ('torch','jax','flax','transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -21,22 +22,22 @@ def test_import_mixlight_imports_no_framework():
 
 
 def test_numpy_primitives_by_array_type():
-    assert ml.primitives_for(np.zeros(3)).name == "numpy"
+    assert mlx.primitives_for(np.zeros(3)).name == "numpy"
     with pytest.raises(TypeError, match="no mixlight backend handles arrays of type builtins.list"):
-        ml.primitives_for([1.0])
+        mlx.primitives_for([1.0])
 
 
 def test_unknown_backend_lists_installed():
     with pytest.raises(ValueError, match=r"unknown mixlight backend 'mlx'; installed backends: \["):
-        ml.load_backend("mlx")
+        mlx.load_backend("mlx")
 
 
 def test_missing_framework_names_the_extra():
-    plugin = ml.BackendPlugin("fake", "no_such_framework_xyz", "fake", lambda: None)
+    plugin = mlx.BackendPlugin("fake", "no_such_framework_xyz", "fake", lambda: None)
     with _backends._isolated_registry():
-        ml.register_backend(plugin)
+        mlx.register_backend(plugin)
         with pytest.raises(ImportError, match=r'pip install "mixlight\[fake\]"'):
-            ml.load_backend("fake")
+            mlx.load_backend("fake")
 
 
 class _Model:
@@ -69,7 +70,7 @@ class _Twin(_FakeBackend):
 
 def test_selection_order(monkeypatch):
     with _backends._isolated_registry():
-        ml.register_backend(ml.BackendPlugin("fake", "numpy", "fake", _FakeBackend))
+        mlx.register_backend(mlx.BackendPlugin("fake", "numpy", "fake", _FakeBackend))
         model = _Model()
         assert ml.inject(model, ml.MoV()) is model  # inferred from the model type
         monkeypatch.setenv("MIXLIGHT_BACKEND", "numpy")
@@ -84,9 +85,9 @@ def test_selection_order(monkeypatch):
 
 def test_environment_decides_only_between_owners(monkeypatch):
     with _backends._isolated_registry():
-        ml.register_backend(ml.BackendPlugin("fake", "numpy", "fake", _FakeBackend))
-        ml.register_backend(ml.BackendPlugin("twin", "numpy", "twin", _Twin))
-        ml.load_backend("fake"), ml.load_backend("twin")
+        mlx.register_backend(mlx.BackendPlugin("fake", "numpy", "fake", _FakeBackend))
+        mlx.register_backend(mlx.BackendPlugin("twin", "numpy", "twin", _Twin))
+        mlx.load_backend("fake"), mlx.load_backend("twin")
         monkeypatch.setenv("MIXLIGHT_BACKEND", "twin")
         assert ml.trainable_parameters(_Model()) == "twin"
         monkeypatch.setenv("MIXLIGHT_BACKEND", "fake")
@@ -98,7 +99,7 @@ def test_environment_decides_only_between_owners(monkeypatch):
 def test_foreign_model_error_names_the_owner_and_the_fix(monkeypatch):
     monkeypatch.delenv("MIXLIGHT_BACKEND", raising=False)
     with _backends._isolated_registry():
-        ml.register_backend(ml.BackendPlugin("fake", "numpy", "fake", _FakeBackend))
+        mlx.register_backend(mlx.BackendPlugin("fake", "numpy", "fake", _FakeBackend))
         with pytest.raises(TypeError) as err:
             ml.inject(_Model(), ml.MoV(), backend="numpy")
     message = str(err.value)
@@ -125,7 +126,7 @@ def test_every_model_function_takes_backend(call, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "unused").mkdir()
     with _backends._isolated_registry():
-        ml.register_backend(ml.BackendPlugin("fake", "numpy", "fake", _FakeBackend))
+        mlx.register_backend(mlx.BackendPlugin("fake", "numpy", "fake", _FakeBackend))
         with pytest.raises(TypeError, match=r"backend 'numpy' \(chosen by argument\)"):
             call(_Model())
 
@@ -143,7 +144,7 @@ def test_inject_rejects_non_config():
 
 def test_numpy_backend_has_no_models():
     with pytest.raises(TypeError, match="has no models"):
-        ml.load_backend("numpy").inject(None, ml.MoV())
+        mlx.load_backend("numpy").inject(None, ml.MoV())
 
 
 class _Loading(_FakeBackend):
@@ -154,7 +155,7 @@ class _Loading(_FakeBackend):
 def test_load_model_by_backend_name(tmp_path, monkeypatch):
     monkeypatch.delenv("MIXLIGHT_BACKEND", raising=False)
     with _backends._isolated_registry():
-        ml.register_backend(ml.BackendPlugin("fake", "numpy", "fake", _Loading))
+        mlx.register_backend(mlx.BackendPlugin("fake", "numpy", "fake", _Loading))
         with pytest.raises(ValueError, match=r'needs a backend: pass backend="torch" or "jax"'):
             ml.load_model(tmp_path)
         assert ml.load_model(tmp_path, backend="fake") == ("loaded", str(tmp_path))

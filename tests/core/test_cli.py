@@ -1,6 +1,7 @@
 import numpy as np
 
 import mixlight as ml
+import mixlight.extend as mlx
 from mixlight.cli import main
 
 
@@ -12,13 +13,13 @@ def test_info_lists_backends_and_kinds(capsys):
 
 def test_inspect_prints_sites(tmp_path, capsys):
     cfg = ml.MoV(3, targets=["a"])
-    specs = ml.plan_sites(cfg, ["a"], lambda p, s: ml.ModuleShape(4, 4))
+    specs = mlx.plan_sites(cfg, ["a"], lambda p, s: mlx.ModuleShape(4, 4))
     arrays = {
         s.canonical_name(n): a
         for s in specs
         for n, a in s.init_params(np.random.default_rng(0)).items()
     }
-    ml.write_adapter(tmp_path, cfg, specs, arrays)
+    mlx.write_adapter(tmp_path, cfg, specs, arrays)
     assert main(["inspect", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "MoV-3" in out and "format 2.0" in out and "params=24" in out

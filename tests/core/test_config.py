@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 
 import mixlight as ml
+import mixlight.extend as mlx
 from mixlight.testing import adapter_configs
 
 T5_PATHS = [
@@ -71,7 +72,7 @@ def test_presets_defaults_and_one_expert_cases():
     lowrank = ml.MoLoRA().sites[0].expert
     assert (lowrank.rank, lowrank.alpha, lowrank.scale) == (4, 16.0, 4.0)
     assert ml.IA3().num_experts == 1 and not ml.IA3().has_router
-    assert ml.LoRA(8).sites[0].expert == ml.LowRank(8, 16.0)
+    assert ml.LoRA(8).sites[0].expert == mlx.LowRank(8, 16.0)
     assert ml.MoV(targets=["h\\.\\d+\\.mlp\\.act"]).sites[0].heads is None
 
 
@@ -85,16 +86,16 @@ def test_config_json_round_trip(config):
     "build, message",
     [
         (lambda: ml.MoV(0), r"num_experts=0: must be an integer >= 1"),
-        (lambda: ml.LowRank(0), r"LowRank.rank=0: must be an integer >= 1"),
+        (lambda: mlx.LowRank(0), r"LowRank.rank=0: must be an integer >= 1"),
         (lambda: ml.MoLoRA(4, rank=-1), r"rank=-1"),
         (lambda: ml.MoV(4, router=ml.TopK(5)), r"TopK.k=5 exceeds .*num_experts=4"),
         (lambda: ml.TopK(0), r"TopK.k=0"),
         (lambda: ml.SoftMerge(load_balance_weight=-1), r"load_balance_weight=-1: must be"),
         (lambda: ml.TopK(1, z_loss_weight=-0.1), r"z_loss_weight=-0.1"),
-        (lambda: ml.Site("(", ml.Vectors()), r"not a valid regular expression"),
+        (lambda: ml.Site("(", mlx.Vectors()), r"not a valid regular expression"),
         (lambda: ml.Site("a", "vectors"), r"Site.expert='vectors': expected an expert kind"),
-        (lambda: ml.Site("a", ml.LowRank(2), heads=2), r"does not support per-head routing"),
-        (lambda: ml.Site("a", ml.Vectors(), router_input="middle"), r"allowed values"),
+        (lambda: ml.Site("a", mlx.LowRank(2), heads=2), r"does not support per-head routing"),
+        (lambda: ml.Site("a", mlx.Vectors(), router_input="middle"), r"allowed values"),
         (lambda: ml.AdapterConfig([], 2), r"non-empty sequence of mixlight.Site"),
         (lambda: ml.MoV(routing="batch"), r"routing='batch': allowed values"),
         (lambda: ml.MoV(targets="gpt2"), r"use 't5' or a non-empty list"),
@@ -128,12 +129,12 @@ def test_unknown_keys_warn_when_allowed():
 def test_plan_sites_errors():
     cfg = ml.MoV(2, targets=["x\\.k"])
     with pytest.raises(ValueError, match=r"matched no module .*Sample of this model's module"):
-        ml.plan_sites(cfg, ["a.q", "a.v"], lambda p, s: ml.ModuleShape(4, 4))
-    two = ml.AdapterConfig([ml.Site("a.*", ml.Vectors()), ml.Site(".*k", ml.Vectors())], 2)
+        mlx.plan_sites(cfg, ["a.q", "a.v"], lambda p, s: mlx.ModuleShape(4, 4))
+    two = ml.AdapterConfig([ml.Site("a.*", mlx.Vectors()), ml.Site(".*k", mlx.Vectors())], 2)
     with pytest.raises(ValueError, match="matches two sites"):
-        ml.plan_sites(two, ["a.k"], lambda p, s: ml.ModuleShape(4, 4))
+        mlx.plan_sites(two, ["a.k"], lambda p, s: mlx.ModuleShape(4, 4))
     auto = ml.MoV(2)
     with pytest.raises(ValueError, match="heads='auto'.*give heads=<int>"):
-        ml.plan_sites(auto, T5_PATHS, lambda p, s: ml.ModuleShape(4, 4))
+        mlx.plan_sites(auto, T5_PATHS, lambda p, s: mlx.ModuleShape(4, 4))
     with pytest.raises(ValueError, match="not divisible by heads=3"):
-        ml.plan_sites(auto, T5_PATHS, lambda p, s: ml.ModuleShape(4, 4, heads=3))
+        mlx.plan_sites(auto, T5_PATHS, lambda p, s: mlx.ModuleShape(4, 4, heads=3))

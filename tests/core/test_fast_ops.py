@@ -2,6 +2,7 @@
 backend."""
 
 import mixlight as ml
+import mixlight.extend as mlx
 from mixlight import fast_ops
 from mixlight.site_spec import ModuleShape, plan_sites
 
@@ -23,15 +24,15 @@ def test_each_preset_gets_its_op():
     assert ops(ml.MoV(4, routing="sequence")) == {"k": None, "act": None}
     assert ops(ml.LoRA(2, targets=[r".*\.k"])) == {"k": "molora"}
     assert ops(ml.MoLoRA(3, rank=2, targets=[r".*\.k"])) == {"k": "routed_molora"}
-    on_output = ml.AdapterConfig([ml.Site(r".*\.k", ml.LowRank(2), router_input="output")], 3)
+    on_output = ml.AdapterConfig([ml.Site(r".*\.k", mlx.LowRank(2), router_input="output")], 3)
     assert ops(on_output) == {"k": "molora"}  # routed on the output: outside the op
 
 
 def test_a_registered_op_goes_first_and_can_be_replaced(monkeypatch):
     monkeypatch.setattr(fast_ops, "_OPS", list(fast_ops._OPS))
     fast_ops.fast_op.cache_clear()
-    ml.register_fast_op("my_mov", lambda s: s.path.endswith(".k"))
+    mlx.register_fast_op("my_mov", lambda s: s.path.endswith(".k"))
     assert ops(ml.MoV(4)) == {"k": "my_mov", "act": "mov"}
-    ml.register_fast_op("my_mov", lambda s: False)  # the same name replaces the rule
+    mlx.register_fast_op("my_mov", lambda s: False)  # the same name replaces the rule
     assert ops(ml.MoV(4)) == {"k": "mov", "act": "mov"}
     fast_ops.fast_op.cache_clear()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import mixlight as ml
+import mixlight.extend as mlx
 from tests.core.dict_backend import dict_backend, t5_like
 
 
@@ -50,8 +51,8 @@ def test_load_adapter_takes_a_repo_id_from_the_cache(offline_cache, tmp_path, mo
         trained = ml.inject(t5_like(), ml.MoV(2), seed=3)
         cache_repo(offline_cache, "user/mov", lambda d: ml.save_adapter(trained, d))
         model = ml.load_adapter(t5_like(), "user/mov")
-        want = ml.load_backend("dict").adapter_state(trained)[2]
-        got = ml.load_backend("dict").adapter_state(model)[2]
+        want = mlx.load_backend("dict").adapter_state(trained)[2]
+        got = mlx.load_backend("dict").adapter_state(model)[2]
         assert want.keys() == got.keys()
         for name in want:
             np.testing.assert_array_equal(got[name], want[name])

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import mixlight as ml
+import mixlight.extend as mlx
 from mixlight.math import (
     load_balance_loss,
     lowrank_mixture,
@@ -58,13 +59,13 @@ def test_top_k_ties_go_to_lower_expert():
     np.testing.assert_array_equal(probs, [[0.5, 0.5, 0, 0]])
 
 
-@given(site_cases(expert=ml.Vectors()))
+@given(site_cases(expert=mlx.Vectors()))
 def test_mov_equals_loop_reference(case):
     """Routing and mixing both from the independent loops (not the core's probabilities)."""
     check_site(case, np.asarray, np.asarray)
 
 
-@given(site_cases(expert=ml.LowRank(3)))
+@given(site_cases(expert=mlx.LowRank(3)))
 def test_molora_equals_loop_reference(case):
     check_site(case, np.asarray, np.asarray)
 
@@ -105,7 +106,7 @@ def test_permuting_experts_and_router_columns_is_invisible(case):
     perm = np.random.default_rng(0).permutation(case.spec.num_experts)
     permuted = {n: (p[:, perm] if n == "router" else p[perm]) for n, p in case.params.items()}
     a = reference(case)
-    b = ml.apply_site(
+    b = mlx.apply_site(
         case.spec, permuted, case.x.astype(np.float64), case.h.astype(np.float64), case.mask
     )
     np.testing.assert_allclose(a.out, b.out, rtol=1e-5, atol=1e-6)
@@ -116,16 +117,16 @@ def test_fresh_adapter_is_identity(case):
     fresh = case.spec.init_params(np.random.default_rng(0))
     if case.spec.router.top_k is not None and not case.spec.router.renormalize:
         return  # the reference code's unrenormalised top-k shrinks a fresh MoV (paper §3.2)
-    out = ml.apply_site(case.spec, fresh, case.x, case.h, case.mask).out
+    out = mlx.apply_site(case.spec, fresh, case.x, case.h, case.mask).out
     np.testing.assert_allclose(out, case.h, rtol=1e-6, atol=1e-6)
 
 
 def test_unrenormalised_top1_shrinks_fresh_mov_by_its_probability():
-    spec_case = ml.AdapterConfig([ml.Site("a", ml.Vectors())], 10, ml.TopK(1, renormalize=False))
-    spec = ml.plan_sites(spec_case, ["a"], lambda p, s: ml.ModuleShape(4, 4))[0]
+    spec_case = ml.AdapterConfig([ml.Site("a", mlx.Vectors())], 10, ml.TopK(1, renormalize=False))
+    spec = mlx.plan_sites(spec_case, ["a"], lambda p, s: mlx.ModuleShape(4, 4))[0]
     params = spec.init_params(np.random.default_rng(0))
     h = np.random.default_rng(1).standard_normal((2, 3, 4)).astype(np.float32)
-    res = ml.apply_site(spec, params, h, h)
+    res = mlx.apply_site(spec, params, h, h)
     np.testing.assert_allclose(res.out, h * res.probs.max(-1, keepdims=True), rtol=1e-5)
 
 
@@ -139,7 +140,7 @@ def test_sequence_routing_ignores_padding(case, extra):
 
     mask = np.concatenate([case.mask, np.zeros((case.mask.shape[0], extra))], 1)
     a = reference(case)
-    b = ml.apply_site(case.spec, case.params, pad(case.x), pad(case.h), mask)
+    b = mlx.apply_site(case.spec, case.params, pad(case.x), pad(case.h), mask)
     n = case.x.shape[1]
     np.testing.assert_allclose(b.out[:, :n], a.out, rtol=1e-5, atol=1e-5)
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import mixlight as ml
+import mixlight.extend as mlx
 from mixlight import _model_card
 from mixlight._base_identity import BaseIdentity
 from tests.core.dict_backend import dict_backend, t5_like
@@ -16,7 +17,7 @@ PATHS = ["enc.k", "dec.k"]
 
 
 def specs_and_arrays():
-    specs = ml.plan_sites(CONFIG, PATHS, lambda p, s: ml.ModuleShape(8, 8))
+    specs = mlx.plan_sites(CONFIG, PATHS, lambda p, s: mlx.ModuleShape(8, 8))
     rng = np.random.default_rng(0)
     return specs, {s.canonical_name(n): a for s in specs for n, a in s.init_params(rng).items()}
 
@@ -85,12 +86,12 @@ def test_the_card_names_a_hub_base_model_and_the_routing():
 def test_a_users_readme_is_kept_and_mixlights_is_replaced(tmp_path):
     specs, arrays = specs_and_arrays()
     (tmp_path / "README.md").write_text("# my notes\n")
-    ml.write_adapter(tmp_path, CONFIG, specs, arrays)
+    mlx.write_adapter(tmp_path, CONFIG, specs, arrays)
     assert (tmp_path / "README.md").read_text() == "# my notes\n"
     os.unlink(tmp_path / "README.md")
-    ml.write_adapter(tmp_path, CONFIG, specs, arrays)
+    mlx.write_adapter(tmp_path, CONFIG, specs, arrays)
     first = (tmp_path / "README.md").read_text()
-    ml.write_adapter(tmp_path, CONFIG, specs, arrays, base=BaseIdentity("t5-small"))
+    mlx.write_adapter(tmp_path, CONFIG, specs, arrays, base=BaseIdentity("t5-small"))
     assert (tmp_path / "README.md").read_text() != first  # rewritten: it was mixlight's
 
 
@@ -102,6 +103,6 @@ def test_a_card_that_fails_never_costs_the_adapter(tmp_path, monkeypatch):
 
     monkeypatch.setattr(_model_card, "render_card", broken)
     with pytest.warns(UserWarning, match="saved without its README.md model card.*KeyError"):
-        ml.write_adapter(tmp_path, CONFIG, specs, arrays)
+        mlx.write_adapter(tmp_path, CONFIG, specs, arrays)
     assert not (tmp_path / "README.md").exists()
     assert set(ml.read_adapter(tmp_path).arrays) == set(arrays)

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 
 import mixlight as ml
+import mixlight.extend as mlx
 from mixlight.math import merge_vectors
 from mixlight.testing import (
     SiteCase,
@@ -27,7 +28,7 @@ TESTING = pathlib.Path(ml.__file__).parent / "testing"
 def _case(expert, num_experts, router, routing="token", heads=None, reads=None, **arrays):
     reads = reads or expert.router_reads
     x, h = arrays["x"], arrays["h"]
-    spec = ml.SiteSpec(
+    spec = mlx.SiteSpec(
         "s", ml.Site("s", expert, reads, heads), num_experts, router, routing,
         x.shape[-1], h.shape[-1], heads,
     )  # fmt: skip
@@ -41,9 +42,9 @@ def _case(expert, num_experts, router, routing="token", heads=None, reads=None, 
 def test_exact_ties_go_to_the_lowest_expert_index_renormalised_or_not():
     h = np.ones((1, 1, 2), np.float32)
     params = {"router": np.zeros((2, 4), np.float32), "vectors": np.eye(4, 2, dtype=np.float32)}
-    renorm = loop_reference(_case(ml.Vectors(), 4, ml.TopK(2), x=h, h=h, params=params))
+    renorm = loop_reference(_case(mlx.Vectors(), 4, ml.TopK(2), x=h, h=h, params=params))
     np.testing.assert_array_equal(renorm.probs, [[[0.5, 0.5, 0, 0]]])
-    raw = loop_reference(_case(ml.Vectors(), 4, ml.TopK(1, False), x=h, h=h, params=params))
+    raw = loop_reference(_case(mlx.Vectors(), 4, ml.TopK(1, False), x=h, h=h, params=params))
     np.testing.assert_array_equal(raw.probs, [[[0.25, 0, 0, 0]]])
     np.testing.assert_allclose(raw.out, [[[0.25, 0.0]]])  # expert 0's vector, scaled by 1/E
 
@@ -55,7 +56,7 @@ def test_sequence_pooling_left_padding_and_an_all_padding_row():
     mask = np.array([[0, 1, 1], [0, 0, 0]], np.float32)
     params = {"router": np.array([[1.0, -1.0]], np.float32), "vectors": np.ones((2, 1), np.float32)}
     got = loop_reference(
-        _case(ml.Vectors(), 2, ml.TopK(1), "sequence", x=h, h=h, params=params, mask=mask)
+        _case(mlx.Vectors(), 2, ml.TopK(1), "sequence", x=h, h=h, params=params, mask=mask)
     )
     np.testing.assert_allclose(got.logits, [[[4.0, -4.0]], [[0.0, 0.0]]])  # mean(3, 5); zeros
     np.testing.assert_array_equal(got.probs, [[[1, 0]], [[1, 0]]])  # the tie goes to expert 0
@@ -69,7 +70,7 @@ def test_per_head_slices_share_the_kernel_and_vectors_are_head_major():
     vectors = np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.float32)
     got = loop_reference(
         _case(
-            ml.Vectors(),
+            mlx.Vectors(),
             2,
             ml.SoftMerge(),
             heads=2,
@@ -88,7 +89,7 @@ def test_low_rank_scale_is_alpha_over_rank_and_one_expert_is_lora():
     a = np.array([[[1.0, 0.0], [0.0, 1.0]]], np.float32)  # [1, 2, 2]
     b = np.array([[[1.0], [1.0]]], np.float32)  # [1, 2, 1]
     got = loop_reference(
-        _case(ml.LowRank(2, 16.0), 1, ml.SoftMerge(), x=x, h=h, params={"lora_A": a, "lora_B": b})
+        _case(mlx.LowRank(2, 16.0), 1, ml.SoftMerge(), x=x, h=h, params={"lora_A": a, "lora_B": b})
     )
     assert got.probs is None
     np.testing.assert_allclose(got.out, [[[8.0 * 3.0]]])
@@ -168,16 +169,16 @@ def test_core_numpy_math_equals_loop_reference(case):
 
 
 def test_vectors_and_lowrank_conform_on_numpy():
-    check_expert_kind(ml.Vectors(), examples=10)
-    check_expert_kind(ml.LowRank(2, 4.0), examples=10)
+    check_expert_kind(mlx.Vectors(), examples=10)
+    check_expert_kind(mlx.LowRank(2, 4.0), examples=10)
 
 
 # --- a custom expert kind declares its own loop reference ----------------------------------------
 
 
-@ml.register_expert
+@mlx.register_expert
 @attrs.frozen
-class _OracleBiases(ml.ExpertKind):
+class _OracleBiases(mlx.ExpertKind):
     """``h + probs @ biases`` in the core's math, with a per-token loop reference."""
 
     kind: ClassVar[str] = "oracle_test_biases"
@@ -185,10 +186,10 @@ class _OracleBiases(ml.ExpertKind):
     wrong: bool = False  # a loop reference that disagrees, to show the check can fail
 
     def param_specs(self, num_experts, d_in, d_out):
-        return {"biases": ml.ParamSpec((num_experts, d_out), "zeros", axes=("expert", "embed"))}
+        return {"biases": mlx.ParamSpec((num_experts, d_out), "zeros", axes=("expert", "embed"))}
 
     def mix(self, params, probs, x, h, heads):
-        return h + ml.primitives_for(h).cast_like(merge_vectors(probs, params["biases"]), h)
+        return h + mlx.primitives_for(h).cast_like(merge_vectors(probs, params["biases"]), h)
 
     def loop_reference(self, params, probs, x, h, heads):
         out = np.array(h, np.float64)

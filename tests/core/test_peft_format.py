@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 
 import mixlight as ml
+import mixlight.extend as mlx
 from mixlight._peft_format import exact_pattern
 from tests.core.dict_backend import dict_backend, t5_like
 
@@ -35,11 +36,11 @@ def test_exact_pattern_is_compact_for_whole_grids():
 
 
 def state(model):
-    return ml.load_backend("dict").adapter_state(model)
+    return mlx.load_backend("dict").adapter_state(model)
 
 
 def randomise(model, seed=0):
-    backend = ml.load_backend("dict")
+    backend = mlx.load_backend("dict")
     _, _, arrays = backend.adapter_state(model)
     rng = np.random.default_rng(seed)
     backend.load_adapter_state(
@@ -76,7 +77,7 @@ def test_ia3_export_writes_peft_keys_and_reads_back(tmp_path):
 
 def test_lora_of_two_ranks_round_trips_with_rank_and_alpha_patterns(tmp_path):
     config = ml.AdapterConfig(
-        [ml.Site(r".*\.(?:q|v)", ml.LowRank(4, 8.0)), ml.Site(r".*\.wo", ml.LowRank(2, 3.0))],
+        [ml.Site(r".*\.(?:q|v)", mlx.LowRank(4, 8.0)), ml.Site(r".*\.wo", mlx.LowRank(2, 3.0))],
         1,
         method="LoRA-mixed",
     )

@@ -24,6 +24,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import mixlight as ml
+import mixlight.extend as mlx
 from mixlight.cli import main as cli
 
 
@@ -59,7 +60,7 @@ PATHS = ["enc.k", "dec.k"]
 
 
 def specs_and_arrays(seed: int = 0, config: ml.AdapterConfig = CONFIG):
-    specs = ml.plan_sites(config, PATHS, lambda p, s: ml.ModuleShape(8, 8))
+    specs = mlx.plan_sites(config, PATHS, lambda p, s: mlx.ModuleShape(8, 8))
     rng = np.random.default_rng(seed)
     arrays = {s.canonical_name(n): a for s in specs for n, a in s.init_params(rng).items()}
     return specs, arrays
@@ -67,7 +68,7 @@ def specs_and_arrays(seed: int = 0, config: ml.AdapterConfig = CONFIG):
 
 def saved(tmp_path: Path, seed: int = 0) -> Path:
     out = tmp_path / "adapter"
-    ml.write_adapter(out, CONFIG, *specs_and_arrays(seed))
+    mlx.write_adapter(out, CONFIG, *specs_and_arrays(seed))
     return out
 
 
@@ -115,7 +116,7 @@ def read(path_of: Callable[[Path], Any]) -> Callable[[Path], Any]:
 def write_to(path_of: Callable[[Path], Any], arrays=None) -> Callable[[Path], Any]:
     def action(tmp: Path) -> Any:
         specs, default = specs_and_arrays()
-        return ml.write_adapter(path_of(tmp), CONFIG, specs, default if arrays is None else arrays)
+        return mlx.write_adapter(path_of(tmp), CONFIG, specs, default if arrays is None else arrays)
 
     return action
 
@@ -177,7 +178,7 @@ def nan_arrays() -> dict[str, np.ndarray]:
 
 def mismatched_load(tmp: Path) -> None:
     adapter = ml.read_adapter(saved(tmp))
-    other = ml.plan_sites(CONFIG, PATHS, lambda p, s: ml.ModuleShape(16, 16))
+    other = mlx.plan_sites(CONFIG, PATHS, lambda p, s: mlx.ModuleShape(16, 16))
     ml.adapter_file.check_fits(adapter, other, "out/")
 
 
@@ -429,14 +430,14 @@ CONFIG_CASES = [
     Case("MoLoRA alpha=-1", lambda t: ml.MoLoRA(3, 2, alpha=-1), ValueError, "alpha=-1", "> 0"),
     Case(
         "a site pattern that is not a regex",
-        lambda t: ml.Site("(", ml.Vectors()),
+        lambda t: ml.Site("(", mlx.Vectors()),
         ValueError,
         "not a valid regular expression",
         "Site.pattern",
     ),
     Case(
         "an empty site pattern",
-        lambda t: ml.Site("", ml.Vectors()),
+        lambda t: ml.Site("", mlx.Vectors()),
         ValueError,
         "Site.pattern=''",
         "non-empty regular expression",
@@ -450,21 +451,21 @@ CONFIG_CASES = [
     ),
     Case(
         "router_input='middle'",
-        lambda t: ml.Site("a", ml.Vectors(), router_input="middle"),
+        lambda t: ml.Site("a", mlx.Vectors(), router_input="middle"),
         ValueError,
         "router_input='middle'",
         "allowed values",
     ),
     Case(
         "heads=0",
-        lambda t: ml.Site("a", ml.Vectors(), heads=0),
+        lambda t: ml.Site("a", mlx.Vectors(), heads=0),
         ValueError,
         "heads=0",
         "integer >= 1",
     ),
     Case(
         "per-head low-rank experts",
-        lambda t: ml.Site("a", ml.LowRank(2), heads=2),
+        lambda t: ml.Site("a", mlx.LowRank(2), heads=2),
         ValueError,
         "does not support per-head routing",
         "heads=None",
@@ -632,7 +633,7 @@ class Kit:
     other: str
 
 
-MOV_KV = ml.AdapterConfig([ml.Site(r".*\.(k|v)", ml.Vectors(), heads="auto")], 3, method="MoV-3")
+MOV_KV = ml.AdapterConfig([ml.Site(r".*\.(k|v)", mlx.Vectors(), heads="auto")], 3, method="MoV-3")
 
 
 def model_cases(kit: Kit) -> list[Case]:
@@ -647,7 +648,7 @@ def model_cases(kit: Kit) -> list[Case]:
     def narrower(tmp: Path) -> Any:
         directory = saved_from(tmp)
         model = kit.model(0)
-        ml.inject(model, ml.AdapterConfig([ml.Site(r".*\.(k|v)", ml.Vectors())], 3))
+        ml.inject(model, ml.AdapterConfig([ml.Site(r".*\.(k|v)", mlx.Vectors())], 3))
         return directory, model
 
     return [
@@ -689,7 +690,7 @@ def model_cases(kit: Kit) -> list[Case]:
         Case(
             f"{kit.name}: 3 heads on width 8",
             lambda t: ml.inject(
-                kit.model(0), ml.AdapterConfig([ml.Site(r".*\.k", ml.Vectors(), heads=3)], 2)
+                kit.model(0), ml.AdapterConfig([ml.Site(r".*\.k", mlx.Vectors(), heads=3)], 2)
             ),
             ValueError,
             "width 8 is not divisible by heads=3",

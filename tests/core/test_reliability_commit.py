@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import mixlight as ml
+import mixlight.extend as mlx
 from mixlight import _atomic_dir
 from mixlight.adapter_file import _arrays_sha256
 from tests.core.test_adapter_file import make, write_v1_0
@@ -76,7 +77,7 @@ def _save_killed_before_step(root, kill_at, specs, arrays) -> int:
     def body():
         os.write, os.fsync = _counted(os.write), _counted(os.fsync)
         _state.update(armed=True, root=str(root), count=0, kill_at=kill_at)
-        ml.write_adapter(root, CONFIG, specs, arrays)
+        mlx.write_adapter(root, CONFIG, specs, arrays)
         os._exit(100 + min(_state["count"], 100))  # completed: report the step count
 
     return _in_child(body)
@@ -100,7 +101,7 @@ def test_kill_after_every_step_leaves_old_or_new(tmp_path, before):
     for kill_at in range(1, 60):
         root = tmp_path / f"k{kill_at}"
         if before == "v1.1":
-            ml.write_adapter(root, CONFIG, specs, old)
+            mlx.write_adapter(root, CONFIG, specs, old)
         elif before == "v1.0":
             write_v1_0(root, CONFIG, specs, old)
         status = _save_killed_before_step(root, kill_at, specs, new)
@@ -117,7 +118,7 @@ def test_kill_after_every_step_leaves_old_or_new(tmp_path, before):
             break
         # the next save completes and leaves no staging behind
         _, newer = make(CONFIG, seed=3)
-        ml.write_adapter(root, CONFIG, specs, newer)
+        mlx.write_adapter(root, CONFIG, specs, newer)
         assert _digest_of(root) == _arrays_sha256(newer)
         assert not [p for p in os.listdir(root) if p.startswith(_atomic_dir.STAGING_PREFIX)]
     else:
@@ -128,7 +129,7 @@ def test_kill_after_every_step_leaves_old_or_new(tmp_path, before):
 
 def _saver(root, specs, adapters) -> None:
     for arrays in adapters:
-        ml.write_adapter(root, CONFIG, specs, arrays)
+        mlx.write_adapter(root, CONFIG, specs, arrays)
 
 
 def _reader(root, known, stop_file, log_file) -> None:
@@ -145,7 +146,7 @@ def _reader(root, known, stop_file, log_file) -> None:
 def test_two_savers_and_a_reader_only_ever_see_whole_adapters(tmp_path):
     specs, first = make(CONFIG, seed=0)
     root = tmp_path / "shared"
-    ml.write_adapter(root, CONFIG, specs, first)
+    mlx.write_adapter(root, CONFIG, specs, first)
     batches = [[make(CONFIG, seed=s)[1] for s in range(1 + 20 * w, 21 + 20 * w)] for w in (0, 1)]
     known = {_arrays_sha256(a) for a in [first, *batches[0], *batches[1]]}
     stop, log = tmp_path / "stop", tmp_path / "reads"
@@ -193,7 +194,7 @@ def test_stale_staging_of_any_version_is_removed(tmp_path):
     (tmp_path / ".mixlight-staging-1234-dead" / "adapter.safetensors").write_bytes(b"x" * 10)
     (tmp_path / ".mixlight-staging-99-ab-adapter.safetensors").write_bytes(b"partial")
     (tmp_path / "notes.txt").write_text("mine")
-    ml.write_adapter(tmp_path, CONFIG, specs, arrays)
+    mlx.write_adapter(tmp_path, CONFIG, specs, arrays)
     assert sorted(os.listdir(tmp_path)) == [
         "README.md",
         "mixlight_adapter.safetensors",
@@ -204,7 +205,7 @@ def test_stale_staging_of_any_version_is_removed(tmp_path):
 
 def test_full_disk_keeps_the_old_adapter_and_says_so(tmp_path, monkeypatch):
     specs, old = make(CONFIG, seed=1)
-    ml.write_adapter(tmp_path, CONFIG, specs, old)
+    mlx.write_adapter(tmp_path, CONFIG, specs, old)
     before = {p: (tmp_path / p).read_bytes() for p in os.listdir(tmp_path)}
     real_write = os.write
 
@@ -214,7 +215,7 @@ def test_full_disk_keeps_the_old_adapter_and_says_so(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "write", full)
     with pytest.raises(OSError, match="no space left .* is unchanged; free some space") as err:
-        ml.write_adapter(tmp_path, CONFIG, specs, make(CONFIG, seed=2)[1])
+        mlx.write_adapter(tmp_path, CONFIG, specs, make(CONFIG, seed=2)[1])
     assert err.value.errno == 28
     monkeypatch.undo()
     assert {p: (tmp_path / p).read_bytes() for p in os.listdir(tmp_path)} == before
@@ -225,7 +226,7 @@ def test_full_disk_keeps_the_old_adapter_and_says_so(tmp_path, monkeypatch):
 
 def test_a_failure_after_the_commit_says_the_new_adapter_is_saved(tmp_path, monkeypatch):
     specs, old = make(CONFIG, seed=1)
-    ml.write_adapter(tmp_path, CONFIG, specs, old)
+    mlx.write_adapter(tmp_path, CONFIG, specs, old)
     _, new = make(CONFIG, seed=2)
     real_replace, calls = os.replace, []
 
@@ -237,7 +238,7 @@ def test_a_failure_after_the_commit_says_the_new_adapter_is_saved(tmp_path, monk
 
     monkeypatch.setattr(os, "replace", second_fails)
     with pytest.raises(OSError, match="the new adapter is saved, but the save could not finish"):
-        ml.write_adapter(tmp_path, CONFIG, specs, new)
+        mlx.write_adapter(tmp_path, CONFIG, specs, new)
     monkeypatch.undo()
     assert _digest_of(tmp_path) == _arrays_sha256(new)
 
@@ -252,6 +253,6 @@ def test_directories_that_cannot_be_fsynced_still_save(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", no_dir_fsync)
     specs, arrays = make(CONFIG)
-    ml.write_adapter(tmp_path / "new", CONFIG, specs, arrays)
+    mlx.write_adapter(tmp_path / "new", CONFIG, specs, arrays)
     monkeypatch.undo()
     assert _digest_of(tmp_path / "new") == _arrays_sha256(arrays)

@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import mixlight as ml
+import mixlight.extend as mlx
 from mixlight_jax import AdapterParam, t5
 
 KINDS = {"mov": lambda: ml.MoV(4), "molora": lambda: ml.MoLoRA(4, rank=2)}
@@ -46,7 +47,7 @@ def build(checkpoint: str, kind: str, adapter: Path):
     if adapter.exists():
         return ml.load_adapter(model, adapter)
     ml.inject(model, KINDS[kind](), seed=0)
-    backend = ml.load_backend("jax")
+    backend = mlx.load_backend("jax")
     rng = np.random.default_rng(1)
     arrays = backend.adapter_state(model)[2]
     backend.load_adapter_state(
@@ -69,7 +70,7 @@ def named(model, state) -> dict[str, np.ndarray]:
     """An adapter-shaped state (gradients) by canonical parameter name."""
     holder = nnx.clone(model)
     nnx.update(holder, state)
-    return ml.load_backend("jax").adapter_state(holder)[2]
+    return mlx.load_backend("jax").adapter_state(holder)[2]
 
 
 def place(model, mesh: Mesh, data: NamedSharding, arrays):
@@ -93,7 +94,7 @@ def run(checkpoint: str, kind: str, out: Path, mesh: Mesh | None) -> dict[str, n
         grads = gradients(model, *arrays)
         params = nnx.state(model, AdapterParam)
         nnx.update(model, jax.tree.map(lambda p, g: p - LR * g, params, grads))
-    arrays_after = ml.load_backend("jax").adapter_state(model)[2]
+    arrays_after = mlx.load_backend("jax").adapter_state(model)[2]
     result |= {f"sgd/{where}/{k}": v for k, v in arrays_after.items()}
     return result
 

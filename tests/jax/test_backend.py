@@ -26,6 +26,7 @@ from hypothesis import assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import mixlight as ml  # noqa: E402
+import mixlight.extend as mlx  # noqa: E402
 from mixlight.math import lowrank_mixture, mix_vectors, router_logits, router_probs  # noqa: E402
 from mixlight.testing import check_site, site_cases  # noqa: E402
 from mixlight_jax import (  # noqa: E402
@@ -61,19 +62,19 @@ def _bf16_round(a: np.ndarray) -> np.ndarray:
 
 def test_entry_point_is_lazy_and_owns_nnx_and_jax_arrays():
     code = (
-        "import sys, mixlight, mixlight_jax; p = mixlight.installed_backends()['jax'];"
+        "import sys, mixlight, mixlight_jax; p = mixlight.extend.installed_backends()['jax'];"
         "print(p.framework, p.extra, 'jax' in sys.modules, 'flax' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["jax", "jax", "False", "False"]
-    backend = ml.load_backend("jax")
-    assert ml.primitives_for(jnp.zeros(2)).name == "jax"
+    backend = mlx.load_backend("jax")
+    assert mlx.primitives_for(jnp.zeros(2)).name == "jax"
     assert backend.owns_model(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
     assert not backend.owns_model(object()) and not backend.owns_array(np.zeros(2))
 
 
 def test_top_k_mask_ties_go_to_the_lower_index():
-    prims = ml.primitives_for(jnp.zeros(1))
+    prims = mlx.primitives_for(jnp.zeros(1))
     x = jnp.array([[0.2, 0.5, 0.5, 0.1], [1.0, 1.0, 1.0, 1.0]])
     np.testing.assert_array_equal(prims.top_k_mask(x, 2), [[0, 1, 1, 0], [1, 1, 0, 0]])
     assert prims.to_float32(jnp.ones(2, BF16)).dtype == jnp.float32
@@ -91,7 +92,7 @@ def test_jax_paths_equal_numpy_reference(case):
 
     def paths(params, x, h, mask):
         low = mix(spec, params, x.astype(BF16), h.astype(BF16), mask)
-        return ml.apply_site(spec, params, x, h, mask), mix(spec, params, x, h, mask), low
+        return mlx.apply_site(spec, params, x, h, mask), mix(spec, params, x, h, mask), low
 
     args = [{n: jnp.asarray(p) for n, p in case.params.items()}, case.x, case.h, case.mask]
     core, fast, low = jax.jit(paths)(*args)
@@ -346,7 +347,7 @@ def test_user_patterns_on_an_mlp(config):
     ml.inject(model, config, backend="jax")
     # fresh adapters are the identity
     np.testing.assert_allclose(_forward(model, X), base, atol=1e-6)
-    specs = ml.load_backend("jax").adapter_state(model)[1]
+    specs = mlx.load_backend("jax").adapter_state(model)[1]
     assert len(specs) == (2 if config is MLP_MOV else 4)
     count = ml.trainable_parameters(model)
     # MoV: router [16, 4] + vectors [4, 16] per act; MoLoRA: router, A, B on fc1 and fc2
@@ -357,7 +358,7 @@ def test_user_patterns_on_an_mlp(config):
 
 def test_initialisation_is_the_site_specs_from_a_seed():
     model = inject(MLP(), MLP_MOLORA, rngs=7)
-    _, specs, arrays = ml.load_backend("jax").adapter_state(model)
+    _, specs, arrays = mlx.load_backend("jax").adapter_state(model)
     rng = np.random.default_rng(7)
     want = {s.canonical_name(n): a for s in specs for n, a in s.init_params(rng).items()}
     assert arrays.keys() == want.keys()
@@ -505,7 +506,9 @@ def test_remove_adapters_restores_the_model():
     base = _forward(model, X)
     _perturb(ml.inject(model, MLP_MOLORA))
     remove_adapters(model)
-    assert type(model.layers[1].fc2) is nnx.Linear and not ml.load_backend("jax").is_injected(model)
+    assert type(model.layers[1].fc2) is nnx.Linear and not mlx.load_backend("jax").is_injected(
+        model
+    )
     np.testing.assert_array_equal(_forward(model, X), base)
 
 
@@ -547,7 +550,7 @@ def test_t5_preset_sites_and_identity(checkpoints):
     model = nnx.clone(checkpoints["v1.1"][2])
     base = _jax_logits(model)
     ml.inject(model, ml.MoV(4))
-    specs = {s.path: s for s in ml.load_backend("jax").adapter_state(model)[1]}
+    specs = {s.path: s for s in mlx.load_backend("jax").adapter_state(model)[1]}
     assert len(specs) == 2 * 3 + 2 * 5  # k, v of every attention and act per block
     k = specs["decoder.block.1.layer.1.EncDecAttention.k"]
     assert (k.heads, k.d_in, k.d_out, k.d_route) == (4, 32, 32, 8)

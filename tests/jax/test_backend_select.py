@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import mixlight as ml
+import mixlight.extend as mlx
 
 pytest.importorskip("jax")
 from flax import nnx  # noqa: E402
@@ -60,7 +61,7 @@ def test_load_model_swaps_framework_by_one_argument(tmp_path):
     config = transformers.T5Config(**TINY, decoder_start_token_id=0, dropout_rate=0.0)
     transformers.T5ForConditionalGeneration(config).save_pretrained(tmp_path / "hf-t5")
     models = {b: ml.load_model(tmp_path / "hf-t5", backend=b) for b in ("torch", "jax")}
-    assert ml.load_backend("jax").owns_model(models["jax"])
+    assert mlx.load_backend("jax").owns_model(models["jax"])
     ids = np.arange(2, 12).reshape(2, 5) % TINY["vocab_size"]
     with torch.no_grad():
         torch_logits = models["torch"](

@@ -13,6 +13,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import mixlight as ml  # noqa: E402
+import mixlight.extend as mlx  # noqa: E402
 from mixlight_jax import sequence_masks, t5  # noqa: E402
 
 TINY = dict(
@@ -34,7 +35,7 @@ CONFIGS = {
 def _model(config):
     model = t5.T5ForConditionalGeneration(t5.T5Config(**TINY), rngs=nnx.Rngs(0))
     ml.inject(model, config, seed=0)
-    backend = ml.load_backend("jax")
+    backend = mlx.load_backend("jax")
     rng = np.random.default_rng(1)
     arrays = backend.adapter_state(model)[2]
     backend.load_adapter_state(

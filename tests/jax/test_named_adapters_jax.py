@@ -18,6 +18,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import mixlight as ml  # noqa: E402
+import mixlight.extend as mlx  # noqa: E402
 from mixlight_jax import (  # noqa: E402
     AdapterLayer,
     AdapterParam,
@@ -104,7 +105,7 @@ def test_a_second_name_is_added_inactive_and_switching_switches(tmp_path):
     np.testing.assert_allclose(logits(mov_by_name), mov, atol=1e-6)
     # the base identity a file records is that of the modules its adapter adapts
     ml.set_adapter(model, "b")
-    backend = ml.load_backend("jax")
+    backend = mlx.load_backend("jax")
     by_name, alone = backend.base_identity(model, "default"), backend.base_identity(only_mov)
     np.testing.assert_array_equal(by_name.samples, alone.samples)
     assert not np.array_equal(backend.base_identity(model).samples, alone.samples)
@@ -154,7 +155,7 @@ def test_delete_adapter():
     assert ml.adapter_names(model) == ["c"] and type(attention.q) is nnx.Linear
     np.testing.assert_allclose(logits(model), logits(base), atol=1e-5)  # fresh MoV: identity
     ml.delete_adapter(model, "c")  # the last one: the plain model
-    assert not ml.load_backend("jax").is_injected(model)
+    assert not mlx.load_backend("jax").is_injected(model)
     assert type(attention.v) is nnx.Linear
     np.testing.assert_array_equal(logits(model), logits(base))
 

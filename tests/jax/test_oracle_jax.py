@@ -11,7 +11,7 @@ pytest.importorskip("flax")
 
 import jax.numpy as jnp  # noqa: E402
 
-import mixlight as ml  # noqa: E402
+import mixlight.extend as mlx  # noqa: E402
 from mixlight.testing import check_site, site_cases, upstream  # noqa: E402
 from mixlight_jax.layers import mix  # noqa: E402
 
@@ -65,11 +65,11 @@ def _check(fn, case):
 DRAWS = {
     "any-site": (site_cases(), max(8, settings().max_examples // 8)),
     "fused-mov": (
-        site_cases(ml.Vectors(), min_experts=2, routings=("token",), reads=("output",)),
+        site_cases(mlx.Vectors(), min_experts=2, routings=("token",), reads=("output",)),
         max(4, settings().max_examples // 16),
     ),
     "fused-routed-molora": (
-        site_cases(ml.LowRank(2, 8.0), min_experts=2, routings=("token",), reads=("input",)),
+        site_cases(mlx.LowRank(2, 8.0), min_experts=2, routings=("token",), reads=("input",)),
         max(4, settings().max_examples // 16),
     ),
 }
@@ -90,4 +90,4 @@ def test_jax_layer_mix_equals_loop_reference(draw):
 @settings(max_examples=max(4, settings().max_examples // 16))
 @given(site_cases(dtypes=("float32",)))
 def test_core_math_on_jax_equals_loop_reference(case):
-    _check(ml.apply_site, case)
+    _check(mlx.apply_site, case)

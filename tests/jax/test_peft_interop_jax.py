@@ -18,6 +18,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import mixlight as ml  # noqa: E402
+import mixlight.extend as mlx  # noqa: E402
 from mixlight_jax import t5  # noqa: E402
 
 VARIANTS = {"v1.1": "gated-gelu", "v1.0": "relu"}
@@ -94,7 +95,7 @@ def test_a_peft_adapter_runs_in_the_jax_t5_with_pefts_logits(checkpoint, kind, t
 def test_a_jax_adapter_exports_to_torch_peft(checkpoint, tmp_path):
     directory, fresh_torch = checkpoint
     model = ml.inject(t5.from_pretrained(directory), ml.IA3(), seed=0)
-    backend = ml.load_backend("jax")
+    backend = mlx.load_backend("jax")
     _, _, arrays = backend.adapter_state(model)
     rng = np.random.default_rng(4)
     backend.load_adapter_state(

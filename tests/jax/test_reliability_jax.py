@@ -17,16 +17,17 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import mixlight as ml  # noqa: E402
+import mixlight.extend as mlx  # noqa: E402
 from mixlight_jax import AdapterParam  # noqa: E402
 from tests.jax.test_reliability_catalogue_jax import Model  # noqa: E402
 
 ROUTED = {
     "MoV": ml.MoV(3, targets=[r".*\.(k|v)"]),
-    "MoV per head": ml.AdapterConfig([ml.Site(r".*\.(k|v)", ml.Vectors(), heads="auto")], 3),
+    "MoV per head": ml.AdapterConfig([ml.Site(r".*\.(k|v)", mlx.Vectors(), heads="auto")], 3),
     "MoV top-1": ml.MoV(3, targets=[r".*\.(k|v)"], router=ml.TopK(1, renormalize=False)),
     "MoLoRA": ml.MoLoRA(3, 2, targets=[r".*\.(k|v|wo)"]),
     "MoLoRA on outputs": ml.AdapterConfig(
-        [ml.Site(r".*\.wi", ml.LowRank(2), router_input="output")], 3
+        [ml.Site(r".*\.wi", mlx.LowRank(2), router_input="output")], 3
     ),
 }
 

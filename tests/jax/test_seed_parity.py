@@ -10,6 +10,7 @@ transformers = pytest.importorskip("transformers")
 
 def test_same_seed_same_adapter_in_torch_and_jax(tmp_path):
     import mixlight as ml
+    import mixlight.extend as mlx
     from mixlight_jax import t5
 
     cfg = transformers.T5Config(
@@ -28,8 +29,8 @@ def test_same_seed_same_adapter_in_torch_and_jax(tmp_path):
     for make in (lambda: ml.MoV(4), lambda: ml.MoLoRA(3, 2)):
         ml.inject(torch_model, make(), seed=7)
         ml.inject(jax_model, make(), seed=7)
-        ours = ml.load_backend("torch").adapter_state(torch_model)[2]
-        theirs = ml.load_backend("jax").adapter_state(jax_model)[2]
+        ours = mlx.load_backend("torch").adapter_state(torch_model)[2]
+        theirs = mlx.load_backend("jax").adapter_state(jax_model)[2]
         assert ours.keys() == theirs.keys()
         for name in ours:
             np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)

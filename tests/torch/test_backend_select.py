@@ -5,6 +5,7 @@ torch model is refused with the way to run the experiment in JAX."""
 import pytest
 
 import mixlight as ml
+import mixlight.extend as mlx
 from tests.torch.conftest import tiny_t5
 
 torch = pytest.importorskip("torch")
@@ -51,4 +52,4 @@ def test_load_model_gives_the_hf_t5(tmp_path):
     tiny_t5().save_pretrained(tmp_path / "hf-t5")
     model = ml.load_model(tmp_path / "hf-t5", backend="torch")
     assert type(model).__name__ == "T5ForConditionalGeneration" and not model.training
-    assert ml.load_backend("torch").owns_model(model)
+    assert mlx.load_backend("torch").owns_model(model)

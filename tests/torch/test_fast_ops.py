@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import mixlight as ml
+import mixlight.extend as mlx
 from mixlight import fast_ops
 from mixlight_torch import implement_fast_op
 from mixlight_torch.ops import FAST_OPS
@@ -42,7 +43,7 @@ def test_a_custom_kinds_fast_op_serves_its_sites(registry):
         probs = torch.softmax((h.float() @ params["router"]), -1)
         return h + (probs @ params["biases"]).to(h.dtype), probs, None
 
-    ml.register_fast_op("biases", lambda spec: isinstance(spec.expert, Biases))
+    mlx.register_fast_op("biases", lambda spec: isinstance(spec.expert, Biases))
     implement_fast_op("biases", biases_op)
     got = logits(perturb(ml.inject(tiny_t5(), config, seed=0)))
     assert len(calls) == 4 and all(p.endswith("SelfAttention.v") for p in calls)
@@ -51,6 +52,6 @@ def test_a_custom_kinds_fast_op_serves_its_sites(registry):
 
 def test_an_op_the_backend_lacks_runs_the_core_math(registry):
     want = logits(perturb(ml.inject(tiny_t5(), ml.MoV(4), seed=0)))
-    ml.register_fast_op("nowhere", lambda spec: True)  # no backend implements it
+    mlx.register_fast_op("nowhere", lambda spec: True)  # no backend implements it
     got = logits(perturb(ml.inject(tiny_t5(), ml.MoV(4), seed=0)))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 
 import mixlight as ml
+import mixlight.extend as mlx
 from mixlight.testing import check_site, site_cases
 from mixlight_torch.layers import AdapterLayer, AdapterSwitch
 from tests.torch.conftest import perturb, tiny_t5
@@ -39,7 +40,7 @@ def run_layer(spec, params, x, h, mask):
     layer = AdapterLayer(Given(), switch)
     layer.add("default", spec, {n: p.float().numpy() for n, p in params.items()})
     out = layer(x)
-    return ml.SiteResult(out, layer.last_probs, layer.last_logits)
+    return mlx.SiteResult(out, layer.last_probs, layer.last_logits)
 
 
 @given(site_cases())
@@ -108,7 +109,7 @@ def test_bert_mov_on_attention_per_head():
         vocab_size=100,
     )
     model = transformers.BertModel(cfg).eval()
-    site = ml.Site(r".*attention\.self\.(key|value)", ml.Vectors(), heads="auto")
+    site = ml.Site(r".*attention\.self\.(key|value)", mlx.Vectors(), heads="auto")
     ml.inject(model, ml.AdapterConfig([site], 4))
     spec = model.mixlight_state.specs[0]
     assert spec.heads == 4 and spec.d_route == 8
@@ -147,10 +148,10 @@ def test_loading_a_corrupt_file_is_refused(tmp_path):
 
 def test_wrong_shapes_in_file_are_refused(tmp_path):
     model = ml.inject(tiny_t5(), ml.MoV(2))
-    config, specs, arrays = ml.load_backend("torch").adapter_state(model)
+    config, specs, arrays = mlx.load_backend("torch").adapter_state(model)
     arrays["encoder.block.0.layer.0.SelfAttention.k.vectors"] = np.ones((2, 5), np.float32)
     with pytest.raises(ml.AdapterFileError, match=r"SelfAttention\.k\.vectors: shape \(2, 5\)"):
-        ml.write_adapter(tmp_path, config, specs, arrays)
+        mlx.write_adapter(tmp_path, config, specs, arrays)
 
 
 def test_nan_inputs_are_reported_with_the_site_path():
@@ -187,7 +188,7 @@ def test_custom_expert_example_runs_in_torch(tmp_path, monkeypatch):
 def test_core_math_compiles_fullgraph_on_torch():
     from mixlight.math import mix_vectors, router_logits, router_probs
 
-    ml.load_backend("torch")
+    mlx.load_backend("torch")
 
     def mov(h, w, v):
         return mix_vectors(h, router_probs(router_logits(h, w), 2), v)

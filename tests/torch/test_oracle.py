@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import mixlight as ml
+import mixlight.extend as mlx
 from mixlight.testing import check_site, site_cases
 from mixlight_torch.layers import AdapterLayer, AdapterSwitch
 from mixlight_torch.primitives import TORCH_PRIMITIVES
@@ -52,7 +52,7 @@ def _layer_result(case):
     def run(spec, params, x, h, mask):
         layer = _layer(case, h.to(dtype))
         out = layer(x.to(dtype))
-        return ml.SiteResult(out, layer.last_probs, layer.last_logits)
+        return mlx.SiteResult(out, layer.last_probs, layer.last_logits)
 
     return run
 
@@ -68,10 +68,10 @@ def _layer_grads(case, g_out: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _core_grads(case, g_out: np.ndarray) -> dict[str, np.ndarray]:
-    """Gradients through :func:`mixlight.apply_site` on torch tensors (plain autograd)."""
+    """Gradients through :func:`mixlight.extend.apply_site` on torch tensors (plain autograd)."""
     x, h = _leaf(case.x), _leaf(case.h)
     params = {n: _leaf(p) for n, p in case.params.items()}
-    out = ml.apply_site(case.spec, params, x, h, torch.from_numpy(case.mask)).out
+    out = mlx.apply_site(case.spec, params, x, h, torch.from_numpy(case.mask)).out
     (out.double() * torch.from_numpy(g_out).double()).sum().backward()
     named = {"x": x, "h": h, **params}
     return {n: np.zeros(t.shape) if t.grad is None else _to_numpy(t.grad) for n, t in named.items()}
@@ -81,14 +81,14 @@ def _core_grads(case, g_out: np.ndarray) -> dict[str, np.ndarray]:
 # fused ops (token-routed MoV on the output, per head or not; routed MoLoRA on the input).
 FUSED = {
     "any-site": site_cases(),
-    "fused-mov": site_cases(ml.Vectors(), min_experts=2, routings=("token",), reads=("output",)),
+    "fused-mov": site_cases(mlx.Vectors(), min_experts=2, routings=("token",), reads=("output",)),
     "fused-routed-molora": site_cases(
-        ml.LowRank(2, 8.0), min_experts=2, routings=("token",), reads=("input",)
+        mlx.LowRank(2, 8.0), min_experts=2, routings=("token",), reads=("input",)
     ),
     # the core math on torch (MoV routed on its input, token by token) with bf16 activations:
     # its router must still compute in float32 (sequence routing pools in float32 first)
     "core-bf16": site_cases(
-        ml.Vectors(), min_experts=2, routings=("token",), reads=("input",), dtypes=("bfloat16",)
+        mlx.Vectors(), min_experts=2, routings=("token",), reads=("input",), dtypes=("bfloat16",)
     ),
 }
 

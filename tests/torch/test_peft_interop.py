@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import mixlight as ml
+import mixlight.extend as mlx
 from tests.torch.conftest import batch, perturb, tiny_t5
 
 peft = pytest.importorskip("peft")
@@ -56,7 +57,7 @@ def lora_config(version, **kwargs):
 def test_ia3_import_gives_peft_logits(tmp_path, version):
     directory, expected = peft_dir(tmp_path, version, ia3_config())
     model = ml.load_peft_adapter(tiny_t5(version, vocab_size=128), directory)
-    config, specs = ml.load_backend("torch").adapter_specs(model)
+    config, specs = mlx.load_backend("torch").adapter_specs(model)
     assert config.num_experts == 1 and {s.expert.kind for s in specs} == {"vectors"}
     ffn = [s.path for s in specs if s.path.endswith("DenseReluDense.act")]
     assert len(ffn) == 4 and len(specs) == 16  # PEFT's wo input scaling -> the act site
@@ -75,7 +76,7 @@ def test_lora_import_gives_peft_logits(tmp_path, version, extra):
     directory, expected = peft_dir(tmp_path, version, lora_config(version, **extra))
     model = ml.load_peft_adapter(tiny_t5(version, vocab_size=128), directory)
     np.testing.assert_allclose(logits(model), expected, atol=ATOL)
-    config, specs = ml.load_backend("torch").adapter_specs(model)
+    config, specs = mlx.load_backend("torch").adapter_specs(model)
     ranks = {s.path.rsplit(".", 1)[-1]: s.expert.rank for s in specs}
     assert ranks["wo"] == (2 if extra.get("rank_pattern") else 4) and ranks["q"] == 4
 
@@ -86,7 +87,7 @@ def test_upcycled_mov_starts_as_the_peft_ia3(tmp_path, version):
     model = ml.load_peft_adapter(
         tiny_t5(version, vocab_size=128), directory, upcycle=ml.MoV(4), seed=0
     )
-    _, specs, arrays = ml.load_backend("torch").adapter_state(model)
+    _, specs, arrays = mlx.load_backend("torch").adapter_state(model)
     vectors = arrays[f"{specs[0].path}.vectors"]
     assert vectors.shape[0] == 4 and np.ptp(vectors, axis=0).max() == 0  # every expert alike
     assert np.abs(vectors - 1).max() > 0.1
@@ -115,7 +116,7 @@ def test_upcycling_refuses_what_it_would_lose(tmp_path):
         ml.load_peft_adapter(fresh, directory, upcycle=ml.MoLoRA(3, rank=2))
     with pytest.raises(ml.AdapterFileError, match=r"SelfAttention\.\w+ .*matches no site"):
         ml.load_peft_adapter(fresh, directory, upcycle=ml.MoLoRA(3, 4, targets=[r".*\.wo"]))
-    assert not ml.load_backend("torch").is_injected(fresh), "refused before the model is touched"
+    assert not mlx.load_backend("torch").is_injected(fresh), "refused before the model is touched"
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -161,7 +162,7 @@ def test_what_peft_computes_but_mixlight_cannot_is_refused(tmp_path, config, pro
     fresh = tiny_t5("1.1", vocab_size=128)
     with pytest.raises(ml.AdapterFileError, match=problem):
         ml.load_peft_adapter(fresh, directory)
-    assert not ml.load_backend("torch").is_injected(fresh)
+    assert not mlx.load_backend("torch").is_injected(fresh)
 
 
 def test_each_library_recognises_the_others_directory(tmp_path):

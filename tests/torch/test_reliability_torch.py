@@ -11,17 +11,18 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import mixlight as ml  # noqa: E402
+import mixlight.extend as mlx  # noqa: E402
 from tests.torch.conftest import batch, perturb, tiny_t5, tiny_t5_config  # noqa: E402
 from tests.torch.test_reliability_catalogue_torch import model  # noqa: E402
 
 ROUTED = {
     "MoV": ml.MoV(3, targets=[r".*\.(k|v)"]),
-    "MoV per head": ml.AdapterConfig([ml.Site(r".*\.(k|v)", ml.Vectors(), heads="auto")], 3),
+    "MoV per head": ml.AdapterConfig([ml.Site(r".*\.(k|v)", mlx.Vectors(), heads="auto")], 3),
     "MoV top-1": ml.MoV(3, targets=[r".*\.(k|v)"], router=ml.TopK(1, renormalize=False)),
     "MoLoRA": ml.MoLoRA(3, 2, targets=[r".*\.(k|v|wo)"]),
     "MoLoRA top-2": ml.MoLoRA(3, 2, targets=[r".*\.(k|v)"], router=ml.TopK(2)),
     "MoLoRA on outputs": ml.AdapterConfig(
-        [ml.Site(r".*\.wi", ml.LowRank(2), router_input="output")], 3
+        [ml.Site(r".*\.wi", mlx.LowRank(2), router_input="output")], 3
     ),
 }
 
@@ -61,8 +62,8 @@ def test_meta_inject_then_to_empty_starts_from_the_seeded_values(tmp_path):
     lazy.to_empty(device="cpu")
     real = ml.inject(tiny_t5(), ml.MoV(2), seed=3)
     lazy.load_state_dict(real.state_dict())  # the base weights, as a user loads them
-    ours = ml.load_backend("torch").adapter_state(lazy)[2]
-    for name, value in ml.load_backend("torch").adapter_state(real)[2].items():
+    ours = mlx.load_backend("torch").adapter_state(lazy)[2]
+    for name, value in mlx.load_backend("torch").adapter_state(real)[2].items():
         assert (ours[name] == value).all(), name
     ml.save_adapter(lazy, tmp_path / "a")
 

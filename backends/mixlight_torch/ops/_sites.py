@@ -52,5 +52,5 @@ FAST_OPS: dict[str, SiteOp] = {
 
 def implement_fast_op(name: str, op: SiteOp) -> None:
     """Run sites that :func:`mixlight.fast_ops.fast_op` assigns ``name`` with ``op`` in
-    torch (for a custom expert kind's op; see :func:`mixlight.register_fast_op`)."""
+    torch (for a custom expert kind's op; see :func:`mixlight.extend.register_fast_op`)."""
     FAST_OPS[name] = op

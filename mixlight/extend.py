@@ -1,0 +1,80 @@
+"""The extension surface: what authors of expert kinds and backends build on.
+
+Users need only the names at the top of :mod:`mixlight`. Everything here is for extending
+it, in two groups (as optax and equinox keep their building blocks apart from the user API):
+
+* **Expert kinds**: subclass :class:`ExpertKind` (parameters as :class:`ParamSpec`, the
+  mixing rule with the core's einops math, arrays cast through :func:`primitives_for`),
+  register it with :func:`register_expert`, optionally give it a merge rule
+  (:class:`Merged`) and a fast op (:func:`register_fast_op`). It then runs in every backend.
+* **Backends**: implement :class:`Backend` and ship a :class:`BackendPlugin` under the
+  ``mixlight.backends`` entry point; plan sites with :func:`describe_module` and
+  :func:`plan_sites`, run them with :func:`apply_site` (or :func:`route`,
+  :func:`select_mask`, :func:`aux_loss_terms`), and write files with :func:`write_adapter`.
+
+Names not exported here or at the top of :mod:`mixlight` are private.
+"""
+
+from mixlight._backends import (
+    Backend,
+    BackendPlugin,
+    installed_backends,
+    load_backend,
+    primitives_for,
+    register_backend,
+)
+from mixlight.adapter_file import check_arrays, write_adapter
+from mixlight.experts import (
+    ExpertKind,
+    LowRank,
+    Merged,
+    ParamSpec,
+    Vectors,
+    expert_kinds,
+    register_expert,
+)
+from mixlight.fast_ops import fast_op, register_fast_op
+from mixlight.math import routing_summary
+from mixlight.primitives import Primitives
+from mixlight.site_spec import (
+    ModuleShape,
+    SiteResult,
+    SiteSpec,
+    apply_site,
+    aux_loss_terms,
+    describe_module,
+    plan_sites,
+    route,
+    select_mask,
+)
+
+__all__ = [
+    "Backend",
+    "BackendPlugin",
+    "ExpertKind",
+    "LowRank",
+    "Merged",
+    "ModuleShape",
+    "ParamSpec",
+    "Primitives",
+    "SiteResult",
+    "SiteSpec",
+    "Vectors",
+    "apply_site",
+    "aux_loss_terms",
+    "check_arrays",
+    "describe_module",
+    "expert_kinds",
+    "fast_op",
+    "installed_backends",
+    "load_backend",
+    "plan_sites",
+    "primitives_for",
+    "register_backend",
+    "register_expert",
+    "register_fast_op",
+    "route",
+    "routing_summary",
+    "select_mask",
+    "write_adapter",
+]
