@@ -28,7 +28,7 @@ GROUPS = {
     ]),
     "Named adapters and merging": (USER, [
         "adapter_names", "set_adapter", "delete_adapter", "adapter_per_example",
-        "merge_and_unload", "mean_routing",
+        "remove_adapters", "merge_and_unload", "mean_routing",
     ]),
     "Adapter files": (USER, ["read_adapter", "AdapterFileError"]),
     "Hugging Face interop: PEFT and the Hub": (USER, [

@@ -54,6 +54,10 @@ class Backend(Protocol):
 
     def delete_adapter(self, model: Any, name: str) -> None: ...
 
+    def remove_adapters(self, model: Any) -> Any:
+        """Put the original modules back and forget every adapter."""
+        ...
+
     def adapter_specs(self, model: Any, name: str | None = None) -> Any:
         """``(AdapterConfig, [SiteSpec])`` of adapter ``name`` (default: the active one)."""
         ...
@@ -119,6 +123,7 @@ class NumpyBackend:
     is_injected = inject = adapter_specs = adapter_state = load_adapter_state = _no_models
     trainable_parameters = aux_losses = routing_stats = disable_adapters = _no_models
     adapter_names = set_adapter = delete_adapter = merge_and_unload = mean_routing = _no_models
+    remove_adapters = _no_models
 
 
 _NUMPY = NumpyBackend()

@@ -142,6 +142,12 @@ def adapter_per_example(
     return per_example(model, adapter_names)
 
 
+def remove_adapters(model: Any, *, backend: str | None = None) -> Any:
+    """Put the original modules back and forget every adapter; returns the model (whose
+    base parameters stay frozen, as they were)."""
+    return backend_for_model(model, backend).remove_adapters(model)
+
+
 def merge_and_unload(
     model: Any, *, routing: Mapping[str, Any] | None = None, backend: str | None = None
 ) -> Any:

@@ -9,6 +9,7 @@ Heavy subcommands import their backend only when they run.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,7 +99,20 @@ def _tune(args: argparse.Namespace, rest: Sequence[str]) -> int:
 
 
 def _bench(args: argparse.Namespace, rest: Sequence[str]) -> int:
-    from mixlight.bench_cli import main as bench_main
+    """``python -m benchmarks`` of the source checkout in the current directory: the
+    benchmarks ship with the source tree, not with the installed package."""
+    here = os.getcwd()
+    if not os.path.isfile(os.path.join(here, "benchmarks", "cli.py")):
+        print(
+            "mixlight bench: error: mixlight bench needs a source checkout: the benchmarks are "
+            "not installed with the package. Clone the mixlight repository, install it with "
+            'pip install -e ".[all]", and run `mixlight bench` or `python -m benchmarks` '
+            "from its root",
+            file=sys.stderr,
+        )
+        return 2
+    sys.path.insert(0, here)
+    from benchmarks.cli import main as bench_main
 
     return bench_main(list(rest))
 

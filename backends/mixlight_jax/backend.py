@@ -52,6 +52,9 @@ class JaxBackend:
     def adapter_names(self, model: nnx.Module) -> list[str]:
         return _model.state_of(model).names()
 
+    def remove_adapters(self, model: nnx.Module) -> nnx.Module:
+        return _model.remove_adapters(model)
+
     def set_adapter(self, model: nnx.Module, name: str) -> None:
         _model.set_adapter(model, name)
 

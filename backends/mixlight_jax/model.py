@@ -6,7 +6,6 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-import attrs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +13,8 @@ from flax import nnx
 
 from mixlight import AdapterConfig, Site
 from mixlight._base_identity import BaseIdentity, sample_weights
-from mixlight.extend import ModuleShape, SiteSpec, plan_sites
+from mixlight.extend import ModuleShape, plan_sites
+from mixlight.named_adapters import NamedAdapters
 from mixlight.site_spec import describe_module
 from mixlight_jax.layers import AdapterLayer
 
@@ -27,46 +27,8 @@ DEFAULT = "default"
 """The name an adapter gets when none is given (PEFT's default name)."""
 
 
-@attrs.frozen
-class MixlightState:
-    """Attached to an injected model as ``model.mixlight_state`` (static NNX metadata, so
-    frozen and hashable: every change replaces it). ``adapters`` holds ``(name, config,
-    sites)`` per named adapter in the order they were added; ``active`` names the one that
-    runs and trains."""
-
-    adapters: tuple[tuple[str, AdapterConfig, tuple[SiteSpec, ...]], ...]
-    active: str
-
-    @property
-    def configs(self) -> dict[str, AdapterConfig]:
-        return {name: config for name, config, _ in self.adapters}
-
-    @property
-    def site_specs(self) -> dict[str, tuple[SiteSpec, ...]]:
-        return {name: specs for name, _, specs in self.adapters}
-
-    @property
-    def config(self) -> AdapterConfig:
-        """The active adapter's config."""
-        return self.configs[self.active]
-
-    @property
-    def specs(self) -> tuple[SiteSpec, ...]:
-        """The active adapter's sites."""
-        return self.site_specs[self.active]
-
-    def check_name(self, name: str) -> str:
-        """``name`` when the model has an adapter of that name; else a ``KeyError`` naming
-        the adapters it has."""
-        if name not in self.configs:
-            raise KeyError(
-                f"this model has no adapter named {name!r}; its adapters: {sorted(self.configs)}"
-            )
-        return name
-
-    def names(self) -> list[str]:
-        """Adapter names, the active one first."""
-        return [self.active, *(n for n, _, _ in self.adapters if n != self.active)]
+MixlightState = NamedAdapters
+"""What an injected model carries as ``model.mixlight_state`` (static NNX metadata)."""
 
 
 def is_injected(model: nnx.Module) -> bool:
@@ -181,15 +143,8 @@ def inject(
     ``nnx.Optimizer(model, tx, wrt=mixlight_jax.AdapterParam)`` (inactive adapters are
     :class:`StoredAdapter` variables, which it leaves alone).
     """
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"adapter_name={name!r}: must be a Python identifier, e.g. 'default'")
-    state = vars(model).get(_STATE)
-    if state is not None and name in state.configs:
-        raise ValueError(
-            f"this model already carries a mixlight adapter named {name!r}; pick another "
-            f"adapter_name, delete it (mixlight.delete_adapter(model, {name!r})), or call "
-            "mixlight_jax.remove_adapters(model) first, or use a fresh model"
-        )
+    state = vars(model).get(_STATE) or NamedAdapters()
+    state.check_new(name, "or call mixlight_jax.remove_adapters(model) first, or use a fresh model")
     paths = _plain_paths(model)
     if not paths:
         raise TypeError(
@@ -198,7 +153,7 @@ def inject(
             "in a module that holds it as an attribute, and target that attribute's name"
         )
     specs = plan_sites(config, paths, lambda p, site: _describe(model, paths[p], site, name))
-    active = state.active if state is not None else name
+    state = state.added(name, config, specs)
     rng = np.random.default_rng(_seed(rngs))
     for spec in specs:
         path = paths[spec.path]
@@ -207,9 +162,8 @@ def inject(
             layer = AdapterLayer(layer)
             _set(model, path, layer)
         layer.add(name, spec, spec.init_params(rng))
-        layer.activate(active)
-    adapters = state.adapters if state is not None else ()
-    setattr(model, _STATE, MixlightState((*adapters, (name, config, tuple(specs))), active))
+        layer.activate(state.active)
+    setattr(model, _STATE, state)
     return model
 
 
@@ -217,24 +171,21 @@ def set_adapter(model: nnx.Module, name: str) -> None:
     """Make adapter ``name`` the one that runs and trains: its variables become
     :class:`AdapterParam`, every other adapter's :class:`StoredAdapter`. The trainable state
     changes, so build the ``nnx.Optimizer`` (and re-jit) after switching."""
-    state = state_of(model)
-    state.check_name(name)
+    state = state_of(model).activated(name)
     for layer in _all_layers(model).values():
         layer.activate(name)
-    setattr(model, _STATE, attrs.evolve(state, active=name))
+    setattr(model, _STATE, state)
 
 
 def delete_adapter(model: nnx.Module, name: str) -> None:
     """Remove adapter ``name``; modules no adapter targets any more get their original
     module back. Deleting the active adapter activates the first remaining one; deleting the
     last is :func:`remove_adapters`."""
-    state = state_of(model)
-    state.check_name(name)
-    if [n for n, _, _ in state.adapters] == [name]:
+    state = state_of(model).removed(name)
+    if not state.entries:
         remove_adapters(model)
         return
-    rest = tuple(entry for entry in state.adapters if entry[0] != name)
-    active = state.active if state.active != name else rest[0][0]
+    active = state.active
     paths = _plain_paths(model)
     for dotted, layer in _all_layers(model).items():
         if name in layer.names():
@@ -243,7 +194,7 @@ def delete_adapter(model: nnx.Module, name: str) -> None:
             layer.activate(active)
         else:
             _set(model, paths[dotted], layer.base)
-    setattr(model, _STATE, MixlightState(rest, active))
+    setattr(model, _STATE, state)
 
 
 def remove_adapters(model: nnx.Module) -> nnx.Module:

@@ -43,8 +43,7 @@ class TorchBackend:
         return _model.inject(model, config, seed, name)
 
     def adapter_names(self, model: nn.Module) -> list[str]:
-        state = _model.state_of(_model.unwrap(model))
-        return [state.active, *(n for n in state.configs if n != state.active)]
+        return _model.state_of(_model.unwrap(model)).adapters.names()
 
     def set_adapter(self, model: nn.Module, name: str) -> None:
         _model.set_adapter(_model.unwrap(model), name)
@@ -52,13 +51,16 @@ class TorchBackend:
     def delete_adapter(self, model: nn.Module, name: str) -> None:
         _model.delete_adapter(_model.unwrap(model), name)
 
+    def remove_adapters(self, model: nn.Module) -> nn.Module:
+        return _model.remove_adapters(_model.unwrap(model))
+
     def adapter_per_example(self, model: nn.Module, names: list[str]):
         return _model.adapter_per_example(_model.unwrap(model), names)
 
     def adapter_specs(self, model: nn.Module, name: str | None = None):
-        state = _model.state_of(_model.unwrap(model))
-        name = state.check_name(name) if name is not None else state.active
-        return state.configs[name], state.site_specs[name]
+        adapters = _model.state_of(_model.unwrap(model)).adapters
+        name = adapters.check_name(name) if name is not None else adapters.active
+        return adapters.configs[name], list(adapters.site_specs[name])
 
     def adapter_state(self, model: nn.Module, name: str | None = None):
         model = _model.unwrap(model)

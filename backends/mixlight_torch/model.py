@@ -14,54 +14,56 @@ from mixlight import AdapterConfig, Site
 from mixlight._base_identity import BaseIdentity, sample_weights
 from mixlight._cache_safety import cache_unsafe_sites, refuse_cached_sequence_routing
 from mixlight.extend import ModuleShape, SiteSpec, plan_sites
+from mixlight.named_adapters import DEFAULT, NamedAdapters
 from mixlight.site_spec import aux_loss_terms, describe_module
 from mixlight_torch import hf as _hf
 from mixlight_torch.layers import BASE, AdapterLayer, AdapterSwitch
 
-DEFAULT = "default"
-"""The name an adapter gets when none is given (PEFT's default name)."""
-
 
 class MixlightState:
-    """Attached to an injected model as ``model.mixlight_state``: the configs and sites of
-    its named adapters, the switch its layers share, and its hooks."""
+    """Attached to an injected model as ``model.mixlight_state``: its named adapters (the
+    core's :class:`~mixlight.named_adapters.NamedAdapters`, replaced on every change), the
+    switch its layers share, and its hooks."""
 
     def __init__(self, switch: AdapterSwitch) -> None:
-        self.configs: dict[str, AdapterConfig] = {}
-        self.site_specs: dict[str, list[SiteSpec]] = {}
+        self.adapters = NamedAdapters(active=switch.active)
         self.switch = switch
         self.hooks: list[Any] = []
         self.aux_loss_in_output = True
         self.sequence_hooks = False
 
+    def update(self, adapters: NamedAdapters) -> None:
+        """Take ``adapters`` as the model's adapters; the layers run its active one."""
+        self.adapters = adapters
+        self.switch.active = adapters.active
+
     @property
     def active(self) -> str:
-        return self.switch.active
+        return self.adapters.active
+
+    @property
+    def configs(self) -> dict[str, AdapterConfig]:
+        return self.adapters.configs
 
     @property
     def config(self) -> AdapterConfig:
         """The active adapter's config."""
-        return self.configs[self.active]
+        return self.adapters.config
 
     @property
     def specs(self) -> list[SiteSpec]:
         """The active adapter's sites."""
-        return self.site_specs[self.active]
+        return list(self.adapters.specs)
 
     def check_name(self, name: str) -> str:
-        """``name`` when the model has an adapter of that name; else a ``KeyError`` naming
-        the adapters it has."""
-        if name not in self.configs:
-            raise KeyError(
-                f"this model has no adapter named {name!r}; its adapters: {sorted(self.configs)}"
-            )
-        return name
+        return self.adapters.check_name(name)
 
     def running_specs(self) -> list[SiteSpec]:
         """The sites the next forward runs: the active adapter's, or in a mixed batch those
         of every adapter named."""
+        sites = self.adapters.site_specs
         names = self.switch.per_example or [self.active]
-        return [s for n in dict.fromkeys(names) if n in self.site_specs for s in self.site_specs[n]]
+        return [s for n in dict.fromkeys(names) if n in sites for s in sites[n]]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -157,15 +159,10 @@ def inject(
     Adapter parameters are drawn from a numpy generator seeded with ``seed``, or from torch's
     RNG when None, so ``torch.manual_seed`` makes injection reproducible.
     """
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"adapter_name={name!r}: must be a Python identifier, e.g. 'default'")
     state = model.__dict__.get("mixlight_state")
-    if state is not None and name in state.configs:
-        raise ValueError(
-            f"this model already carries a mixlight adapter named {name!r}; pick another "
-            f"adapter_name, delete it (mixlight.delete_adapter(model, {name!r})), or use a "
-            "fresh model"
-        )
+    (state.adapters if state is not None else NamedAdapters()).check_new(
+        name, "or call mixlight_torch.remove_adapters(model) first, or use a fresh model"
+    )
     paths = _plain_paths(model)
     if not paths:
         raise TypeError(
@@ -194,7 +191,7 @@ def inject(
             setattr(parent, attr, layer)
         layer.add(name, spec, spec.init_params(rng))
         layer.adapters[name].requires_grad_(name == state.active)
-    state.configs[name], state.site_specs[name] = config, specs
+    state.update(state.adapters.added(name, config, specs))
     if config.routing == "sequence" and not state.sequence_hooks:
         state.sequence_hooks = True
         state.hooks.append(model.register_forward_pre_hook(_capture_masks(state), with_kwargs=True))
@@ -211,7 +208,7 @@ def inject(
 def set_adapter(model: nn.Module, name: str) -> None:
     """Make adapter ``name`` the one that runs and trains; the others stay, frozen."""
     state = state_of(model)
-    state.switch.active = state.check_name(name)
+    state.update(state.adapters.activated(name))
     for layer in _all_layers(model).values():
         for other, params in layer.adapters.items():
             params.requires_grad_(other == name)
@@ -222,8 +219,8 @@ def delete_adapter(model: nn.Module, name: str) -> None:
     module back. Deleting the active adapter activates the first remaining one; deleting the
     last is :func:`remove_adapters`."""
     state = state_of(model)
-    state.check_name(name)
-    if list(state.configs) == [name]:
+    left = state.adapters.removed(name)
+    if not left.entries:
         remove_adapters(model)
         return
     for path, layer in _all_layers(model).items():
@@ -232,9 +229,8 @@ def delete_adapter(model: nn.Module, name: str) -> None:
         if not layer.specs:
             parent_path, _, attr = path.rpartition(".")
             setattr(model.get_submodule(parent_path), attr, layer.base)
-    del state.configs[name], state.site_specs[name]
-    if state.active == name:
-        set_adapter(model, next(iter(state.configs)))
+    state.update(left)
+    set_adapter(model, left.active)
 
 
 @contextlib.contextmanager

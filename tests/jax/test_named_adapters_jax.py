@@ -158,6 +158,9 @@ def test_delete_adapter():
     assert not mlx.load_backend("jax").is_injected(model)
     assert type(attention.v) is nnx.Linear
     np.testing.assert_array_equal(logits(model), logits(base))
+    again, _ = two_adapters()
+    assert ml.remove_adapters(again) is again and not mlx.load_backend("jax").is_injected(again)
+    np.testing.assert_array_equal(logits(again), logits(base))
 
 
 def test_load_adapter_by_name_and_errors(tmp_path):

@@ -16,9 +16,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from mixlight.bench_cli import import_benchmarks, main  # noqa: E402
-
-bench = import_benchmarks()
+import benchmarks as bench  # noqa: E402
+import benchmarks.analysis  # noqa: E402, F401
+import benchmarks.cases  # noqa: E402, F401
+from benchmarks.cli import main  # noqa: E402
 from benchmarks.impl import check_same  # noqa: E402
 from benchmarks.sites import molora_group  # noqa: E402
 

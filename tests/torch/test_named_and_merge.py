@@ -46,6 +46,9 @@ def test_named_adapters_switch_train_and_delete():
     ml.delete_adapter(model, "default")
     assert "mixlight_state" not in model.__dict__
     assert torch.allclose(logits(model), base, atol=1e-6)
+    again = ml.remove_adapters(two_adapters())
+    assert "mixlight_state" not in again.__dict__ and "save_pretrained" not in again.__dict__
+    assert torch.allclose(logits(again), base, atol=1e-6)
 
 
 def test_save_and_load_by_name(tmp_path):

@@ -1,9 +1,6 @@
-"""``mixlight bench``: run the speed and memory benchmarks and write RESULTS.md/results.json.
-
-The benchmark code lives in the repository's ``benchmarks/`` package, which is not part of
-the installed distribution: this command (or ``python -m benchmarks`` from the repository
-root) needs a source checkout, and says so when run from a wheel. torch is imported only
-when a run starts.
+"""``python -m benchmarks`` (or ``mixlight bench`` from a source checkout): run the speed and
+memory benchmarks and write RESULTS.md/results.json. torch is imported only when a run
+starts. The benchmarks ship with the source tree, not with the installed package.
 """
 
 from __future__ import annotations
@@ -34,34 +31,6 @@ NOTES = (
     "JAX rows; needs jax and mixlight_jax) are not in the default set: ask for them with "
     "--cases.",
 )
-
-
-def source_root() -> Path:
-    """Where a source checkout keeps ``benchmarks/``: the folder above ``mixlight/``."""
-    return Path(__file__).resolve().parents[1]
-
-
-def import_benchmarks():
-    """The ``benchmarks`` package, from the repository root when it is not importable;
-    ImportError naming the fix when there is no source checkout (an installed wheel)."""
-    try:
-        import benchmarks.analysis
-        import benchmarks.cases
-    except ModuleNotFoundError as err:
-        if err.name != "benchmarks":
-            raise  # a dependency of the benchmarks is missing: its own message says which
-        root = source_root()
-        if not (root / "benchmarks" / "cases.py").exists():
-            raise ImportError(
-                "mixlight bench needs a source checkout: the benchmarks are not installed "
-                "with the package. Clone the mixlight repository, install it with "
-                'pip install -e ".[all]", and run `mixlight bench` or `python -m benchmarks` '
-                "from its root"
-            ) from None
-        sys.path.insert(0, str(root))
-        import benchmarks.analysis
-        import benchmarks.cases
-    return benchmarks
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -101,55 +70,54 @@ def run(args: argparse.Namespace, command: str) -> dict:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    bench = import_benchmarks()
-    from benchmarks import report
+    from benchmarks import analysis, cases, report
 
-    unknown = sorted(set(args.cases) - set(bench.cases.CASES))
+    unknown = sorted(set(args.cases) - set(cases.CASES))
     if unknown:
-        raise ValueError(f"unknown case(s) {unknown}; known: {sorted(bench.cases.CASES)}")
+        raise ValueError(f"unknown case(s) {unknown}; known: {sorted(cases.CASES)}")
     torch.set_num_threads(args.threads)
     name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     profile = not (args.quick or args.no_profile)
     start = time.perf_counter()
-    cases = []
+    results = []
     for number in args.cases:
-        case = bench.cases.CASES[number]
+        case = cases.CASES[number]
         print(f"case {number}: {case.title} ...", flush=True)
-        cases.append(bench.cases.run_case(case, args.quick, args.repeats, device, profile))
+        results.append(cases.run_case(case, args.quick, args.repeats, device, profile))
     return {
         "command": command,
         "quick": args.quick,
         "date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "wall_s": time.perf_counter() - start,
         "environment": report.environment(device),
-        "cases": cases,
-        "proposed_targets": bench.analysis.proposed_targets(device.type, args.quick),
-        "before_after": bench.analysis.before_after(device.type, args.quick),
+        "cases": results,
+        "proposed_targets": analysis.proposed_targets(device.type, args.quick),
+        "before_after": analysis.before_after(device.type, args.quick),
         "notes": list(NOTES),
     }
 
 
 def rerender(out: Path) -> dict:
     """The record stored in ``out/results.json``, its notes and analysis text refreshed."""
-    bench = import_benchmarks()
+    from benchmarks import analysis
+
     record = json.loads((out / "results.json").read_text())
     record["notes"] = list(NOTES)
     device = str(record["environment"]["device"]).split(":")[0]
     for case in record["cases"]:
-        case["analysis"] = bench.analysis.analysis_for(case["case"], device, record["quick"])
-    record["proposed_targets"] = bench.analysis.proposed_targets(device, record["quick"])
-    record["before_after"] = bench.analysis.before_after(device, record["quick"])
+        case["analysis"] = analysis.analysis_for(case["case"], device, record["quick"])
+    record["proposed_targets"] = analysis.proposed_targets(device, record["quick"])
+    record["before_after"] = analysis.before_after(device, record["quick"])
     return record
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``mixlight bench``; returns the exit status."""
+    """Entry point of ``python -m benchmarks`` and ``mixlight bench``; the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     command = " ".join(["mixlight", "bench", *argv])
     try:
-        import_benchmarks()  # before torch loads: no checkout is the first thing to say
         record = rerender(Path(args.out)) if args.render else run(args, command)
     except (ValueError, OSError, ImportError) as err:
         print(f"mixlight bench: error: {err}", file=sys.stderr)
