@@ -23,6 +23,7 @@ from pathlib import Path
 import peft
 import torch
 import transformers
+from _tiny_t5 import base_model  # examples/_tiny_t5.py, beside this script
 
 import mixlight as ml
 
@@ -34,18 +35,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=30, help="training steps per stage")
     parser.add_argument("--experts", type=int, default=4)
     return parser.parse_args(argv)
-
-
-def base_model(path: str | None) -> transformers.T5ForConditionalGeneration:
-    if path is not None:
-        return transformers.T5ForConditionalGeneration.from_pretrained(path)
-    torch.manual_seed(0)
-    config = transformers.T5Config(
-        d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2, vocab_size=64,
-        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-        feed_forward_proj="gated-gelu", dropout_rate=0.0,
-    )  # fmt: skip
-    return transformers.T5ForConditionalGeneration(config)
 
 
 def train(model, ids: torch.Tensor, steps: int) -> list[float]:

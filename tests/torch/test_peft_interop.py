@@ -217,10 +217,12 @@ def test_peft_adapters_load_and_export_by_name(tmp_path):
     assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "IA3"
 
 
-def test_the_peft_upcycle_example(tmp_path):
+def test_the_peft_upcycle_example(tmp_path, monkeypatch):
     import runpy
 
     from tests.docs_pages import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
 
     example = runpy.run_path(str(ROOT / "examples/peft_upcycle.py"))
     result = example["main"](["--out", str(tmp_path), "--steps", "6", "--experts", "3"])

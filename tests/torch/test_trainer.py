@@ -144,11 +144,13 @@ def test_full_state_dict_keeps_the_base_names(tmp_path):
         model.save_pretrained(tmp_path / "hub", push_to_hub=True)
 
 
-def test_the_hf_trainer_example_resumes_exactly_and_merges(tmp_path):
+def test_the_hf_trainer_example_resumes_exactly_and_merges(tmp_path, monkeypatch):
     pytest.importorskip("accelerate")
     import runpy
 
     from tests.docs_pages import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
 
     example = runpy.run_path(str(ROOT / "examples/hf_trainer.py"))
     result = example["main"](["--out", str(tmp_path), "--steps", "6"])
