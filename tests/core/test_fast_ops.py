@@ -29,7 +29,7 @@ def test_each_preset_gets_its_op():
 
 
 def test_a_registered_op_goes_first_and_can_be_replaced(monkeypatch):
-    monkeypatch.setattr(fast_ops, "_OPS", list(fast_ops._OPS))
+    monkeypatch.setattr(fast_ops, "_OPS", list(fast_ops._OPS))  # restored after the test
     fast_ops.fast_op.cache_clear()
     mlx.register_fast_op("my_mov", lambda s: s.path.endswith(".k"))
     assert ops(ml.MoV(4)) == {"k": "my_mov", "act": "mov"}
