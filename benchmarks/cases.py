@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-import mixlight
+import mixlight.extend
 from benchmarks import measure
 from benchmarks.analysis import analysis_for
 from benchmarks.impl import Group, Impl
@@ -67,7 +67,7 @@ def _build_mov(quick: bool, device: torch.device) -> tuple[list[Group], str]:
 def _build_mov_compiled(quick: bool, device: torch.device) -> tuple[list[Group], str]:
     tokens, d = _site_shape(quick)
     backend = "aot_eager" if quick else "inductor"
-    mixlight.load_backend("torch")  # the core math's primitive lookup is then traceable
+    mixlight.extend.load_backend("torch")  # the core math's primitive lookup is then traceable
     group = compiled(mov_group(tokens, d, 10, device), backend)
     return (
         [group],

@@ -42,7 +42,8 @@ GROUPS = {
         "Backend", "BackendPlugin", "installed_backends", "load_backend", "register_backend",
     ]),
     "Extension surface: sites and files": (EXTEND, [
-        "SiteSpec", "ModuleShape", "SiteResult", "describe_module", "plan_sites", "apply_site",
+        "SiteSpec", "ModuleRecord", "ModuleShape", "SiteResult", "record_module", "shape_for",
+        "describe_module", "plan_sites", "apply_site",
         "route", "select_mask", "aux_loss_terms", "routing_summary", "write_adapter",
         "check_arrays",
     ]),

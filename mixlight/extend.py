@@ -8,7 +8,8 @@ it, in two groups (as optax and equinox keep their building blocks apart from th
   register it with :func:`register_expert`, optionally give it a merge rule
   (:class:`Merged`) and a fast op (:func:`register_fast_op`). It then runs in every backend.
 * **Backends**: implement :class:`Backend` and ship a :class:`BackendPlugin` under the
-  ``mixlight.backends`` entry point; plan sites with :func:`describe_module` and
+  ``mixlight.backends`` entry point; list the model's modules as data
+  (:func:`record_module`, :class:`ModuleRecord`), plan the sites on that data with
   :func:`plan_sites`, run them with :func:`apply_site` (or :func:`route`,
   :func:`select_mask`, :func:`aux_loss_terms`), and write files with :func:`write_adapter`.
 
@@ -37,6 +38,7 @@ from mixlight.fast_ops import fast_op, register_fast_op
 from mixlight.math import routing_summary
 from mixlight.primitives import Primitives
 from mixlight.site_spec import (
+    ModuleRecord,
     ModuleShape,
     SiteResult,
     SiteSpec,
@@ -44,8 +46,10 @@ from mixlight.site_spec import (
     aux_loss_terms,
     describe_module,
     plan_sites,
+    record_module,
     route,
     select_mask,
+    shape_for,
 )
 
 __all__ = [
@@ -54,6 +58,7 @@ __all__ = [
     "ExpertKind",
     "LowRank",
     "Merged",
+    "ModuleRecord",
     "ModuleShape",
     "ParamSpec",
     "Primitives",
@@ -72,9 +77,11 @@ __all__ = [
     "primitives_for",
     "register_backend",
     "register_expert",
+    "record_module",
     "register_fast_op",
     "route",
     "routing_summary",
     "select_mask",
+    "shape_for",
     "write_adapter",
 ]

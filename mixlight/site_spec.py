@@ -7,6 +7,7 @@ matches patterns, checks shapes, builds parameter specs and applies the math
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -44,23 +45,44 @@ HEAD_COUNT_ATTRS = ("n_heads", "num_heads", "num_attention_heads", "n_head")
 ACTIVATION_CONSUMERS = ("wo", "fc2", "down_proj", "c_proj", "dense_4h_to_h", "output")
 
 
-def describe_module(
-    path: str,
-    site: Site,
+@attrs.frozen
+class ModuleRecord:
+    """What a backend reports about one module of a model, as plain data, before any pattern
+    is matched, so that site planning (:func:`plan_sites`) runs on data alone.
+
+    Attributes:
+      type_name: the module's class name, for errors.
+      d_in, d_out: the widths of a linear-like module; None for anything else.
+      heads: the head count of the module that holds it (an attention), if it has one.
+      has_params: whether the module holds parameters.
+      consumer_in: the input width of the linear sibling its output feeds (``wo``, ``fc2``,
+        ``c_proj``, ...), which sizes a parameterless activation.
+      refusal: why it cannot be adapted (e.g. it is a PEFT layer); raised as a
+        ``TypeError`` if a site matches it.
+    """
+
+    type_name: str
+    d_in: int | None = None
+    d_out: int | None = None
+    heads: int | None = None
+    has_params: bool = False
+    consumer_in: int | None = None
+    refusal: str | None = None
+
+
+def record_module(
     module: Any,
     parent: Any,
     width: Callable[[Any, str], int | None],
     has_params: Callable[[Any], bool],
-) -> ModuleShape:
-    """The shared rules by which backends report a matched module's :class:`ModuleShape`.
+    refusal: str | None = None,
+) -> ModuleRecord:
+    """The shared rules by which a backend records ``module`` (held by ``parent``).
 
-    Args:
-      module, parent: the matched module and the module that holds it.
-      width: ``width(module, "in" | "out")``: the backend's width of a linear-like module,
-        None for anything else (including None).
-      has_params: whether a module holds any parameters.
-    The head count comes from the parent (``n_heads``, ``num_heads``, ...); a parameterless
-    activation takes the input width of the sibling it feeds (``wo``, ``fc2``, ``c_proj``...).
+    ``width(module, "in" | "out")`` is the backend's width of a linear-like module (None for
+    anything else, including None); ``has_params(module)`` whether it holds parameters. The
+    head count comes from the parent (``n_heads``, ``num_heads``, ...); a parameterless module
+    records the input width of the first sibling in :data:`ACTIVATION_CONSUMERS` it has.
     """
     heads = next(
         (
@@ -70,24 +92,55 @@ def describe_module(
         ),
         None,
     )
-    d_in, d_out = width(module, "in"), width(module, "out")
-    if d_in is not None and d_out is not None:
-        return ModuleShape(d_in, d_out, heads)
-    if site.expert.fits_activations and not has_params(module):
-        for sibling in ACTIVATION_CONSUMERS:
-            consumed = width(getattr(parent, sibling, None), "in")
-            if consumed is not None:
-                return ModuleShape(consumed, consumed, heads)
-        raise TypeError(
-            f"cannot tell the width of activation module {path} ({type(module).__name__}): its "
-            f"parent has none of {list(ACTIVATION_CONSUMERS)} as a linear layer; target a linear "
-            "layer instead"
-        )
+    params = has_params(module)
+    consumer = None
+    if not params:
+        widths = (width(getattr(parent, s, None), "in") for s in ACTIVATION_CONSUMERS)
+        consumer = next((w for w in widths if w is not None), None)
+    return ModuleRecord(
+        type(module).__name__,
+        width(module, "in"),
+        width(module, "out"),
+        heads,
+        params,
+        consumer,
+        refusal,
+    )
+
+
+def shape_for(path: str, site: Site, record: ModuleRecord) -> ModuleShape:
+    """The :class:`ModuleShape` with which ``site`` adapts the recorded module at ``path``;
+    a ``TypeError`` naming the path, the type and the fix when it cannot."""
+    if record.refusal is not None:
+        raise TypeError(record.refusal)
+    if record.d_in is not None and record.d_out is not None:
+        return ModuleShape(record.d_in, record.d_out, record.heads)
+    if site.expert.fits_activations and not record.has_params:
+        if record.consumer_in is None:
+            raise TypeError(
+                f"cannot tell the width of activation module {path} ({record.type_name}): its "
+                f"parent has none of {list(ACTIVATION_CONSUMERS)} as a linear layer; target a "
+                "linear layer instead"
+            )
+        return ModuleShape(record.consumer_in, record.consumer_in, record.heads)
     kinds = "linear" + (" or parameterless activation" if site.expert.fits_activations else "")
     raise TypeError(
-        f"Site {site.pattern!r} matched {path} of type {type(module).__name__}; expert kind "
+        f"Site {site.pattern!r} matched {path} of type {record.type_name}; expert kind "
         f"{site.expert.kind!r} adapts {kinds} modules: narrow the pattern to such modules"
     )
+
+
+def describe_module(
+    path: str,
+    site: Site,
+    module: Any,
+    parent: Any,
+    width: Callable[[Any, str], int | None],
+    has_params: Callable[[Any], bool],
+) -> ModuleShape:
+    """:func:`shape_for` of :func:`record_module`, for one matched module (the callback form
+    of :func:`plan_sites`)."""
+    return shape_for(path, site, record_module(module, parent, width, has_params))
 
 
 @attrs.frozen
@@ -143,17 +196,23 @@ class SiteSpec:
 
 def plan_sites(
     config: AdapterConfig,
-    module_paths: Iterable[str],
-    describe: Callable[[str, Site], ModuleShape],
+    modules: Mapping[str, ModuleRecord | ModuleShape] | Iterable[str],
+    describe: Callable[[str, Site], ModuleShape] | None = None,
 ) -> list[SiteSpec]:
-    """Match the config's sites against a model's module paths.
+    """Match the config's sites against a model's modules.
 
-    ``describe(path, site)`` is the backend's: it checks the module's type (raising a
-    ``TypeError`` naming the path and type) and reports its widths.
+    ``modules`` maps every module path to its :class:`ModuleRecord` (or its
+    :class:`ModuleShape`): the backend lists its model once, as data, and planning needs
+    nothing more from it. The older form, module paths plus a ``describe(path, site)``
+    callback that reports a matched module's shape, is still accepted.
     Raises ``ValueError`` when a pattern matches nothing (listing sample paths) or a module
-    matches two sites.
+    matches two sites, and ``TypeError`` when a matched module cannot take its site.
     """
-    paths = list(module_paths)
+    if describe is None:
+        if not isinstance(modules, Mapping):
+            raise TypeError("plan_sites: give {path: ModuleRecord} or paths and a describe")
+        describe = functools.partial(_shape_of_record, modules)
+    paths = list(modules)
     compiled = [(site, re.compile(site.pattern)) for site in config.sites]
     matched: dict[str, Site] = {}
     for site, regex in compiled:
@@ -177,6 +236,13 @@ def plan_sites(
         _resolve(config, path, matched[path], describe(path, matched[path]))
         for path in sorted(matched, key=_natural_key)
     ]
+
+
+def _shape_of_record(
+    records: Mapping[str, ModuleRecord | ModuleShape], path: str, site: Site
+) -> ModuleShape:
+    record = records[path]
+    return record if isinstance(record, ModuleShape) else shape_for(path, site, record)
 
 
 def _natural_key(path: str) -> list[tuple[int, int | str]]:

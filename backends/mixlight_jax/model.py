@@ -11,11 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mixlight import AdapterConfig, Site
+from mixlight import AdapterConfig
 from mixlight._base_identity import BaseIdentity, sample_weights
-from mixlight.extend import ModuleShape, plan_sites
+from mixlight.extend import plan_sites
 from mixlight.named_adapters import NamedAdapters
-from mixlight.site_spec import describe_module
+from mixlight.site_spec import ModuleRecord, record_module
 from mixlight_jax.layers import AdapterLayer
 
 _SEED_RANGE = 2**31 - 1
@@ -106,15 +106,17 @@ def _has_params(module: nnx.Module) -> bool:
     return bool(jax.tree.leaves(nnx.state(module, nnx.Param)))
 
 
-def _describe(model: nnx.Module, path: Path, site: Site, name: str) -> ModuleShape:
-    dotted = ".".join(map(str, path))
-    parent = _get(model, path[:-1])
-    module = _child(parent, path[-1])
-    if isinstance(module, AdapterLayer):
-        if name in module.names():
-            raise ValueError(f"{dotted} already carries the mixlight adapter {name!r}")
-        module = module.base
-    return describe_module(dotted, site, module, parent, _width, _has_params)
+def _records(model: nnx.Module, paths: dict[str, Path]) -> dict[str, ModuleRecord]:
+    """Every module of the model as it was before injection, as plain data for the core's
+    site planning (an adapter layer stands for the module it wraps)."""
+    records = {}
+    for dotted, path in paths.items():
+        parent = _get(model, path[:-1])
+        module = _child(parent, path[-1])
+        if isinstance(module, AdapterLayer):
+            module = module.base
+        records[dotted] = record_module(module, parent, _width, _has_params)
+    return records
 
 
 def _seed(rngs: nnx.Rngs | int | None) -> int:
@@ -152,7 +154,7 @@ def inject(
             f"{type(model).__name__} has none (a bare layer given as the whole model); wrap it "
             "in a module that holds it as an attribute, and target that attribute's name"
         )
-    specs = plan_sites(config, paths, lambda p, site: _describe(model, paths[p], site, name))
+    specs = plan_sites(config, _records(model, paths))
     state = state.added(name, config, specs)
     rng = np.random.default_rng(_seed(rngs))
     for spec in specs:

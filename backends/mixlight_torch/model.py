@@ -10,12 +10,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from mixlight import AdapterConfig, Site
+from mixlight import AdapterConfig
 from mixlight._base_identity import BaseIdentity, sample_weights
 from mixlight._cache_safety import cache_unsafe_sites, refuse_cached_sequence_routing
-from mixlight.extend import ModuleShape, SiteSpec, plan_sites
+from mixlight.extend import SiteSpec, plan_sites
 from mixlight.named_adapters import DEFAULT, NamedAdapters
-from mixlight.site_spec import aux_loss_terms, describe_module
+from mixlight.site_spec import ModuleRecord, aux_loss_terms, record_module
 from mixlight_torch import hf as _hf
 from mixlight_torch.layers import BASE, AdapterLayer, AdapterSwitch
 
@@ -128,24 +128,30 @@ def _width(module: nn.Module | None, which: str) -> int | None:
     return None
 
 
-def _describe(model: nn.Module, path: str, site: Site, name: str) -> ModuleShape:
-    parent_path, _, attr = path.rpartition(".")
-    parent = model.get_submodule(parent_path)
-    module = parent.get_submodule(attr)
-    if isinstance(module, AdapterLayer):
-        if name in module.specs:
-            raise ValueError(f"{path} already carries the mixlight adapter {name!r}")
-        module = module.base
-    if type(module).__module__.startswith("peft."):
-        raise TypeError(
-            f"{path} is a PEFT layer ({type(module).__module__}.{type(module).__name__}): this "
-            "model is already wrapped by PEFT. Inject mixlight into the plain model instead "
-            "(peft_model.unload() or peft_model.merge_and_unload() returns it), or target "
-            "modules PEFT did not wrap"
-        )
-    return describe_module(
-        path, site, module, parent, _width, lambda m: any(True for _ in m.parameters())
-    )
+def _records(model: nn.Module) -> dict[str, ModuleRecord]:
+    """Every module of the model as it was before injection, as plain data for the core's
+    site planning (an adapter layer stands for the module it wraps)."""
+    records = {}
+    for path in _plain_paths(model):
+        parent_path, _, attr = path.rpartition(".")
+        parent = model.get_submodule(parent_path)
+        module = parent.get_submodule(attr)
+        if isinstance(module, AdapterLayer):
+            module = module.base
+        refusal = None
+        if type(module).__module__.startswith("peft."):
+            refusal = (
+                f"{path} is a PEFT layer ({type(module).__module__}.{type(module).__name__}): "
+                "this model is already wrapped by PEFT. Inject mixlight into the plain model "
+                "instead (peft_model.unload() or peft_model.merge_and_unload() returns it), or "
+                "target modules PEFT did not wrap"
+            )
+        records[path] = record_module(module, parent, _width, _has_params, refusal)
+    return records
+
+
+def _has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
 
 
 def inject(
@@ -163,14 +169,14 @@ def inject(
     (state.adapters if state is not None else NamedAdapters()).check_new(
         name, "or call mixlight_torch.remove_adapters(model) first, or use a fresh model"
     )
-    paths = _plain_paths(model)
-    if not paths:
+    records = _records(model)
+    if not records:
         raise TypeError(
             f"mixlight.inject adapts the submodules of a model in place, and this "
             f"{type(model).__name__} has none (a bare layer given as the whole model); wrap it, "
             "e.g. model = nn.Sequential(layer), and target its path '0'"
         )
-    specs = plan_sites(config, paths, lambda path, site: _describe(model, path, site, name))
+    specs = plan_sites(config, records)
     if seed is None:  # drawn on the CPU: also under ``with torch.device("meta")``
         seed = int(torch.randint(0, 2**62, (), device="cpu"))
     rng = np.random.default_rng(seed)
