@@ -42,7 +42,7 @@ def test_hf_trainer_updates_only_the_adapter(tmp_path):
     ml.save_adapter(model, tmp_path / "adapter")
 
 
-def _trainer(model, out, resume_hook=True, **overrides):
+def _trainer(model, out, resume_hook=True, eval_dataset=None, **overrides):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     from mixlight_torch.hf import adapter_checkpoints
@@ -61,7 +61,9 @@ def _trainer(model, out, resume_hook=True, **overrides):
     )
     settings.update(overrides)
     args = transformers.TrainingArguments(**settings)
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=Pairs())
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=Pairs(), eval_dataset=eval_dataset
+    )
     return adapter_checkpoints(trainer) if resume_hook else trainer
 
 
@@ -175,3 +177,37 @@ def test_the_pages_trainer_merge_and_named_adapter_section_runs(tmp_path):
     assert ns["out"].shape[0] == 4
     assert (tmp_path / "work/out/merged/model.safetensors").is_file()
     assert not (tmp_path / "work/out/run/checkpoint-2/model.safetensors").exists()
+
+
+def test_trainer_reloads_the_best_adapter_checkpoint_at_the_end(tmp_path):
+    """load_best_model_at_end with adapter-only checkpoints: the model ends with the adapter
+    of the checkpoint the Trainer names best, read back from its directory."""
+    model = ml.inject(tiny_t5(), ml.MoV(4), seed=0)
+    trainer = _trainer(
+        model,
+        tmp_path,
+        max_steps=6,
+        save_steps=2,
+        eval_strategy="steps",
+        eval_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="loss",
+        greater_is_better=True,  # "best" = the highest loss: an early checkpoint, not the last
+        learning_rate=0.5,  # large steps, so the checkpoints' adapters differ
+        eval_dataset=Pairs(4),
+    )
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and not best.endswith("checkpoint-6"), best  # not the last one
+    saved = ml.read_adapter(best).arrays
+    current = {k: v for k, v in _adapter(model).items()}
+    assert saved and all(
+        torch.equal(current[_state_key(name)], torch.from_numpy(array))
+        for name, array in saved.items()
+    )
+
+
+def _state_key(canonical: str) -> str:
+    """``<path>.<param>`` (file) -> ``<path>.adapters.default.<param>`` (state_dict)."""
+    path, _, param = canonical.rpartition(".")
+    return f"{path}.adapters.default.{param}"
