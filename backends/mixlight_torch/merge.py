@@ -8,12 +8,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from mixlight.experts import Merged
 from mixlight.merging import Routing, RoutingMeans, site_update
 from mixlight.site_spec import ACTIVATION_CONSUMERS
-from mixlight_torch.model import adapter_layers, materialize, remove_adapters, state_of, unwrap
+from mixlight_torch.model import (
+    adapter_layers,
+    canonical_weight,
+    materialize,
+    remove_adapters,
+    state_of,
+    unwrap,
+)
 
 MASK_KEYS = ("attention_mask", "decoder_attention_mask")
 
@@ -21,37 +28,39 @@ MASK_KEYS = ("attention_mask", "decoder_attention_mask")
 def merge_and_unload(model: nn.Module, routing: Routing | None = None) -> nn.Module:
     """Fold the active adapter into the base weights, remove every adapter, and return the
     plain model (as PEFT's ``merge_and_unload``). Every site's update is computed and
-    checked before any weight changes, so a refused merge leaves the model as it was."""
+    checked before any weight changes, so a refused merge leaves the model as it was.
+    Linear sites fold first, then activation sites scale their consumer's input rows, so a
+    consumer with its own update (LoRA on ``wo``) is scaled after it, as the adapted model
+    computes ``wo(act(x) * s)``."""
     model = unwrap(model)
     state_of(model)
     materialize(model, "merge the adapter")
-    updates = []
+    linear, activations = [], []
     for path, layer in adapter_layers(model).items():
         params = {n: p.detach().float().cpu().numpy() for n, p in layer.adapter.items()}
         update = site_update(layer.spec, params, routing)
-        updates.append((_target(model, path, layer.base, update), update))
+        weight = canonical_weight(layer.base)
+        if weight is not None:
+            linear.append((weight, getattr(layer.base, "bias", None), update))
+        else:
+            activations.append((_consumer_weight(model, path, layer.base, update), update))
     with torch.no_grad():
-        for fold, update in updates:
-            fold(update)
+        for weight, bias, update in linear:
+            _fold(weight, bias, update)
+        for weight, update in activations:
+            _fold(weight.T, None, update)  # the consumer's input rows: its [out, in] columns
     return remove_adapters(model)
 
 
-def _target(model: nn.Module, path: str, base: nn.Module, update: Merged):
-    """How ``update`` folds into the module at ``path``: into a linear layer's own weight,
-    or, for a parameterless activation's scaling, into the input columns of the sibling
-    that consumes it (T5's ``wo``), which is what sized the site."""
-    if _linear_layout(base) is not None:
-        return lambda u: _fold_linear(base, u)
+def _consumer_weight(model: nn.Module, path: str, base: nn.Module, update: Merged) -> Tensor:
+    """The ``[d_in, d_out]`` weight of the sibling that consumes the activation at ``path``
+    (T5's ``wo``; what sized the site), into whose inputs its scaling folds."""
     parent = model.get_submodule(path.rpartition(".")[0])
     width = None if update.scale is None else update.scale.shape[0]
     for name in ACTIVATION_CONSUMERS:
-        consumer = getattr(parent, name, None)
-        if (
-            update.delta is None
-            and isinstance(consumer, nn.Linear)
-            and consumer.in_features == width
-        ):
-            return lambda u: _scale_inputs(consumer, u.scale)
+        weight = canonical_weight(getattr(parent, name, None))
+        if update.delta is None and weight is not None and weight.shape[0] == width:
+            return weight
     raise ValueError(
         f"cannot merge the adapter at {path}: it wraps a {type(base).__name__}, which is not a "
         "linear layer, and no sibling consumes its output (one of "
@@ -59,36 +68,19 @@ def _target(model: nn.Module, path: str, base: nn.Module, update: Merged):
     )
 
 
-def _linear_layout(module: nn.Module) -> str | None:
-    """``"out_in"`` for ``nn.Linear`` (weight ``[out, in]``), ``"in_out"`` for HF ``Conv1D``."""
-    if isinstance(module, nn.Linear):
-        return "out_in"
-    if type(module).__name__ == "Conv1D" and isinstance(
-        getattr(module, "weight", None), torch.Tensor
-    ):
-        return "in_out"
-    return None
-
-
-def _fold_linear(module: nn.Module, update: Merged) -> None:
-    """``W x + b`` -> ``s * (W x + b) + delta^T x``, computed in float32 or wider."""
-    weight = module.weight
+def _fold(weight: Tensor, bias: Tensor | None, update: Merged) -> None:
+    """``x @ W + b`` -> ``(x @ W + b) * s + x @ delta`` in place, computed in float32 or
+    wider; ``weight`` is ``[d_in, d_out]`` (a view of the module's own layout)."""
     wide = torch.promote_types(weight.dtype, torch.float32)
-    w = weight.to(wide) if _linear_layout(module) == "out_in" else weight.to(wide).T  # [out, in]
-    bias = getattr(module, "bias", None)
+    w = weight.to(wide)
     if update.scale is not None:
         s = torch.from_numpy(update.scale).to(weight.device, wide)
-        w = w * s[:, None]
+        w = w * s
         if bias is not None:
             bias.copy_((bias.to(wide) * s).to(bias.dtype))
     if update.delta is not None:
-        w = w + torch.from_numpy(update.delta).to(weight.device, wide).T
-    weight.copy_((w if _linear_layout(module) == "out_in" else w.T).to(weight.dtype))
-
-
-def _scale_inputs(consumer: nn.Linear, scale: np.ndarray) -> None:
-    s = torch.from_numpy(scale).to(consumer.weight.device)
-    consumer.weight.copy_((consumer.weight.float() * s[None, :]).to(consumer.weight.dtype))
+        w = w + torch.from_numpy(update.delta).to(weight.device, wide)
+    weight.copy_(w.to(weight.dtype))
 
 
 def mean_routing(model: nn.Module, batches: Iterable[Mapping[str, Any]]) -> dict[str, np.ndarray]:

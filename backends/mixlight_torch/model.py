@@ -120,12 +120,8 @@ def _plain_paths(model: nn.Module) -> list[str]:
 
 def _width(module: nn.Module | None, which: str) -> int | None:
     """Width of an ``nn.Linear`` or HF ``Conv1D``; None for anything else."""
-    if isinstance(module, nn.Linear):
-        return module.in_features if which == "in" else module.out_features
-    weight = getattr(module, "weight", None)  # HF Conv1D stores [in, out]
-    if type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor):
-        return int(weight.shape[0] if which == "in" else weight.shape[1])
-    return None
+    weight = canonical_weight(module)
+    return None if weight is None else int(weight.shape[0 if which == "in" else 1])
 
 
 def _records(model: nn.Module) -> dict[str, ModuleRecord]:
@@ -416,7 +412,7 @@ def base_identity(model: nn.Module, adapter: str | None = None) -> BaseIdentity:
     revision = getattr(config, "_commit_hash", None) or None
     weights = {}
     for path, layer in adapter_layers(model, adapter).items():
-        weight = _canonical_weight(layer.base)
+        weight = canonical_weight(layer.base)
         if weight is not None:
             if weight.is_meta or type(weight).__name__ == "DTensor":
                 return BaseIdentity(name, revision)
@@ -429,8 +425,11 @@ def base_identity(model: nn.Module, adapter: str | None = None) -> BaseIdentity:
     return BaseIdentity(name, revision, samples, dtype)
 
 
-def _canonical_weight(module: nn.Module) -> torch.Tensor | None:
-    """The weight of an ``nn.Linear`` or HF ``Conv1D`` as ``[d_in, d_out]``, else None."""
+def canonical_weight(module: nn.Module | None) -> torch.Tensor | None:
+    """The weight of an ``nn.Linear`` or HF ``Conv1D`` (also one an adapter layer wraps) as
+    ``[d_in, d_out]`` (a view: writes reach the module), else None."""
+    if isinstance(module, AdapterLayer):
+        module = module.base
     if isinstance(module, nn.Linear):
         return module.weight.T
     weight = getattr(module, "weight", None)

@@ -6,7 +6,18 @@ import pytest
 import torch
 
 import mixlight as ml
+import mixlight.extend as mlx
 from tests.torch.conftest import batch, perturb, tiny_t5
+
+# (IA)³ on the FFN activation and LoRA on the wo it feeds, in one adapter: the merge must
+# fold LoRA into wo before scaling wo's inputs, whatever order the modules are listed in.
+ACT_AND_WO = ml.AdapterConfig(
+    [
+        ml.Site(r".*DenseReluDense\.act", mlx.Vectors()),
+        ml.Site(r".*DenseReluDense\.wo", mlx.LowRank(2)),
+    ],
+    1,
+)
 
 
 def logits(model, seed=0):
@@ -107,8 +118,8 @@ def test_each_example_runs_its_own_adapter_under_generate_with_beams():
 @pytest.mark.parametrize("version", ["1.1", "1.0"])
 @pytest.mark.parametrize(
     "config",
-    [ml.IA3(), ml.LoRA(4), ml.MoV(1), ml.MoLoRA(1, rank=2)],
-    ids=["ia3", "lora", "mov-1", "molora-1"],
+    [ml.IA3(), ml.LoRA(4), ml.MoV(1), ml.MoLoRA(1, rank=2), ACT_AND_WO],
+    ids=["ia3", "lora", "mov-1", "molora-1", "act-and-wo"],
 )
 def test_one_expert_merges_exactly(config, version):
     """Exact up to float32 rounding (the adapter moves logits by several units here; a wrong
@@ -199,3 +210,13 @@ def test_mean_routing_weighs_each_side_by_its_own_mask_when_lengths_are_equal():
         keep = (mask if source else dec_mask).numpy().astype(bool)
         want = layer.last_probs.detach().numpy()[keep].mean(0)
         np.testing.assert_allclose(means[path], want, atol=1e-6, err_msg=path)
+
+
+def test_an_activation_site_is_sized_by_a_consumer_another_adapter_already_wraps():
+    """LoRA first wraps wo; a MoV added beside it still sizes the FFN activation by wo."""
+    model = ml.inject(tiny_t5(), ml.LoRA(2), seed=0)
+    ml.inject(model, ml.MoV(3), adapter_name="mov", seed=1)
+    act = next(
+        s for s in model.mixlight_state.adapters.site_specs["mov"] if s.path.endswith(".act")
+    )
+    assert (act.d_in, act.d_out) == (64, 64)
