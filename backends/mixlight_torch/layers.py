@@ -125,8 +125,8 @@ class AdapterLayer(nn.Module):
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         h = self.base(x, *args, **kwargs)
         switch = self.switch
-        spec = self.specs.get(switch.active) if switch.per_example is None else None
-        if not switch.enabled or spec is None:  # no routing ran: no statistics from this pass
+        if not switch.enabled or switch.per_example is not None or switch.active not in self.specs:
+            # No routing of the active adapter ran: no statistics from this pass.
             self.__dict__.update(last_probs=None, last_logits=None)
             if switch.enabled and switch.per_example is not None:
                 return self._mixed_batch(x, h, switch.per_example)
@@ -156,8 +156,7 @@ class AdapterLayer(nn.Module):
         repeat = rows // len(names)
         out = h
         for name in dict.fromkeys(names):
-            spec = self.specs.get(name)
-            if spec is None:  # the base model, or an adapter that does not target this module
+            if name not in self.specs:  # the base model, or an adapter not targeting this module
                 continue
             index = torch.tensor(
                 [i * repeat + j for i, n in enumerate(names) if n == name for j in range(repeat)],
