@@ -41,6 +41,11 @@ class NamedAdapters:
         """The active adapter's sites."""
         return self.site_specs[self.active]
 
+    def get(self, name: str | None = None) -> tuple[AdapterConfig, list[SiteSpec]]:
+        """``(config, sites)`` of adapter ``name`` (default: the active one)."""
+        name = self.check_name(name) if name is not None else self.active
+        return self.configs[name], list(self.site_specs[name])
+
     def names(self) -> list[str]:
         """Adapter names, the active one first."""
         return [self.active, *(n for n, _, _ in self.entries if n != self.active)]

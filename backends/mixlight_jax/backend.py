@@ -62,9 +62,7 @@ class JaxBackend:
         _model.delete_adapter(model, name)
 
     def adapter_specs(self, model: nnx.Module, name: str | None = None):
-        state = _model.state_of(model)
-        name = state.check_name(name) if name is not None else state.active
-        return state.configs[name], list(state.site_specs[name])
+        return _model.state_of(model).get(name)
 
     def adapter_state(self, model: nnx.Module, name: str | None = None):
         config, specs = self.adapter_specs(model, name)

@@ -58,9 +58,7 @@ class TorchBackend:
         return _model.adapter_per_example(_model.unwrap(model), names)
 
     def adapter_specs(self, model: nn.Module, name: str | None = None):
-        adapters = _model.state_of(_model.unwrap(model)).adapters
-        name = adapters.check_name(name) if name is not None else adapters.active
-        return adapters.configs[name], list(adapters.site_specs[name])
+        return _model.state_of(_model.unwrap(model)).adapters.get(name)
 
     def adapter_state(self, model: nn.Module, name: str | None = None):
         model = _model.unwrap(model)

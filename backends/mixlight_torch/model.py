@@ -42,10 +42,6 @@ class MixlightState:
         return self.adapters.active
 
     @property
-    def configs(self) -> dict[str, AdapterConfig]:
-        return self.adapters.configs
-
-    @property
     def config(self) -> AdapterConfig:
         """The active adapter's config."""
         return self.adapters.config
