@@ -97,7 +97,6 @@ def _load(model: nn.Module, directory: str) -> None:
 
 def holds_adapter(directory: str | os.PathLike) -> bool:
     """Whether ``directory`` holds a mixlight adapter (any format version's file names)."""
-    from mixlight import adapter_file
+    from mixlight.adapter_file import LAYOUTS
 
-    names = getattr(adapter_file, "WEIGHTS_FILES", (adapter_file.WEIGHTS_FILE,))
-    return any((Path(directory) / name).is_file() for name in names)
+    return any((Path(directory) / weights).is_file() for weights, _ in LAYOUTS)
