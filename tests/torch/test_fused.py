@@ -494,9 +494,44 @@ def _compiled_matches_eager(fn, args: tuple[Tensor, ...]) -> None:
         torch.testing.assert_close(got, want)
 
 
-def test_compile_fused_mov() -> None:
-    h, w, v = (torch.tensor(a, dtype=torch.float32) for a in _mov_inputs(5, (2, 3), 2, 4, 4))
-    _compiled_matches_eager(lambda h, w, v: fused_mov(h, w, v, 2, 2, False), (h, w, v))
+@pytest.mark.parametrize(
+    ("heads", "top_k", "renormalize", "n_experts"),
+    [(2, 2, False, 4), (None, None, True, 4), (3, None, True, 5), (None, 3, True, 5)]
+    + [(2, None, True, 17)],  # above UNROLL_MAX_EXPERTS: the batched products
+)
+def test_compile_fused_mov(
+    heads: int | None, top_k: int | None, renormalize: bool, n_experts: int
+) -> None:
+    arrays = _mov_inputs(5, (2, 3), heads, 4, n_experts)
+    h, w, v = (torch.tensor(a, dtype=torch.float32) for a in arrays)
+    _compiled_matches_eager(
+        lambda h, w, v: fused_mov(h, w, v, heads, top_k, renormalize), (h, w, v)
+    )
+
+
+@pytest.mark.parametrize("heads", [None, 4])
+def test_inductor_mov_keeps_eager_memory_and_values(heads: int | None) -> None:
+    """Compiled by inductor, the MoV site saves what the eager op saves (``h`` and the
+    ``[n, (H,) E]`` probabilities: no merged ``[n, d]`` vector) and computes the same values."""
+    n, d, n_experts = 512, 64, 10
+    h, w, v = (
+        torch.tensor(a, dtype=torch.float32)
+        for a in _mov_inputs(3, (n,), heads, d // (heads or 1), n_experts)
+    )
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *t: fused_mov(*t, heads)[0], fullgraph=True)
+    results = []
+    for fn in (lambda *t: fused_mov(*t, heads)[0], compiled):
+        inputs = [a.detach().clone().requires_grad_() for a in (h, w, v)]
+        saved = _SavedBytes()
+        with saved.hooks():
+            out = fn(*inputs)
+        token_wide = [s for s in saved.shapes if s[0] == n and s[-1] == d]
+        assert token_wide == [(n, d)], saved.shapes  # h only
+        (out * torch.linspace(-1, 1, d)).sum().backward()
+        results.append([out.detach()] + [i.grad for i in inputs])
+    for got, want in zip(*results, strict=True):  # float32 sums in another order
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_compile_fused_molora() -> None:

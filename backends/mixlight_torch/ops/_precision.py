@@ -35,3 +35,16 @@ def is_small(t: Tensor, work: int) -> bool:
 def wants_grad(*tensors: Tensor | None) -> bool:
     """Whether autograd will need a backward through an op on ``tensors``."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+# Under torch.compile, a contraction over at most this many experts is written as a sum of
+# per-expert products: elementwise work that inductor fuses with its neighbours into one loop
+# over ``[tokens, d]``, where a matmul would be a library call that writes its own ``[tokens,
+# d]`` result (case 5 in benchmarks/HISTORY.md).
+UNROLL_MAX_EXPERTS = 16
+
+
+def unrolls(n_experts: int) -> bool:
+    """Whether a contraction over ``n_experts`` runs as a sum of per-expert products: while
+    torch.compile traces, up to :data:`UNROLL_MAX_EXPERTS` experts."""
+    return n_experts <= UNROLL_MAX_EXPERTS and torch.compiler.is_compiling()

@@ -16,7 +16,13 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from mixlight._op_checks import check_mov, soft_if_all
-from mixlight_torch.ops._precision import compute_dtype, is_small, no_autocast, wants_grad
+from mixlight_torch.ops._precision import (
+    compute_dtype,
+    is_small,
+    no_autocast,
+    unrolls,
+    wants_grad,
+)
 from mixlight_torch.ops._routing import (
     full_softmax_if_masked,
     logits_grad,
@@ -26,14 +32,27 @@ from mixlight_torch.ops._routing import (
 )
 
 
+def _expert_sum(probs: Tensor, per_expert: Tensor) -> Tensor:
+    """``sum_e probs[..., e, None] * per_expert[e]`` for ``probs [..., E]`` and ``per_expert
+    [E, ...]`` (broadcasting against ``probs[..., :1]``): elementwise work only, which
+    inductor fuses into its consumer (see :func:`~mixlight_torch.ops._precision.unrolls`)."""
+    total = probs[..., 0:1] * per_expert[0]
+    for e in range(1, per_expert.shape[0]):
+        total = total + probs[..., e : e + 1] * per_expert[e]
+    return total
+
+
 def _merge(probs: Tensor, vectors: Tensor, out: Tensor | None = None) -> Tensor:
     """The merged vectors ``[n, H, k]``: ``probs [n, H, E]`` times ``vectors [E, d]`` per head
     (``d = H * k``, head-major), as a transposed view of one ``[H, n, k]`` product. For one
     head that view is contiguous, and is written into ``out`` (``[n, d]``, a spare buffer)
     when given. For several, consumers write the product with ``h`` or ``g_out`` contiguously
     (a strided ``out=`` for the product itself is several times slower). Small problems on
-    CPU (decoding) broadcast and sum instead, giving a contiguous result."""
+    CPU (decoding) broadcast and sum instead, giving a contiguous result; under
+    torch.compile, a sum over a few experts fuses with the product that consumes it."""
     n_tokens, n_heads, n_experts = probs.shape
+    if unrolls(n_experts):
+        return _expert_sum(probs, vectors.view(n_experts, n_heads, -1))
     per_head = vectors.view(n_experts, n_heads, -1).transpose(0, 1)  # [H, E, k]
     if is_small(probs, probs.numel() * per_head.shape[-1]):
         return (probs.unsqueeze(-1) * per_head).sum(dim=-2)
@@ -166,7 +185,10 @@ def _mov_backward(
     g_heads = g_out.reshape(n_tokens, n_heads, -1)
     spare = g_merged.view(g_heads.shape)
     g_h = _times_merged(g_heads, _merge(probs, vectors_c, out=g_merged), out=spare)
-    g_h.view(n_tokens * n_heads, -1).addmm_(g_l, w_t)
+    if unrolls(g_l.shape[-1]):
+        g_h = g_h + _expert_sum(g_l.view(probs.shape), w_t)
+    else:
+        g_h.view(n_tokens * n_heads, -1).addmm_(g_l, w_t)
     return g_h.view(h.shape).to(h.dtype), g_w, g_v
 
 
