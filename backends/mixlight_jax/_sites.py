@@ -7,7 +7,8 @@ backend has no ``scale`` entry: XLA fuses the core math of a one-vector site by 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -49,3 +50,15 @@ def implement_fast_op(name: str, op: SiteOp) -> None:
     """Run sites that :func:`mixlight.fast_ops.fast_op` assigns ``name`` with ``op`` in JAX
     (for a custom expert kind's op; see :func:`mixlight.extend.register_fast_op`)."""
     FAST_OPS[name] = op
+
+
+@contextlib.contextmanager
+def core_math_only() -> Iterator[None]:
+    """Within the block, sites that JAX traces run the core math with plain autodiff, as if
+    this backend had no fast ops (for comparisons; a function jitted inside keeps that)."""
+    saved = dict(FAST_OPS)
+    FAST_OPS.clear()
+    try:
+        yield
+    finally:
+        FAST_OPS.update(saved)
