@@ -29,8 +29,8 @@ def mask_top_k(probs: Tensor, top_k: int | None, renormalize: bool) -> Tensor:
 def _softmax_small(logits: Tensor) -> Tensor:
     """``softmax(logits, -1)`` from elementwise ops and reductions (no parallel region for
     small inputs)."""
-    exp = (logits - logits.amax(dim=-1, keepdim=True)).exp()
-    return exp / exp.sum(dim=-1, keepdim=True)
+    exp = (logits - logits.amax(dim=-1, keepdim=True)).exp_()
+    return exp.div_(exp.sum(dim=-1, keepdim=True))
 
 
 def route_tokens(
