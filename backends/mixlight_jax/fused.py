@@ -1,9 +1,11 @@
 """Fused, memory-lean MoV and MoLoRA ops: ``jax.custom_vjp`` with hand-written backward passes.
 
 The forward of each op is the core math of :mod:`mixlight.math` (``router_logits``,
-``router_probs``, ``lowrank_mixture``) run on jax arrays; MoV's merge ``probs @ vectors`` is
-summed over E as a broadcast product (equal to ``mix_vectors`` up to float rounding), which
-XLA fuses with the scaling. What changes is what is kept for backward:
+``router_probs``, ``mix_vectors``, ``lowrank_mixture``) on jax arrays, arranged for XLA on
+CPU and equal to it up to float rounding: MoV sums ``probs @ vectors`` over E as a broadcast
+product (fused with the scaling), MoLoRA scales the small ``B`` kernel rather than the
+output and, with its own router on float32 ``x``, projects ``x`` onto the LoRA and router
+kernels in one dot. What changes is what is kept for backward:
 
 * :func:`fused_mov` keeps ``h``, the router kernel, the expert vectors and the ``[..., E]``
   probabilities. The merged ``[..., d]`` scaling vector (as wide as ``h``) is recomputed in
@@ -25,7 +27,7 @@ import jax.numpy as jnp
 from einops import rearrange, reduce, repeat
 
 from mixlight._op_checks import check_molora, check_mov, soft_if_all
-from mixlight.math import lowrank_mixture, router_logits, router_probs
+from mixlight.math import router_logits, router_probs
 
 __all__ = ["fused_molora", "fused_mov", "fused_routed_molora"]
 
@@ -195,36 +197,60 @@ def fused_molora(
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _molora(x, probs, lora_A, lora_B, scale):
-    return lowrank_mixture(x, probs, lora_A, lora_B, scale)
+    a_cat, b_cat = _cat_kernels(lora_A, lora_B, scale, x.dtype)
+    return _mix_lowrank(x @ a_cat, probs, b_cat).astype(x.dtype)
 
 
 def _molora_fwd(x, probs, lora_A, lora_B, scale):
-    return lowrank_mixture(x, probs, lora_A, lora_B, scale), (x, probs, lora_A, lora_B)
+    return _molora(x, probs, lora_A, lora_B, scale), (x, probs, lora_A, lora_B)
+
+
+def _cat_kernels(lora_A, lora_B, scale, dt):
+    """``A_cat [d_in, E*r]`` and ``scale * B_cat [E*r, d_out]`` in ``dt``: scaling the small
+    kernel spares a pass over ``[..., d_out]`` each way (XLA does not fuse it into the dot)."""
+    a_cat = rearrange(lora_A.astype(dt), "e i r -> i (e r)")
+    b_cat = rearrange(lora_B.astype(dt), "e r o -> (e r) o") * jnp.asarray(scale, dt)
+    return a_cat, b_cat
+
+
+def _expand(probs, u0):
+    """``probs [..., E]`` repeated over each expert's ``r`` columns of ``u0 [..., E*r]``, in
+    ``u0``'s dtype; None for None."""
+    if probs is None:
+        return None
+    rank = u0.shape[-1] // probs.shape[-1]
+    return repeat(probs.astype(u0.dtype), "... e -> ... (e r)", r=rank)
+
+
+def _mix_lowrank(u0, probs, b_cat):
+    """``(u0 * p) @ scale B_cat``: ``u0 [..., E*r]`` -> ``[..., d_out]``."""
+    p_rep = _expand(probs, u0)
+    return (u0 if p_rep is None else u0 * p_rep) @ b_cat
 
 
 def _molora_bwd(scale, saved, g_delta):
     """Gradients of ``x``, ``probs``, ``lora_A``, ``lora_B``; recomputes ``u0 = x @ A_cat``
     ``[..., E*r]`` in x's dtype."""
     x, probs, lora_A, lora_B = saved
-    n_experts, d_in, rank = lora_A.shape
-    dt = x.dtype
-    a_cat = rearrange(lora_A.astype(dt), "e i r -> i (e r)")
-    b_cat = rearrange(lora_B.astype(dt), "e r o -> (e r) o")
-    g = g_delta.astype(dt) * scale
-    u0 = x @ a_cat
-    p_rep = None if probs is None else repeat(probs.astype(dt), "... e -> ... (e r)", r=rank)
+    a_cat, b_cat = _cat_kernels(lora_A, lora_B, scale, x.dtype)
+    g_u0, g_p, g_b = _lowrank_grads(x @ a_cat, probs, b_cat, g_delta.astype(x.dtype), scale)
+    g_a = rearrange(_rows_tn(x, g_u0), "i (e r) -> e i r", e=lora_A.shape[0])
+    g_p = None if g_p is None else _sum_to_shape(g_p, probs.shape).astype(probs.dtype)
+    g_b = g_b.reshape(lora_B.shape).astype(lora_B.dtype)
+    return (g_u0 @ a_cat.T).astype(x.dtype), g_p, g_a.astype(lora_A.dtype), g_b
+
+
+def _lowrank_grads(u0, probs, b_cat, g, scale):
+    """From ``g [..., d_out]``: the gradients of ``u0 [..., E*r]``, of ``probs [..., E]`` (None
+    without) and of the unscaled ``B_cat [E*r, d_out]``."""
+    p_rep = _expand(probs, u0)
     u = u0 if p_rep is None else u0 * p_rep
-    flat = functools.partial(rearrange, pattern="... f -> (...) f")
-    g_b = (flat(u).T @ flat(g)).reshape(lora_B.shape)
+    g_b = _rows_tn(u, g) * jnp.asarray(scale, g.dtype)
     g_u = g @ b_cat.T  # [..., E*r]
-    g_p = None
-    if probs is not None:
-        g_p = reduce(g_u * u0, "... (e r) -> ... e", "sum", r=rank)
-        g_p = _sum_to_shape(g_p, probs.shape).astype(probs.dtype)
-    g_u0 = g_u if p_rep is None else g_u * p_rep
-    g_x = g_u0 @ a_cat.T
-    g_a = rearrange(flat(x).T @ flat(g_u0), "i (e r) -> e i r", r=rank)
-    return g_x.astype(x.dtype), g_p, g_a.astype(lora_A.dtype), g_b.astype(lora_B.dtype)
+    if p_rep is None:
+        return g_u, None, g_b
+    g_p = reduce(g_u * u0, "... (e r) -> ... e", "sum", e=probs.shape[-1])
+    return g_u * p_rep, g_p, g_b
 
 
 def fused_routed_molora(
@@ -256,9 +282,19 @@ def fused_routed_molora(
 
 
 def _routed_molora_forward(x, router_weight, lora_A, lora_B, scale, top_k, renormalize):
-    logits = router_logits(x, router_weight)
+    a_cat, b_cat = _cat_kernels(lora_A, lora_B, scale, x.dtype)
+    u0, logits = _project(x, a_cat, router_weight)
     probs = router_probs(logits, top_k, renormalize)
-    return lowrank_mixture(x, probs, lora_A, lora_B, scale), probs, logits
+    return _mix_lowrank(u0, probs, b_cat).astype(x.dtype), probs, logits
+
+
+def _project(x, a_cat, router_weight):
+    """``(x @ A_cat [..., E*r], router logits [..., E])``: one dot over ``x`` with the
+    kernels side by side when ``x`` is float32 (the router's dtype), else two."""
+    if x.dtype != jnp.float32:
+        return x @ a_cat, router_logits(x, router_weight)
+    z = x @ jnp.concatenate([a_cat, router_weight.astype(x.dtype)], axis=1)
+    return z[..., : a_cat.shape[1]], z[..., a_cat.shape[1] :]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
@@ -273,19 +309,30 @@ def _routed_molora_fwd(x, router_weight, lora_A, lora_B, scale, top_k, renormali
 
 def _routed_molora_bwd(scale, top_k, renormalize, saved, grads):
     """Gradients of ``x``, ``router_weight``, ``lora_A``, ``lora_B``: the LoRA part as
-    :func:`fused_molora`'s, then the router's, whose input gradient joins the LoRA's."""
+    :func:`fused_molora`'s, then the router's, whose input gradient joins the LoRA's (for
+    float32 ``x`` in the same dots: ``[g_u0, g_logits]`` against ``[A_cat, W]``)."""
     x, router_weight, lora_A, lora_B, probs = saved
     g_delta, g_probs, g_logits = grads
-    g_x, g_p, g_a, g_b = _molora_bwd(scale, (x, probs, lora_A, lora_B), g_delta)
-    cdt = probs.dtype
+    a_cat, b_cat = _cat_kernels(lora_A, lora_B, scale, x.dtype)
+    u0, _ = _project(x, a_cat, router_weight)  # the forward's own dot, shared under jit
+    g_u0, g_p, g_b = _lowrank_grads(u0, probs, b_cat, g_delta.astype(x.dtype), scale)
     full = None
     if top_k is not None and not renormalize:
         full = jax.nn.softmax(router_logits(x, router_weight), axis=-1)
-    g_l = _logits_grad(probs, g_p + g_probs, g_logits, full)  # [..., E]
-    xr = x.astype(cdt)
-    g_w = jnp.einsum("...k,...e->ke", xr, g_l).astype(router_weight.dtype)
-    g_x = g_x + (g_l @ router_weight.astype(cdt).T).astype(x.dtype)
-    return g_x, g_w, g_a, g_b
+    g_l = _logits_grad(probs, g_p.astype(probs.dtype) + g_probs, g_logits, full)  # [..., E]
+    n_lora = a_cat.shape[1]
+    if x.dtype == jnp.float32:
+        g_z = jnp.concatenate([g_u0, g_l.astype(x.dtype)], axis=-1)
+        g_x = g_z @ jnp.concatenate([a_cat, router_weight.astype(x.dtype)], axis=1).T
+        g_aw = _rows_tn(x, g_z)
+        g_a, g_w = g_aw[:, :n_lora], g_aw[:, n_lora:]
+    else:
+        cdt = probs.dtype
+        g_x = g_u0 @ a_cat.T + (g_l @ router_weight.astype(cdt).T).astype(x.dtype)
+        g_a, g_w = _rows_tn(x, g_u0), _rows_tn(x.astype(cdt), g_l)
+    g_a = rearrange(g_a, "i (e r) -> e i r", e=lora_A.shape[0])
+    g_b = g_b.reshape(lora_B.shape).astype(lora_B.dtype)
+    return g_x.astype(x.dtype), g_w.astype(router_weight.dtype), g_a.astype(lora_A.dtype), g_b
 
 
 _routed_molora.defvjp(_routed_molora_fwd, _routed_molora_bwd)
