@@ -54,12 +54,12 @@ def mov_group(tokens: int, d: int, n_experts: int, device: torch.device, seed: i
     return Group(f"E={n_experts}", "ia3", impls, same)
 
 
-def compiled(group: Group, backend: str) -> Group:
-    """``group`` with every forward under ``torch.compile(fullgraph=True)`` (backward is
-    compiled with it by AOT autograd); ``backend`` is ``"inductor"`` or ``"aot_eager"``."""
+def compiled(group: Group, backend: str, fullgraph: bool = True) -> Group:
+    """``group`` with every forward under ``torch.compile`` (backward is compiled with it by
+    AOT autograd); ``backend`` is ``"inductor"`` or ``"aot_eager"``."""
     impls = {
         name: dataclasses.replace(
-            impl, forward=torch.compile(impl.forward, backend=backend, fullgraph=True)
+            impl, forward=torch.compile(impl.forward, backend=backend, fullgraph=fullgraph)
         )
         for name, impl in group.impls.items()
     }

@@ -9,7 +9,7 @@ attention k/v outputs and the FFN ``wo`` input; MoLoRA and PEFT LoRA on q, k, v,
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,14 +135,21 @@ def _input_grad_impl(model: Any, batch: dict[str, Tensor]) -> Impl:
     )
 
 
-def training_group(shape: T5Shape, device: torch.device) -> Group:
-    """Case 3: one training step per method; baseline ``peft-ia3``. At initialisation every
-    adapter is the identity, so all losses equal the base model's."""
+COMPILED_METHODS = ("peft-ia3", "mov-10", "hooks-mov-10")
+
+
+def training_group(
+    shape: T5Shape, device: torch.device, methods: Sequence[str] | None = None
+) -> Group:
+    """Case 3: one training step per method (all of :func:`training_methods` and the frozen
+    base, or ``methods``); baseline ``peft-ia3``. At initialisation every adapter is the
+    identity, so all losses equal the base model's."""
     base = base_model(shape, device)
     batch = _batch(shape, device)
-    impls = {"base-input-grad": _input_grad_impl(base, batch)}
+    impls = {} if methods else {"base-input-grad": _input_grad_impl(base, batch)}
     for name, adapt in training_methods().items():
-        impls[name] = _loss_impl(adapt(copy.deepcopy(base)), batch)
+        if methods is None or name in methods:
+            impls[name] = _loss_impl(adapt(copy.deepcopy(base)), batch)
     same: Pairs = [("peft-ia3", name, ("out",)) for name in impls if name != "peft-ia3"]
     return Group("train step", "peft-ia3", impls, same)
 

@@ -60,7 +60,7 @@ def _site_of(name: str) -> str:
 
 def test_peft_and_mixlight_ia3_have_the_same_gradients() -> None:
     """Elementwise, matched by site: a permutation, a sign error or a swapped site fails."""
-    (group,), _ = bench.cases.CASES[3].build(True, CPU)
+    (group, _compiled), _ = bench.cases.CASES[3].build(True, CPU)
     grads = {}
     for name in ("peft-ia3", "mixlight-ia3"):
         result = group.impls[name].step()
