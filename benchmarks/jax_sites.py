@@ -2,7 +2,8 @@
 
 The same shapes and implementations as :mod:`benchmarks.sites`: MoV site (fused
 ``custom_vjp`` op, autodiff through :mod:`mixlight.math`, an (IA)³ site) and MoLoRA site
-(fused op with its token router inside, a per-expert loop, one LoRA of rank ``E*r``). *Saved for
+(fused op with its token router inside against one LoRA of rank ``E*r``, and in a second
+group against a per-expert loop). *Saved for
 backward* counts the distinct buffers among the residuals of an eager ``jax.vjp``, excluding
 the weights' own buffers, as the torch rows exclude parameters. It is an upper bound on what a
 jitted step keeps: XLA may share a buffer that eager residuals hold twice (the loop's ``x``,
@@ -92,8 +93,11 @@ def _loop_molora(x, w, lora_A, lora_B):
     return out * MOLORA_SCALE
 
 
-def molora_group(tokens: int, d: int, n_experts: int, rank: int, seed: int = 0) -> Group:
-    """Case 2 in JAX at one expert count; baseline ``lora`` (rank ``E*r``)."""
+def molora_groups(tokens: int, d: int, n_experts: int, rank: int, seed: int = 0) -> list[Group]:
+    """Case 2 in JAX at one expert count: ``fused`` against ``lora`` (rank ``E*r``), then
+    against ``loop`` in a group of its own. Timed together, the step after ``loop`` (whose
+    temporaries run to ~1 GB at E=16) was ~70 ms slower than alone whichever step it was, and
+    the rotation puts ``fused`` there in two rounds of three."""
     k = jax.random.split(jax.random.key(seed), 5)
     x, g_out = _randn(k[0], (tokens, d)), _randn(k[4], (tokens, d))
     w = _randn(k[1], (d, n_experts), std=0.1)
@@ -102,23 +106,20 @@ def molora_group(tokens: int, d: int, n_experts: int, rank: int, seed: int = 0) 
     a_cat = np.asarray(a).transpose(1, 0, 2).reshape(d, n_experts * rank)
     b_cat = np.asarray(b).reshape(n_experts * rank, d) / n_experts
     names = ("x", "router", "lora_A", "lora_B")
-
-    impls = {
-        "lora": JaxImpl(
-            lambda x, a, b: (x @ a) @ b * MOLORA_SCALE,
-            (x, jnp.asarray(a_cat), jnp.asarray(b_cat)),
-            ("x", "lora_A", "lora_B"),
-            g_out,
-            (1, 2),
-        ),
-        "loop": JaxImpl(_loop_molora, (x, w, a, b), names, g_out, (1, 2, 3)),
-        "fused": JaxImpl(
-            lambda *t: fused_routed_molora(*t, MOLORA_SCALE)[0],
-            (x, w, a, b),
-            names,
-            g_out,
-            (1, 2, 3),
-        ),
-    }
+    lora = JaxImpl(
+        lambda x, a, b: (x @ a) @ b * MOLORA_SCALE,
+        (x, jnp.asarray(a_cat), jnp.asarray(b_cat)),
+        ("x", "lora_A", "lora_B"),
+        g_out,
+        (1, 2),
+    )
+    loop = JaxImpl(_loop_molora, (x, w, a, b), names, g_out, (1, 2, 3))
+    fused = JaxImpl(
+        lambda *t: fused_routed_molora(*t, MOLORA_SCALE)[0], (x, w, a, b), names, g_out, (1, 2, 3)
+    )
     same: Pairs = [("fused", "loop", ("out", "x", "router", "lora_A", "lora_B"))]
-    return Group(f"MoLoRA E={n_experts}", "lora", impls, same)
+    label = f"MoLoRA E={n_experts}"
+    return [
+        Group(label, "lora", {"lora": lora, "fused": fused}),
+        Group(f"{label} vs loop", "loop", {"loop": loop, "fused": fused}, same),
+    ]

@@ -27,7 +27,9 @@ def t5_group():
 
 def test_case_6_pairs_agree():
     groups, _ = cases.CASES[6].build(True, CPU)
-    assert sum(check_same(g) for g in groups) == sum(len(g.same[0][2]) for g in groups)
+    pairs = [pair for g in groups for pair in g.same]
+    assert {pair[:2] for pair in pairs} == {("fused", "unfused"), ("fused", "loop")}
+    assert sum(check_same(g) for g in groups) == sum(len(keys) for _, _, keys in pairs)
 
 
 def test_case_8_naive_and_fused_mov_agree(t5_group):
