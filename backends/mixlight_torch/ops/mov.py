@@ -165,12 +165,14 @@ def _mov_backward(
     cdt = probs.dtype
     vectors_c = vectors.to(cdt)
     g_merged = g_v = None
-    g_p = probs.new_zeros(probs.shape) if g_probs is None else g_probs.reshape(probs.shape)
+    g_p = None if g_probs is None else g_probs.reshape(probs.shape)
     if g_out is not None:
         g_merged = (g_out.reshape(n_tokens, d) * h.reshape(n_tokens, d)).to(cdt)  # [n, d]
         g_v, g_p_merge = _merge_grads(probs, vectors_c, g_merged)
         g_v = g_v.to(vectors.dtype)
-        g_p = g_p + g_p_merge
+        g_p = g_p_merge if g_p is None else g_p + g_p_merge
+    if g_p is None:
+        g_p = probs.new_zeros(probs.shape)
     if not (need_h or need_w):
         return None, None, g_v
     hr = h.reshape(n_tokens, n_heads, -1).to(cdt)
