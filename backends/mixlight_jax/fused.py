@@ -32,8 +32,8 @@ from mixlight.math import router_logits, router_probs
 __all__ = ["fused_molora", "fused_mov", "fused_routed_molora"]
 
 BROADCAST_MAX_EXPERTS = 16
-"""Up to this many experts MoV merges ``probs @ vectors`` as a broadcast sum (measured on CPU:
-1.9x (IA)³ at E=10 against 2.4x as a dot; at E=60 the sum is 2x slower than the dot)."""
+"""Up to this many experts MoV without heads merges ``probs @ vectors`` as a broadcast sum
+(measured on CPU: 1.8x (IA)³ at E=10 against 2.5x as a dot; at E=60 the sum was 2x slower)."""
 
 
 def fused_mov(
@@ -82,10 +82,12 @@ def _expert_sum(coef: jax.Array, rows: jax.Array) -> jax.Array:
     A broadcast product summed over E rather than a dot: XLA on CPU fuses it, with the
     elementwise work around it, into one pass over ``[..., d]``, where a dot with a skinny
     ``[E, d]`` side is a library call that writes its ``[..., d]`` result out first. Above
-    :data:`BROADCAST_MAX_EXPERTS` experts the arithmetic outweighs that pass: a dot.
+    :data:`BROADCAST_MAX_EXPERTS` experts the arithmetic outweighs that pass, and per head
+    (``H > 1``) XLA merged a T5's sites' sums into one fusion that wrote out their broadcast
+    ``[..., H, E, k]`` operands: a dot in both cases.
     """
     per_head = rearrange(rows, "e (h k) -> h e k", h=coef.shape[-2])
-    if rows.shape[0] > BROADCAST_MAX_EXPERTS:  # E multiply-adds per element: a dot wins
+    if rows.shape[0] > BROADCAST_MAX_EXPERTS or coef.shape[-2] > 1:
         return rearrange(jnp.einsum("...he,hek->...hk", coef, per_head), "... h k -> ... (h k)")
     return rearrange(jnp.sum(coef[..., None] * per_head, axis=-2), "... h k -> ... (h k)")
 
