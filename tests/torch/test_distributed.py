@@ -182,7 +182,8 @@ def test_sharded_save_loads_into_a_single_process_model(runs, reference):
     loaded = ml.load_adapter(tiny_t5(), runs / "fsdp")
     got = logits(loaded)
     torch.testing.assert_close(got, torch.from_numpy(np.load(runs / "fsdp_logits.npy")))
-    torch.testing.assert_close(got, logits(reference), rtol=0, atol=1e-5)
+    # float32 rounding of sharded vs whole-batch reductions, over the training steps
+    torch.testing.assert_close(got, logits(reference), rtol=1e-5, atol=1e-5)
 
 
 def test_sharded_save_loads_into_a_sharded_model(runs):
