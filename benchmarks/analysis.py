@@ -73,15 +73,44 @@ target, and on GPU the Triton kernel replaces it (`fused_mov` uses the torch ops
 traces)."""
 
 JAX_SITES = """\
-Analysis. Under `jit` XLA fuses the elementwise work itself, so the JAX rows show the cost of
-the design rather than of eager dispatch. The fused MoV (`custom_vjp`) is ~2.3x the (IA)³ site
-at E=10, ~1.2x autodiff through the core math, and saves a third of its bytes (autodiff keeps
-`h`, the merged vector and `h` again for the router): the recomputation buys the memory
-target for ~20% time. Fused MoLoRA (`fused_routed_molora`: router inside, `x` kept once, saved
-bytes 0.96-0.99x LoRA) is 1.3-1.4x LoRA(rank E·r): XLA already plans the allocations that the
-torch op had to save by hand, so the extra matmul work (recomputed `x @ A_cat`, the router's
-three products) shows. Loop targets are met (0.22x time, 0.06x saved at E=16). Proposed CPU
-targets for these rows: MoV <= 2.5x (IA)³, MoLoRA <= 1.5x LoRA(E·r)."""
+Analysis. Under `jit` XLA fuses the elementwise work itself; its dots stay library calls that
+write their result out. On this VM writing a fresh `[8192, 1024]` float32 buffer costs more
+than the arithmetic on it: 32 MiB is above glibc's largest mmap threshold, so each output, and
+the block of a step's temporaries, is a new mapping whose pages fault on first touch (`h * v`
+into a new output ~20 ms, a reduction over the same two arrays ~5 ms). (IA)³ writes two such
+buffers per step. The fused MoV (E=10: 2.5x -> 1.8x on 1 thread, `HISTORY.md`) writes three:
+the merge `probs @ vectors` and the routing term `g_logits @ W^T` are sums over E of broadcast
+products that XLA fuses into the scaling (forward) and into `g_out * merged` (backward), and the
+kernel gradients are 2-D row contractions with the narrow operand on the left (the `[d, E]`
+orientation ran ~6x slower). The third buffer, `g_out * h`, misses 1.5x: its two consumers
+(`p^T (g*h)` for the vectors, `(g*h) V^T` for the probabilities) are dots, which XLA does not
+fuse with a producer; computing them over row blocks (`lax.map`) kept it in cache but cost
+more in loop overhead (2.0x). One profiled step: output 21 ms, `g_out * h` 20, input gradient
+14, logits, softmax and the four skinny contractions 19, against (IA)³'s 2 x 22 + 5. Above 16
+experts the broadcast sum's E multiply-adds per element cost more than the pass they save, so
+it stays a dot (E=60 unchanged). Fused MoLoRA is now faster than LoRA(E·r) (0.71-0.86x, was
+1.5-1.75x): with its router on float32 `x` it does `x @ [A_cat, W]`, the input gradient and
+both kernel gradients in one dot each, scales the small `B` kernel rather than the output, and
+puts the narrow operand on the left, where LoRA's own autodiff spends 36 of its ~125 ms on
+`x^T g_u`. The loop runs in its own group: whichever step was timed after it ran ~70 ms slow
+(LoRA 195 against 126 ms, fused 178 against 110). Saved bytes are unchanged (MoV 1.01x,
+MoLoRA 0.96-0.99x). Proposed CPU target: MoV <= 2.0x (IA)³ at E=10; MoLoRA keeps 1.1x."""
+
+JAX_T5 = """\
+Analysis. Measured on 1 thread pinned to one core (2026-11-30); on 2 shared cores expect the
+noise described in `HISTORY.md`: the IQRs here span ~0.1. MoV-10 adds, at 64 sites (k and v
+of 24 attentions, routed per head, and 16 FFN activations), the router, the merge and their
+gradients to a step whose time is the frozen T5's matmuls; it is at the (IA)³ bound and below
+the naive MoV (the same sites traced with the fast ops off: `core_math_only`, the core math
+under plain autodiff), which keeps the merged vectors and the router's input for backward
+(1.24x (IA)³'s bytes against the fused op's 1.01x). Per-head sites merge with a dot: as sums
+of broadcast products (the fast form at a single site without heads, case 6) XLA fused the
+sums of several sites into one loop and wrote their `[tokens, H, E, k]` operands out (then
+1.26x (IA)³ and 1.05x naive; the op before this work: 1.20x and 0.98x; now 1.05x and 0.92x,
+`HISTORY.md`). What remains against (IA)³ is spread over per-site small work (softmax and its
+gradient, the `[H, tokens, E]` transposes of the per-head kernel gradients). MoLoRA-10 r=4
+now equals LoRA r=40 (was 1.08x): the same matmul shapes, with the router in the same dots
+as `A` (case 6)."""
 
 XLORA = """\
 Analysis. X-LoRA runs the model twice per step (a scaling pass with the adapters off, then the
@@ -104,6 +133,7 @@ ANALYSIS = {
     5: COMPILE,
     6: JAX_SITES,
     7: XLORA,
+    8: JAX_T5,
 }
 
 
@@ -117,8 +147,8 @@ PROPOSED_CPU_TARGETS = [
      "dispatch of ~20 small ops per token"),
     (5, "compiled MoV site <= 1.3x compiled (IA)³", "none on CPU: inductor fuses (IA)³ into "
      "one loop but keeps MoV's contractions as library calls"),
-    (6, "JAX MoV <= 1.3x, MoLoRA <= 1.1x", "MoV <= 2.5x, MoLoRA <= 1.5x LoRA(E·r) under jit "
-     "on CPU (XLA already plans allocations; the extra matmul work shows)"),
+    (6, "JAX MoV <= 1.5x (IA)³, MoLoRA <= 1.1x LoRA(E·r)", "MoV <= 2.0x under jit on CPU: "
+     "`g_out * h` feeds two dots, so XLA writes it out as a fresh [tokens, d] buffer"),
     (7, "MoLoRA-10 >= 3x faster than X-LoRA", ">= 2.5x against default X-LoRA (frozen "
      "adapters, no adapter-weight gradients), >= 3x against trainable X-LoRA (met: ~4x)"),
 ]  # fmt: skip
