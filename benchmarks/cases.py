@@ -192,7 +192,7 @@ CASES = {
         4,
         "Cached greedy generation",
         _build_generation,
-        (Target("generate", "mov-10", "base", "time", 1.15),),
+        (Target("generate", "mov-10", "base", "time", 1.10),),
         repeats=5,
     ),
     5: Case(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-LIBRARIES = ("mixlight", "torch", "transformers", "peft", "numpy", "einops")
+LIBRARIES = ("mixlight", "torch", "transformers", "peft", "numpy", "einops", "jax", "flax")
 MIB = 2**20
 
 
