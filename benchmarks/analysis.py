@@ -36,35 +36,36 @@ E=4 exactly at the bound: fused saves `x` and the probabilities, the loop those 
 `[tokens, d]` expert outputs and their `[tokens, r]` factors)."""
 
 T5_TRAINING = """\
-Analysis. Rounds on 2 shared cores are noisy (see the IQRs; ratios within ~0.05 of a bound
-are not decisive). The anchor rows are the naive forward hooks a user would write
-(`benchmarks/naive_hooks.py`: per-head routers and einsum merges in plain autograd):
-mixlight's fused ops beat them at both MoV-10 and MoLoRA-10 while saving a fifth less for
-backward. Against PEFT, MoV-10 adds per-head routing at 64 sites (k and v of 24 attentions,
-16 FFN activations); a profile of one step each (2026-11-30, after moving the CPU router to
-an experts-major layout, which took its softmax off the profile) puts the extra at: the
-router products, forward and weight gradient (`mm`, +54 ms of ~1.3 s), the per-head `bmm`s
-of the merge, its recomputation in backward and its two gradients (+56 ms), the
-elementwise work of the merge and the routing gradient (`mul`/`add`, +20 ms) and the two
-autograd Functions' own Python (+36 ms). The recomputation of the merged vector is what
-keeps saved activations at 1.02x (IA)³: saving it instead would trade ~15 ms for a second
-`[tokens, d]` tensor per site. What is left is arithmetic that a soft merge needs and
-PEFT's (IA)³ does not, on small tensors; fusing it is the Triton kernel's job on GPU.
-Proposed CPU targets: MoV-10 <= 1.15x PEFT (IA)³, MoLoRA-10 <= 1.15x PEFT LoRA r=40, and
-both below the naive hooks.
+Analysis. Rounds on 2 shared cores are noisy (see the IQRs; ratios within ~0.05 of a bound are
+not decisive). The anchor rows are the naive forward hooks a user would write
+(`benchmarks/naive_hooks.py`: per-head routers and einsum merges in plain autograd): mixlight's
+fused ops beat them at both MoV-10 and MoLoRA-10 while saving a fifth less for backward.
+Against PEFT, MoV-10 adds per-head routing at 64 sites (k and v of 24 attentions, 16 FFN
+activations); a profile of one step each (2026-11-30, after moving the CPU router to an
+experts-major layout, which took its softmax off the profile) puts the extra at: the router
+products, forward and weight gradient (`mm`, +54 ms of ~1.3 s), the per-head `bmm`s of the
+merge, its recomputation in backward and its two gradients (+56 ms), the elementwise work of
+the merge and the routing gradient (`mul`/`add`, +20 ms) and the two autograd Functions' own
+Python (+36 ms). The recomputation of the merged vector is what keeps saved activations at
+1.02x (IA)³: saving it instead would trade ~15 ms for a second `[tokens, d]` tensor per site.
+What is left is arithmetic that a soft merge needs and PEFT's (IA)³ does not, on small tensors;
+fusing it is the Triton kernel's job on GPU. Proposed CPU targets: MoV-10 <= 1.15x PEFT (IA)³,
+MoLoRA-10 <= 1.15x PEFT LoRA r=40, and both below the naive hooks.
 
 Compiled (inductor, the *train step compiled* group), MoV-10 is 1.13x compiled PEFT (IA)³ and
 below the compiled hooks (0.96x). Inside `fused_mov` the sums over the experts now fuse with
-the loops around them (case 5), but the step's extra is the same small products as eager:
-the per-site profile diff names whole compiled graphs, and the library products left between
-them (`bmm`, +24 ms) are the merge's contractions. Compiled, MoV-10 saves 1.17x (IA)³'s
-bytes (358 against 308 MiB; eager: 524 against 513). Listing the saved tensors of a one-layer
-model shows what the partitioner keeps: for (IA)³ it recomputes each FFN's gelu output in
-backward from the `wi_0` output it keeps anyway, while for MoV that output is the input `h`
-which the custom Function saves for its own backward (its router reads it), so one `[tokens,
-d_ff]` tensor per FFN layer stays alive. A site that recomputed `h` would need its producer,
-which a site op does not see. Proposed CPU target for the compiled row: <= 1.15x time, <=
-1.2x saved, below the compiled hooks (met: 0.96x time, 0.73x saved)."""
+the loops around them (case 5), but the step's extra is the same small products as eager: the
+per-site profile diff names whole compiled graphs, and the library products left between them
+(`bmm`, +24 ms) are the merge's contractions; a kernel that does a site's routing, merge and
+gradients in one pass over its tokens would remove them (the Triton kernel's job on CUDA;
+compiled graphs trace the torch ops instead). Compiled, MoV-10 saves 1.17x (IA)³'s bytes (358
+against 308 MiB; eager: 524 against 513). Listing the saved tensors of a one-layer model shows
+what the partitioner keeps: for (IA)³ it recomputes each FFN's gelu output in backward from the
+`wi_0` output it keeps anyway, while for MoV that output is the input `h` which the custom
+Function saves for its own backward (its router reads it), so one `[tokens, d_ff]` tensor per
+FFN layer stays alive. A site that recomputed `h` would need its producer, which a site op does
+not see. Proposed CPU target for the compiled row: <= 1.15x time, <= 1.2x saved, below the
+compiled hooks (met: 0.96x time, 0.73x saved)."""
 
 GENERATION = """\
 Analysis. With the KV cache each decoding step routes one token per sequence, so MoV-10 adds,
@@ -112,39 +113,42 @@ the block of a step's temporaries, is a new mapping whose pages fault on first t
 into a new output ~20 ms, a reduction over the same two arrays ~5 ms). (IA)³ writes two such
 buffers per step. The fused MoV (E=10: 2.5x -> 1.8x on 1 thread, `HISTORY.md`) writes three:
 the merge `probs @ vectors` and the routing term `g_logits @ W^T` are sums over E of broadcast
-products that XLA fuses into the scaling (forward) and into `g_out * merged` (backward), and the
-kernel gradients are 2-D row contractions with the narrow operand on the left (the `[d, E]`
+products that XLA fuses into the scaling (forward) and into `g_out * merged` (backward), and
+the kernel gradients are 2-D row contractions with the narrow operand on the left (the `[d, E]`
 orientation ran ~6x slower). The third buffer, `g_out * h`, misses 1.5x: its two consumers
 (`p^T (g*h)` for the vectors, `(g*h) V^T` for the probabilities) are dots, which XLA does not
-fuse with a producer; computing them over row blocks (`lax.map`) kept it in cache but cost
-more in loop overhead (2.0x). One profiled step: output 21 ms, `g_out * h` 20, input gradient
-14, logits, softmax and the four skinny contractions 19, against (IA)³'s 2 x 22 + 5. Above 16
+fuse with a producer; computing them over row blocks (`lax.map`) kept it in cache but cost more
+in loop overhead (2.0x). One profiled step: output 21 ms, `g_out * h` 20, input gradient 14,
+logits, softmax and the four skinny contractions 19, against (IA)³'s 2 x 22 + 5. Above 16
 experts the broadcast sum's E multiply-adds per element cost more than the pass they save, so
-it stays a dot (E=60 unchanged). Fused MoLoRA is now faster than LoRA(E·r) (0.71-0.86x, was
-1.5-1.75x): with its router on float32 `x` it does `x @ [A_cat, W]`, the input gradient and
-both kernel gradients in one dot each, scales the small `B` kernel rather than the output, and
-puts the narrow operand on the left, where LoRA's own autodiff spends 36 of its ~125 ms on
-`x^T g_u`. The loop runs in its own group: whichever step was timed after it ran ~70 ms slow
-(LoRA 195 against 126 ms, fused 178 against 110). Saved bytes are unchanged (MoV 1.01x,
-MoLoRA 0.96-0.99x). Proposed CPU target: MoV <= 2.0x (IA)³ at E=10; MoLoRA keeps 1.1x."""
+it stays a dot (E=60 unchanged). What would remove the third buffer is a kernel that reads `h`
+and `g_out` once per token block and accumulates both contractions in registers (Pallas on an
+accelerator; XLA's CPU dots cannot take a fused producer). Fused MoLoRA is now faster than
+LoRA(E·r) (0.71-0.86x, was 1.5-1.75x): with its router on float32 `x` it does `x @ [A_cat, W]`,
+the input gradient and both kernel gradients in one dot each, scales the small `B` kernel
+rather than the output, and puts the narrow operand on the left, where LoRA's own autodiff
+spends 36 of its ~125 ms on `x^T g_u`. The loop runs in its own group: whichever step was timed
+after it ran ~70 ms slow (LoRA 195 against 126 ms, fused 178 against 110). Saved bytes are
+unchanged (MoV 1.01x, MoLoRA 0.96-0.99x). Proposed CPU target: MoV <= 2.0x (IA)³ at E=10;
+MoLoRA keeps 1.1x."""
 
 JAX_T5 = """\
 Analysis. On 2 threads (this run) MoV-10 is 1.10x the JAX (IA)³ step and 0.96x the naive MoV,
 MoLoRA-10 1.04x LoRA r=40; pinned to one thread the same code read 1.05x, 0.92x and 1.00x
-(`HISTORY.md`): as in torch, the small per-site work does not get faster with a second
-thread, the frozen model's matmuls do. MoV-10 adds, at 64 sites (k and v
-of 24 attentions, routed per head, and 16 FFN activations), the router, the merge and their
-gradients to a step whose time is the frozen T5's matmuls; it is at the (IA)³ bound and below
-the naive MoV (the same sites traced with the fast ops off: `core_math_only`, the core math
-under plain autodiff), which keeps the merged vectors and the router's input for backward
-(1.24x (IA)³'s bytes against the fused op's 1.01x). Per-head sites merge with a dot: as sums
-of broadcast products (the fast form at a single site without heads, case 6) XLA fused the
-sums of several sites into one loop and wrote their `[tokens, H, E, k]` operands out (then
-1.26x (IA)³ and 1.05x naive; the op before this work: 1.20x and 0.98x; now 1.05x and 0.92x,
-`HISTORY.md`). What remains against (IA)³ is spread over per-site small work (softmax and its
-gradient, the `[H, tokens, E]` transposes of the per-head kernel gradients). MoLoRA-10 r=4
-now equals LoRA r=40 (was 1.08x): the same matmul shapes, with the router in the same dots
-as `A` (case 6)."""
+(`HISTORY.md`): as in torch, the small per-site work does not get faster with a second thread,
+the frozen model's matmuls do. MoV-10 adds, at 64 sites (k and v of 24 attentions, routed per
+head, and 16 FFN activations), the router, the merge and their gradients to a step whose time
+is the frozen T5's matmuls; it is at the (IA)³ bound and below the naive MoV (the same sites
+traced with the fast ops off: `core_math_only`, the core math under plain autodiff), which
+keeps the merged vectors and the router's input for backward (1.24x (IA)³'s bytes against the
+fused op's 1.01x). Per-head sites merge with a dot: as sums of broadcast products (the fast
+form at a single site without heads, case 6) XLA fused the sums of several sites into one loop
+and wrote their `[tokens, H, E, k]` operands out (then 1.26x (IA)³ and 1.05x naive; the op
+before this work: 1.20x and 0.98x; now 1.05x and 0.92x, `HISTORY.md`). What remains against
+(IA)³ is spread over per-site small work (softmax and its gradient, the `[H, tokens, E]`
+transposes of the per-head kernel gradients), at 64 sites: fewer ops per site (a single-pass
+site kernel) is what would remove it. MoLoRA-10 r=4 now equals LoRA r=40 (was 1.08x): the same
+matmul shapes, with the router in the same dots as `A` (case 6)."""
 
 XLORA = """\
 Analysis. X-LoRA runs the model twice per step (a scaling pass with the adapters off, then the
