@@ -31,24 +31,7 @@ Batch = dict[str, jax.Array]
 
 def base_model(shape: T5Shape, seed: int = 0) -> t5.T5ForConditionalGeneration:
     """A random-weight gated-gelu T5 with untied embeddings (the v1.1 layout)."""
-    config = t5.T5Config.from_dict(
-        {
-            "model_type": "t5",
-            "vocab_size": shape.vocab,
-            "d_model": shape.d_model,
-            "d_kv": shape.d_kv,
-            "d_ff": shape.d_ff,
-            "num_layers": shape.layers,
-            "num_decoder_layers": shape.layers,
-            "num_heads": shape.heads,
-            "feed_forward_proj": "gated-gelu",
-            "tie_word_embeddings": False,
-            "dropout_rate": 0.0,
-            "decoder_start_token_id": 0,
-            "pad_token_id": 0,
-            "eos_token_id": 1,
-        }
-    )
+    config = t5.T5Config.from_dict({"model_type": "t5", **shape.config_fields()})
     return t5.T5ForConditionalGeneration(config, rngs=nnx.Rngs(seed))
 
 

@@ -42,6 +42,26 @@ class T5Shape:
     def small(cls, batch: int = 8, src_len: int = 256, tgt_len: int = 64) -> T5Shape:
         return cls(512, 64, 6, 1024, 8, 32128, batch, src_len, tgt_len)
 
+    def config_fields(self) -> dict[str, Any]:
+        """The fields of a random-weight gated-gelu T5 of this shape with untied embeddings
+        (the v1.1 layout), dropout off: a Hugging Face ``T5Config``'s keyword arguments, and
+        the JAX T5's config dict (:mod:`benchmarks.jax_t5`)."""
+        return {
+            "d_model": self.d_model,
+            "d_kv": self.d_kv,
+            "num_heads": self.heads,
+            "d_ff": self.d_ff,
+            "num_layers": self.layers,
+            "num_decoder_layers": self.layers,
+            "vocab_size": self.vocab,
+            "feed_forward_proj": "gated-gelu",
+            "tie_word_embeddings": False,
+            "dropout_rate": 0.0,
+            "decoder_start_token_id": 0,
+            "pad_token_id": 0,
+            "eos_token_id": 1,
+        }
+
     def describe(self) -> str:
         return (
             f"d_model {self.d_model}, d_kv {self.d_kv}, {self.heads} heads, d_ff {self.d_ff}, "
@@ -54,22 +74,7 @@ def base_model(shape: T5Shape, device: torch.device, seed: int = 0) -> Any:
     """A random-weight gated-gelu T5 (v1.1 layout: untied embeddings), in eval mode."""
     from transformers import T5Config, T5ForConditionalGeneration
 
-    kwargs: dict[str, Any] = dict(
-        d_model=shape.d_model,
-        d_kv=shape.d_kv,
-        num_heads=shape.heads,
-        d_ff=shape.d_ff,
-        num_layers=shape.layers,
-        num_decoder_layers=shape.layers,
-        vocab_size=shape.vocab,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        dropout_rate=0.0,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    config = T5Config(**kwargs)
+    config = T5Config(**shape.config_fields())
     torch.manual_seed(seed)
     model: nn.Module = T5ForConditionalGeneration(config)
     return model.to(device).eval()
