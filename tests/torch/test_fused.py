@@ -509,6 +509,12 @@ def test_compile_fused_mov(
     )
 
 
+def test_compile_fused_mov_bfloat16() -> None:
+    """bfloat16 activations: the router and the merge run in float32 compiled as eager."""
+    h, w, v = (torch.tensor(a, dtype=torch.float32) for a in _mov_inputs(6, (3, 4), 2, 4, 5))
+    _compiled_matches_eager(lambda h, w, v: fused_mov(h, w, v, 2), (h.bfloat16(), w, v))
+
+
 @pytest.mark.parametrize("heads", [None, 4])
 def test_inductor_mov_keeps_eager_memory_and_values(heads: int | None) -> None:
     """Compiled by inductor, the MoV site saves what the eager op saves (``h`` and the
