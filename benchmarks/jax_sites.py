@@ -12,8 +12,9 @@ kept by the router and by each expert).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,12 +52,18 @@ class JaxImpl:
     def saved_bytes(self) -> int:
         """Bytes of the distinct ``jax.vjp`` residual buffers, weights excluded."""
         _, vjp = jax.vjp(self.fn, *self.args)
-        skip = {self.args[i].unsafe_buffer_pointer() for i in self.weights}
-        seen: dict[int, int] = {}
-        for leaf in jax.tree.leaves(vjp):
-            if isinstance(leaf, jax.Array) and leaf.unsafe_buffer_pointer() not in skip:
-                seen[leaf.unsafe_buffer_pointer()] = leaf.size * leaf.dtype.itemsize
-        return sum(seen.values())
+        return residual_bytes(vjp, [self.args[i] for i in self.weights])
+
+
+def residual_bytes(vjp: Callable[..., Any], exclude: Iterable[jax.Array]) -> int:
+    """Bytes of the distinct buffers among the residuals a ``jax.vjp`` function holds,
+    leaving out those of ``exclude`` (arrays that live anyway: weights, inputs)."""
+    skip = {a.unsafe_buffer_pointer() for a in exclude}
+    seen: dict[int, int] = {}
+    for leaf in jax.tree.leaves(vjp):
+        if isinstance(leaf, jax.Array) and leaf.unsafe_buffer_pointer() not in skip:
+            seen[leaf.unsafe_buffer_pointer()] = leaf.size * leaf.dtype.itemsize
+    return sum(seen.values())
 
 
 def _randn(key: jax.Array, shape: tuple[int, ...], std: float = 1.0, mean: float = 0.0):

@@ -22,6 +22,7 @@ from flax import nnx
 
 import mixlight as ml
 from benchmarks.impl import Group, Pairs
+from benchmarks.jax_sites import residual_bytes
 from benchmarks.t5 import T5Shape
 from mixlight_jax import AdapterParam, t5
 from mixlight_jax._sites import core_math_only
@@ -71,7 +72,6 @@ class JaxTrainStep:
         def loss_of(params, rest, batch):
             return _loss(nnx.merge(graphdef, params, rest), batch)
 
-        self._loss_of = loss_of
         with trace_in():
             self._step = jax.jit(jax.value_and_grad(loss_of)).lower(params, rest, batch).compile()
             self._forward = jax.jit(loss_of)  # traced on first use, below
@@ -89,13 +89,7 @@ class JaxTrainStep:
         """Bytes of the distinct residual buffers of ``jax.vjp`` through the jitted loss, the
         model's own weights and the batch excluded (an upper bound on what the step keeps)."""
         _, vjp = jax.vjp(lambda p: self._forward(p, self._rest, self._batch), self._params)
-        inputs = jax.tree.leaves((self._params, self._rest, self._batch))
-        skip = {a.unsafe_buffer_pointer() for a in inputs}
-        seen: dict[int, int] = {}
-        for leaf in jax.tree.leaves(vjp):
-            if isinstance(leaf, jax.Array) and leaf.unsafe_buffer_pointer() not in skip:
-                seen[leaf.unsafe_buffer_pointer()] = leaf.size * leaf.dtype.itemsize
-        return sum(seen.values())
+        return residual_bytes(vjp, jax.tree.leaves((self._params, self._rest, self._batch)))
 
 
 def training_methods() -> dict[str, tuple[Callable[[], ml.AdapterConfig], Callable[[], Any]]]:
@@ -110,19 +104,15 @@ def training_methods() -> dict[str, tuple[Callable[[], ml.AdapterConfig], Callab
     }
 
 
-def training_group(shape: T5Shape, methods: tuple[str, ...] | None = None) -> Group:
+def training_group(shape: T5Shape) -> Group:
     """Case 8: one jitted training step per method; baseline ``ia3``. ``mov-10`` and
     ``naive-mov-10`` compute the same loss and gradients."""
     base = base_model(shape)
     batch = make_batch(shape, base.config)
     impls = {}
     for name, (config, trace_in) in training_methods().items():
-        if methods is None or name in methods:
-            model = nnx.clone(base)
-            ml.inject(model, config(), seed=0)
-            impls[name] = JaxTrainStep(model, batch, trace_in)
-    names = set(impls)
-    same: Pairs = []
-    if {"mov-10", "naive-mov-10"} <= names:
-        same.append(("mov-10", "naive-mov-10", tuple(impls["mov-10"].step())))
+        model = nnx.clone(base)
+        ml.inject(model, config(), seed=0)
+        impls[name] = JaxTrainStep(model, batch, trace_in)
+    same: Pairs = [("mov-10", "naive-mov-10", tuple(impls["mov-10"].step()))]
     return Group("train step", "ia3", impls, same)
