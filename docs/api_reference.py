@@ -44,7 +44,7 @@ GROUPS = {
     "Extension surface: sites and files": (EXTEND, [
         "SiteSpec", "ModuleRecord", "ModuleShape", "SiteResult", "record_module", "shape_for",
         "describe_module", "plan_sites", "apply_site",
-        "route", "select_mask", "aux_loss_terms", "routing_summary", "write_adapter",
+        "route", "pooling_mask", "aux_loss_terms", "routing_summary", "write_adapter",
         "check_arrays",
     ]),
 }  # fmt: skip

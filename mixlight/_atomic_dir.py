@@ -21,6 +21,7 @@ import errno
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -170,8 +171,32 @@ def explain_os_error(err: OSError, root: Path, committed: bool = False) -> OSErr
     return type(err)(err.errno, f"could not save the adapter to {root}: {what}; {state}; {fix}")
 
 
+class NotARegularFileError(OSError):
+    """A path that names a FIFO, a device, a socket or a directory where a file should be."""
+
+
+def file_kind(mode: int) -> str:
+    """``"a regular file"``, ``"a directory"``, ``"a FIFO"``, ... for an ``st_mode``."""
+    kinds = [
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
 def read_once(path: Path) -> bytes:
     """All bytes of ``path`` through one open file: one version of a file that is replaced
-    by rename, never a mixture."""
-    with open(path, "rb") as f:
+    by rename, never a mixture. Only a regular file is read: a FIFO or a device (which could
+    block or never end) raises :class:`NotARegularFileError` without waiting."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFileError(
+                errno.EINVAL, f"{path} is {file_kind(mode)}, not a regular file"
+            )
         return f.read()

@@ -46,6 +46,12 @@ class Backend(Protocol):
         """Add adapter ``name``; the model's first adapter is the active one."""
         ...
 
+    def plan(self, model: Any, config: Any) -> list[Any]:
+        """The :class:`~mixlight.extend.SiteSpec` list ``inject(model, config)`` would give,
+        with ``inject``'s errors, and the model unchanged (loads check a file against it
+        before they touch the model)."""
+        ...
+
     def adapter_names(self, model: Any) -> list[str]:
         """The model's adapter names, the active one first."""
         ...
@@ -123,7 +129,7 @@ class NumpyBackend:
     is_injected = inject = adapter_specs = adapter_state = load_adapter_state = _no_models
     trainable_parameters = aux_losses = routing_stats = disable_adapters = _no_models
     adapter_names = set_adapter = delete_adapter = merge_and_unload = mean_routing = _no_models
-    remove_adapters = _no_models
+    remove_adapters = plan = _no_models
 
 
 _NUMPY = NumpyBackend()

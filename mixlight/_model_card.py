@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from mixlight._atomic_dir import read_once
 from mixlight._base_identity import BaseIdentity
 from mixlight.config import AdapterConfig
 from mixlight.site_spec import SiteSpec
@@ -71,10 +72,10 @@ def facts_of(backend: Any, model: Any) -> CardFacts:
 def is_replaceable(path: Path) -> bool:
     """Whether a save may write ``path``: absent, or a card that mixlight wrote."""
     try:
-        return MARKER in path.read_text("utf-8", errors="replace")
+        return MARKER in read_once(path).decode("utf-8", errors="replace")
     except FileNotFoundError:
         return True
-    except OSError:
+    except OSError:  # unreadable, or not a regular file (a FIFO is never opened to wait)
         return False
 
 

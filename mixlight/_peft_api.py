@@ -21,6 +21,7 @@ from mixlight._peft_format import (
     read_peft,
     write_peft,
 )
+from mixlight._rollback import adapter_for_loading
 from mixlight.config import AdapterConfig
 
 
@@ -43,9 +44,12 @@ def load_peft_adapter(
     starts from the PEFT values, so under soft merging (or renormalised top-k) the model
     computes the PEFT model's function at initialisation; sites PEFT did not adapt keep
     their identity initialisation. A model that already carries an adapter must carry this
-    config. What PEFT computes but mixlight cannot is refused before the model is touched,
-    naming the PEFT key. ``adapter_name`` works as in :func:`mixlight.load_adapter`: a name
-    the model does not have yet is added (inactive unless it is the first adapter).
+    config. What PEFT computes but mixlight cannot, and a malformed directory, are refused
+    before the model is touched, naming the file and the PEFT key or field; a load refused
+    later (a weight whose shape does not fit the model) leaves the model as it was.
+    ``adapter_name`` works as in :func:`mixlight.load_adapter`: a name the model does not
+    have yet is added (inactive unless it is the first adapter). bf16, f16 and f64 weights
+    are read as float32; weights holding NaN or inf are refused.
     """
     peft = read_peft(resolve(source, "load_peft_adapter"))
     if upcycle is not None:
@@ -60,19 +64,16 @@ def load_peft_adapter(
         config = one_expert_config(peft)
     chosen = backend_for_model(model, backend, config)
     named = () if adapter_name is None else (adapter_name,)
-    if not chosen.is_injected(model):
-        chosen.inject(model, config, seed, *named)
-    elif adapter_name is not None and adapter_name not in chosen.adapter_names(model):
-        chosen.inject(model, config, seed, adapter_name)
-    current, _ = chosen.adapter_specs(model, *named)
-    if attrs.evolve(current, backend=None) != attrs.evolve(config, backend=None):
-        raise ValueError(
-            f"the model already carries an adapter ({current.method}) other than the one "
-            f"importing {source} needs ({config.method}); import into a fresh model, or pass "
-            "upcycle= the config the model carries"
-        )
-    _, specs, arrays = chosen.adapter_state(model, *named)
-    chosen.load_adapter_state(model, fill_experts(peft, specs, arrays), *named)
+    with adapter_for_loading(chosen, model, config, adapter_name, seed):
+        current, _ = chosen.adapter_specs(model, *named)
+        if attrs.evolve(current, backend=None) != attrs.evolve(config, backend=None):
+            raise ValueError(
+                f"the model already carries an adapter ({current.method}) other than the one "
+                f"importing {source} needs ({config.method}); import into a fresh model, or "
+                "pass upcycle= the config the model carries"
+            )
+        _, specs, arrays = chosen.adapter_state(model, *named)
+        chosen.load_adapter_state(model, fill_experts(peft, specs, arrays), *named)
     return model
 
 

@@ -1,7 +1,8 @@
 """PEFT's adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``) in numpy:
 read PEFT (IA)³ and LoRA adapters as mixlight experts, and write one-expert mixlight adapters
-in PEFT's layout. Backend-neutral (safetensors.numpy); the model-facing functions are in
-:mod:`mixlight._peft_api`.
+in PEFT's layout. Backend-neutral (numpy; weights are read by
+:mod:`mixlight._safetensors_floats`, bf16, f16 and f64 upcast to float32); the model-facing
+functions are in :mod:`mixlight._peft_api`.
 
 The correspondence (PEFT 0.21 keys, ``P`` a module path; mixlight arrays from
 :mod:`mixlight.experts`):
@@ -16,11 +17,14 @@ The correspondence (PEFT 0.21 keys, ``P`` a module path; mixlight arrays from
 * LoRA, ``P.lora_A.weight`` ``[r, d_in]`` and ``P.lora_B.weight`` ``[d_out, r]``, scaling
   ``lora_alpha / r`` (``/ sqrt(r)`` with ``use_rslora``; ``rank_pattern`` / ``alpha_pattern``
   per module): ``P.lora_A[e] = A.T``, ``P.lora_B[e] = B.T``; a one-expert import sets
-  ``LowRank(r, alpha)`` with ``alpha / r`` equal to PEFT's scaling, an upcycled expert of
-  another scale gets PEFT's scaling folded into ``lora_B``.
+  ``LowRank(r, alpha)`` with ``alpha / r`` equal to PEFT's scaling (a negative or zero
+  scaling: its magnitude, or 1, with the sign or zero folded into ``lora_B``), an upcycled
+  expert of another scale gets PEFT's scaling folded into ``lora_B``.
 
 Anything that changes the forward beyond these (DoRA, biases, modules_to_save, trainable
-tokens, aLoRA, other variants) is refused, naming the PEFT key or config field.
+tokens, aLoRA, other variants) is refused, naming the PEFT key or config field; so is a
+directory that is not what PEFT writes (a malformed config field, a damaged weights file,
+non-finite weights), and, on export, what PEFT would load with other outputs or not at all.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ import attrs
 import numpy as np
 
 from mixlight._atomic_dir import as_directory, explain_os_error, locked_writer, read_once
-from mixlight.adapter_file import AdapterFileError
+from mixlight._pattern_bounds import check_bounded
+from mixlight._safetensors_floats import read_float32, short_repr
+from mixlight.adapter_file import AdapterFileError, check_finite
 from mixlight.config import AdapterConfig, Site, SoftMerge
 from mixlight.experts import LowRank, Vectors
 from mixlight.site_spec import SiteSpec
@@ -105,34 +111,112 @@ class PeftAdapter:
         return str(name) if name else None
 
 
-def read_peft(directory: str | os.PathLike) -> PeftAdapter:
-    """Read a PEFT (IA)³ or LoRA adapter directory; refuse what mixlight cannot represent."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load
+_RECOPY = "copy the adapter directory again (the files PeftModel.save_pretrained writes)"
+_RESAVE = "re-save it with PeftModel.save_pretrained (or restore the original file)"
+_IMPORTED_TYPES = ("IA3", "LORA")
 
+
+def read_peft(directory: str | os.PathLike) -> PeftAdapter:
+    """Read a PEFT (IA)³ or LoRA adapter directory; refuse, naming the file and the key or
+    field, what mixlight cannot represent and what is not a well-formed PEFT adapter."""
     root = as_directory(directory, "load_peft_adapter")
+    _check_directory(root)
     config_path, weights_path = root / PEFT_CONFIG_FILE, root / PEFT_WEIGHTS_FILE
-    if not config_path.is_file():
+    config = _read_config(config_path)
+    peft_type = _peft_type(config, config_path)
+    _module_names(config, "target_modules", config_path)
+    tensors = _read_weights(weights_path)
+    read_modules = _ia3_modules if peft_type == "IA3" else _lora_modules
+    modules = read_modules(config, tensors, config_path, weights_path)
+    if not modules:
+        raise AdapterFileError(f"{weights_path} holds no adapter weights; {_RECOPY}")
+    return PeftAdapter(peft_type, config, modules)
+
+
+def _check_directory(root: Path) -> None:
+    if not root.exists():
         raise AdapterFileError(
-            f"{config_path} is missing; a PEFT adapter directory holds {PEFT_CONFIG_FILE} and "
+            f"PEFT adapter directory {root} does not exist; pass the directory "
+            "PeftModel.save_pretrained wrote (or a Hub repo id)"
+        )
+    if not root.is_dir():
+        hint = (
+            f"pass its directory {root.parent}"
+            if root.name in (PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE)
+            else f"pass the directory that holds {PEFT_CONFIG_FILE} and {PEFT_WEIGHTS_FILE}"
+        )
+        raise AdapterFileError(f"{root} is a file, not a PEFT adapter directory; {hint}")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return read_once(path)
+    except OSError as err:
+        raise AdapterFileError(
+            f"cannot read {path} ({err.strerror or err}); make it a readable regular file"
+        ) from None
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """``adapter_config.json`` as a JSON object that has a ``peft_type``."""
+    if not path.is_file():
+        raise AdapterFileError(
+            f"{path} is missing; a PEFT adapter directory holds {PEFT_CONFIG_FILE} and "
             f"{PEFT_WEIGHTS_FILE} (what PeftModel.save_pretrained writes)"
         )
+    data = _read_bytes(path)
     try:
-        config = json.loads(read_once(config_path).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise AdapterFileError(f"{config_path} is not valid JSON ({err}); save it again") from None
-    if not isinstance(config, dict) or "peft_type" not in config:
-        fmt = config.get("format") if isinstance(config, dict) else None
+        config = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise AdapterFileError(
+            f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); {_RESAVE}"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise AdapterFileError(f"{path} is not valid JSON ({err}); {_RESAVE}") from None
+    except RecursionError:
+        raise AdapterFileError(
+            f"{path} nests JSON arrays or objects too deeply to read (no PEFT config does); "
+            + _RESAVE
+        ) from None
+    if not isinstance(config, dict):
+        raise AdapterFileError(
+            f"{path} holds a JSON {type(config).__name__}, not an object: not a PEFT adapter "
+            f"config; {_RESAVE}"
+        )
+    if "peft_type" not in config:
         hint = (
             "it is a mixlight 1.x adapter: load it with mixlight.load_adapter"
-            if fmt == "mixlight.adapter"
-            else "not a PEFT adapter config"
+            if config.get("format") == "mixlight.adapter"
+            else 'not a PEFT adapter config (PEFT writes e.g. "peft_type": "LORA"); point '
+            "at the directory PeftModel.save_pretrained wrote"
         )
-        raise AdapterFileError(f"{config_path} has no peft_type: {hint}")
-    if not weights_path.is_file():
-        pickled = (root / "adapter_model.bin").is_file()
+        raise AdapterFileError(f"{path} has no peft_type: {hint}")
+    return config
+
+
+def _peft_type(config: Mapping[str, Any], path: Path) -> str:
+    """The config's ``peft_type``, upper-cased, if mixlight imports it."""
+    value = config["peft_type"]
+    if not isinstance(value, str):
         raise AdapterFileError(
-            f"{weights_path} is missing"
+            f'{path}: peft_type {short_repr(value)} is not a string (PEFT writes e.g. "IA3" or '
+            f'"LORA"); {_RESAVE}'
+        )
+    if value.upper() not in _IMPORTED_TYPES:
+        raise AdapterFileError(
+            f"{path}: peft_type {value!r} has no mixlight counterpart; mixlight imports IA3 and "
+            "LORA adapters"
+        )
+    return value.upper()
+
+
+def _read_weights(path: Path) -> dict[str, np.ndarray]:
+    """``adapter_model.safetensors`` as float32 arrays (bf16, f16 and f64 upcast), all
+    finite."""
+    if not path.is_file():
+        pickled = (path.parent / "adapter_model.bin").is_file()
+        raise AdapterFileError(
+            f"{path} is missing"
             + (
                 " (the directory holds adapter_model.bin, a pickle, which mixlight never reads): "
                 "re-save it with PeftModel.save_pretrained(dir, safe_serialization=True)"
@@ -140,34 +224,149 @@ def read_peft(directory: str | os.PathLike) -> PeftAdapter:
                 else "; copy the whole directory PeftModel.save_pretrained wrote"
             )
         )
-    try:
-        tensors = load(read_once(weights_path))
-    except SafetensorError as err:
+    tensors = read_float32(_read_bytes(path), path, _RECOPY)
+    check_finite(
+        tensors,
+        str(path),
+        "the adapter was saved from a diverged run: use an earlier checkpoint, or retrain it",
+    )
+    return tensors
+
+
+# --- config fields: checked as PEFT reads them ----------------------------------------------
+
+
+def _module_names(config: Mapping[str, Any], field: str, where: Path) -> str | list[str] | None:
+    """A module-selecting field (``target_modules``, ``feedforward_modules``): None, a
+    regex fullmatched against module paths, or a list of module names matched by suffix."""
+    value = config.get(field)
+    if value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        return value
+    if isinstance(value, str):
+        _check_regex(field, value, where)
+        return value
+    raise AdapterFileError(
+        f"{where}: {field}={short_repr(value)} is neither a regular expression nor a list of "
+        f'module names; write it as PEFT does (e.g. ["q", "v"]), or {_RESAVE}'
+    )
+
+
+def _patterns(config: Mapping[str, Any], field: str, where: Path) -> dict[str, Any]:
+    """``rank_pattern`` / ``alpha_pattern``: ``{module regex: value}``, each key a regex."""
+    value = config.get(field) or {}
+    if not isinstance(value, dict):
         raise AdapterFileError(
-            f"{weights_path} is not a readable safetensors file ({err})"
-        ) from None
-    peft_type = str(config["peft_type"]).upper()
-    if peft_type == "IA3":
-        modules = _ia3_modules(config, tensors, weights_path)
-    elif peft_type == "LORA":
-        modules = _lora_modules(config, tensors, weights_path)
-    else:
-        raise AdapterFileError(
-            f"{config_path}: peft_type {config['peft_type']!r} has no mixlight counterpart; "
-            "mixlight imports IA3 and LORA adapters"
+            f"{where}: {field} is a {type(value).__name__} ({short_repr(value)}), not a JSON "
+            f'object {{module regex: value}}; write it as PEFT does (e.g. {{"q": 16}}), or '
+            "remove it"
         )
-    if not modules:
-        raise AdapterFileError(f"{weights_path} holds no adapter weights")
-    return PeftAdapter(peft_type, config, modules)
+    for key in value:
+        _check_regex(field, key, where, compiled_as=_suffix_regex(key))
+    return value
+
+
+def _suffix_regex(key: str) -> str:
+    """PEFT's pattern-key match: the key's regex at the end of the module path."""
+    return rf"(.*\.)?({key})$"
+
+
+def _check_regex(field: str, pattern: str, where: Path, compiled_as: str | None = None) -> None:
+    """``pattern`` (as PEFT compiles it: ``compiled_as``) must be a valid regex."""
+    try:
+        re.compile(pattern if compiled_as is None else compiled_as)
+    except re.error as err:
+        raise AdapterFileError(
+            f"{where}: {field} entry {pattern!r} is not a valid regular expression ({err}); "
+            "correct or remove it"
+        ) from None
+    try:  # a file's pattern is data: matched only when its matching time is bounded
+        check_bounded(pattern if compiled_as is None else compiled_as, str(where), field)
+    except ValueError as err:
+        raise AdapterFileError(str(err)) from None
+
+
+def _pattern_key(patterns: Mapping[str, Any], module: str) -> str | None:
+    """The first ``rank_pattern`` / ``alpha_pattern`` key matching ``module``, as PEFT picks."""
+    return next((key for key in patterns if re.match(_suffix_regex(key), module)), None)
+
+
+def _as_real(value: Any) -> float | None:
+    """``value`` as a finite float; None for anything else (null, true, strings, inf, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+# --- (IA)³ ----------------------------------------------------------------------------------
+
+
+def _ia3_modules(
+    config: Mapping[str, Any], tensors: Mapping[str, np.ndarray], config_path: Path, where: Path
+) -> dict[str, PeftModule]:
+    if config.get("modules_to_save"):
+        raise AdapterFileError(
+            f"{config_path}: modules_to_save={config['modules_to_save']!r} "
+            "trains whole modules, which a mixlight adapter cannot hold; retrain without it"
+        )
+    feedforward = _module_names(config, "feedforward_modules", config_path)
+    modules: dict[str, PeftModule] = {}
+    for name in sorted(tensors):
+        module = _ia3_module(name, tensors[name], feedforward, where)
+        if module.path in modules:
+            raise AdapterFileError(
+                f"{where}: {modules[module.path].key}.ia3_l and {module.key}.ia3_l both scale "
+                f"{module.path}'s output (T5's DenseReluDense.wo input is DenseReluDense.act's "
+                "output), and one mixlight site holds one vector; PEFT never writes both, so "
+                "remove the hand-added one"
+            )
+        modules[module.path] = module
+    return modules
+
+
+def _ia3_module(
+    name: str, value: np.ndarray, feedforward: str | list[str] | None, where: Path
+) -> PeftModule:
+    if not name.endswith(".ia3_l"):
+        raise _unknown(name, where, "(IA)³")
+    module = _module_key(name, ".ia3_l", where)
+    is_feedforward = _is_feedforward(feedforward, module)
+    if value.ndim != 2 or value.shape[0 if is_feedforward else 1] != 1:
+        raise AdapterFileError(
+            f"{where}: {name} has shape {value.shape}; PEFT writes [d_out, 1] for a module "
+            "it scales at the output and [1, d_in] for a feedforward module: check "
+            f"feedforward_modules in {PEFT_CONFIG_FILE}, or {_RECOPY}"
+        )
+    path = module
+    if is_feedforward:
+        t5 = T5_FFN_INPUT.fullmatch(module)
+        if t5 is None:
+            raise AdapterFileError(
+                f"{where}: {name} scales the input of feedforward module {module}; mixlight "
+                "scales module outputs and represents input scaling only for T5's "
+                "DenseReluDense.wo (as the output of DenseReluDense.act). Retrain with "
+                f"{module!r} out of feedforward_modules, or target the layer that feeds it"
+            )
+        path = f"{t5['ffn']}.act"
+    return PeftModule(path, PREFIX + module, "vectors", {"vectors": value.reshape(-1)})
 
 
 def _module_key(name: str, suffix: str, where: Path) -> str:
     """The module path in PEFT key ``base_model.model.<path><suffix>``."""
-    if not name.startswith(PREFIX) or not name.endswith(suffix):
+    module = name[len(PREFIX) : len(name) - len(suffix)]
+    if not name.startswith(PREFIX) or not name.endswith(suffix) or "" in module.split("."):
         raise AdapterFileError(
-            f"{where}: key {name!r} is not of the form '{PREFIX}<module path>{suffix}'"
+            f"{where}: key {name!r} is not of the form '{PREFIX}<module path>{suffix}' "
+            f"that PEFT writes; {_RESAVE}"
         )
-    return name[len(PREFIX) : -len(suffix)]
+    return module
 
 
 def _unknown(name: str, where: Path, what: str) -> AdapterFileError:
@@ -178,42 +377,7 @@ def _unknown(name: str, where: Path, what: str) -> AdapterFileError:
     )
 
 
-def _ia3_modules(
-    config: Mapping[str, Any], tensors: Mapping[str, np.ndarray], where: Path
-) -> dict[str, PeftModule]:
-    if config.get("modules_to_save"):
-        raise AdapterFileError(
-            f"{where.parent / PEFT_CONFIG_FILE}: modules_to_save={config['modules_to_save']!r} "
-            "trains whole modules, which a mixlight adapter cannot hold; retrain without it"
-        )
-    modules: dict[str, PeftModule] = {}
-    for name in sorted(tensors):
-        if not name.endswith(".ia3_l"):
-            raise _unknown(name, where, "(IA)³")
-        module = _module_key(name, ".ia3_l", where)
-        value = np.asarray(tensors[name], np.float32)
-        feedforward = _is_feedforward(config.get("feedforward_modules"), module)
-        if value.ndim != 2 or value.shape[1 if not feedforward else 0] != 1:
-            raise AdapterFileError(
-                f"{where}: {name} has shape {value.shape}; PEFT writes [d_out, 1] for a module "
-                "it scales at the output and [1, d_in] for a feedforward module"
-            )
-        path = module
-        if feedforward:
-            t5 = T5_FFN_INPUT.fullmatch(module)
-            if t5 is None:
-                raise AdapterFileError(
-                    f"{where}: {name} scales the input of feedforward module {module}; mixlight "
-                    "scales module outputs and represents input scaling only for T5's "
-                    "DenseReluDense.wo (as the output of DenseReluDense.act). Retrain with "
-                    f"{module!r} out of feedforward_modules, or target the layer that feeds it"
-                )
-            path = f"{t5['ffn']}.act"
-        modules[path] = PeftModule(path, PREFIX + module, "vectors", {"vectors": value.reshape(-1)})
-    return modules
-
-
-def _is_feedforward(feedforward: Any, key: str) -> bool:
+def _is_feedforward(feedforward: str | list[str] | None, key: str) -> bool:
     """PEFT's rule: a string is a regex fullmatched against the module path, a list matches
     by suffix."""
     if not feedforward:
@@ -223,58 +387,114 @@ def _is_feedforward(feedforward: Any, key: str) -> bool:
     return any(key == f or key.endswith(f".{f}") for f in feedforward)
 
 
+# --- LoRA -----------------------------------------------------------------------------------
+
+
 def _lora_modules(
-    config: Mapping[str, Any], tensors: Mapping[str, np.ndarray], where: Path
+    config: Mapping[str, Any], tensors: Mapping[str, np.ndarray], config_path: Path, where: Path
 ) -> dict[str, PeftModule]:
+    _refuse_lora_variants(config, config_path)
+    ranks, alphas = (_patterns(config, f, config_path) for f in ("rank_pattern", "alpha_pattern"))
+    modules = {}
+    for module, (a, b) in _lora_pairs(tensors, where).items():
+        rank = _lora_rank(module, a, b, where)
+        _check_configured_rank(config, ranks, module, rank, config_path)
+        alpha = _lora_alpha(config, alphas, module, config_path)
+        scale = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+        arrays = {"lora_A": a.T.copy(), "lora_B": b.T.copy()}
+        modules[module] = PeftModule(module, PREFIX + module, "low_rank", arrays, scale)
+    return modules
+
+
+def _refuse_lora_variants(config: Mapping[str, Any], where: Path) -> None:
     for field in _LORA_UNSUPPORTED:
         if config.get(field):
             raise AdapterFileError(
-                f"{where.parent / PEFT_CONFIG_FILE}: {field}={config[field]!r} changes the "
-                "forward in a way a mixlight LoRA expert does not compute; retrain without it"
+                f"{where}: {field}={config[field]!r} changes the forward in a way a mixlight "
+                "LoRA expert does not compute; retrain without it"
             )
     if config.get("bias", "none") != "none":
         raise AdapterFileError(
-            f"{where.parent / PEFT_CONFIG_FILE}: bias={config['bias']!r} trains base-model biases, "
-            "which a mixlight adapter cannot hold; retrain with bias='none'"
+            f"{where}: bias={config['bias']!r}; PEFT trains base-model biases unless "
+            "bias='none', which a mixlight adapter cannot hold: retrain with bias='none'"
         )
+
+
+def _lora_pairs(
+    tensors: Mapping[str, np.ndarray], where: Path
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each module's ``(lora_A.weight, lora_B.weight)``; any other key is refused."""
     pairs: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
     for name in sorted(tensors):
         short = next((s for s in ("lora_A", "lora_B") if name.endswith(f".{s}.weight")), None)
         if short is None:
             raise _unknown(name, where, "LoRA")
-        pairs[_module_key(name, f".{short}.weight", where)][short] = np.asarray(
-            tensors[name], np.float32
-        )
-    modules = {}
+        pairs[_module_key(name, f".{short}.weight", where)][short] = tensors[name]
     for module, pair in pairs.items():
-        if set(pair) != {"lora_A", "lora_B"}:
-            missing = ({"lora_A", "lora_B"} - set(pair)).pop()
-            raise AdapterFileError(f"{where}: {PREFIX}{module}.{missing}.weight is missing")
-        a, b = pair["lora_A"], pair["lora_B"]
-        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+        missing = sorted({"lora_A", "lora_B"} - set(pair))
+        if missing:
             raise AdapterFileError(
-                f"{where}: {PREFIX}{module}.lora_A.weight {a.shape} and lora_B.weight {b.shape} "
-                "are not a linear layer's [r, d_in] and [d_out, r] (convolution and embedding "
-                "LoRA have no mixlight counterpart)"
+                f"{where}: {PREFIX}{module}.{missing[0]}.weight is missing (a LoRA module "
+                f"needs lora_A and lora_B); {_RECOPY}"
             )
-        rank = a.shape[0]
-        alpha = float(
-            _pattern_value(config.get("alpha_pattern"), module, config.get("lora_alpha", 8))
-        )
-        scale = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
-        modules[module] = PeftModule(
-            module, PREFIX + module, "low_rank", {"lora_A": a.T.copy(), "lora_B": b.T.copy()}, scale
-        )
-    return modules
+    return {module: (pair["lora_A"], pair["lora_B"]) for module, pair in pairs.items()}
 
 
-def _pattern_value(patterns: Any, module: str, default: Any) -> Any:
-    """PEFT's ``rank_pattern`` / ``alpha_pattern`` lookup: the first key that matches the end
-    of the module path as a regex."""
-    for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
+def _lora_rank(module: str, a: np.ndarray, b: np.ndarray, where: Path) -> int:
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+        raise AdapterFileError(
+            f"{where}: {PREFIX}{module}.lora_A.weight {a.shape} and lora_B.weight {b.shape} "
+            "are not a linear layer's [r, d_in] and [d_out, r]; mixlight imports LoRA of "
+            "linear layers only (convolution and embedding LoRA have no mixlight counterpart)"
+        )
+    if a.shape[0] == 0:
+        raise AdapterFileError(
+            f"{where}: {PREFIX}{module}.lora_A.weight {a.shape} has rank 0 (PEFT ranks are at "
+            f"least 1); {_RECOPY}"
+        )
+    return int(a.shape[0])
+
+
+def _check_configured_rank(
+    config: Mapping[str, Any], patterns: Mapping[str, Any], module: str, rank: int, where: Path
+) -> None:
+    """The rank PEFT would build for ``module`` (``rank_pattern``, else ``r``) must be the
+    weights' rank; a config without ``r`` leaves it to the weights."""
+    key = _pattern_key(patterns, module)
+    if key is not None:
+        field, value = f"rank_pattern[{key!r}]", patterns[key]
+    elif config.get("r") is not None:
+        field, value = "r", config["r"]
+    else:
+        return
+    if not _is_positive_int(value):
+        raise AdapterFileError(
+            f"{where}: {field}={short_repr(value)} is not a positive integer; set it to the LoRA "
+            f"rank the adapter was trained with ({rank} for {module})"
+        )
+    if value != rank:
+        raise AdapterFileError(
+            f"{where}: {field}={value} for {module}, but its lora_A.weight has rank {rank}; "
+            "PEFT cannot load this directory and the LoRA scale alpha/r is ambiguous: set "
+            f"{field} to {rank} if the weights are right"
+        )
+
+
+def _lora_alpha(
+    config: Mapping[str, Any], patterns: Mapping[str, Any], module: str, where: Path
+) -> float:
+    """``module``'s LoRA alpha: its ``alpha_pattern`` entry, else ``lora_alpha`` (PEFT's
+    default 8); a finite number (its sign and zero are exact: see :func:`_expert_scale`)."""
+    key = _pattern_key(patterns, module)
+    field = "lora_alpha" if key is None else f"alpha_pattern[{key!r}]"
+    value = config.get("lora_alpha", 8) if key is None else patterns[key]
+    alpha = _as_real(value)
+    if alpha is None:
+        raise AdapterFileError(
+            f"{where}: {field}={short_repr(value)} is not a finite number; set it to the LoRA "
+            "alpha the adapter was trained with (PEFT's default is 8)"
+        )
+    return alpha
 
 
 # --- PEFT -> mixlight ----------------------------------------------------------------------
@@ -285,7 +505,7 @@ def one_expert_config(peft: PeftAdapter) -> AdapterConfig:
     expert kind (and LoRA rank and scale), its pattern matching exactly those paths."""
     groups: dict[tuple[str, int, float], list[str]] = defaultdict(list)
     for module in peft.modules.values():
-        groups[(module.kind, module.rank, module.scale)].append(module.path)
+        groups[(module.kind, module.rank, _expert_scale(module.scale))].append(module.path)
     sites = []
     for (kind, rank, scale), paths in sorted(groups.items()):
         expert = Vectors() if kind == "vectors" else LowRank(rank, scale * rank)
@@ -293,6 +513,13 @@ def one_expert_config(peft: PeftAdapter) -> AdapterConfig:
     ranks = sorted({r for kind, r, _ in groups if kind == "low_rank"})
     method = "IA3" if peft.peft_type == "IA3" else "LoRA-r" + "/".join(map(str, ranks))
     return AdapterConfig(sites, 1, SoftMerge(), method=f"{method} (from PEFT)")
+
+
+def _expert_scale(peft_scale: float) -> float:
+    """The scale of the LowRank expert that holds a LoRA of PEFT scale ``peft_scale``: a
+    LowRank's alpha is positive, so a negative or zero PEFT scale is folded into ``lora_B``
+    (times -1 or 0, exact) by :func:`fill_experts`."""
+    return abs(peft_scale) or 1.0
 
 
 def check_upcycle(peft: PeftAdapter, config: AdapterConfig) -> None:
@@ -352,7 +579,7 @@ def fill_experts(
                 raise AdapterFileError(
                     f"PEFT module {module.key}: its {short} has shape {value.shape}, the model's "
                     f"{module.path} needs {target.shape[1:]}; the PEFT adapter was trained on "
-                    "another base model"
+                    "another base model: load it into that one"
                 )
             target[...] = value[None]
     return out
@@ -387,6 +614,15 @@ def _choice(values: list[str]) -> str:
 # --- mixlight -> PEFT ----------------------------------------------------------------------
 
 _ACTIVATION_NAMES = {"act", "act_fn", "activation", "activation_fn", "gelu", "relu", "silu"}
+# PEFT's TaskType values: PeftConfig refuses any other task_type.
+PEFT_TASK_TYPES = (
+    "SEQ_CLS",
+    "SEQ_2_SEQ_LM",
+    "CAUSAL_LM",
+    "TOKEN_CLS",
+    "QUESTION_ANS",
+    "FEATURE_EXTRACTION",
+)
 
 
 def peft_state(
@@ -397,7 +633,39 @@ def peft_state(
     base_model: str | None = None,
     task_type: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """PEFT's ``(adapter_config, tensors)`` for a one-expert adapter."""
+    """PEFT's ``(adapter_config, tensors)`` for a one-expert adapter; what PEFT would not
+    load with the same outputs is refused."""
+    _check_exportable(config, specs, task_type)
+    check_finite(
+        arrays,
+        "refusing to save the PEFT adapter",
+        "the run diverged (lower the learning rate or check the data) and nothing was written",
+    )
+    common: dict[str, Any] = {
+        "base_model_name_or_path": base_model,
+        "revision": None,
+        "task_type": task_type,
+        "inference_mode": True,
+        "modules_to_save": None,
+        "fan_in_fan_out": False,
+        "exclude_modules": None,
+    }
+    if specs[0].expert.kind == "vectors":
+        tensors, targets, feedforward = _ia3_tensors(specs, arrays)
+        fields: dict[str, Any] = dict(
+            peft_type="IA3",
+            target_modules=targets,
+            feedforward_modules=feedforward,
+            init_ia3_weights=True,
+        )
+        return dict(common, **fields), tensors
+    tensors = _lora_tensors(specs, arrays)
+    return dict(common, **_lora_fields(specs)), tensors
+
+
+def _check_exportable(
+    config: AdapterConfig, specs: Sequence[SiteSpec], task_type: str | None
+) -> None:
     if config.num_experts != 1:
         raise AdapterFileError(
             f"{config.method} routes between {config.num_experts} experts, which PEFT cannot "
@@ -410,56 +678,82 @@ def peft_state(
             f"{config.method} has expert kinds {sorted(kinds)}; a PEFT adapter holds one "
             "type: export an adapter of only vectors (PEFT IA3) or only low_rank (PEFT LoRA)"
         )
-    tensors: dict[str, np.ndarray] = {}
-    common: dict[str, Any] = {
-        "base_model_name_or_path": base_model,
-        "revision": None,
-        "task_type": task_type,
-        "inference_mode": True,
-        "modules_to_save": None,
-        "fan_in_fan_out": False,
-        "exclude_modules": None,
-    }
-    if kinds == {"vectors"}:
-        targets, feedforward = [], []
-        for spec in specs:
-            vector = np.asarray(arrays[spec.canonical_name("vectors")], np.float32)[0]
-            t5 = T5_FFN_ACT.fullmatch(spec.path)
-            if t5 is not None:
-                module = f"{t5['ffn']}.wo"
-                feedforward.append(module)
-                tensors[f"{PREFIX}{module}.ia3_l"] = vector[None, :].copy()
-            elif spec.path.rsplit(".", 1)[-1] in _ACTIVATION_NAMES:
-                raise AdapterFileError(
-                    f"site {spec.path} scales an activation's output; PEFT (IA)³ scales linear "
-                    "layers (outputs, or inputs of feedforward modules), and mixlight maps an "
-                    "activation only for T5's DenseReluDense.act; target linear layers to export"
-                )
-            else:
-                module = spec.path
-                tensors[f"{PREFIX}{module}.ia3_l"] = vector[:, None].copy()
-            targets.append(module)
-        peft_config = dict(
-            common,
-            peft_type="IA3",
-            target_modules=sorted(targets),
-            feedforward_modules=sorted(feedforward),
-            init_ia3_weights=True,
+    if task_type is not None and task_type not in PEFT_TASK_TYPES:
+        raise ValueError(
+            f"task_type={task_type!r} is not one of PEFT's task types, so PEFT would refuse "
+            f"the directory; pass one of {', '.join(PEFT_TASK_TYPES)}, or None for a plain "
+            "PeftModel"
         )
-        return peft_config, tensors
-    ranks: dict[str, int] = {}
-    alphas: dict[str, float] = {}
+
+
+def _ia3_tensors(
+    specs: Sequence[SiteSpec], arrays: Mapping[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
+    """PEFT (IA)³ tensors by key, the modules they adapt, and those among them whose input
+    they scale (PEFT's feedforward modules)."""
+    tensors: dict[str, np.ndarray] = {}
+    owners: dict[str, str] = {}  # PEFT module -> the mixlight site exported to it
+    feedforward = []
     for spec in specs:
-        expert: LowRank = spec.expert  # type: ignore[assignment]
+        module, scales_input = _ia3_target(spec)
+        if module in owners:
+            raise AdapterFileError(
+                f"sites {owners[module]} and {spec.path} both export to PEFT's (IA)³ vector of "
+                f"{module}, one scaling its input and the other its output; PEFT holds one "
+                "vector per module and no single vector computes both: export an adapter "
+                "with only one of these sites (retrain without the other)"
+            )
+        owners[module] = spec.path
+        vector = np.asarray(arrays[spec.canonical_name("vectors")], np.float32)[0]
+        tensors[f"{PREFIX}{module}.ia3_l"] = (
+            vector[None, :] if scales_input else vector[:, None]
+        ).copy()
+        if scales_input:
+            feedforward.append(module)
+    return tensors, sorted(owners), sorted(feedforward)
+
+
+def _ia3_target(spec: SiteSpec) -> tuple[str, bool]:
+    """The module whose PEFT (IA)³ vector a vectors site becomes, and whether that vector
+    scales the module's input (T5's ``DenseReluDense.act`` output is ``wo``'s input)."""
+    t5 = T5_FFN_ACT.fullmatch(spec.path)
+    if t5 is not None:
+        return f"{t5['ffn']}.wo", True
+    _refuse_activation(spec)
+    return spec.path, False
+
+
+def _refuse_activation(spec: SiteSpec) -> None:
+    if spec.path.rsplit(".", 1)[-1] in _ACTIVATION_NAMES:
+        raise AdapterFileError(
+            f"site {spec.path} adapts an activation's output; PEFT adapts layers with "
+            "weights ((IA)³ scales a linear layer's output or a feedforward layer's input, "
+            "LoRA adds to a linear layer), and mixlight maps an activation only for T5's "
+            "DenseReluDense.act in (IA)³; target linear layers to export"
+        )
+
+
+def _lora_tensors(
+    specs: Sequence[SiteSpec], arrays: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    tensors: dict[str, np.ndarray] = {}
+    for spec in specs:
+        _refuse_activation(spec)
         a = np.asarray(arrays[spec.canonical_name("lora_A")], np.float32)[0]
         b = np.asarray(arrays[spec.canonical_name("lora_B")], np.float32)[0]
         tensors[f"{PREFIX}{spec.path}.lora_A.weight"] = a.T.copy()
         tensors[f"{PREFIX}{spec.path}.lora_B.weight"] = b.T.copy()
-        ranks[spec.path], alphas[spec.path] = expert.rank, float(expert.alpha)
+    return tensors
+
+
+def _lora_fields(specs: Sequence[SiteSpec]) -> dict[str, Any]:
+    """PEFT LoRA config fields: the most common rank and alpha, patterns for the others."""
+    experts: dict[str, LowRank] = {spec.path: spec.expert for spec in specs}  # type: ignore[misc]
+    ranks = {path: e.rank for path, e in experts.items()}
+    alphas = {path: float(e.alpha) for path, e in experts.items()}
     r = max(set(ranks.values()), key=list(ranks.values()).count)
     alpha = max(set(alphas.values()), key=list(alphas.values()).count)
-    peft_config = dict(
-        common,
+    return dict(
         peft_type="LORA",
         target_modules=sorted(ranks),
         r=r,
@@ -472,7 +766,6 @@ def peft_state(
         use_dora=False,
         init_lora_weights=True,
     )
-    return peft_config, tensors
 
 
 def _number(x: float) -> float | int:

@@ -4,8 +4,12 @@
 ``mixlight_adapter.safetensors`` is the whole adapter: float32 numpy arrays under canonical
 names ``<module path>.<router|vectors|lora_A|lora_B|...>`` and, in its safetensors metadata,
 the format name and version, the mixlight version, the :class:`~mixlight.AdapterConfig`, the
-base model's adapted-module shapes with their fingerprint, what is known of the base model's
-identity, and a sha256 of the arrays. One ``os.replace`` of this file commits a save.
+base model's adapted-module shapes with their fingerprint, which of the config's sites each
+adapted module path took, what is known of the base model's identity, a sha256 of the arrays
+and a sha256 of the metadata itself. One ``os.replace`` of this file commits a save. Reading
+never evaluates a regular expression from the file: the recorded module paths are taken as
+they are (files before 2.1 did not record them; their patterns are matched only once
+:func:`mixlight._pattern_bounds.check_bounded` has shown the match ends in bounded time).
 ``mixlight_config.json`` is a human-readable copy of the same metadata (plus the file's
 sha256), rewritten right after the commit; when the two disagree (a save killed between its
 renames) the weights file wins. ``README.md`` is a Hugging Face Hub model card, written last
@@ -28,6 +32,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,15 +41,22 @@ from typing import Any
 import attrs
 import numpy as np
 
-from mixlight._atomic_dir import as_directory, explain_os_error, locked_writer, read_once
+from mixlight._atomic_dir import (
+    as_directory,
+    explain_os_error,
+    file_kind,
+    locked_writer,
+    read_once,
+)
 from mixlight._base_identity import BaseIdentity, mismatch
 from mixlight._model_card import CardFacts, card_or_none, is_replaceable
+from mixlight._pattern_bounds import check_bounded
 from mixlight._version import __version__
 from mixlight.config import AdapterConfig
-from mixlight.site_spec import ModuleShape, SiteSpec, fingerprint, plan_sites
+from mixlight.site_spec import ModuleShape, SiteSpec, fingerprint, plan_recorded, plan_sites
 
 FORMAT = "mixlight.adapter"
-FORMAT_VERSION = "2.0"
+FORMAT_VERSION = "2.1"  # 2.1 records the metadata's own sha256 and each module path's site
 READABLE_MAJORS = (1, 2)  # 1.x metadata is 2.0's, under the old file names
 WEIGHTS_FILE = "mixlight_adapter.safetensors"
 CONFIG_FILE = "mixlight_config.json"
@@ -54,6 +66,8 @@ LEGACY_CONFIG_FILE = "adapter_config.json"
 LAYOUTS = ((WEIGHTS_FILE, CONFIG_FILE), (LEGACY_WEIGHTS_FILE, LEGACY_CONFIG_FILE))
 _META_KEY = "mixlight.adapter"  # safetensors metadata key holding the JSON metadata
 _READ_ATTEMPTS = 3  # a 1.0-layout read that races a save is retried
+_VERSION = re.compile(r"(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})", re.ASCII)
+_CHECKED_SINCE = (2, 1)  # files from this version on must carry metadata_sha256
 
 
 class AdapterFileError(ValueError):
@@ -137,6 +151,7 @@ def write_adapter(
             f"{out} exists and is not a directory; an adapter is saved as a directory: "
             "choose another path or remove that file"
         )
+    _check_replaceable(out)
     arrays = {n: np.ascontiguousarray(a, np.float32) for n, a in arrays.items()}
     check_arrays(specs, arrays, "arrays to save")
     check_finite(
@@ -155,8 +170,10 @@ def write_adapter(
             "fingerprint": digest,
             "identity": (base or BaseIdentity()).to_dict(),
         },
+        "site_index": {spec.path: config.sites.index(spec.site) for spec in specs},
         "arrays_sha256": _arrays_sha256(arrays),
     }
+    meta["metadata_sha256"] = _metadata_sha256(meta)
     # One metadata key: safetensors writes several in hash order, which differs between
     # processes, and the same adapter must always give the same bytes.
     weights = save(arrays, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
@@ -180,6 +197,23 @@ def write_adapter(
     except OSError as err:
         raise explain_os_error(err, out, WEIGHTS_FILE in committed) from err
     return out
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse a save whose weights or config name is taken by something other than a regular
+    file (a directory, a FIFO, a device): a save writes regular files only, and the commit
+    must not fail half way. (A ``README.md`` that is not a regular file is left alone.)"""
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        try:
+            mode = os.stat(out / name).st_mode
+        except FileNotFoundError:
+            continue
+        kind = file_kind(mode)
+        if kind != "a regular file":
+            raise AdapterFileError(
+                f"{out / name} is {kind}; an adapter save writes it as a regular file, so "
+                "nothing was written: remove it or save to another directory"
+            )
 
 
 def read_adapter(directory: str | os.PathLike) -> AdapterFile:
@@ -236,14 +270,12 @@ def _remove_legacy(root: Path) -> None:
     adapter now, and ``adapter_config.json`` would make PEFT take the directory for its own);
     files of the same names that mixlight did not write stay."""
     weights, config = root / LEGACY_WEIGHTS_FILE, root / LEGACY_CONFIG_FILE
-    with contextlib.suppress(FileNotFoundError, AdapterFileError, ValueError):
-        header = _safetensors_header(read_once(weights), weights)
-        if (header.get("__metadata__") or {}).get("format") == FORMAT or _META_KEY in (
-            header.get("__metadata__") or {}
-        ):
+    with contextlib.suppress(OSError, AdapterFileError):  # absent, not a regular file, foreign
+        metadata = _header_metadata(_safetensors_header(read_once(weights), weights), weights)
+        if metadata.get("format") == FORMAT or _META_KEY in metadata:
             weights.unlink()
-    with contextlib.suppress(FileNotFoundError, UnicodeDecodeError, ValueError):
-        meta = json.loads(read_once(config).decode("utf-8"))
+    with contextlib.suppress(OSError, AdapterFileError):
+        meta = parse_json(read_once(config), config)
         if isinstance(meta, dict) and meta.get("format") == FORMAT:
             config.unlink()
 
@@ -282,8 +314,8 @@ def peft_description(root: Path) -> str | None:
     config = root / LEGACY_CONFIG_FILE
     if config.is_file():
         try:
-            meta = json.loads(config.read_text("utf-8"))
-        except (UnicodeDecodeError, ValueError, OSError):
+            meta = parse_json(read_once(config), config)
+        except (OSError, AdapterFileError):
             meta = None
         if isinstance(meta, dict) and meta.get("format") != FORMAT and "peft_type" in meta:
             return f"{LEGACY_CONFIG_FILE} with peft_type {meta['peft_type']!r}"
@@ -295,14 +327,10 @@ def peft_description(root: Path) -> str | None:
 
 def _embedded_meta(data: bytes, path: Path) -> dict[str, Any] | None:
     """The metadata a 1.1 weights file carries; None for a 1.0 file."""
-    header = _safetensors_header(data, path)
-    embedded = (header.get("__metadata__") or {}).get(_META_KEY)
+    embedded = _header_metadata(_safetensors_header(data, path), path).get(_META_KEY)
     if embedded is None:
         return None
-    try:
-        meta = json.loads(embedded)
-    except json.JSONDecodeError as err:
-        raise AdapterFileError(f"{path}: its embedded metadata is not valid JSON: {err}") from None
+    meta = parse_json(embedded.encode(), path, "its embedded metadata")
     if not isinstance(meta, dict):
         raise AdapterFileError(f"{path}: its embedded metadata is not a JSON object")
     return meta
@@ -314,12 +342,39 @@ def _safetensors_header(data: bytes, path: Path) -> dict[str, Any]:
     if size < 2 or 8 + size > len(data):
         raise AdapterFileError(f"{path} is not a readable safetensors file: {fix}")
     try:
-        header = json.loads(data[8 : 8 + size])
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = parse_json(data[8 : 8 + size], path, "its safetensors header")
+    except AdapterFileError:  # not UTF-8, not JSON, or nested too deeply
         raise AdapterFileError(f"{path} is not a readable safetensors file: {fix}") from None
     if not isinstance(header, dict):
         raise AdapterFileError(f"{path} is not a readable safetensors file: {fix}")
     return header
+
+
+def _header_metadata(header: dict[str, Any], path: Path) -> dict[str, str]:
+    """A safetensors header's ``__metadata__`` (a JSON object of strings, or absent)."""
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise AdapterFileError(
+            f"{path}: its safetensors __metadata__ is not a JSON object of strings (got "
+            f"{type(metadata).__name__}); the file is damaged or was not written by a "
+            "safetensors writer: save the adapter again"
+        )
+    return metadata
+
+
+def parse_json(raw: bytes, path: Path, what: str | None = None) -> Any:
+    """``raw`` (UTF-8 JSON) decoded, or an :class:`AdapterFileError` naming ``path`` for
+    text that is not UTF-8, not JSON, or nested too deeply to decode."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        problem = f"is not UTF-8 text ({err.reason} at byte {err.start})"
+    except json.JSONDecodeError as err:
+        problem = f"is not valid JSON ({err})"
+    except RecursionError:
+        problem = "is JSON nested too deeply to read"
+    where = f"{path}: {what}" if what else str(path)
+    raise AdapterFileError(f"{where} {problem}; the file is damaged, save the adapter again")
 
 
 def _read_json(path: Path, weights_name: str) -> dict[str, Any]:
@@ -328,15 +383,7 @@ def _read_json(path: Path, weights_name: str) -> dict[str, Any]:
             f"{path} is missing and {weights_name} carries no metadata (a mixlight 1.0 "
             "adapter needs both files); copy the whole directory save_adapter wrote"
         )
-    try:
-        meta = json.loads(read_once(path).decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise AdapterFileError(
-            f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); the file is "
-            "damaged, save the adapter again"
-        ) from None
-    except json.JSONDecodeError as err:
-        raise AdapterFileError(f"{path} is not valid JSON: {err}; save the adapter again") from None
+    meta = parse_json(read_once(path), path)
     if not isinstance(meta, dict):
         raise AdapterFileError(f"{path} is not a mixlight adapter (not a JSON object)")
     return meta
@@ -350,8 +397,9 @@ def _decode(meta: dict[str, Any], data: bytes, where: Path, weights: Path) -> Ad
 
     if meta.get("format") != FORMAT:
         raise AdapterFileError(f"{where} is not a mixlight adapter (format != {FORMAT!r})")
-    version = str(meta.get("format_version", ""))
-    newer_minor = _check_version(version, where)
+    newer_minor = _check_version(meta.get("format_version"), where)
+    version = str(meta["format_version"])
+    _check_metadata_sha256(meta, where)
     try:
         arrays = load(data)
     except SafetensorError as err:
@@ -368,7 +416,7 @@ def _decode(meta: dict[str, Any], data: bytes, where: Path, weights: Path) -> Ad
         base = meta["base_model"]
         entries = base["sites"]
         shapes = {p: ModuleShape(e["d_in"], e["d_out"], e["heads"]) for p, e in entries.items()}
-        specs = plan_sites(config, list(entries), lambda path, site: shapes[path])
+        specs = _recorded_sites(config, shapes, meta.get("site_index"), where)
         recorded = str(base["fingerprint"])
     except (KeyError, TypeError, AttributeError) as err:
         raise AdapterFileError(
@@ -427,15 +475,75 @@ def check_fits(
         )
 
 
-def _check_version(version: str, path: Path) -> bool:
-    """True when the file is from a newer minor version (unknown keys only warn)."""
+def check_patterns(config: AdapterConfig, where: str) -> None:
+    """Refuse a file's site patterns whose matching may not end in bounded time (they are
+    matched against a model's paths when a load injects the file's config)."""
     try:
-        major, minor = (int(p) for p in version.split("."))
-    except ValueError:
+        for site in config.sites:
+            check_bounded(site.pattern, where)
+    except ValueError as err:
+        raise AdapterFileError(str(err)) from None
+
+
+def _recorded_sites(
+    config: AdapterConfig, shapes: dict[str, ModuleShape], site_index: Any, where: Path
+) -> list[SiteSpec]:
+    """The file's sites from its recorded ``{path: index into config.sites}``; a file before
+    2.1 recorded none, so its patterns are matched against its paths once proved bounded."""
+    if site_index is None:
+        check_patterns(config, str(where))
+        return plan_sites(config, list(shapes), lambda path, site: shapes[path])
+    count = len(config.sites)
+    if (
+        not isinstance(site_index, dict)
+        or set(site_index) != set(shapes)
+        or not all(type(i) is int and 0 <= i < count for i in site_index.values())
+    ):
         raise AdapterFileError(
-            f"{path}: bad format_version {version!r} (expected 'MAJOR.MINOR'); the file was "
-            "edited or damaged: save the adapter again"
-        ) from None
+            f"{where}: its site_index does not give each adapted module one of the config's "
+            f"{count} sites; the file was edited or damaged: save the adapter again"
+        )
+    return plan_recorded(config, {p: (config.sites[i], shapes[p]) for p, i in site_index.items()})
+
+
+def _check_metadata_sha256(meta: dict[str, Any], where: Path) -> None:
+    """Refuse metadata that differs from the sha256 recorded over it (a flipped bit in the
+    config, the sites or the base record would otherwise load and compute something else)."""
+    recorded = meta.get("metadata_sha256")
+    version = _VERSION.fullmatch(meta["format_version"])
+    checked = version is not None and tuple(map(int, version.groups())) >= _CHECKED_SINCE
+    if recorded is None and not checked:
+        return  # written before mixlight recorded it
+    try:
+        matches = recorded == _metadata_sha256(meta)
+    except ValueError:  # NaN or inf in the metadata: never written by mixlight
+        matches = False
+    if not matches:
+        raise AdapterFileError(
+            f"{where}: its metadata (config, sites, base model record) does not match the "
+            "sha256 recorded when it was saved (the file was edited or damaged); save the "
+            "adapter again"
+        )
+
+
+def _metadata_sha256(meta: dict[str, Any]) -> str:
+    """sha256 of the metadata, less this hash and the readable copy's ``weights_sha256``, as
+    canonical JSON (sorted keys, no spaces)."""
+    covered = {k: v for k, v in meta.items() if k not in ("metadata_sha256", "weights_sha256")}
+    text = json.dumps(covered, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_version(version: Any, path: Path) -> bool:
+    """True when the file is from a newer minor version (unknown keys only warn). The
+    version is a string ``MAJOR.MINOR`` of plain decimal numbers, nothing else."""
+    parsed = _VERSION.fullmatch(version) if isinstance(version, str) else None
+    if parsed is None:
+        raise AdapterFileError(
+            f"{path}: bad format_version {version!r} (expected a string 'MAJOR.MINOR' such as "
+            f"{FORMAT_VERSION!r}); the file was edited or damaged: save the adapter again"
+        )
+    major, minor = (int(p) for p in parsed.groups())
     ours_major, ours_minor = (int(p) for p in FORMAT_VERSION.split("."))
     if major not in READABLE_MAJORS:
         readable = " and ".join(f"{m}.x" for m in READABLE_MAJORS)

@@ -18,7 +18,8 @@ from mixlight._backends import ENV_VAR, Backend, backend_for_model, load_backend
 from mixlight._base_identity import BaseIdentity
 from mixlight._hub import resolve
 from mixlight._model_card import facts_of
-from mixlight.adapter_file import check_fits, read_adapter, write_adapter
+from mixlight._rollback import adapter_for_loading, adds_adapter
+from mixlight.adapter_file import check_fits, check_patterns, read_adapter, write_adapter
 from mixlight.config import AdapterConfig
 
 
@@ -88,20 +89,22 @@ def load_adapter(
     chosen = backend_for_model(model, backend)
     adapter = read_adapter(resolve(directory, "load_adapter"))
     config = attrs.evolve(adapter.config, backend=None)
-    named = _named(adapter_name)
-    if not chosen.is_injected(model):
-        chosen.inject(model, config, None, *named)
-    elif adapter_name is not None and adapter_name not in adapter_names(model, backend=backend):
-        chosen.inject(model, config, None, adapter_name)
-    current, specs = chosen.adapter_specs(model, *named)
-    if attrs.evolve(current, backend=None) != config:
-        raise ValueError(
-            f"the model already carries a different adapter ({current.method}) than {directory} "
-            f"({config.method}): {_differences(attrs.evolve(current, backend=None), config)}; "
-            "load into a fresh model or remove the adapter first"
-        )
-    check_fits(adapter, specs, str(directory), _identity(chosen, model, adapter_name))
-    chosen.load_adapter_state(model, adapter.arrays, *named)
+    if adds_adapter(chosen, model, adapter_name):
+        check_patterns(config, str(directory))  # a file's patterns are data
+        specs = chosen.plan(model, config)
+    else:
+        current, specs = chosen.adapter_specs(model, *_named(adapter_name))
+        if attrs.evolve(current, backend=None) != config:
+            raise ValueError(
+                f"the model already carries a different adapter ({current.method}) than "
+                f"{directory} ({config.method}): "
+                f"{_differences(attrs.evolve(current, backend=None), config)}; "
+                "load into a fresh model or remove the adapter first"
+            )
+    check_fits(adapter, specs, str(directory))  # before the model changes
+    with adapter_for_loading(chosen, model, config, adapter_name):
+        check_fits(adapter, specs, str(directory), _identity(chosen, model, adapter_name))
+        chosen.load_adapter_state(model, adapter.arrays, *_named(adapter_name))
     return model
 
 

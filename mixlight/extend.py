@@ -11,7 +11,7 @@ it, in two groups (as optax and equinox keep their building blocks apart from th
   ``mixlight.backends`` entry point; list the model's modules as data
   (:func:`record_module`, :class:`ModuleRecord`), plan the sites on that data with
   :func:`plan_sites`, run them with :func:`apply_site` (or :func:`route`,
-  :func:`select_mask`, :func:`aux_loss_terms`), and write files with :func:`write_adapter`.
+  :func:`pooling_mask`, :func:`aux_loss_terms`), and write files with :func:`write_adapter`.
 
 Names not exported here or at the top of :mod:`mixlight` are private.
 """
@@ -46,9 +46,9 @@ from mixlight.site_spec import (
     aux_loss_terms,
     describe_module,
     plan_sites,
+    pooling_mask,
     record_module,
     route,
-    select_mask,
     shape_for,
 )
 
@@ -74,6 +74,7 @@ __all__ = [
     "installed_backends",
     "load_backend",
     "plan_sites",
+    "pooling_mask",
     "primitives_for",
     "register_backend",
     "register_expert",
@@ -81,7 +82,6 @@ __all__ = [
     "register_fast_op",
     "route",
     "routing_summary",
-    "select_mask",
     "shape_for",
     "write_adapter",
 ]

@@ -9,14 +9,13 @@ routing over a task's data: a static per-task export) it is an approximation, wh
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from mixlight.experts import Merged
-from mixlight.site_spec import SiteSpec
+from mixlight.site_spec import SOURCE, SiteSpec
 
 Routing = Mapping[str, np.ndarray]
 """Fixed routing per site path: ``[E]``, or ``[H, E]`` for per-head routers."""
@@ -74,12 +73,12 @@ class RoutingMeans:
         """Site ``spec``'s ``probs [..., E]`` (``[..., H, E]`` per head) from one pass.
 
         ``source_mask`` / ``target_mask``: the call's ``[batch, seq]`` padding masks (1 =
-        token) of the source (encoder) and target (decoder) sequences. A site that reads the
-        source (``encoder.*``, and T5's cross-attention ``EncDecAttention.k`` / ``.v``) is
-        weighed by the source mask, any other by the target mask; a mask that does not fit
-        the leading axes (or none) counts every position."""
+        token) of the source (encoder) and target (decoder) sequences. Each site is weighed
+        by its side's mask (``spec.side``: encoder sites and cross-attention keys/values read
+        the source); a mask that does not fit the leading axes (or none) counts every
+        position."""
         lead = probs.shape[: probs.ndim - (2 if spec.heads else 1)]
-        mask = source_mask if _reads_source(spec.path) else target_mask
+        mask = source_mask if spec.side == SOURCE else target_mask
         fits = mask is not None and tuple(np.shape(mask)) == tuple(lead)
         weight = np.asarray(mask, np.float64) if fits else np.ones(lead, np.float64)
         flat = probs.reshape(-1, *probs.shape[len(lead) :]).astype(np.float64)
@@ -93,11 +92,3 @@ class RoutingMeans:
             path: (total / max(self._counts[path], 1e-9)).astype(np.float32)
             for path, total in self._sums.items()
         }
-
-
-_SOURCE_SITE = re.compile(r"^encoder\.|EncDecAttention\.[kv]$")
-
-
-def _reads_source(path: str) -> bool:
-    """Whether the site at ``path`` routes the source sequence's tokens (T5 module paths)."""
-    return _SOURCE_SITE.search(path) is not None

@@ -13,6 +13,8 @@ from mixlight.site_spec import SiteSpec
 
 DEFAULT = "default"
 """The name an adapter gets when none is given (PEFT's default name)."""
+BASE = "__base__"
+"""In ``adapter_per_example``'s names, the base model (no adapter); no adapter may take it."""
 
 
 @attrs.frozen
@@ -64,6 +66,11 @@ class NamedAdapters:
         ends with ``fix`` (what to do instead)."""
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"adapter_name={name!r}: must be a Python identifier, e.g. 'default'")
+        if name == BASE:
+            raise ValueError(
+                f"adapter_name={name!r} is reserved: adapter_per_example reads it as 'the base "
+                "model, no adapter'; pick another name"
+            )
         if name in self.configs:
             raise ValueError(
                 f"this model already carries a mixlight adapter named {name!r}; pick another "

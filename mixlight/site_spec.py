@@ -11,7 +11,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -143,9 +143,23 @@ def describe_module(
     return shape_for(path, site, record_module(module, parent, width, has_params))
 
 
+SOURCE, TARGET = "source", "target"
+MASK_NAMES = {SOURCE: "attention_mask", TARGET: "decoder_attention_mask"}
+"""The model-call keyword that carries each side's ``[batch, seq]`` padding mask."""
+
+# Cross-attention keys/values read the encoder's output, so they sit on the source side.
+_CROSS_ATTENTION_KV = re.compile(r"(?:.*\.)?(?:EncDecAttention\.[kv]|encoder_attn\.[kv]_proj)")
+
+
 @attrs.frozen
 class SiteSpec:
-    """One adapted module: its path, its site, and the widths it was resolved with."""
+    """One adapted module: its path, its site, and the widths it was resolved with.
+
+    ``side`` is the sequence its router input spans, which sequence routing pools with that
+    sequence's padding mask (:data:`MASK_NAMES`): ``"source"`` (the model's input,
+    ``attention_mask``) or ``"target"`` (an encoder-decoder's decoder sequence,
+    ``decoder_attention_mask``); see :func:`sequence_side`.
+    """
 
     path: str
     site: Site
@@ -155,6 +169,7 @@ class SiteSpec:
     d_in: int
     d_out: int
     heads: int | None
+    side: str = attrs.field(default=SOURCE, validator=attrs.validators.in_(tuple(MASK_NAMES)))
 
     @property
     def expert(self) -> ExpertKind:
@@ -230,11 +245,57 @@ def plan_sites(
                     f"{site.pattern!r}; make the patterns disjoint"
                 )
             matched[path] = site
+    encoders = _encoder_paths(paths)
     # A canonical order (natural sort of the paths), whatever order the backend walked the
     # model in: parameters are drawn in this order, so one seed gives one adapter everywhere.
     return [
-        _resolve(config, path, matched[path], describe(path, matched[path]))
+        _resolve(
+            config,
+            path,
+            matched[path],
+            describe(path, matched[path]),
+            sequence_side(path, encoders),
+        )
         for path in sorted(matched, key=_natural_key)
+    ]
+
+
+def _encoder_paths(paths: Collection[str]) -> list[str]:
+    """The paths of the encoders of encoder-decoders: modules ``P.encoder`` beside a
+    ``P.decoder`` (``P`` may be empty)."""
+    listed = set(paths)
+    return [
+        p
+        for p in listed
+        if p.rpartition(".")[2] == "encoder" and p.removesuffix("encoder") + "decoder" in listed
+    ]
+
+
+def sequence_side(path: str, encoders: Collection[str]) -> str:
+    """The side (``"source"`` or ``"target"``) of the sequence the module at ``path`` reads.
+
+    ``encoders`` are the model's encoder paths (modules ``P.encoder`` beside a ``P.decoder``).
+    In an encoder-decoder, a module inside the encoder reads the source, and so do the decoder's
+    cross-attention keys/values (T5's ``EncDecAttention.k``/``.v``, BART's
+    ``encoder_attn.k_proj``/``.v_proj``), which project the encoder's output; every other
+    module (decoder self-attention, cross-attention queries and outputs, FFNs, ``lm_head``)
+    reads the target. A model with no encoder-decoder pair has one sequence: the source.
+    """
+    if not encoders or _CROSS_ATTENTION_KV.fullmatch(path):
+        return SOURCE
+    return SOURCE if any(path.startswith(e + ".") for e in encoders) else TARGET
+
+
+def plan_recorded(
+    config: AdapterConfig, recorded: Mapping[str, tuple[Site, ModuleShape]]
+) -> list[SiteSpec]:
+    """The sites of an adapter file from what it recorded, ``{path: (site, shape)}``, with
+    no pattern matched (a file's patterns are data); in :func:`plan_sites`' order."""
+    parents = {path.rsplit(".", i)[0] for path in recorded for i in range(path.count("."))}
+    encoders = _encoder_paths(parents)
+    return [
+        _resolve(config, path, *recorded[path], sequence_side(path, encoders))
+        for path in sorted(recorded, key=_natural_key)
     ]
 
 
@@ -250,7 +311,9 @@ def _natural_key(path: str) -> list[tuple[int, int | str]]:
     return [(0, int(p)) if p.isdigit() else (1, p) for p in path.split(".")]
 
 
-def _resolve(config: AdapterConfig, path: str, site: Site, shape: ModuleShape) -> SiteSpec:
+def _resolve(
+    config: AdapterConfig, path: str, site: Site, shape: ModuleShape, side: str = SOURCE
+) -> SiteSpec:
     heads: int | None
     if not config.has_router:
         heads = None  # one expert: no router, nothing is routed per head
@@ -272,6 +335,7 @@ def _resolve(config: AdapterConfig, path: str, site: Site, shape: ModuleShape) -
         shape.d_in,
         shape.d_out,
         heads,
+        side,
     )
     width = spec.d_out if spec.reads == "output" else spec.d_in
     if heads and width % heads:
@@ -301,14 +365,28 @@ def route(spec: SiteSpec, router_weight: Array, route_in: Array, mask: Array | N
     return router_probs(logits, spec.router.top_k, spec.router.renormalize), logits
 
 
-def select_mask(masks: Iterable[Array], route_in: Array) -> Array | None:
-    """The ``[batch, seq]`` padding mask that fits ``route_in [batch, seq, d]``, or None.
+def pooling_mask(spec: SiteSpec, masks: Mapping[str, Array], route_in: Array) -> Array | None:
+    """The ``[batch, seq]`` padding mask (1 = token) with which ``spec`` pools its router
+    input ``route_in [batch, seq, d]``: under sequence routing, ``masks[spec.side]`` (a
+    backend captures a model call's masks by side, see :data:`MASK_NAMES`); None under token
+    routing or when that side has no mask (then every position is pooled).
 
-    Backends capture the masks a model is called with (encoder ``attention_mask``, decoder
-    ``decoder_attention_mask``); each sequence-routed site takes the one whose shape matches
-    its router input. A site with no matching mask pools over every position.
+    Raises ``ValueError`` naming the site, the mask and both shapes when the mask does not
+    cover ``route_in``'s ``[batch, seq]``.
     """
-    return next((m for m in masks if tuple(m.shape) == tuple(route_in.shape[:2])), None)
+    mask = masks.get(spec.side) if spec.routing == "sequence" else None
+    if mask is None:
+        return None
+    want, got = tuple(route_in.shape[:2]), tuple(mask.shape)
+    if got != want:
+        name = MASK_NAMES[spec.side]
+        raise ValueError(
+            f"{spec.path}: {name} has shape {list(got)}, but this sequence-routed site pools "
+            f"its {spec.side}-side router input of [batch, seq] = {list(want)} with it; give "
+            f"{name} the shape {list(want)} (one entry per token of the sequence it reads), "
+            "or none to pool over every position"
+        )
+    return mask
 
 
 def apply_site(

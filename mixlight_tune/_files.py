@@ -1,7 +1,9 @@
-"""Atomic file writes: a temp file in the target directory, then ``os.replace``."""
+"""Atomic file writes (a temp file in the target directory, then ``os.replace``), and the
+sha256 of a file or folder."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -28,3 +30,23 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """The hex sha256 of a file's bytes (as ``sha256sum`` prints it); of a folder, the sha256
+    of its files' relative paths and sha256s, in sorted order."""
+    path = Path(path)
+    if not path.is_dir():
+        return _file_sha256(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{_file_sha256(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -7,6 +7,10 @@ mix. Its tensors are the trainable weights (``model/<name>``), the optimiser sta
 metadata holds one JSON object: the step reached, every loss so far, the JSON-able optimiser
 values (``scalars``) and the resolved config the run belongs to. Nothing is pickled.
 
+Beside it, ``<output_dir>/data_sha256.json`` (:class:`DataRecord`) holds the sha256 of the
+training data the run started from; a run resumed on data changed under the same path is
+refused, since its first steps were trained on other rows.
+
 The data position is the step: :func:`mixlight_tune.sampling.batches` draws batch ``k`` from
 ``seed`` and ``k`` alone, so a resumed run skips the first ``step`` batches. A backend reads
 and writes its own arrays (:class:`Resume` is framework-free).
@@ -28,6 +32,7 @@ from ._files import atomic_write
 from .steps import DemoError
 
 FILE = "checkpoint.safetensors"
+DATA_FILE = "data_sha256.json"
 META_KEY = "mixlight_tune_checkpoint"
 FORMAT = 1
 # Keys that may change between a run and its resumption: how it is shown, not what it computes.
@@ -115,6 +120,53 @@ class Resume:
         }
         tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         atomic_write(self.path, save(tensors, metadata={META_KEY: json.dumps(meta)}))
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """The sha256 of each training data file (``{path: sha256}``) of the run in ``directory``."""
+
+    directory: Path
+    digests: Mapping[str, str]
+
+    @property
+    def path(self) -> Path:
+        return self.directory / DATA_FILE
+
+    def write(self) -> None:
+        atomic_write(self.path, json.dumps(dict(self.digests), indent=2) + "\n")
+
+    def check(self) -> None:
+        """Raise :class:`ResumeError` naming each data file whose sha256 differs from the one
+        recorded when the run started (nothing to compare when no record exists)."""
+        recorded = self.recorded()
+        changed = [
+            f"{path}: sha256 {recorded[path]} then, {digest} now"
+            for path, digest in self.digests.items()
+            if recorded.get(path, digest) != digest
+        ]
+        if changed:
+            what = "; ".join(changed)
+            raise ResumeError(
+                f"the data changed since the run in {self.directory} started ({what}); its "
+                "checkpoint was trained on the old rows: restore that data to resume, or choose "
+                "a fresh output_dir to start over on the new data"
+            )
+
+    def recorded(self) -> dict[str, str]:
+        """The digests written when the run started (``{}`` when there is no record)."""
+        try:
+            recorded = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            recorded = None
+        if not isinstance(recorded, dict):
+            raise ResumeError(
+                f"{self.path} is not a readable record of the run's data; delete it to resume "
+                "without checking the data"
+            )
+        return recorded
 
 
 def config_changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mixlight import AdapterFileError
+
 from .experiment import (
     BACKENDS,
     DEFAULT_METHODS,
@@ -131,14 +133,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             select(cfg)
         else:
             run(cfg)
-    except DemoError as err:
+    except (DemoError, AdapterFileError, OSError) as err:
         print(f"mixlight demo: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            f"\nmixlight demo: interrupted; results of the finished runs are in {cfg.out_dir}",
-            file=sys.stderr,
+        kept = (
+            f"{args.build_base} is unchanged"
+            if args.build_base is not None
+            else f"results of the finished runs are in {cfg.out_dir}"
         )
+        print(f"\nmixlight demo: interrupted; {kept}", file=sys.stderr)
         return 130
     return 0
 

@@ -95,6 +95,11 @@ def _read_jsonl(path: Path) -> list[Example]:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{where}: bad JSON ({err.msg})") from None
+        except RecursionError:
+            raise ValueError(
+                f"{where}: JSON nested too deeply to read; each line must be one flat object "
+                "with string fields inputs and targets"
+            ) from None
         examples.append(row_to_example(row, where, path.stem))
     return examples
 

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 import mixlight as ml
 
 from ._files import atomic_write
@@ -42,6 +44,7 @@ from .data_files import load_examples
 from .miniature.corpus import pretraining_corpus
 from .miniature.probes import CHANCE as PROBE_CHANCE
 from .miniature.suite import build_suite
+from .output_dirs import OutputKind
 from .report import aggregate_seeds, chance_table, format_table, score_table
 from .schema import Example
 from .shares import format_shares, real_size_shares
@@ -179,6 +182,34 @@ QUICK = DemoConfig(
 # --- the base model -----------------------------------------------------------------------
 
 SHIPPED_BASE = Path(__file__).parent / "miniature" / "base"
+BUILT_BASE = OutputKind(
+    "mixlight demo --build-base",
+    names=(
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "spiece.model",
+        "pretraining.json",
+    ),
+    results=("pretraining.json",),
+)
+DEMO_OUTPUT = OutputKind(
+    "mixlight demo",
+    names=(
+        "results.json",
+        "results.md",
+        "routing.json",
+        "config.json",
+        "*.png",
+        "adapters",
+        "selection.json",
+        "selection.md",
+    ),
+    results=("results.json", "selection.json"),
+)
+# What a --model checkpoint that cannot load raises: transformers, safetensors, sentencepiece
+# and the JAX T5 loader each have their own.
+LOAD_ERRORS = (ValueError, OSError, RuntimeError, KeyError, SafetensorError)
 
 
 def pretraining_data(cfg: DemoConfig) -> tuple[list[str], list[str]]:
@@ -245,6 +276,25 @@ def check_t5_dir(path: Path) -> None:
         raise DemoError(f"--model {path}: no tokenizer (spiece.model or tokenizer.json) there")
 
 
+def prepare_base(steps: BackendSteps, cfg: DemoConfig, flag: str = "--model") -> Any:
+    """``steps.prepare(cfg)``; a ``--model`` checkpoint that cannot load (weights missing,
+    damaged or of other shapes than its config.json, a damaged tokenizer) is a DemoError
+    naming ``flag`` and the folder."""
+    if cfg.model_path is None:
+        return steps.prepare(cfg)
+    try:
+        return steps.prepare(cfg)
+    except DemoError:
+        raise
+    except LOAD_ERRORS as err:
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise DemoError(
+            f"{flag} {cfg.model_path}: could not load the checkpoint ({type(err).__name__}: "
+            f"{reason}); pass a complete Hugging Face T5 folder: config.json, the weights "
+            "(model.safetensors or pytorch_model.bin) of that config's shapes, and its tokenizer"
+        ) from None
+
+
 def _check_writable(directory: Path, what: str) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -283,7 +333,9 @@ def _load_data(cfg: DemoConfig) -> tuple[list[Example], dict[str, list[Example]]
 
 
 def validate(cfg: DemoConfig) -> Plan:
-    """Check every input that could fail later, before anything trains."""
+    """Check every input that could fail later, before anything trains (and ``--out`` before
+    anything loads: a folder of other files is refused, not overwritten)."""
+    DEMO_OUTPUT.check(cfg.out_dir, "--out")
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown or not cfg.methods:
         raise DemoError(
@@ -305,7 +357,7 @@ def validate(cfg: DemoConfig) -> Plan:
     if cfg.model_path is not None:
         check_t5_dir(cfg.model_path)
     train, tables, probes = _load_data(cfg)
-    _check_writable(cfg.out_dir, "output directory")
+    DEMO_OUTPUT.claim(cfg.out_dir, "--out")
     if base_checkpoint(cfg) not in (cfg.model_path, SHIPPED_BASE):
         _check_writable(cfg.cache_dir, "cache directory")
     return Plan(load_steps(cfg.backend), train, tables, probes)
@@ -528,7 +580,7 @@ def run(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """
     start = time.perf_counter()
     plan = validate(cfg)
-    base = plan.steps.prepare(cfg)
+    base = prepare_base(plan.steps, cfg)
     log(f"base model: {base.description}")
     log(
         f"data: {len(plan.train)} training examples; scored: "
@@ -592,7 +644,7 @@ def select(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any
     plan = validate(cfg)
     validation = build_suite(cfg.data_seed + 1000, 0, cfg.eval_per_template).held_in
     plan = dataclasses.replace(plan, tables={"validation": validation})
-    base = plan.steps.prepare(cfg)
+    base = prepare_base(plan.steps, cfg)
     runs: dict[str, dict[str, float]] = {}
     for method in cfg.methods:
         grid = SELECTION_GRID["full" if METHODS[method].full else "peft"]

@@ -7,9 +7,10 @@ when a run starts, so nothing here imports torch or JAX.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -114,3 +115,19 @@ def check_finite_loss(loss: float, step: int, settings: TuneSettings) -> None:
             f"{settings.label}: the loss became {loss} at step {step + 1} (lr {settings.lr:g}); "
             "the run is stopped and scores nothing. Lower --lr or check the data"
         )
+
+
+@contextlib.contextmanager
+def adapter_fits(adapter: ml.AdapterConfig) -> Iterator[None]:
+    """Around ``ml.inject``: its ValueError (a site pattern that matches no module of this
+    model, a size the adapter cannot take) becomes a DemoError that says to change the
+    adapter."""
+    try:
+        yield
+    except DemoError:
+        raise
+    except ValueError as err:
+        raise DemoError(
+            f"adapter {adapter.method} does not fit this model: {err}; change the adapter's "
+            "targets (or sites) to fit the model"
+        ) from None

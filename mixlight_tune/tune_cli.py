@@ -5,7 +5,12 @@ The run stands on the demo's pipeline: the backend's :class:`~mixlight_tune.step
 and :func:`~mixlight_tune.report.score_table`. What it writes to ``output_dir`` is the same
 for both backends: ``adapter/`` (the portable adapter format), ``metrics.json`` (the
 resolved config, the loss of every step, the trainable share and the eval scores) and
-``config.json`` (the resolved config, which ``mixlight tune`` accepts back).
+``config.json`` (the resolved config, which ``mixlight tune`` accepts back, from any folder).
+
+``output_dir`` is refused before anything loads when it holds files ``mixlight tune`` did not
+write (:data:`TUNE_OUTPUT`), and claimed (created, marked) before the base loads; the sha256
+of the training data is recorded there, and a resumed run on changed data is refused
+(:class:`~mixlight_tune.checkpoint.DataRecord`).
 """
 
 from __future__ import annotations
@@ -19,11 +24,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._files import atomic_write
-from .checkpoint import Resume
+from mixlight import AdapterFileError
+
+from ._files import atomic_write, sha256_of
+from .checkpoint import DATA_FILE, DataRecord, Resume
+from .checkpoint import FILE as CHECKPOINT_FILE
 from .data_files import load_examples
-from .experiment import DemoConfig, check_t5_dir
+from .experiment import DemoConfig, check_t5_dir, prepare_base
 from .miniature.suite import build_suite
+from .output_dirs import OutputKind
 from .report import score_table
 from .schema import Example
 from .steps import DemoError, TuneSettings, load_steps
@@ -31,6 +40,11 @@ from .tune_config import TuneConfig, TuneConfigError, read_config
 
 METRICS_FILE = "metrics.json"
 RESOLVED_FILE = "config.json"
+TUNE_OUTPUT = OutputKind(
+    "mixlight tune",
+    names=("adapter", METRICS_FILE, RESOLVED_FILE, CHECKPOINT_FILE, DATA_FILE),
+    results=(METRICS_FILE, CHECKPOINT_FILE),
+)
 
 
 def demo_config(cfg: TuneConfig) -> DemoConfig:
@@ -92,6 +106,42 @@ def load_data(cfg: TuneConfig) -> tuple[list[Example], list[Example]]:
     return train, evals
 
 
+def data_record(cfg: TuneConfig) -> DataRecord:
+    """The sha256 of the training data file (none for the built-in mixture, which
+    ``data_seed`` and ``builtin_per_task`` fix). ``eval_data`` is not recorded: it is scored
+    afresh after training, so a resumed run may use a changed one."""
+    files = [] if cfg.data is None else [cfg.data]
+    return DataRecord(cfg.output_dir, {str(path): sha256_of(path) for path in files})
+
+
+def check_output_dir(cfg: TuneConfig) -> None:
+    """Refuse an ``output_dir`` that is one of the run's input folders or holds files
+    ``mixlight tune`` did not write. Writes nothing."""
+    for key in ("model", "data", "eval_data"):
+        path = getattr(cfg, key)
+        if path is not None and path.is_dir() and _same_folder(path, cfg.output_dir):
+            raise TuneConfigError(
+                f"output_dir {cfg.output_dir} is the {key} folder; the run would write over "
+                "its files: choose another output_dir"
+            )
+    TUNE_OUTPUT.check(cfg.output_dir, "output_dir")
+
+
+def claim_output_dir(cfg: TuneConfig, resuming: bool) -> DataRecord:
+    """Before the base loads: refuse resuming on changed data, then create and mark
+    ``output_dir`` (failing here when it is not writable) and record the data's sha256."""
+    record = data_record(cfg)
+    if resuming:
+        record.check()
+    TUNE_OUTPUT.claim(cfg.output_dir, "output_dir")
+    record.write()
+    return record
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
 def _read(path: Path, key: str) -> list[Example]:
     try:
         return load_examples(path)
@@ -109,13 +159,14 @@ def _check_model(cfg: TuneConfig) -> None:
 
 def run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Tune, save the adapter, score ``eval_data``; write and return the metrics."""
+    check_output_dir(cfg)
     _check_model(cfg)
     train, evals = load_data(cfg)
     steps = load_steps(cfg.backend)
     saved = run_dir(cfg).load()  # refuses a run directory of another config before loading
-    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    record = claim_output_dir(cfg, resuming=saved is not None)
     demo = demo_config(cfg)
-    base = steps.prepare(demo)
+    base = prepare_base(steps, demo, "model =")
     log(f"base: {base.description}; {len(train)} training examples; backend {cfg.backend}")
     if saved is not None:
         log(f"resuming {cfg.output_dir} from step {saved.step} of {cfg.steps}")
@@ -135,6 +186,7 @@ def run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         "train_seconds": round(seconds, 2),
         "eval": scores,
         "adapter": None if adapter_dir is None else str(adapter_dir),
+        "data_sha256": dict(record.digests),
     }
     atomic_write(cfg.output_dir / RESOLVED_FILE, json.dumps(cfg.resolved(), indent=2) + "\n")
     atomic_write(cfg.output_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
@@ -147,10 +199,11 @@ def run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
 def dry_run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Validate everything, load the base and inject the adapter; train and write nothing.
     Returns the resolved config with the trainable share."""
+    check_output_dir(cfg)
     _check_model(cfg)
     train, _ = load_data(cfg)
     steps = load_steps(cfg.backend)
-    base = steps.prepare(demo_config(cfg))
+    base = prepare_base(steps, demo_config(cfg), "model =")
     zero = dataclasses.replace(settings(cfg), steps=0, resume=None)
     model, _ = steps.tune(base, cfg.adapter, train[:1], zero)
     resolved = cfg.resolved() | {"trainable_percent": steps.trainable_percent(model)}
@@ -182,9 +235,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             dry_run(cfg)
         else:
             run(cfg)
-    except (DemoError, OSError) as err:
+    except (DemoError, AdapterFileError, OSError) as err:
         print(f"mixlight tune: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "\nmixlight tune: interrupted; the same command resumes the run from its last "
+            "checkpoint (saved every checkpoint_every steps)",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 

@@ -1,16 +1,19 @@
 """The schema of ``mixlight tune CONFIG`` (TOML or JSON) and its validation.
 
 :func:`read_config` turns a file into a :class:`TuneConfig` or raises :class:`TuneConfigError`
-naming the key, what it holds and what it should hold. Paths are resolved against the config
-file's folder. Nothing here names a framework: ``backend`` is one key like the others, so the
-same file with only ``backend`` changed describes the same experiment (same data, data order,
-initial adapter and settings) in the other framework. ``docs/tune.md`` documents the keys.
+naming the key, what it holds and what it should hold. Relative paths are taken from the
+config file's folder and held absolute, so :meth:`TuneConfig.resolved` (the ``config.json`` a
+run saves) reads back to the same files from any folder. Nothing here names a framework:
+``backend`` is one key like the others, so the same file with only ``backend`` changed
+describes the same experiment (same data, data order, initial adapter and settings) in the
+other framework. ``docs/tune.md`` documents the keys.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,6 +32,7 @@ PRESETS: dict[str, Callable[..., ml.AdapterConfig]] = {
 }
 OPTIMIZERS = ("adafactor", "adamw", "sgd")
 DEFAULT_ADAPTER: dict[str, Any] = {"preset": "mov", "num_experts": 10}
+MAX_SEED = 2**32 - 1  # every RNG the backends seed (numpy's, torch's, JAX's) takes these
 
 
 class TuneConfigError(DemoError):
@@ -65,8 +69,8 @@ class TuneConfig:
 
     def resolved(self) -> dict[str, Any]:
         """The config as JSON-ready data, every default filled in (``--dry-run`` prints it
-        and ``metrics.json`` records it). ``adapter`` is ``{"config": <full AdapterConfig>}``,
-        so the result reads back as a config file."""
+        and ``metrics.json`` records it). ``adapter`` is ``{"config": <full AdapterConfig>}``
+        and paths are absolute, so the result reads back as a config file from anywhere."""
         out = asdict(self)
         out["adapter"] = {"config": self.adapter.to_dict()}
         for key in ("model", "data", "eval_data", "output_dir"):
@@ -85,14 +89,19 @@ def load_file(path: str | Path) -> dict[str, Any]:
     if path.suffix not in (".toml", ".json"):
         raise TuneConfigError(f"config {path}: expected a .toml or .json file")
     text = path.read_bytes()
+    kind = path.suffix[1:].upper()
     try:
         if path.suffix == ".json":
             raw = json.loads(text)
         else:
             raw = _toml_module().loads(text.decode("utf-8"))
     except ValueError as err:  # JSONDecodeError, TOMLDecodeError, UnicodeDecodeError
-        kind = path.suffix[1:].upper()
         raise TuneConfigError(f"config {path} is not valid {kind}: {err}") from None
+    except RecursionError:
+        raise TuneConfigError(
+            f"config {path}: its {kind} is nested too deeply to read; a config is one table of "
+            "the keys in docs/tune.md, with [adapter] the only table inside it"
+        ) from None
     if not isinstance(raw, dict):
         raise TuneConfigError(f"config {path}: the top level must be a table/object")
     return raw
@@ -117,11 +126,11 @@ def _toml_module() -> Any:
 def read_config(path: str | Path, **overrides: Any) -> TuneConfig:
     """Validate the file at ``path`` (``overrides`` replace its keys) into a TuneConfig."""
     path = Path(path)
-    return parse(load_file(path) | overrides, base_dir=path.parent, where=str(path))
+    return parse(load_file(path) | overrides, base_dir=path.absolute().parent, where=str(path))
 
 
 def parse(raw: dict[str, Any], base_dir: Path = Path("."), where: str = "config") -> TuneConfig:
-    """Validate a raw mapping; relative paths are taken from ``base_dir``."""
+    """Validate a raw mapping; relative paths are taken from ``base_dir`` (made absolute)."""
     unknown = sorted(set(raw) - _KEYS)
     if unknown:
         raise TuneConfigError(
@@ -129,8 +138,9 @@ def parse(raw: dict[str, Any], base_dir: Path = Path("."), where: str = "config"
         )
     default = TuneConfig()
     values: dict[str, Any] = {}
-    for key in ("steps", "batch_size", "seed", "data_seed", "builtin_per_task", "checkpoint_every"):
+    for key in ("steps", "batch_size", "data_seed", "builtin_per_task", "checkpoint_every"):
         values[key] = _int(raw, key, getattr(default, key), minimum=0 if key != "batch_size" else 1)
+    values["seed"] = _int(raw, "seed", default.seed, minimum=0, maximum=MAX_SEED)
     for key in ("max_input_tokens", "max_target_tokens", "eval_batch_size"):
         values[key] = _int(raw, key, getattr(default, key), minimum=2)
     values["backend"] = _choice(raw, "backend", default.backend, BACKENDS)
@@ -142,7 +152,7 @@ def parse(raw: dict[str, Any], base_dir: Path = Path("."), where: str = "config"
     out = raw.get("output_dir", str(default.output_dir))
     if not isinstance(out, str) or not out:
         raise TuneConfigError(f"output_dir must be a folder path (a string), got {out!r}")
-    values["output_dir"] = base_dir / out
+    values["output_dir"] = _absolute(base_dir, out)
     values["adapter"] = make_adapter(raw.get("adapter", DEFAULT_ADAPTER))
     return TuneConfig(**values)
 
@@ -170,7 +180,7 @@ def make_adapter(source: Any) -> ml.AdapterConfig:
             raise TuneConfigError(f"adapter.config: {err}") from None
     args = dict(source)
     preset = args.pop("preset", None)
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise TuneConfigError(
             f"adapter.preset is {preset!r}; valid: {', '.join(PRESETS)} "
             "(or give adapter.config, a full AdapterConfig)"
@@ -184,10 +194,14 @@ def make_adapter(source: Any) -> ml.AdapterConfig:
         ) from None
 
 
-def _int(raw: dict[str, Any], key: str, default: int, minimum: int) -> int:
+def _int(
+    raw: dict[str, Any], key: str, default: int, minimum: int, maximum: int | None = None
+) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise TuneConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise TuneConfigError(f"{key} must be an integer from {minimum} to {maximum}, got {value}")
     return value
 
 
@@ -209,9 +223,13 @@ def _bool(raw: dict[str, Any], key: str, default: bool) -> bool:
 def _lr(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TuneConfigError(f"lr must be a positive number, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise TuneConfigError(f"lr must be a positive finite number, got {value!r}")
-    return float(value)
+    try:
+        lr = float(value)
+    except OverflowError:  # an integer beyond float's range
+        lr = math.inf
+    if not (math.isfinite(lr) and lr > 0):
+        raise TuneConfigError(f"lr must be a positive finite number, got {value!r:.40}")
+    return lr
 
 
 def _existing_path(raw: dict[str, Any], key: str, base_dir: Path) -> Path | None:
@@ -222,7 +240,7 @@ def _existing_path(raw: dict[str, Any], key: str, base_dir: Path) -> Path | None
         raise TuneConfigError(
             f"{key} must be a path (a string), got {value!r}; omit it for the default"
         )
-    path = base_dir / value
+    path = _absolute(base_dir, value)
     if not path.exists():
         what = "checkpoint directory" if key == "model" else ".jsonl file or save_to_disk folder"
         raise TuneConfigError(
@@ -230,3 +248,8 @@ def _existing_path(raw: dict[str, Any], key: str, base_dir: Path) -> Path | None
             "taken from the config file's folder)"
         )
     return path
+
+
+def _absolute(base_dir: Path, value: str) -> Path:
+    """``value`` taken from ``base_dir``, absolute and without ``..`` steps."""
+    return Path(os.path.abspath(base_dir / value))

@@ -15,7 +15,7 @@ from mixlight import AdapterConfig, ParameterCount
 from mixlight._base_identity import BaseIdentity
 from mixlight.adapter_file import check_arrays
 from mixlight.math import routing_summary
-from mixlight.site_spec import aux_loss_terms
+from mixlight.site_spec import SiteSpec, aux_loss_terms
 from mixlight_jax import merge as _merge
 from mixlight_jax import model as _model
 from mixlight_jax.layers import StoredAdapter
@@ -48,6 +48,9 @@ class JaxBackend:
         name: str = _model.DEFAULT,
     ) -> nnx.Module:
         return _model.inject(model, config, rngs=seed, name=name)
+
+    def plan(self, model: nnx.Module, config: AdapterConfig) -> list[SiteSpec]:
+        return _model.plan(model, config)
 
     def adapter_names(self, model: nnx.Module) -> list[str]:
         return _model.state_of(model).names()

@@ -13,7 +13,7 @@ from flax import errors, nnx
 
 from mixlight.extend import SiteResult, SiteSpec, apply_site
 from mixlight.fast_ops import fast_op
-from mixlight.site_spec import select_mask
+from mixlight.site_spec import pooling_mask
 from mixlight_jax._sites import FAST_OPS
 from mixlight_jax.params import AdapterParam, sharding_metadata
 
@@ -38,7 +38,8 @@ class StoredAdapter(nnx.Variable):
 
 
 class SequenceMasks(nnx.Variable):
-    """``[batch, seq]`` padding masks for sequence routing (a tuple; see
+    """``[batch, seq]`` padding masks for sequence routing by side, ``{"source": mask,
+    "target": mask}`` (a side left out pools over every position; see
     :func:`mixlight_jax.sequence_masks`)."""
 
 
@@ -88,7 +89,7 @@ class AdapterLayer(nnx.Module):
         self.stored: nnx.Dict = nnx.Dict({})
         self.last_probs = RoutingTrace(None)
         self.last_logits = RoutingTrace(None)
-        self.masks = SequenceMasks(())
+        self.masks = SequenceMasks({})
 
     @property
     def spec(self) -> SiteSpec | None:
@@ -154,7 +155,8 @@ class AdapterLayer(nnx.Module):
             self._record(None, None)
             return h
         params = {name: p[...] for name, p in self.adapter.items()}
-        result = mix(spec, params, x, h, self._mask(spec, h if spec.reads == "output" else x))
+        mask = pooling_mask(spec, self.masks.get_value(), h if spec.reads == "output" else x)
+        result = mix(spec, params, x, h, mask)
         if result.probs is not None and result.probs.size == 0:  # 0 tokens: nothing routed
             self._record(None, None)
         else:
@@ -167,12 +169,6 @@ class AdapterLayer(nnx.Module):
             self.last_logits.set_value(logits)
         except errors.TraceContextError:
             pass
-
-    def _mask(self, spec: SiteSpec, route_in: jax.Array) -> jax.Array | None:
-        """The ``[batch, seq]`` mask matching ``route_in [batch, seq, d]`` under sequence
-        routing, else None (pool over every position)."""
-        masks = self.masks.get_value() if spec.routing == "sequence" else ()
-        return select_mask(masks, route_in)
 
 
 def _axes(spec: SiteSpec, short: str) -> tuple[str, ...]:

@@ -22,7 +22,7 @@ from mixlight.site_spec import ACTIVATION_CONSUMERS, SiteSpec
 from mixlight_jax.layers import AdapterLayer
 from mixlight_jax.model import adapter_layers, remove_adapters, sequence_masks, state_of
 
-MASK_KEYS = ("attention_mask", "decoder_attention_mask")
+MASK_KEYS = ("attention_mask", "decoder_attention_mask")  # the source's, the target's
 
 Fold = Callable[[nnx.Module], None]  # applied to the model once its adapters are removed
 
@@ -143,8 +143,7 @@ def mean_routing(model: nnx.Module, batches: Iterable[Mapping[str, Any]]) -> dic
     state_of(model)
     means = RoutingMeans()
     for batch in batches:
-        masks = [jnp.asarray(batch[k]) for k in MASK_KEYS if batch.get(k) is not None]
-        _forward(model, dict(batch), masks)
+        _forward(model, dict(batch))
         for _, layer, spec in _sites(model):
             probs = layer.last_probs.get_value()
             if probs is not None:
@@ -155,9 +154,10 @@ def mean_routing(model: nnx.Module, batches: Iterable[Mapping[str, Any]]) -> dic
 
 
 @nnx.jit
-def _forward(model: nnx.Module, batch: dict[str, Any], masks: list[jax.Array]) -> None:
-    """One forward pass, which records every site's routing in the model."""
-    with sequence_masks(model, *masks):
+def _forward(model: nnx.Module, batch: dict[str, Any]) -> None:
+    """One forward pass, which records every site's routing in the model (sequence-routed
+    sites pool with the batch's masks, each with its side's)."""
+    with sequence_masks(model, **{k: batch.get(k) for k in MASK_KEYS}):
         model(**batch)
 
 

@@ -15,7 +15,7 @@ from mixlight import AdapterConfig
 from mixlight._base_identity import BaseIdentity, sample_weights
 from mixlight.extend import plan_sites
 from mixlight.named_adapters import NamedAdapters
-from mixlight.site_spec import ModuleRecord, record_module
+from mixlight.site_spec import SOURCE, TARGET, ModuleRecord, SiteSpec, record_module
 from mixlight_jax.layers import AdapterLayer
 
 _SEED_RANGE = 2**31 - 1
@@ -127,6 +127,18 @@ def _seed(rngs: nnx.Rngs | int | None) -> int:
     return int(rngs)
 
 
+def plan(model: nnx.Module, config: AdapterConfig) -> list[SiteSpec]:
+    """The sites :func:`inject` would give ``model`` for ``config``; the model is unchanged."""
+    paths = _plain_paths(model)
+    if not paths:
+        raise TypeError(
+            f"mixlight.inject adapts the submodules of a model in place, and this "
+            f"{type(model).__name__} has none (a bare layer given as the whole model); wrap it "
+            "in a module that holds it as an attribute, and target that attribute's name"
+        )
+    return plan_sites(config, _records(model, paths))
+
+
 def inject(
     model: nnx.Module,
     config: AdapterConfig,
@@ -147,14 +159,8 @@ def inject(
     """
     state = vars(model).get(_STATE) or NamedAdapters()
     state.check_new(name, "or call mixlight_jax.remove_adapters(model) first, or use a fresh model")
+    specs = plan(model, config)
     paths = _plain_paths(model)
-    if not paths:
-        raise TypeError(
-            f"mixlight.inject adapts the submodules of a model in place, and this "
-            f"{type(model).__name__} has none (a bare layer given as the whole model); wrap it "
-            "in a module that holds it as an attribute, and target that attribute's name"
-        )
-    specs = plan_sites(config, _records(model, paths))
     state = state.added(name, config, specs)
     rng = np.random.default_rng(_seed(rngs))
     for spec in specs:
@@ -222,24 +228,41 @@ def adapter_parameters(
 
 
 @contextlib.contextmanager
-def sequence_masks(model: nnx.Module, *masks: jax.Array) -> Iterator[nnx.Module]:
+def sequence_masks(
+    model: nnx.Module,
+    *positional: Any,
+    attention_mask: jax.Array | None = None,
+    decoder_attention_mask: jax.Array | None = None,
+) -> Iterator[nnx.Module]:
     """Give sequence-routed sites their ``[batch, seq]`` padding masks (1 = token) for the
-    calls inside the block, e.g. ``attention_mask`` and ``decoder_attention_mask``; each site
-    uses the mask whose shape matches its router input's ``[batch, seq]``, and pools over
-    every position when none does. Use it inside a jitted function as well as outside::
+    calls inside the block, by keyword: each site pools with its own side's mask,
+    ``attention_mask`` for the source (the encoder's sites and the cross-attention keys and
+    values, or every site of a model with one sequence) and ``decoder_attention_mask`` for
+    the target (the decoder's other sites); a side with no mask pools over every position,
+    and a mask whose ``[batch, seq]`` differs from a site's router input raises a
+    ``ValueError`` naming the site. Use it inside a jitted function as well as outside::
 
-        with mixlight_jax.sequence_masks(model, attention_mask, decoder_attention_mask):
+        with mixlight_jax.sequence_masks(
+            model, attention_mask=attention_mask, decoder_attention_mask=decoder_attention_mask
+        ):
             logits = model(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask)
     """
+    if positional:
+        raise TypeError(
+            f"sequence_masks(model, ...) takes its masks by keyword, got {len(positional)} "
+            "positional: pass attention_mask=... (the source's, the encoder input's) and/or "
+            "decoder_attention_mask=... (the target's, the decoder input's)"
+        )
+    given = {SOURCE: attention_mask, TARGET: decoder_attention_mask}
+    masks = {side: jnp.asarray(m) for side, m in given.items() if m is not None}
     layers = [
         m
         for m in adapter_layers(model).values()
         if m.spec is not None and m.spec.routing == "sequence"
     ]
     previous = [layer.masks.get_value() for layer in layers]
-    kept = tuple(jnp.asarray(m) for m in masks if m is not None)
     for layer in layers:
-        layer.masks.set_value(kept)
+        layer.masks.set_value(masks)
     try:
         yield model
     finally:

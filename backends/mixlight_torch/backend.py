@@ -14,6 +14,7 @@ from mixlight import AdapterConfig, ParameterCount
 from mixlight._base_identity import BaseIdentity
 from mixlight.adapter_file import check_arrays
 from mixlight.math import routing_summary
+from mixlight.site_spec import SiteSpec
 from mixlight_torch import merge as _merge
 from mixlight_torch import model as _model
 from mixlight_torch.primitives import TORCH_PRIMITIVES
@@ -41,6 +42,9 @@ class TorchBackend:
         name: str = _model.DEFAULT,
     ) -> nn.Module:
         return _model.inject(model, config, seed, name)
+
+    def plan(self, model: nn.Module, config: AdapterConfig) -> list[SiteSpec]:
+        return _model.plan(_model.unwrap(model), config)
 
     def adapter_names(self, model: nn.Module) -> list[str]:
         return _model.state_of(_model.unwrap(model)).adapters.names()
@@ -80,20 +84,15 @@ class TorchBackend:
     ) -> None:
         model = _model.unwrap(model)
         check_arrays(self.adapter_specs(model, name)[1], arrays, "adapter arrays")
-        _model.materialize(model, "load an adapter into this model", name)
         adapter = name or _model.state_of(model).active
-        with torch.no_grad():
-            for name, param in _model.adapter_parameters(model, adapter):
-                full = torch.from_numpy(np.asarray(arrays[name])).to(param.device, param.dtype)
-                if _is_dtensor(param):  # FSDP2: each rank keeps its own slice
-                    from torch.distributed.tensor import distribute_tensor
-
-                    full = distribute_tensor(
-                        full, param.device_mesh, param.placements, src_data_rank=None
-                    )
-                param.copy_(full)
         for layer in _model.adapter_layers(model, adapter).values():
-            layer.mark_loaded(adapter)
+            spec = layer.specs[adapter]
+            values = {
+                s: np.asarray(arrays[spec.canonical_name(s)]) for s in layer.adapters[adapter]
+            }
+            if not layer.load_later(adapter, values):  # meta: written on ``to_empty``
+                _copy_into(layer.adapters[adapter], values)
+                layer.mark_loaded(adapter)
 
     def merge_and_unload(self, model: nn.Module, routing: Any = None) -> nn.Module:
         return _merge.merge_and_unload(model, routing)
@@ -144,3 +143,18 @@ class TorchBackend:
 
 def _is_dtensor(t: torch.Tensor) -> bool:
     return type(t).__name__ == "DTensor"
+
+
+def _copy_into(params: nn.ParameterDict, values: Mapping[str, np.ndarray]) -> None:
+    """Copy ``values`` (by short name) into ``params``; an FSDP2 (DTensor) parameter takes
+    its own rank's slice."""
+    with torch.no_grad():
+        for short, param in params.items():
+            full = torch.from_numpy(values[short]).to(param.device, param.dtype)
+            if _is_dtensor(param):
+                from torch.distributed.tensor import distribute_tensor
+
+                full = distribute_tensor(
+                    full, param.device_mesh, param.placements, src_data_rank=None
+                )
+            param.copy_(full)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,25 +11,25 @@ from torch import nn
 
 from mixlight.extend import SiteSpec, apply_site
 from mixlight.fast_ops import fast_op
-from mixlight.site_spec import select_mask
+from mixlight.site_spec import pooling_mask
 from mixlight_torch.ops._precision import no_autocast
 from mixlight_torch.ops._sites import FAST_OPS
 
-BASE = "__base__"
 """The adapter name that means "no adapter" in a per-example list (PEFT's spelling)."""
 
 
 class AdapterSwitch:
     """Shared by all layers of one model (a plain object: no global state): which adapter
     runs, whether adapters run at all, per-example adapter names for a mixed batch, and the
-    sequence-routing masks captured from the model's last call."""
+    padding masks ``[batch, seq]`` captured from the model's last call for sequence routing,
+    by side (``"source"``: ``attention_mask``, ``"target"``: ``decoder_attention_mask``)."""
 
     def __init__(self, active: str = "default") -> None:
         self.active = active
         self.enabled = True
         self.check_finite = False
         self.per_example: list[str] | None = None
-        self.masks: list[torch.Tensor] = []
+        self.masks: dict[str, torch.Tensor] = {}
 
 
 class AdapterLayer(nn.Module):
@@ -64,9 +64,14 @@ class AdapterLayer(nn.Module):
         self.register_state_dict_post_hook(_base_keys_unprefixed)
         self.register_load_state_dict_pre_hook(_base_keys_prefixed)
 
-    def add(self, name: str, spec: SiteSpec, params: dict[str, np.ndarray]) -> None:
-        """Give this module the adapter ``name`` with initial values ``params``."""
-        device = next((p.device for p in self.base.parameters()), torch.device("cpu"))
+    def add(
+        self, name: str, spec: SiteSpec, params: dict[str, np.ndarray], near: nn.Module
+    ) -> None:
+        """Give this module the adapter ``name`` with initial values ``params``, on its base
+        module's device (``near``'s, for a base without parameters such as an activation)."""
+        device = next(
+            (p.device for m in (self.base, near) for p in m.parameters()), torch.device("cpu")
+        )
         self.adapters[name] = nn.ParameterDict(
             {n: nn.Parameter(torch.from_numpy(a).to(device)) for n, a in params.items()}
         )
@@ -116,6 +121,14 @@ class AdapterLayer(nn.Module):
         """Adapter ``name`` now holds loaded values: forget its pending initial ones."""
         self.__dict__["pending_init"].pop(name, None)
 
+    def load_later(self, name: str, values: dict[str, np.ndarray]) -> bool:
+        """While adapter ``name`` is on the meta device, keep ``values`` (by short name) to
+        write once it has storage, as initial values are kept; False when it has storage."""
+        if not any(p.is_meta for p in self.adapters[name].values()):
+            return False
+        self.__dict__["pending_init"][name] = values
+        return True
+
     def _apply(self, fn: Any, recurse: bool = True) -> AdapterLayer:
         # ``to_empty``/``to`` pass through here: meta-injected adapters get their values now.
         super()._apply(fn, recurse)
@@ -162,7 +175,10 @@ class AdapterLayer(nn.Module):
                 [i * repeat + j for i, n in enumerate(names) if n == name for j in range(repeat)],
                 device=x.device,
             )
-            masks = [m.index_select(0, index) for m in self.switch.masks if m.shape[0] == rows]
+            masks = {
+                side: m.index_select(0, index) if m.shape[0] == rows else m
+                for side, m in self.switch.masks.items()
+            }
             with no_autocast(h):
                 part, _, _ = self.mix(
                     name, x.index_select(0, index), h.index_select(0, index), masks
@@ -181,15 +197,21 @@ class AdapterLayer(nn.Module):
                     f"adapted {type(self.base).__name__}"
                 )
 
-    def mix(self, name: str, x: torch.Tensor, h: torch.Tensor, masks: Sequence[torch.Tensor] = ()):
+    def mix(
+        self,
+        name: str,
+        x: torch.Tensor,
+        h: torch.Tensor,
+        masks: Mapping[str, torch.Tensor] | None = None,
+    ):
         """``(out, probs, logits)`` of adapter ``name``: its fast op where the core assigns
-        one that this backend implements (:mod:`mixlight.fast_ops`), else the core math."""
+        one that this backend implements (:mod:`mixlight.fast_ops`), else the core math;
+        ``masks`` by side, for sequence routing (:func:`mixlight.extend.pooling_mask`)."""
         spec, params = self.specs[name], self.adapters[name]
         op = FAST_OPS.get(self.__dict__["ops"][name])
         if op is not None:
             return op(spec, params, x, h)
-        route_in = h if spec.reads == "output" else x
-        mask = select_mask(masks, route_in) if spec.routing == "sequence" else None
+        mask = pooling_mask(spec, masks or {}, h if spec.reads == "output" else x)
         result = apply_site(spec, dict(params.items()), x, h, mask)
         return result.out, result.probs, result.logits
 

@@ -14,10 +14,10 @@ from mixlight import AdapterConfig
 from mixlight._base_identity import BaseIdentity, sample_weights
 from mixlight._cache_safety import cache_unsafe_sites, refuse_cached_sequence_routing
 from mixlight.extend import SiteSpec, plan_sites
-from mixlight.named_adapters import DEFAULT, NamedAdapters
-from mixlight.site_spec import ModuleRecord, aux_loss_terms, record_module
+from mixlight.named_adapters import BASE, DEFAULT, NamedAdapters
+from mixlight.site_spec import MASK_NAMES, SOURCE, ModuleRecord, aux_loss_terms, record_module
 from mixlight_torch import hf as _hf
-from mixlight_torch.layers import BASE, AdapterLayer, AdapterSwitch
+from mixlight_torch.layers import AdapterLayer, AdapterSwitch
 
 
 class MixlightState:
@@ -146,6 +146,18 @@ def _has_params(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
 
+def plan(model: nn.Module, config: AdapterConfig) -> list[SiteSpec]:
+    """The sites :func:`inject` would give ``model`` for ``config``; the model is unchanged."""
+    records = _records(model)
+    if not records:
+        raise TypeError(
+            f"mixlight.inject adapts the submodules of a model in place, and this "
+            f"{type(model).__name__} has none (a bare layer given as the whole model); wrap it, "
+            "e.g. model = nn.Sequential(layer), and target its path '0'"
+        )
+    return plan_sites(config, records)
+
+
 def inject(
     model: nn.Module, config: AdapterConfig, seed: int | None = None, name: str = DEFAULT
 ) -> nn.Module:
@@ -161,14 +173,7 @@ def inject(
     (state.adapters if state is not None else NamedAdapters()).check_new(
         name, "or call mixlight_torch.remove_adapters(model) first, or use a fresh model"
     )
-    records = _records(model)
-    if not records:
-        raise TypeError(
-            f"mixlight.inject adapts the submodules of a model in place, and this "
-            f"{type(model).__name__} has none (a bare layer given as the whole model); wrap it, "
-            "e.g. model = nn.Sequential(layer), and target its path '0'"
-        )
-    specs = plan_sites(config, records)
+    specs = plan(model, config)
     if seed is None:  # drawn on the CPU: also under ``with torch.device("meta")``
         seed = int(torch.randint(0, 2**62, (), device="cpu"))
     rng = np.random.default_rng(seed)
@@ -187,7 +192,7 @@ def inject(
         if not isinstance(layer, AdapterLayer):
             layer = AdapterLayer(layer, state.switch)
             setattr(parent, attr, layer)
-        layer.add(name, spec, spec.init_params(rng))
+        layer.add(name, spec, spec.init_params(rng), parent)
         layer.adapters[name].requires_grad_(name == state.active)
     state.update(state.adapters.added(name, config, specs))
     if config.routing == "sequence" and not state.sequence_hooks:
@@ -296,9 +301,11 @@ def aux_loss_in_output(model: nn.Module, enabled: bool = True) -> None:
 
 
 def _capture_masks(state: MixlightState):
-    """A forward pre-hook that hands the call's padding masks to sequence-routed sites, and
-    refuses a decoding step that reuses a non-empty key/value cache when decoder-side sites
-    of the running adapter route by sequence (they would pool over the new token alone)."""
+    """A forward pre-hook that hands the call's padding masks to sequence-routed sites by side
+    (``attention_mask`` the source's, ``decoder_attention_mask`` the target's; a side the call
+    gives no ``[batch, seq]`` mask for pools over every position), and refuses a decoding step
+    that reuses a non-empty key/value cache when decoder-side sites of the running adapter
+    route by sequence (they would pool over the new token alone)."""
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
         if max(_cache_length(kwargs.get(k)) for k in CACHE_KWARGS) > 0:
@@ -307,11 +314,9 @@ def _capture_masks(state: MixlightState):
                 refuse_cached_sequence_routing(
                     specs, type(module).__name__, "generate(..., use_cache=False)"
                 )
-        state.switch.masks = [
-            m
-            for m in (kwargs.get("attention_mask"), kwargs.get("decoder_attention_mask"))
-            if isinstance(m, torch.Tensor) and m.ndim == 2
-        ]
+        state.switch.masks = {
+            side: m for side, name in MASK_NAMES.items() if _is_mask(m := kwargs.get(name))
+        }
 
     return hook
 
@@ -325,16 +330,22 @@ def _separate_encoder(model: nn.Module) -> nn.Module | None:
 
 
 def _capture_source_mask(switch: AdapterSwitch):
-    """A pre-hook on the encoder: its ``attention_mask`` goes first among the masks, so the
+    """A pre-hook on the encoder: its ``attention_mask`` is the source's mask, so the
     encoder's sequence-routed sites pool over the source's tokens also when the encoder runs
-    alone (as in ``generate``), not over a previous call's masks or every position."""
+    alone (as in ``generate``), not with a previous call's mask."""
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
         mask = kwargs.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and mask.ndim == 2:
-            switch.masks = [mask, *(m for m in switch.masks if m is not mask)]
+        masks = {side: m for side, m in switch.masks.items() if side != SOURCE}
+        switch.masks = {**masks, SOURCE: mask} if _is_mask(mask) else masks
 
     return hook
+
+
+def _is_mask(mask: Any) -> bool:
+    """Whether a call's mask argument is a ``[batch, seq]`` padding mask (HF models also take
+    ready-made 4-D attention masks, which are not)."""
+    return isinstance(mask, torch.Tensor) and mask.ndim == 2
 
 
 # Where HF models take a key/value cache (``cache`` in transformers >= 5, else the older name).

@@ -34,7 +34,7 @@ from mixlight_tune.checkpoint import resume_point
 from mixlight_tune.experiment import DemoConfig, base_checkpoint
 from mixlight_tune.sampling import batches, routing_sites
 from mixlight_tune.schema import Example
-from mixlight_tune.steps import DemoError, TuneSettings, check_finite_loss
+from mixlight_tune.steps import DemoError, TuneSettings, adapter_fits, check_finite_loss
 from mixlight_tune.tokenizer import PAD_ID, Tokenizer
 
 Encode = Callable[[str], list[int]]
@@ -95,7 +95,7 @@ def prepare(cfg: DemoConfig) -> Base:
                 f"torch ({error}). Pass --model PATH (a HF T5 checkpoint with its tokenizer) "
                 "or keep the default spec to use the shipped base"
             ) from error
-        build_base(cfg, path)
+        build_base(cfg, path, keep_existing=True)
     origin = str(path)
     if (path / "pretraining.json").is_file():
         loss = json.loads((path / "pretraining.json").read_text())["final_loss"]
@@ -137,7 +137,8 @@ def tune(
         )
     model = nnx.clone(base.model)
     if adapter is not None:
-        ml.inject(model, adapter, seed=settings.seed)
+        with adapter_fits(adapter):
+            ml.inject(model, adapter, seed=settings.seed)
         wrt: Any = AdapterParam
     else:
         wrt = nnx.Param

@@ -13,10 +13,8 @@ import copy
 import dataclasses
 import itertools
 import json
-import os
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from mixlight_tune.backends.torch_scoring import as_encode, pad, rank_classifica
 from mixlight_tune.checkpoint import resume_point
 from mixlight_tune.corruption import span_corruption
 from mixlight_tune.experiment import (
+    BUILT_BASE,
     BaseSpec,
     DemoConfig,
     base_checkpoint,
@@ -43,10 +42,11 @@ from mixlight_tune.experiment import (
 )
 from mixlight_tune.sampling import batches
 from mixlight_tune.schema import Example
-from mixlight_tune.steps import TuneSettings, check_finite_loss
+from mixlight_tune.steps import TuneSettings, adapter_fits, check_finite_loss
 from mixlight_tune.tokenizer import EOS_ID, PAD_ID, Tokenizer, train_tokenizer
 
 Pair = tuple[list[int], list[int]]
+BASE_SETTING = "base folder"  # how errors name build_base's directory
 
 
 @dataclass
@@ -176,34 +176,44 @@ def _pretrain(model: nn.Module, tok: Tokenizer, corpus: list[str], spec: BaseSpe
     return float(np.mean(train_loop(model, make_batch, len(chunks), settings)[-100:]))
 
 
-def build_base(cfg: DemoConfig, directory: Path) -> Path:
-    """Train the tokenizer, pre-train the tiny T5 of ``cfg.base`` and write both to
-    ``directory`` atomically (a directory that already holds a base is left as it is)."""
+def build_base(cfg: DemoConfig, directory: Path, *, keep_existing: bool = False) -> Path:
+    """Train the tokenizer, pre-train the tiny T5 of ``cfg.base`` and put both in ``directory``.
+
+    ``directory`` may be missing, empty or a base built before (replaced; kept instead with
+    ``keep_existing``, when another run built it meanwhile); a folder holding anything else is
+    refused before any work. The base is written whole into a fresh sibling staging folder and
+    renamed into place (:class:`~mixlight_tune.output_dirs.OutputKind`), so ``directory`` is
+    never half written and nothing the user put there is deleted."""
+    BUILT_BASE.check(directory, BASE_SETTING)
+    staging = BUILT_BASE.staging(directory, BASE_SETTING)
+    try:
+        _write_base(cfg, staging)
+        if not (keep_existing and BUILT_BASE.owns(directory)):
+            BUILT_BASE.move_into_place(staging, directory, BASE_SETTING)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # ours; already moved unless it failed
+    return directory
+
+
+def _write_base(cfg: DemoConfig, folder: Path) -> None:
+    """Pre-train the base and save it, its tokenizer, ``pretraining.json`` and the marker."""
     corpus, tokenizer_texts = pretraining_data(cfg)
     tok = train_tokenizer(tokenizer_texts, vocab_size=cfg.base.vocab_size)
     torch.manual_seed(cfg.base.seed)
     model = transformers.T5ForConditionalGeneration(t5_config(cfg.base, tok.vocab_size))
     start = time.perf_counter()
     loss = _pretrain(model, tok, corpus, cfg.base, cfg.progress)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-    try:
-        model.save_pretrained(tmp)
-        tok.save(tmp / "spiece.model")
-        info = {
-            "key": base_key(cfg),
-            "spec": dataclasses.asdict(cfg.base),
-            "final_loss": round(loss, 4),
-            "seconds": round(time.perf_counter() - start, 1),
-            "torch": torch.__version__,
-        }
-        (tmp / "pretraining.json").write_text(json.dumps(info, indent=2) + "\n")
-        if not (directory / "config.json").exists():  # another run may have built it first
-            shutil.rmtree(directory, ignore_errors=True)
-            os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+    model.save_pretrained(folder)
+    tok.save(folder / "spiece.model")
+    info = {
+        "key": base_key(cfg),
+        "spec": dataclasses.asdict(cfg.base),
+        "final_loss": round(loss, 4),
+        "seconds": round(time.perf_counter() - start, 1),
+        "torch": torch.__version__,
+    }
+    (folder / "pretraining.json").write_text(json.dumps(info, indent=2) + "\n")
+    BUILT_BASE.mark(folder)
 
 
 def _load_tokenizer(path: Path) -> Callable[[str], list[int]]:
@@ -218,7 +228,7 @@ def prepare(cfg: DemoConfig) -> Base:
     torch.set_num_threads(cfg.threads)
     path = base_checkpoint(cfg)
     if cfg.model_path is None and not (path / "config.json").is_file():
-        build_base(cfg, path)
+        build_base(cfg, path, keep_existing=True)
     origin = str(path)
     if (path / "pretraining.json").is_file():
         loss = json.loads((path / "pretraining.json").read_text())["final_loss"]
@@ -249,7 +259,8 @@ def tune(
     if adapter is None:
         model.requires_grad_(settings.steps > 0)
     else:
-        ml.inject(model, adapter, seed=settings.seed)
+        with adapter_fits(adapter):
+            ml.inject(model, adapter, seed=settings.seed)
     _set_dropout(model, settings.dropout)
     pairs = [
         (

@@ -35,11 +35,18 @@ class DictBackend:
     def is_injected(self, model):
         return model.state is not None
 
+    def plan(self, model, config):
+        return mlx.plan_sites(config, list(model.shapes), lambda p, s: model.shapes[p])
+
     def inject(self, model, config, seed=None):
-        specs = mlx.plan_sites(config, list(model.shapes), lambda p, s: model.shapes[p])
+        specs = self.plan(model, config)
         rng = np.random.default_rng(seed or 0)
         arrays = {s.canonical_name(n): a for s in specs for n, a in s.init_params(rng).items()}
         model.state = (config, specs, arrays)
+        return model
+
+    def remove_adapters(self, model):
+        model.state = None
         return model
 
     def adapter_specs(self, model):

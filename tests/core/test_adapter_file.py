@@ -62,7 +62,7 @@ def test_round_trip_is_bit_exact(tmp_path_factory, config, seed):
         assert back.arrays[name].dtype == np.float32
         np.testing.assert_array_equal(back.arrays[name], arr)
     meta = json.loads((out / "mixlight_config.json").read_text())
-    assert meta["format"] == "mixlight.adapter" and meta["format_version"] == "2.0"
+    assert meta["format"] == "mixlight.adapter" and meta["format_version"] == "2.1"
     assert meta["base_model"]["fingerprint"] == fingerprint(specs)[1]
 
 
@@ -152,7 +152,7 @@ def test_reads_1_0_directories_and_detects_their_torn_state(tmp_path):
     with pytest.raises(ml.AdapterFileError, match="does not match the checksum"):
         ml.read_adapter(tmp_path)
     mlx.write_adapter(tmp_path, MOV, specs, other)  # a 2.0 save over a 1.0 directory
-    assert ml.read_adapter(tmp_path).format_version == "2.0"
+    assert ml.read_adapter(tmp_path).format_version == "2.1"
     assert not (tmp_path / "adapter_config.json").exists(), "PEFT would take the dir for its own"
     assert not (tmp_path / "adapter.safetensors").exists()
 
@@ -264,7 +264,7 @@ def test_a_read_racing_the_upgrade_of_a_1_0_directory_gets_the_new_adapter(tmp_p
 
     monkeypatch.setattr(adapter_file, "read_once", racing)
     back = ml.read_adapter(tmp_path)
-    assert raced and back.format_version == "2.0"
+    assert raced and back.format_version == "2.1"
     for name, arr in other.items():
         np.testing.assert_array_equal(back.arrays[name], arr)
     assert sorted(p.name for p in tmp_path.iterdir()) == [

@@ -22,7 +22,7 @@ def test_inspect_prints_sites(tmp_path, capsys):
     mlx.write_adapter(tmp_path, cfg, specs, arrays)
     assert main(["inspect", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "MoV-3" in out and "format 2.0" in out and "params=24" in out
+    assert "MoV-3" in out and "format 2.1" in out and "params=24" in out
 
 
 def test_inspect_missing_dir_is_a_clean_error(tmp_path, capsys):

@@ -109,6 +109,79 @@ def corrupt(tmp_path: Path, how: str) -> Path:
     return out
 
 
+def metadata_sha256(meta: dict) -> str:
+    """The format's hash of its metadata (docs/reliability.md): canonical JSON of every key
+    but the hash itself (and the readable copy's weights_sha256)."""
+    covered = {k: v for k, v in meta.items() if k not in ("metadata_sha256", "weights_sha256")}
+    return hashlib.sha256(json.dumps(covered, sort_keys=True, separators=(",", ":")).encode())
+
+
+def rewrite_meta(directory: Path, edit: Callable[[dict], Any], rehash: bool = True) -> Path:
+    """Rewrite a saved adapter's metadata with ``edit``, the arrays unchanged; ``rehash``
+    records the matching metadata sha256, as a deliberate forger would."""
+    from safetensors.numpy import load, save
+
+    weights = directory / "mixlight_adapter.safetensors"
+    data = weights.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    meta = json.loads(json.loads(data[8 : 8 + size])["__metadata__"]["mixlight.adapter"])
+    edit(meta)
+    if rehash:
+        meta["metadata_sha256"] = metadata_sha256(meta).hexdigest()
+    weights.write_bytes(save(load(data), metadata={"mixlight.adapter": json.dumps(meta)}))
+    return directory
+
+
+def set_pattern(meta: dict, pattern: str) -> None:
+    meta["config"]["sites"][0]["pattern"] = pattern
+
+
+def flip_alpha(tmp: Path) -> Path:
+    """A MoLoRA adapter whose header says alpha 36 where it was saved with 16: one bit
+    ('1' 0x31 -> '3' 0x33), in place, the header's length unchanged."""
+    out = tmp / "molora"
+    config = ml.MoLoRA(2, rank=2, alpha=16, targets=[".*k"])
+    mlx.write_adapter(out, config, *specs_and_arrays(config=config))
+    weights = out / "mixlight_adapter.safetensors"
+    data = weights.read_bytes()
+    assert data.count(b'alpha\\": 16') == 1
+    weights.write_bytes(data.replace(b'alpha\\": 16', b'alpha\\": 36'))
+    return out
+
+
+def legacy_2_0(meta: dict) -> None:
+    """As format 2.0 wrote it: no site_index, no metadata sha256."""
+    meta.update(format_version="2.0")
+    del meta["site_index"], meta["metadata_sha256"]
+
+
+def raw_safetensors(tmp: Path, header: bytes) -> Path:
+    """An adapter directory whose weights file has this header (and 4 bytes of data)."""
+    out = tmp / "raw"
+    out.mkdir()
+    body = len(header).to_bytes(8, "little") + header + bytes(4)
+    (out / "mixlight_adapter.safetensors").write_bytes(body)
+    return out
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+TENSOR = '"t": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}'
+
+
+def fifo_at(tmp: Path, name: str) -> Path:
+    out = saved(tmp)
+    (out / name).unlink(missing_ok=True)
+    os.mkfifo(out / name)
+    return out
+
+
+def dir_at(tmp: Path, name: str) -> Path:
+    out = saved(tmp)
+    (out / name).unlink()
+    (out / name).mkdir()
+    return out
+
+
 def read(path_of: Callable[[Path], Any]) -> Callable[[Path], Any]:
     return lambda tmp: ml.read_adapter(path_of(tmp))
 
@@ -183,6 +256,120 @@ def mismatched_load(tmp: Path) -> None:
 
 
 FILE_CASES = [
+    Case(
+        "a flipped bit in the config (alpha 16 -> 36)",
+        read(flip_alpha),
+        ml.AdapterFileError,
+        r"metadata \(config, sites, base model record\) does not match the sha256",
+        "save the adapter again",
+    ),
+    Case(
+        "a 2.1 file without its metadata sha256",
+        read(lambda t: rewrite_meta(saved(t), lambda m: m.pop("metadata_sha256"), False)),
+        ml.AdapterFileError,
+        "does not match the sha256",
+        "save the adapter again",
+    ),
+    Case(
+        "a 2.0 file whose site pattern backtracks",
+        read(
+            lambda t: rewrite_meta(saved(t), lambda m: (legacy_2_0(m), set_pattern(m, "(a|a)+b")))
+        ),
+        ml.AdapterFileError,
+        r"'\(a\|a\)\+b' .*alternation inside a repetition",
+        "rewrite it",
+    ),
+    Case(
+        "a 2.0 file whose site pattern nests repeats",
+        read(lambda t: rewrite_meta(saved(t), lambda m: (legacy_2_0(m), set_pattern(m, "(.*k)*")))),
+        ml.AdapterFileError,
+        "repetition inside a repetition",
+        "rewrite it",
+    ),
+    Case(
+        "site_index naming a site the config lacks",
+        read(lambda t: rewrite_meta(saved(t), lambda m: m["site_index"].update({"enc.k": 5}))),
+        ml.AdapterFileError,
+        "site_index does not give each adapted module one of the config's 1 sites",
+        "save the adapter again",
+    ),
+    Case(
+        "site_index missing a module",
+        read(lambda t: rewrite_meta(saved(t), lambda m: m["site_index"].pop("dec.k"))),
+        ml.AdapterFileError,
+        "site_index does not give each adapted module",
+        "save the adapter again",
+    ),
+    *(
+        Case(
+            f"format version {version!r}",
+            read(lambda t, v=version: rewrite_meta(saved(t), lambda m: m.update(format_version=v))),
+            ml.AdapterFileError,
+            f"bad format_version {re.escape(repr(version))}",
+            "save the adapter again",
+        )
+        for version in (" 2.1", "2.01", "+2.1", "\u0662.1", "2.1.0", 2.1, "2.1\n")
+    ),
+    Case(
+        "__metadata__ that is a list",
+        read(lambda t: raw_safetensors(t, f'{{"__metadata__": ["x"], {TENSOR}}}'.encode())),
+        ml.AdapterFileError,
+        "__metadata__ is not a JSON object of strings",
+        "save the adapter again",
+    ),
+    Case(
+        "__metadata__ holding a number",
+        read(lambda t: raw_safetensors(t, f'{{"__metadata__": {{"a": 1}}, {TENSOR}}}'.encode())),
+        ml.AdapterFileError,
+        "__metadata__ is not a JSON object of strings",
+        "save the adapter again",
+    ),
+    Case(
+        "embedded metadata nested 100000 deep",
+        read(
+            lambda t: raw_safetensors(
+                t, json.dumps({"__metadata__": {"mixlight.adapter": DEEP}}).encode()
+            )
+        ),
+        ml.AdapterFileError,
+        "embedded metadata is JSON nested too deeply",
+        "save the adapter again",
+    ),
+    Case(
+        "a safetensors header nested 100000 deep",
+        read(lambda t: raw_safetensors(t, DEEP.encode())),
+        ml.AdapterFileError,
+        "is not a readable safetensors file",
+        "save the adapter again",
+    ),
+    Case(
+        "a 1.0 config nested 100000 deep",
+        read(lambda t: (v1_0(t) / "adapter_config.json").write_text(DEEP) and t / "old"),
+        ml.AdapterFileError,
+        "adapter_config.json is JSON nested too deeply",
+        "save the adapter again",
+    ),
+    Case(
+        "save where mixlight_config.json is a directory",
+        write_to(lambda t: dir_at(t, "mixlight_config.json")),
+        ml.AdapterFileError,
+        "mixlight_config.json is a directory",
+        "remove it or save to another directory",
+    ),
+    Case(
+        "save where mixlight_config.json is a FIFO",
+        write_to(lambda t: fifo_at(t, "mixlight_config.json")),
+        ml.AdapterFileError,
+        "mixlight_config.json is a FIFO",
+        "remove it or save to another directory",
+    ),
+    Case(
+        "save where the weights file is a FIFO",
+        write_to(lambda t: fifo_at(t, "mixlight_adapter.safetensors")),
+        ml.AdapterFileError,
+        "mixlight_adapter.safetensors is a FIFO",
+        "remove it or save to another directory",
+    ),
     Case(
         "read a missing directory",
         read(lambda t: t / "nowhere"),
@@ -623,7 +810,8 @@ class Kit:
 
     ``model(seed, width=8)``: a fresh two-block model with attention ``k``/``v`` (2 heads)
     and an MLP ``wi``/``act``/``wo``; ``bare()``: a lone linear layer; ``poison(model)``: set
-    every adapter parameter to NaN; ``other``: the name of another installed backend.
+    every adapter parameter to NaN; ``other``: the name of another installed backend;
+    ``layout(model)``: the model's modules and what trains, to compare before and after.
     """
 
     name: str
@@ -631,6 +819,7 @@ class Kit:
     bare: Callable[[], Any]
     poison: Callable[[Any], Any]
     other: str
+    layout: Callable[[Any], Any]
 
 
 MOV_KV = ml.AdapterConfig([ml.Site(r".*\.(k|v)", mlx.Vectors(), heads="auto")], 3, method="MoV-3")
@@ -651,7 +840,24 @@ def model_cases(kit: Kit) -> list[Case]:
         ml.inject(model, ml.AdapterConfig([ml.Site(r".*\.(k|v)", mlx.Vectors())], 3))
         return directory, model
 
+    def backtracking(tmp: Path) -> Path:
+        return rewrite_meta(saved_from(tmp), lambda m: set_pattern(m, "(a|a)+b"))
+
     return [
+        Case(
+            f"{kit.name}: adapter name '__base__'",
+            lambda t: ml.inject(kit.model(0), MOV_KV, adapter_name="__base__"),
+            ValueError,
+            "'__base__' is reserved: adapter_per_example",
+            "pick another name",
+        ),
+        Case(
+            f"{kit.name}: load a file whose site pattern backtracks",
+            lambda t: ml.load_adapter(kit.model(0), backtracking(t)),
+            ml.AdapterFileError,
+            r"'\(a\|a\)\+b' .*alternation inside a repetition",
+            "rewrite it",
+        ),
         Case(
             f"{kit.name}: inject a dict as config",
             lambda t: ml.inject(kit.model(0), {"E": 2}),
@@ -804,3 +1010,20 @@ def model_cases(kit: Kit) -> list[Case]:
             "pass its directory",
         ),
     ]
+
+
+def check_refused_loads_change_nothing(kit: Kit, tmp: Path) -> None:
+    """A refused ``load_adapter`` leaves the model as it was, fresh or carrying adapters, so
+    the next, correct load succeeds (it used to meet the refused file's adapter)."""
+    wide = ml.save_adapter(ml.inject(kit.model(0, 16), MOV_KV, seed=0), tmp / "wide")
+    right = ml.save_adapter(ml.inject(kit.model(0), MOV_KV, seed=1), tmp / "right")
+    model = kit.model(0)
+    before = kit.layout(model)
+    with pytest.raises(ml.AdapterFileError, match="different base model"):
+        ml.load_adapter(model, wide)
+    assert kit.layout(model) == before
+    ml.load_adapter(model, right)
+    carrying = kit.layout(model)
+    with pytest.raises(ml.AdapterFileError, match="different base model"):
+        ml.load_adapter(model, wide, adapter_name="other")
+    assert ml.adapter_names(model) == ["default"] and kit.layout(model) == carrying

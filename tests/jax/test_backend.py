@@ -422,12 +422,12 @@ def test_sequence_routing_ignores_padding():
 
     @nnx.jit
     def masked(model, x, mask):
-        with sequence_masks(model, mask):
+        with sequence_masks(model, attention_mask=mask):
             return model(x)
 
     np.testing.assert_allclose(masked(model, padded, mask)[:, :5], _forward(model, X), atol=1e-5)
     assert not np.allclose(_forward(model, padded)[:, :5], _forward(model, X), atol=1e-3)
-    assert model.layers[0].act.masks.get_value() == ()
+    assert model.layers[0].act.masks.get_value() == {}
 
 
 def test_routing_is_not_recorded_inside_a_raw_jax_loop():

@@ -48,7 +48,7 @@ def _model(config):
 def _cached_logits(model, input_ids, mask):
     """Greedy decoding through ``decode_step``: ``(tokens [batch, 1 + STEPS], logits [batch,
     STEPS, vocab])``, the logits of each cached step."""
-    with sequence_masks(model, mask):
+    with sequence_masks(model, attention_mask=mask):
         cache = model.init_cache(model.encode(input_ids, mask), STEPS)
     batch = input_ids.shape[0]
     tokens = jnp.zeros((batch, STEPS + 1), jnp.int32)
@@ -66,7 +66,7 @@ def _cached_logits(model, input_ids, mask):
 
 @nnx.jit
 def _teacher_forced(model, input_ids, mask, decoder_input_ids):
-    with sequence_masks(model, mask):
+    with sequence_masks(model, attention_mask=mask):
         return model(input_ids, mask, decoder_input_ids)
 
 

@@ -203,7 +203,7 @@ def test_sequence_routed_adapter_beside_a_token_routed_one_under_jit(tmp_path):
 
     @nnx.jit
     def masked(model):
-        with sequence_masks(model, mask):
+        with sequence_masks(model, attention_mask=mask):
             return model(ids, mask, dec)
 
     for name in ("seq", "tok"):

@@ -17,6 +17,7 @@ from tests.core.test_reliability_catalogue import (  # noqa: E402
     Case,
     Kit,
     check_case,
+    check_refused_loads_change_nothing,
     model_cases,  # noqa: E402
 )
 
@@ -61,6 +62,7 @@ KIT = Kit(
     lambda: nnx.Linear(8, 8, rngs=nnx.Rngs(0)),
     poison,
     "torch",
+    lambda m: (nnx.graphdef(m), jax.tree.map(jnp.shape, nnx.state(m))),
 )
 CASES: list[Case] = model_cases(KIT)
 
@@ -68,3 +70,7 @@ CASES: list[Case] = model_cases(KIT)
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_gets_a_clear_error(case, tmp_path):
     check_case(case, tmp_path)
+
+
+def test_a_refused_load_changes_nothing(tmp_path):
+    check_refused_loads_change_nothing(KIT, tmp_path)

@@ -36,7 +36,7 @@ def run_layer(spec, params, x, h, mask):
 
     switch = AdapterSwitch()
     if mask is not None:
-        switch.masks = [mask]
+        switch.masks = {spec.side: mask}
     layer = AdapterLayer(Given(), switch)
     layer.add("default", spec, {n: p.float().numpy() for n, p in params.items()})
     out = layer(x)

@@ -39,7 +39,7 @@ class _Returns(torch.nn.Module):
 
 def _layer(case, h: torch.Tensor) -> AdapterLayer:
     switch = AdapterSwitch()
-    switch.masks = [torch.from_numpy(case.mask)]
+    switch.masks = {case.spec.side: torch.from_numpy(case.mask)}
     layer = AdapterLayer(_Returns(h), switch)
     layer.add("default", case.spec, case.params)
     return layer

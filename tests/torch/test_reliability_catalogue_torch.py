@@ -14,6 +14,7 @@ from tests.core.test_reliability_catalogue import (  # noqa: E402
     Case,
     Kit,
     check_case,
+    check_refused_loads_change_nothing,
     model_cases,  # noqa: E402
 )
 from tests.torch.conftest import tiny_t5, tiny_t5_config  # noqa: E402
@@ -55,7 +56,14 @@ def meta_t5():
         )
 
 
-KIT = Kit("torch", model, lambda: nn.Linear(8, 8), poison, "jax")
+def layout(m: nn.Module) -> list:
+    """Module types and which parameters train: what a refused load must not change."""
+    return [(n, type(x).__name__) for n, x in m.named_modules()] + [
+        (n, p.requires_grad) for n, p in m.named_parameters()
+    ]
+
+
+KIT = Kit("torch", model, lambda: nn.Linear(8, 8), poison, "jax", layout)
 CASES = model_cases(KIT) + [
     Case(
         "torch: inject into a PEFT-wrapped T5",
@@ -72,15 +80,6 @@ CASES = model_cases(KIT) + [
         r"to_empty\(device=",
     ),
     Case(
-        "torch: load into a model on the meta device",
-        lambda t: ml.load_adapter(
-            meta_t5(), ml.save_adapter(ml.inject(tiny_t5(), ml.MoV(2)), t / "a")
-        ),
-        ValueError,
-        "cannot load an adapter into this model: .* meta device",
-        r"to_empty\(device=",
-    ),
-    Case(
         "torch: bare Linear with a MoV",
         lambda t: ml.inject(nn.Linear(8, 8), MOV_KV),
         TypeError,
@@ -93,3 +92,7 @@ CASES = model_cases(KIT) + [
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_gets_a_clear_error(case, tmp_path):
     check_case(case, tmp_path)
+
+
+def test_a_refused_load_changes_nothing(tmp_path):
+    check_refused_loads_change_nothing(KIT, tmp_path)
