@@ -181,8 +181,11 @@ class AdapterConfig:
       num_experts: E. With E == 1 there is no router (IA3, LoRA).
       router: :class:`SoftMerge` or :class:`TopK`.
       routing: ``"token"`` (each token routes on its own representation) or ``"sequence"``
-        (each sequence routes once on the masked mean of its router inputs; the mask is the
-        ``attention_mask`` the model is called with — see the backend docs).
+        (each sequence routes once on the masked mean of its router inputs; a site pools
+        with its own sequence's padding mask: ``attention_mask`` for the encoder's sites and
+        the cross-attention keys/values, ``decoder_attention_mask`` for the decoder's other
+        sites; torch takes them from the model call, JAX from
+        ``mixlight_jax.sequence_masks``).
       backend: pin a backend by name (else chosen by model type or ``$MIXLIGHT_BACKEND``).
       method: a label for summaries and files (``"MoV"``, ``"MoLoRA"``, ...).
     """

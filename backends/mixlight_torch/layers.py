@@ -15,8 +15,6 @@ from mixlight.site_spec import pooling_mask
 from mixlight_torch.ops._precision import no_autocast
 from mixlight_torch.ops._sites import FAST_OPS
 
-"""The adapter name that means "no adapter" in a per-example list (PEFT's spelling)."""
-
 
 class AdapterSwitch:
     """Shared by all layers of one model (a plain object: no global state): which adapter
@@ -65,12 +63,17 @@ class AdapterLayer(nn.Module):
         self.register_load_state_dict_pre_hook(_base_keys_prefixed)
 
     def add(
-        self, name: str, spec: SiteSpec, params: dict[str, np.ndarray], near: nn.Module
+        self,
+        name: str,
+        spec: SiteSpec,
+        params: dict[str, np.ndarray],
+        near: nn.Module | None = None,
     ) -> None:
         """Give this module the adapter ``name`` with initial values ``params``, on its base
         module's device (``near``'s, for a base without parameters such as an activation)."""
         device = next(
-            (p.device for m in (self.base, near) for p in m.parameters()), torch.device("cpu")
+            (p.device for m in (self.base, near or self.base) for p in m.parameters()),
+            torch.device("cpu"),
         )
         self.adapters[name] = nn.ParameterDict(
             {n: nn.Parameter(torch.from_numpy(a).to(device)) for n, a in params.items()}

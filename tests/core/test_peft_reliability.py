@@ -182,6 +182,18 @@ BAD_DIRECTORIES: list[tuple[str, Callable[[Path], Path], str, str]] = [
         "correct or remove it",
     ),
     (
+        "feedforward_modules that backtracks",
+        peft_dir(dict(IA3, feedforward_modules="(a|a)+wo"), ia3()),
+        r"feedforward_modules '\(a\|a\)\+wo' in .*alternation inside a repetition",
+        "rewrite it",
+    ),
+    (
+        "alpha_pattern key that nests repeats",
+        peft_dir(lora_with(alpha_pattern={"(q+)+": 4}), lora()),
+        r"alpha_pattern .*repetition inside a repetition",
+        "rewrite it",
+    ),
+    (
         "feedforward_modules a number",
         peft_dir(dict(IA3, feedforward_modules=3), ia3()),
         r"feedforward_modules=3 is neither a regular expression nor a list of module names",
