@@ -415,9 +415,16 @@ def _decode(meta: dict[str, Any], data: bytes, where: Path, weights: Path) -> Ad
         config = AdapterConfig.from_dict(meta["config"], allow_unknown=newer_minor)
         base = meta["base_model"]
         entries = base["sites"]
-        shapes = {p: ModuleShape(e["d_in"], e["d_out"], e["heads"]) for p, e in entries.items()}
+        shapes = {p: _module_shape(p, e, where) for p, e in entries.items()}
         specs = _recorded_sites(config, shapes, meta.get("site_index"), where)
         recorded = str(base["fingerprint"])
+        if recorded != fingerprint(specs)[1]:
+            raise AdapterFileError(
+                f"{where}: its base-model fingerprint does not match the module shapes it "
+                "records; the file was edited or damaged: save the adapter again"
+            )
+    except AdapterFileError:
+        raise
     except (KeyError, TypeError, AttributeError) as err:
         raise AdapterFileError(
             f"{where} lacks or garbles the entry {err} that mixlight writes; the file was "
@@ -473,6 +480,27 @@ def check_fits(
             UserWarning,
             stacklevel=3,
         )
+
+
+def _module_shape(path: str, entry: Any, where: Path) -> ModuleShape:
+    """One recorded module's shape: widths positive integers, heads None or a positive
+    integer (an edited file could otherwise plan sites of impossible shapes)."""
+
+    def positive(value: Any) -> bool:
+        return type(value) is int and 1 <= value <= 2**31
+
+    if (
+        not isinstance(entry, dict)
+        or not positive(entry.get("d_in"))
+        or not positive(entry.get("d_out"))
+        or not (entry.get("heads") is None or positive(entry.get("heads")))
+    ):
+        raise AdapterFileError(
+            f"{where}: the recorded shape of {path} is {entry!r}, not positive integer widths "
+            "d_in, d_out and heads (or null); the file was edited or damaged: save the adapter "
+            "again"
+        )
+    return ModuleShape(entry["d_in"], entry["d_out"], entry["heads"])
 
 
 def check_patterns(config: AdapterConfig, where: str) -> None:

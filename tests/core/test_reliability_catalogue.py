@@ -293,6 +293,27 @@ FILE_CASES = [
         "site_index does not give each adapted module one of the config's 1 sites",
         "save the adapter again",
     ),
+    *(
+        Case(
+            f"a recorded module shape with {field}={value!r}",
+            read(
+                lambda t, f=field, v=value: rewrite_meta(
+                    saved(t), lambda m: m["base_model"]["sites"]["enc.k"].update({f: v})
+                )
+            ),
+            ml.AdapterFileError,
+            "the recorded shape of enc.k is .*not positive integer widths",
+            "save the adapter again",
+        )
+        for field, value in (("d_in", "8"), ("d_out", -8), ("d_in", 8.0), ("heads", 0))
+    ),
+    Case(
+        "a base-model fingerprint unlike the recorded shapes",
+        read(lambda t: rewrite_meta(saved(t), lambda m: m["base_model"].update(fingerprint="0"))),
+        ml.AdapterFileError,
+        "fingerprint does not match the module shapes it records",
+        "save the adapter again",
+    ),
     Case(
         "site_index missing a module",
         read(lambda t: rewrite_meta(saved(t), lambda m: m["site_index"].pop("dec.k"))),
