@@ -120,8 +120,15 @@ class Site:
         module's input (MoLoRA); None takes the expert kind's default.
       heads: per-head routing (router kernel ``[d_head, E]`` shared by all heads,
         probabilities ``[..., heads, E]``): an int, ``"auto"`` (the backend reads the
-        attention module's head count, e.g. HF T5's ``n_heads``), or None for one router over
-        the whole width.
+        attention module's heads: its output width over the attention's head width, so a
+        grouped-query key/value projection has ``num_key_value_heads``; else its head count,
+        e.g. HF T5's ``n_heads``), or None for one router over the whole width.
+      tensor: which tensor of the matched module the expert adapts: ``"output"`` (the
+        default: the module's output) or ``"input"`` (its input, before the module runs, as
+        PEFT's (IA)³ ``feedforward_modules`` scale the input of a feed-forward layer's down
+        projection). An input site needs a width-preserving expert kind (one that
+        ``fits_activations``, such as :class:`~mixlight.Vectors`) on a linear module; its
+        parameters have the module's input width, and its router reads that input.
     """
 
     pattern: str = attrs.field(validator=v.regex)
@@ -132,12 +139,20 @@ class Site:
         default=None, validator=v.one_of((None, "output", "input"))
     )
     heads: int | str | None = attrs.field(default=None, validator=_check_heads)
+    tensor: str = attrs.field(default="output", validator=v.one_of(("output", "input")))
 
     def __attrs_post_init__(self) -> None:
         if self.heads is not None and not self.expert.supports_heads:
             raise ValueError(
                 f"Site(pattern={self.pattern!r}).heads={self.heads!r}: expert kind "
                 f"{self.expert.kind!r} does not support per-head routing; use heads=None"
+            )
+        if self.tensor == "input" and not self.expert.fits_activations:
+            raise ValueError(
+                f"Site(pattern={self.pattern!r}, tensor='input'): expert kind "
+                f"{self.expert.kind!r} is not width-preserving (its fits_activations is "
+                "False), so it cannot adapt a module's input; use a kind such as "
+                "mixlight.Vectors(), or tensor='output'"
             )
 
     @property
@@ -146,12 +161,15 @@ class Site:
         return self.router_input or self.expert.router_reads
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "pattern": self.pattern,
             "expert": self.expert.to_dict(),
             "router_input": self.router_input,
             "heads": self.heads,
         }
+        if self.tensor != "output":  # written only when set: output sites stay as they were
+            out["tensor"] = self.tensor
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Site:
@@ -188,6 +206,13 @@ class AdapterConfig:
         ``mixlight_jax.sequence_masks``).
       backend: pin a backend by name (else chosen by model type or ``$MIXLIGHT_BACKEND``).
       method: a label for summaries and files (``"MoV"``, ``"MoLoRA"``, ...).
+      family_defaults: True for a preset made without ``targets=`` (``ml.MoV()``): its
+        sites are the defaults of the model's family, chosen when the config is injected
+        from the model's ``config.model_type`` (``docs/presets.md``); until then ``sites``
+        holds the T5 layout (the sites of T5 models and of models without a model type).
+        An injected model, and every file saved from it, carries the concrete sites
+        (``family_defaults=False``). Not compared by ``==``: ``ml.MoV()`` equals the config
+        it becomes in a T5.
     """
 
     sites: tuple[Site, ...] = attrs.field(converter=_to_sites, validator=_check_sites)
@@ -201,6 +226,9 @@ class AdapterConfig:
         default=None, validator=v.instance_of(str, type(None), what="a backend name or None")
     )
     method: str = attrs.field(default="custom", validator=v.instance_of(str, what="a string"))
+    family_defaults: bool = attrs.field(
+        default=False, eq=False, validator=v.instance_of(bool, what="a bool")
+    )
 
     def __attrs_post_init__(self) -> None:
         k = self.router.top_k
@@ -215,7 +243,7 @@ class AdapterConfig:
         return self.num_experts > 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "method": self.method,
             "num_experts": self.num_experts,
             "router": _to_dict(self.router),
@@ -223,6 +251,9 @@ class AdapterConfig:
             "backend": self.backend,
             "sites": [s.to_dict() for s in self.sites],
         }
+        if self.family_defaults:  # never in a file: injection makes the sites concrete
+            out["family_defaults"] = True
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, allow_unknown: bool = False) -> AdapterConfig:

@@ -18,7 +18,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -26,7 +26,8 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
     return path
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process umask (read without changing it for long)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -280,13 +280,11 @@ def prepare_base(steps: BackendSteps, cfg: DemoConfig, flag: str = "--model") ->
     """``steps.prepare(cfg)``; a ``--model`` checkpoint that cannot load (weights missing,
     damaged or of other shapes than its config.json, a damaged tokenizer) is a DemoError
     naming ``flag`` and the folder."""
-    if cfg.model_path is None:
-        return steps.prepare(cfg)
     try:
         return steps.prepare(cfg)
-    except DemoError:
-        raise
     except LOAD_ERRORS as err:
+        if cfg.model_path is None or isinstance(err, DemoError):
+            raise
         reason = (str(err).strip().splitlines() or [""])[0]
         raise DemoError(
             f"{flag} {cfg.model_path}: could not load the checkpoint ({type(err).__name__}: "

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
-from ._files import atomic_write
+from ._files import atomic_write, umask
 from .steps import DemoError
 
 MARKER = ".mixlight-output"
@@ -101,16 +101,23 @@ class OutputKind:
         try:
             self.mark(folder)
         except OSError as err:
-            raise DemoError(f"{setting} {folder} is not writable: {err.strerror or err}") from None
+            raise DemoError(
+                f"{setting} {folder} is not writable: {err.strerror or err}; choose a folder "
+                "you can write to"
+            ) from None
 
     def staging(self, folder: Path, setting: str) -> Path:
-        """A fresh, empty sibling of ``folder`` to write the new contents into."""
+        """A fresh, empty sibling of ``folder`` to write the new contents into, with the
+        usual permissions (``mkdtemp`` makes it private to its owner)."""
         try:
             folder.parent.mkdir(parents=True, exist_ok=True)
-            return Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.staging-"))
+            staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.staging-"))
+            staging.chmod(0o777 & ~umask())
+            return staging
         except OSError as err:
             raise DemoError(
-                f"{setting} {folder}: its parent folder is not writable: {err.strerror or err}"
+                f"{setting} {folder}: its parent folder is not writable: {err.strerror or err}; "
+                "choose a folder you can write to"
             ) from None
 
     def move_into_place(self, staging: Path, folder: Path, setting: str) -> None:

@@ -96,7 +96,10 @@ def load_file(path: str | Path) -> dict[str, Any]:
         else:
             raw = _toml_module().loads(text.decode("utf-8"))
     except ValueError as err:  # JSONDecodeError, TOMLDecodeError, UnicodeDecodeError
-        raise TuneConfigError(f"config {path} is not valid {kind}: {err}") from None
+        raise TuneConfigError(
+            f"config {path} is not valid {kind}: {err}; fix the file (UTF-8 {kind} with the "
+            "keys in docs/tune.md)"
+        ) from None
     except RecursionError:
         raise TuneConfigError(
             f"config {path}: its {kind} is nested too deeply to read; a config is one table of "

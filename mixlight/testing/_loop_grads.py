@@ -13,6 +13,12 @@ The rules, per token (and per head for the router):
   ``dl_j = keep_j s_j dp_j - s_j sum_i keep_i s_i dp_i`` (the mask itself is constant);
 - logits ``l = r W``: ``dW += r^T dl``, ``dr = W dl``; sequence pooling hands ``dr`` back
   to each token in proportion ``mask / count`` (nothing for a row without tokens).
+
+A custom expert kind has no hand-derived rule: its mixing gradients (``dx``, ``dh``, its
+parameters' and ``dp``) come from float64 central differences of its per-token loop
+(:func:`mixlight.testing._loops.token_mixer`: its ``loop_reference``, else its ``mix`` on
+numpy), token by token, and its routing gradients from the hand-derived router rules above.
+Central differences cost two loop calls per input element and token: keep such cases small.
 """
 
 from __future__ import annotations
@@ -28,7 +34,12 @@ from mixlight.testing._loops import (
     loop_route,
     loop_softmax,
     loop_top_k,
+    token_mixer,
 )
+
+BUILT_IN = ("vectors", "low_rank")
+"""The kinds whose gradients are derived by hand; every other kind's mixing gradients come
+from central differences (:func:`_numeric_token_grad`)."""
 
 
 def _router_row_grad(
@@ -88,22 +99,58 @@ def _low_rank_token_grad(params, grads, probs, g_probs, x, g, scale) -> np.ndarr
     return g_x
 
 
-def loop_gradients(case: Any, g_out: np.ndarray) -> dict[str, np.ndarray]:
+def _step(value: float) -> float:
+    """The central-difference step for an input of ``value`` (float64: truncation error
+    ~step^2, rounding ~1e-16 / step)."""
+    return 1e-5 * (1.0 + abs(value))
+
+
+def _numeric_token_grad(mixer, params, grads, probs, g_probs, x, h, g, heads):
+    """One token's mixing gradients by float64 central differences of ``g . mixer(...)``:
+    accumulate its parameters' and ``dp`` (in place); return ``(dx, dh)``."""
+
+    def phi(p, pr, xx, hh) -> float:
+        return float(np.dot(g, np.asarray(mixer(p, pr, xx, hh, heads), np.float64)))
+
+    def diff(arr: np.ndarray, call) -> np.ndarray:
+        out = np.zeros(arr.shape)
+        flat, grad = arr.reshape(-1), out.reshape(-1)
+        for i in range(flat.size):
+            keep = flat[i]
+            step = _step(keep)
+            flat[i] = keep + step
+            up = call()
+            flat[i] = keep - step
+            down = call()
+            flat[i] = keep
+            grad[i] = (up - down) / (2 * step)
+        return out
+
+    x, h = np.array(x, np.float64), np.array(h, np.float64)
+    local = {n: np.array(v, np.float64) for n, v in params.items()}
+    pr = None if probs is None else np.array(probs, np.float64)
+    g_x = diff(x, lambda: phi(local, pr, x, h))
+    g_h = diff(h, lambda: phi(local, pr, x, h))
+    for name, value in local.items():
+        if name != "router":
+            grads[name] += diff(value, lambda: phi(local, pr, x, h))
+    if pr is not None and g_probs is not None:
+        g_probs += diff(pr, lambda: phi(local, pr, x, h))
+    return g_x, g_h
+
+
+def loop_gradients(case: Any, g_out: np.ndarray, numeric: bool = False) -> dict[str, np.ndarray]:
     """``{"x": dL/dx, "h": dL/dh, <param>: dL/d<param>}`` for ``L = sum(g_out * out)``.
 
-    Built-in expert kinds only (``vectors``, ``low_rank``): a custom kind's mixing rule has
-    no hand-derived gradient here, so asking for one is a ``ValueError`` naming the way out.
+    The built-in kinds' mixing gradients are derived by hand; a custom kind's (or, with
+    ``numeric``, every kind's) come from float64 central differences of its per-token loop
+    (see the module docstring). Routing gradients are always the hand-derived ones.
     ``g_out [batch, seq, d_out]``.
     """
     spec = case.spec
     kind = spec.expert.kind
-    if kind not in ("vectors", "low_rank"):
-        raise ValueError(
-            f"no loop gradients for expert kind {kind!r}: they are derived by hand for the "
-            "built-in kinds ('vectors', 'low_rank') only. Check a custom kind's forward with "
-            "check_expert_kind(..., grads=None) and its gradients against finite differences "
-            "of its loop_reference in your own test"
-        )
+    numeric = numeric or kind not in BUILT_IN
+    mixer = token_mixer(spec.expert) if numeric else None
     params = {n: _as64(p) for n, p in case.params.items()}
     x, h, g_out = _as64(case.x), _as64(case.h), np.asarray(g_out, np.float64)
     grads = {"x": np.zeros(x.shape), "h": np.zeros(h.shape)}
@@ -120,7 +167,13 @@ def loop_gradients(case: Any, g_out: np.ndarray) -> dict[str, np.ndarray]:
             row = 0 if probs is None else min(s, probs.shape[1] - 1)
             p = None if probs is None else probs[b, row]
             gp = None if g_probs is None else g_probs[b, row]
-            if kind == "vectors":
+            if mixer is not None:
+                g_x, g_h = _numeric_token_grad(
+                    mixer, params, grads, p, gp, x[b, s], h[b, s], g_out[b, s], spec.heads
+                )
+                grads["x"][b, s] += g_x
+                grads["h"][b, s] += g_h
+            elif kind == "vectors":
                 grads["h"][b, s] += _vectors_token_grad(
                     params, grads, p, gp, h[b, s], g_out[b, s], spec.heads
                 )

@@ -207,6 +207,53 @@ def test_was_a_traceback_now_one_line(case, tmp_path, capsys, nothing_loads):
     assert message in err
 
 
+ALREADY_CLEAR = {
+    "adapter a number": ({"adapter": 5}, "adapter must be a preset name or a table, got 5; e.g."),
+    "adapter a list": ({"adapter": ["mov"]}, "adapter must be a preset name or a table"),
+    "num_experts a string": (
+        {"adapter": {"preset": "mov", "num_experts": "x"}},
+        "num_experts='x': must be an integer >= 1",
+    ),
+    "targets not a regex": (
+        {"adapter": {"preset": "mov", "num_experts": 2, "targets": ["(("]}},
+        "'((' is not a valid regular expression",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ALREADY_CLEAR))
+def test_bad_adapter_values_stay_one_line(case, tmp_path, capsys, nothing_loads):
+    overrides, message = ALREADY_CLEAR[case]
+    err = _tune_error([str(write_case(tmp_path, "torch", **overrides)), "--dry-run"], capsys)
+    assert message in err
+
+
+def _bad_file(root: Path, name: str, data: bytes) -> Path:
+    path = root / name
+    path.write_bytes(data)
+    return path
+
+
+BAD_FILES = {
+    "config not UTF-8": ("c.json", b'{"steps": "\xff"}', "c.json is not valid JSON"),
+    "TOML syntax error": ("c.toml", b"steps = [1,", "c.toml is not valid TOML"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_bad_config_files_stay_one_line(case, tmp_path, capsys, nothing_loads):
+    name, data, message = BAD_FILES[case]
+    err = _tune_error([str(_bad_file(tmp_path, name, data))], capsys)
+    assert message in err and "; fix the file" in err
+
+
+def test_a_data_row_of_wrong_types_stays_one_line(tmp_path, capsys, nothing_loads):
+    config = write_case(tmp_path, "torch")
+    (tmp_path / "train.jsonl").write_text(json.dumps({"inputs": 5, "targets": "x"}) + "\n")
+    err = _tune_error([str(config)], capsys)
+    assert "train.jsonl:1: field 'inputs' must be a string, got int" in err
+
+
 def test_interrupted_tune_exits_130_with_how_to_resume(tmp_path, capsys, monkeypatch):
     def interrupted(cfg):
         raise KeyboardInterrupt

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -136,7 +137,7 @@ def test_the_demo_names_a_model_that_cannot_load(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(demo_cli, "QUICK", MICRO)
     model = tmp_path / _base_copy(tmp_path, BROKEN_MODELS["weights not safetensors"])
     args = ["--quick", "--methods", "ia3", "--model", str(model), "--out", str(tmp_path / "o")]
-    err = _error("demo", args, capsys)
+    err = _error("demo", [*args, "--cache-dir", str(tmp_path / "cache")], capsys)
     assert f"--model {model}: could not load the checkpoint (" in err
 
 
@@ -153,6 +154,14 @@ def test_a_diverged_run_is_one_line_and_saves_nothing(tmp_path, capsys):
     err = _error("tune", [str(config)], capsys)
     assert "non-finite values (NaN/inf)" in err and "lower the learning rate" in err
     assert not (tmp_path / "out-torch/adapter/mixlight_adapter.safetensors").exists()
+
+
+def test_a_diverged_demo_run_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(demo_cli, "QUICK", dataclasses.replace(MICRO, steps=1))
+    args = ["--quick", "--methods", "ia3", "--optimizer", "adamw", "--lr", "1e308"]
+    args += ["--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache")]
+    err = _error("demo", args, capsys)
+    assert "non-finite values (NaN/inf)" in err and "lower the learning rate" in err
 
 
 # --- the base: built in a staging folder, never over the user's files -----------------------
@@ -187,6 +196,9 @@ def test_build_base_builds_then_replaces_its_own_base(tmp_path, capsys, monkeypa
     assert demo_cli.main(["--quick", "--build-base", str(base)]) == 0
     info = json.loads((base / "pretraining.json").read_text())
     assert info["key"] == experiment.base_key(MICRO)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert base.stat().st_mode & 0o777 == 0o777 & ~mask  # not mkdtemp's 0o700
     built = _tree(base)
     (base / "pretraining.json").write_text(json.dumps(info | {"final_loss": 99.0}))
     assert demo_cli.main(["--quick", "--build-base", str(base)]) == 0  # regenerated
