@@ -23,6 +23,7 @@ from mixlight._peft_format import (
 )
 from mixlight._rollback import adapter_for_loading
 from mixlight.config import AdapterConfig
+from mixlight.presets import resolve_targets
 
 
 def load_peft_adapter(
@@ -37,8 +38,10 @@ def load_peft_adapter(
     """Load a PEFT (IA)³ or LoRA adapter directory (or Hub repo id) into ``model``.
 
     Without ``upcycle`` the model gets the one-expert mixlight adapter that computes what the
-    PEFT adapter computes (IA3 vectors / LoRA experts at exactly PEFT's modules; T5's
-    feed-forward ``wo`` input scaling becomes the ``DenseReluDense.act`` site). With
+    PEFT adapter computes (IA3 vectors / LoRA experts at exactly PEFT's modules; a
+    feed-forward module's input scaling becomes a site that adapts that module's input,
+    ``Site(path, Vectors(), tensor="input")``, except T5's ``wo``, whose input is the
+    ``DenseReluDense.act`` site's output). With
     ``upcycle=ml.MoV(...)`` or ``ml.MoLoRA(...)``, the model is injected with that config
     (routers initialised as usual, from ``seed``) and every expert of each PEFT module's site
     starts from the PEFT values, so under soft merging (or renormalised top-k) the model
@@ -58,11 +61,12 @@ def load_peft_adapter(
                 "load_peft_adapter(upcycle=...) takes a mixlight.AdapterConfig such as "
                 f"ml.MoV(10) or ml.MoLoRA(10, rank=...), got {type(upcycle).__name__}"
             )
-        check_upcycle(peft, upcycle)
-        config = upcycle
+        chosen = backend_for_model(model, backend, upcycle)
+        config = _concrete(chosen, model, upcycle)
+        check_upcycle(peft, config)
     else:
         config = one_expert_config(peft)
-    chosen = backend_for_model(model, backend, config)
+        chosen = backend_for_model(model, backend, config)
     named = () if adapter_name is None else (adapter_name,)
     with adapter_for_loading(chosen, model, config, adapter_name, seed):
         current, _ = chosen.adapter_specs(model, *named)
@@ -75,6 +79,16 @@ def load_peft_adapter(
         _, specs, arrays = chosen.adapter_state(model, *named)
         chosen.load_adapter_state(model, fill_experts(peft, specs, arrays), *named)
     return model
+
+
+def _concrete(chosen: Any, model: Any, config: AdapterConfig) -> AdapterConfig:
+    """``config`` with the sites it gets in ``model``: a preset's family defaults (made
+    without ``targets=``) resolved by the backend from the model's type, where the backend
+    can; else the T5 layout they carry."""
+    resolve_config = getattr(chosen, "resolve_config", None)
+    if resolve_config is not None:
+        return resolve_config(model, config)
+    return resolve_targets(config, None)
 
 
 def save_peft_adapter(

@@ -9,11 +9,13 @@ The correspondence (PEFT 0.21 keys, ``P`` a module path; mixlight arrays from
 
 * (IA)³, ``base_model.model.P.ia3_l`` ``[d_out, 1]`` scales P's output:
   ``P.vectors[e] = ia3_l[:, 0]``.
-* (IA)³ on a PEFT *feed-forward* module, ``ia3_l`` ``[1, d_in]`` scales P's input. mixlight
-  scales outputs, so this maps only where the input is an activation's output: T5's
-  ``X.DenseReluDense.wo`` input is ``X.DenseReluDense.act``'s output (times ``wi_1``'s in
-  gated T5, and elementwise scaling commutes with that product), the mixlight T5 presets' FFN
-  site. Other feed-forward modules are refused, naming the key.
+* (IA)³ on a PEFT *feed-forward* module, ``ia3_l`` ``[1, d_in]`` scales P's input: the
+  mixlight site at P that adapts its input, ``Site(P, Vectors(), tensor="input")``, with
+  ``P.vectors[e] = ia3_l[0, :]`` (Llama's ``mlp.down_proj``, GPT-2's ``mlp.c_proj``, BERT's
+  ``output.dense``: the mixlight presets' FFN site of those families). T5 keeps its own
+  layout: ``X.DenseReluDense.wo``'s input is ``X.DenseReluDense.act``'s output (times
+  ``wi_1``'s in gated T5, and elementwise scaling commutes with that product), the mixlight
+  T5 presets' FFN site, so ``wo`` maps to ``act`` both ways.
 * LoRA, ``P.lora_A.weight`` ``[r, d_in]`` and ``P.lora_B.weight`` ``[d_out, r]``, scaling
   ``lora_alpha / r`` (``/ sqrt(r)`` with ``use_rslora``; ``rank_pattern`` / ``alpha_pattern``
   per module): ``P.lora_A[e] = A.T``, ``P.lora_B[e] = B.T``; a one-expert import sets
@@ -80,6 +82,8 @@ class PeftModule:
       path: the mixlight site path (for a T5 FFN input scaling, ``...DenseReluDense.act``).
       key: the PEFT key prefix it came from (``base_model.model.<module path>``), for errors.
       kind: ``"vectors"`` or ``"low_rank"``.
+      tensor: which tensor of ``path`` the site adapts: ``"output"``, or ``"input"`` for a
+        PEFT feed-forward module other than T5's ``wo``.
       arrays: one expert's parameters by short name, mixlight layout without the expert
         axis: ``vectors [d]``; ``lora_A [d_in, r]``, ``lora_B [d_out, r]`` transposed to
         ``[r, d_out]``.
@@ -91,6 +95,7 @@ class PeftModule:
     kind: str
     arrays: dict[str, np.ndarray]
     scale: float = 1.0
+    tensor: str = "output"
 
     @property
     def rank(self) -> int:
@@ -344,18 +349,15 @@ def _ia3_module(
             "it scales at the output and [1, d_in] for a feedforward module: check "
             f"feedforward_modules in {PEFT_CONFIG_FILE}, or {_RECOPY}"
         )
-    path = module
+    path, tensor = module, "output"
     if is_feedforward:
         t5 = T5_FFN_INPUT.fullmatch(module)
         if t5 is None:
-            raise AdapterFileError(
-                f"{where}: {name} scales the input of feedforward module {module}; mixlight "
-                "scales module outputs and represents input scaling only for T5's "
-                "DenseReluDense.wo (as the output of DenseReluDense.act). Retrain with "
-                f"{module!r} out of feedforward_modules, or target the layer that feeds it"
-            )
-        path = f"{t5['ffn']}.act"
-    return PeftModule(path, PREFIX + module, "vectors", {"vectors": value.reshape(-1)})
+            tensor = "input"  # Site(module, Vectors(), tensor="input")
+        else:
+            path = f"{t5['ffn']}.act"
+    vectors = {"vectors": value.reshape(-1)}
+    return PeftModule(path, PREFIX + module, "vectors", vectors, tensor=tensor)
 
 
 def _module_key(name: str, suffix: str, where: Path) -> str:
@@ -503,14 +505,15 @@ def _lora_alpha(
 def one_expert_config(peft: PeftAdapter) -> AdapterConfig:
     """The one-expert mixlight config of exactly the PEFT adapter's modules: one site per
     expert kind (and LoRA rank and scale), its pattern matching exactly those paths."""
-    groups: dict[tuple[str, int, float], list[str]] = defaultdict(list)
+    groups: dict[tuple[str, int, float, str], list[str]] = defaultdict(list)
     for module in peft.modules.values():
-        groups[(module.kind, module.rank, _expert_scale(module.scale))].append(module.path)
+        key = (module.kind, module.rank, _expert_scale(module.scale), module.tensor)
+        groups[key].append(module.path)
     sites = []
-    for (kind, rank, scale), paths in sorted(groups.items()):
+    for (kind, rank, scale, tensor), paths in sorted(groups.items()):
         expert = Vectors() if kind == "vectors" else LowRank(rank, scale * rank)
-        sites.append(Site(exact_pattern(paths), expert))
-    ranks = sorted({r for kind, r, _ in groups if kind == "low_rank"})
+        sites.append(Site(exact_pattern(paths), expert, tensor=tensor))
+    ranks = sorted({r for kind, r, _, _ in groups if kind == "low_rank"})
     method = "IA3" if peft.peft_type == "IA3" else "LoRA-r" + "/".join(map(str, ranks))
     return AdapterConfig(sites, 1, SoftMerge(), method=f"{method} (from PEFT)")
 
@@ -540,6 +543,13 @@ def check_upcycle(peft: PeftAdapter, config: AdapterConfig) -> None:
                 f"PEFT module {module.key} is {_kind_text(module.kind)} but upcycling site "
                 f"{site.pattern!r} holds {site.expert.kind!r} experts; upcycle (IA)³ into "
                 "ml.MoV and LoRA into ml.MoLoRA"
+            )
+        if site.tensor != module.tensor:
+            raise AdapterFileError(
+                f"PEFT module {module.key} scales its module's {module.tensor} but upcycling "
+                f"site {site.pattern!r} adapts the {site.tensor}; use a site with "
+                f"tensor={module.tensor!r} there (the presets' targets='auto' or the model's "
+                "family has it)"
             )
         expert_rank = getattr(site.expert, "rank", None)
         if module.kind == "low_rank" and expert_rank != module.rank:
@@ -699,9 +709,9 @@ def _ia3_tensors(
         if module in owners:
             raise AdapterFileError(
                 f"sites {owners[module]} and {spec.path} both export to PEFT's (IA)³ vector of "
-                f"{module}, one scaling its input and the other its output; PEFT holds one "
-                "vector per module and no single vector computes both: export an adapter "
-                "with only one of these sites (retrain without the other)"
+                f"{module} (each scales its input or its output); PEFT holds one vector per "
+                "module and no single vector computes both: export an adapter with only one "
+                "of these sites (retrain without the other)"
             )
         owners[module] = spec.path
         vector = np.asarray(arrays[spec.canonical_name("vectors")], np.float32)[0]
@@ -715,7 +725,10 @@ def _ia3_tensors(
 
 def _ia3_target(spec: SiteSpec) -> tuple[str, bool]:
     """The module whose PEFT (IA)³ vector a vectors site becomes, and whether that vector
-    scales the module's input (T5's ``DenseReluDense.act`` output is ``wo``'s input)."""
+    scales the module's input (a ``tensor="input"`` site; T5's ``DenseReluDense.act`` output
+    is ``wo``'s input)."""
+    if spec.site.tensor == "input":
+        return spec.path, True
     t5 = T5_FFN_ACT.fullmatch(spec.path)
     if t5 is not None:
         return f"{t5['ffn']}.wo", True
@@ -729,7 +742,8 @@ def _refuse_activation(spec: SiteSpec) -> None:
             f"site {spec.path} adapts an activation's output; PEFT adapts layers with "
             "weights ((IA)³ scales a linear layer's output or a feedforward layer's input, "
             "LoRA adds to a linear layer), and mixlight maps an activation only for T5's "
-            "DenseReluDense.act in (IA)³; target linear layers to export"
+            "DenseReluDense.act in (IA)³; target linear layers to export (the input of the "
+            "layer the activation feeds is Site(<its path>, Vectors(), tensor='input'))"
         )
 
 

@@ -108,6 +108,11 @@ def _check_heads(inst: Any, attribute: Any, value: Any) -> None:
     v.int_at_least(1)(inst, attribute, value)
 
 
+def _check_width(inst: Any, attribute: Any, value: Any) -> None:
+    if value is not None:
+        v.int_at_least(1)(inst, attribute, value)
+
+
 @attrs.frozen
 class Site:
     """Where an adapter goes and what it does there.
@@ -129,6 +134,10 @@ class Site:
         projection). An input site needs a width-preserving expert kind (one that
         ``fits_activations``, such as :class:`~mixlight.Vectors`) on a linear module; its
         parameters have the module's input width, and its router reads that input.
+      width: the width of a parameterless activation module the site adapts, for one whose
+        parent holds no linear layer that consumes its output (``wo``, ``fc2``,
+        ``down_proj``, ...: the one that sizes it otherwise); None (the default) takes that
+        consumer's input width. A width that disagrees with the module's is refused.
     """
 
     pattern: str = attrs.field(validator=v.regex)
@@ -140,6 +149,7 @@ class Site:
     )
     heads: int | str | None = attrs.field(default=None, validator=_check_heads)
     tensor: str = attrs.field(default="output", validator=v.one_of(("output", "input")))
+    width: int | None = attrs.field(default=None, validator=_check_width)
 
     def __attrs_post_init__(self) -> None:
         if self.heads is not None and not self.expert.supports_heads:
@@ -169,6 +179,8 @@ class Site:
         }
         if self.tensor != "output":  # written only when set: output sites stay as they were
             out["tensor"] = self.tensor
+        if self.width is not None:  # likewise: files without a width read as before
+            out["width"] = self.width
         return out
 
     @classmethod

@@ -41,6 +41,10 @@ class ModuleShape:
 
 
 HEAD_COUNT_ATTRS = ("n_heads", "num_heads", "num_attention_heads", "n_head")
+# The width of one head (HF Llama-style and GPT-2 ``head_dim``, GPT-NeoX ``head_size``, BERT
+# ``attention_head_size``, T5 ``key_value_proj_dim``): a projection's heads are its output
+# width over it, so a grouped-query key/value projection has ``num_key_value_heads``.
+HEAD_WIDTH_ATTRS = ("head_dim", "head_size", "attention_head_size", "key_value_proj_dim")
 # Siblings whose input is an activation's output, to size parameterless activation modules.
 ACTIVATION_CONSUMERS = ("wo", "fc2", "down_proj", "c_proj", "dense_4h_to_h", "output")
 
@@ -53,7 +57,9 @@ class ModuleRecord:
     Attributes:
       type_name: the module's class name, for errors.
       d_in, d_out: the widths of a linear-like module; None for anything else.
-      heads: the head count of the module that holds it (an attention), if it has one.
+      heads: the heads of its output when an attention holds it: the output width over the
+        attention's head width (:data:`HEAD_WIDTH_ATTRS`; for a grouped-query key/value
+        projection, the key/value head count), else the attention's head count.
       has_params: whether the module holds parameters.
       consumer_in: the input width of the linear sibling its output feeds (``wo``, ``fc2``,
         ``c_proj``, ...), which sizes a parameterless activation.
@@ -83,6 +89,10 @@ def record_module(
     anything else, including None); ``has_params(module)`` whether it holds parameters. The
     head count comes from the parent (``n_heads``, ``num_heads``, ...); a parameterless module
     records the input width of the first sibling in :data:`ACTIVATION_CONSUMERS` it has.
+    A linear module's heads are its output width over the parent's head width
+    (:data:`HEAD_WIDTH_ATTRS`) when that divides it: grouped-query attention's ``k_proj`` and
+    ``v_proj`` have ``num_key_value_heads`` heads (stored flat and head-major, ``d =
+    kv_heads * head_dim``), a fused ``qkv`` projection one per query, key and value head.
     """
     heads = next(
         (
@@ -92,6 +102,13 @@ def record_module(
         ),
         None,
     )
+    d_out = width(module, "out")
+    head_width = next(
+        (w for a in HEAD_WIDTH_ATTRS if type(w := getattr(parent, a, None)) is int and w > 0),
+        None,
+    )
+    if head_width is not None and d_out is not None and d_out % head_width == 0:
+        heads = d_out // head_width
     params = has_params(module)
     consumer = None
     if not params:
@@ -100,7 +117,7 @@ def record_module(
     return ModuleRecord(
         type(module).__name__,
         width(module, "in"),
-        width(module, "out"),
+        d_out,
         heads,
         params,
         consumer,
@@ -113,21 +130,44 @@ def shape_for(path: str, site: Site, record: ModuleRecord) -> ModuleShape:
     a ``TypeError`` naming the path, the type and the fix when it cannot."""
     if record.refusal is not None:
         raise TypeError(record.refusal)
+    if site.tensor == "input":
+        if record.d_in is None:
+            raise TypeError(
+                f"Site {site.pattern!r} (tensor='input') matched {path} of type "
+                f"{record.type_name}, whose input width mixlight cannot tell; an input site "
+                "adapts the input of a linear layer: narrow the pattern to such layers"
+            )
+        _site_width(path, site, record.d_in, "its input width")
+        return ModuleShape(record.d_in, record.d_in)  # the adapted tensor is the input
     if record.d_in is not None and record.d_out is not None:
+        _site_width(path, site, record.d_out, "its output width")
         return ModuleShape(record.d_in, record.d_out, record.heads)
     if site.expert.fits_activations and not record.has_params:
-        if record.consumer_in is None:
+        width = _site_width(path, site, record.consumer_in, "its consumer's input width")
+        if width is None:
             raise TypeError(
                 f"cannot tell the width of activation module {path} ({record.type_name}): its "
-                f"parent has none of {list(ACTIVATION_CONSUMERS)} as a linear layer; target a "
+                f"parent has none of {list(ACTIVATION_CONSUMERS)} as a linear layer; give "
+                f"the site its width (Site({site.pattern!r}, ..., width=N)) or target a "
                 "linear layer instead"
             )
-        return ModuleShape(record.consumer_in, record.consumer_in, record.heads)
+        return ModuleShape(width, width, record.heads)
     kinds = "linear" + (" or parameterless activation" if site.expert.fits_activations else "")
     raise TypeError(
         f"Site {site.pattern!r} matched {path} of type {record.type_name}; expert kind "
         f"{site.expert.kind!r} adapts {kinds} modules: narrow the pattern to such modules"
     )
+
+
+def _site_width(path: str, site: Site, known: int | None, what: str) -> int | None:
+    """The adapted tensor's width: ``known`` (the module's own), else the site's ``width``;
+    a ``TypeError`` when both are given and differ."""
+    if site.width is not None and known is not None and site.width != known:
+        raise TypeError(
+            f"Site {site.pattern!r} gives width={site.width}, but {path} has {what} {known}; "
+            "drop width= (the module's own width is used) or match it"
+        )
+    return known if known is not None else site.width
 
 
 def describe_module(
@@ -213,6 +253,8 @@ def plan_sites(
     config: AdapterConfig,
     modules: Mapping[str, ModuleRecord | ModuleShape] | Iterable[str],
     describe: Callable[[str, Site], ModuleShape] | None = None,
+    *,
+    input_sites: bool = False,
 ) -> list[SiteSpec]:
     """Match the config's sites against a model's modules.
 
@@ -220,6 +262,9 @@ def plan_sites(
     :class:`ModuleShape`): the backend lists its model once, as data, and planning needs
     nothing more from it. The older form, module paths plus a ``describe(path, site)``
     callback that reports a matched module's shape, is still accepted.
+    A backend that applies ``Site(tensor="input")`` (the expert runs on the module's input,
+    before the module) passes ``input_sites=True``; for any other such a site is refused,
+    rather than applied to the output.
     Raises ``ValueError`` when a pattern matches nothing (listing sample paths) or a module
     matches two sites, and ``TypeError`` when a matched module cannot take its site.
     """
@@ -228,6 +273,13 @@ def plan_sites(
             raise TypeError("plan_sites: give {path: ModuleRecord} or paths and a describe")
         describe = functools.partial(_shape_of_record, modules)
     paths = list(modules)
+    if not input_sites and any(site.tensor == "input" for site in config.sites):
+        pattern = next(site.pattern for site in config.sites if site.tensor == "input")
+        raise TypeError(
+            f"Site {pattern!r} adapts its module's input (tensor='input'), which this backend "
+            "does not apply; adapt the output of the layer that produces it instead (e.g. "
+            "the activation before a down projection), or use a backend that does (torch)"
+        )
     compiled = [(site, re.compile(site.pattern)) for site in config.sites]
     matched: dict[str, Site] = {}
     for site, regex in compiled:

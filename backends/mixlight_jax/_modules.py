@@ -91,6 +91,18 @@ class Layout:
         permuted = tuple(shape[a] for a in order)
         return jnp.transpose(jnp.reshape(flat, permuted), np.argsort(order))
 
+    def native_index(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Index arrays into the per-layer kernel of canonical ``[d_in, d_out]`` positions
+        ``(rows, cols)``."""
+        canonical = (
+            *np.unravel_index(rows, self.in_shape),
+            *np.unravel_index(cols, self.out_shape),
+        )
+        native: list[np.ndarray] = [np.empty(0, np.int64)] * len(canonical)
+        for position, axis in enumerate(self.kernel_order):
+            native[axis] = np.asarray(canonical[position])
+        return tuple(native)
+
 
 def layout(module: Any) -> Layout | str | None:
     """The :class:`Layout` of a linear-like module, a sentence saying why a module that has a

@@ -69,19 +69,13 @@ class JaxBackend:
 
     def adapter_state(self, model: nnx.Module, name: str | None = None):
         config, specs = self.adapter_specs(model, name)
-        arrays = {
-            key: np.array(jax.device_get(v[...]), np.float32)
-            for key, v in _model.adapter_parameters(model, name)
-        }
-        return config, specs, arrays
+        return config, specs, _model.adapter_arrays(model, name)
 
     def load_adapter_state(
         self, model: nnx.Module, arrays: Mapping[str, np.ndarray], name: str | None = None
     ) -> None:
         check_arrays(self.adapter_specs(model, name)[1], arrays, "adapter arrays")
-        for key, variable in _model.adapter_parameters(model, name):
-            old = variable[...]
-            variable.set_value(jax.device_put(jnp.asarray(arrays[key], old.dtype), old.sharding))
+        _model.set_adapter_arrays(model, arrays, name)
 
     def merge_and_unload(
         self, model: nnx.Module, routing: Mapping[str, np.ndarray] | None = None
@@ -114,9 +108,13 @@ class JaxBackend:
         _model.state_of(model)
         total = jnp.zeros((), jnp.float32)
         for layer in _model.adapter_layers(model).values():
-            logits, spec = layer.last_logits.get_value(), layer.spec
-            if logits is not None and spec is not None:
-                for term in aux_loss_terms(spec, logits).values():
+            logits, specs = layer.last_logits.get_value(), layer.site_specs()
+            if logits is None:
+                continue
+            for i, spec in enumerate(specs):  # a stack's logits: [layers, ...]
+                for term in aux_loss_terms(
+                    spec, logits[i] if layer.layer_paths else logits
+                ).values():
                     total = total + term
         return total
 
@@ -125,8 +123,13 @@ class JaxBackend:
         stats = {}
         for path, layer in _model.adapter_layers(model).items():
             probs = layer.last_probs.get_value()
-            if probs is not None:
-                stats[path] = routing_summary(np.asarray(jax.device_get(probs), np.float32))
+            if probs is None:
+                continue
+            probs = np.asarray(jax.device_get(probs), np.float32)
+            if not layer.layer_paths:
+                stats[path] = routing_summary(probs)
+            for i, layer_path in enumerate(layer.layer_paths):  # a stack's: [layers, ...]
+                stats[layer_path] = routing_summary(probs[i])
         return stats
 
     def disable_adapters(self, model: nnx.Module) -> contextlib.AbstractContextManager:

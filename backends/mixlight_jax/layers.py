@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,13 +61,26 @@ def mix(
 
 
 class AdapterLayer(nnx.Module):
-    """A frozen ``base`` module (an ``nnx.Linear`` or an activation) plus, per named adapter
-    that targets it, one site's adapter.
+    """A frozen ``base`` module (an ``nnx.Linear``, ``nnx.LinearGeneral``, ``nnx.Einsum`` or
+    an activation, possibly stacked by ``nnx.vmap``) plus, per named adapter that targets it,
+    one site's adapter.
 
     ``__call__(x)`` returns ``base(x)`` adapted by the active adapter, or ``base(x)`` itself
-    when the active adapter does not target this module: ``x [..., d_in] -> [..., d_out]``.
+    when the active adapter does not target this module: ``x [..., *in_shape] -> [...,
+    *out_shape]``, seen by the site as ``[..., d_in] -> [..., d_out]`` (the trailing axes
+    flattened in order, the canonical layout; ``shapes = (in_shape, out_shape)``). A site
+    with ``tensor="input"`` adapts ``x`` instead and returns ``base(adapted x)``.
     Built empty around ``base``; :meth:`add` gives it adapters, :meth:`activate` picks the
-    one that runs. The active adapter's parameters live in ``self.adapter`` (an ``nnx.Dict`` of
+    one that runs.
+
+    A stacked ``base`` (every parameter with a leading layer axis, run by ``nnx.scan``) has
+    ``layer_paths``, the module path of each of its layers (``model.layers.3.mlp.up_proj``);
+    its adapter's parameters carry the same leading axis (logical axis name ``layers``), so
+    each scan step runs its own layer's adapter, and its routing traces come out stacked
+    ``[layers, ...]``. ``spec`` is then the first layer's site (every layer's site is the
+    same but for its path; :meth:`site_specs` lists them).
+
+    The active adapter's parameters live in ``self.adapter`` (an ``nnx.Dict`` of
     :class:`AdapterParam`, float32) under their short canonical names (``router``,
     ``vectors``, ``lora_A``, ``lora_B``), its site in ``self.spec`` (None when it does not
     target this module); every other adapter's are in ``self.stored[name]``, as
@@ -80,8 +94,15 @@ class AdapterLayer(nnx.Module):
     recorded, since NNX state cannot change there.
     """
 
-    def __init__(self, base: nnx.Module):
+    def __init__(
+        self,
+        base: nnx.Module,
+        shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+        layer_paths: tuple[str, ...] = (),
+    ):
         self.base = base
+        self.shapes = shapes  # None: [..., d_in] -> [..., d_out] as the site says
+        self.layer_paths = tuple(layer_paths)
         self.enabled = True
         self.specs: tuple[tuple[str, SiteSpec], ...] = ()
         self.active: str | None = None
@@ -96,6 +117,16 @@ class AdapterLayer(nnx.Module):
         """The active adapter's site here; None when it does not target this module."""
         return dict(self.specs).get(self.active) if self.active is not None else None
 
+    def site_specs(self, name: str | None = None) -> tuple[SiteSpec, ...]:
+        """Adapter ``name``'s site here (default: the active adapter's), one per layer of a
+        stacked module; empty when that adapter does not target this module."""
+        spec = dict(self.specs).get(self.active if name is None else name)
+        if spec is None:
+            return ()
+        if not self.layer_paths:
+            return (spec,)
+        return tuple(attrs.evolve(spec, path=path) for path in self.layer_paths)
+
     def names(self) -> list[str]:
         """The adapters that target this module, in the order they were added."""
         return [name for name, _ in self.specs]
@@ -106,13 +137,17 @@ class AdapterLayer(nnx.Module):
         return self.adapter if name == self.active else self.stored[name]
 
     def add(self, name: str, spec: SiteSpec, params: Mapping[str, np.ndarray]) -> None:
-        """Give this module the inactive adapter ``name`` with initial values ``params``."""
+        """Give this module the inactive adapter ``name`` with initial values ``params``
+        (each with a leading layer axis when the module is stacked)."""
         if name in self.names():
             raise ValueError(f"{spec.path} already carries the mixlight adapter {name!r}")
+        stacked = ("layers",) if self.layer_paths else ()
         self.specs = (*self.specs, (name, spec))
         self.stored[name] = nnx.Dict(
             {
-                n: StoredAdapter(jnp.asarray(a, jnp.float32), **sharding_metadata(_axes(spec, n)))
+                n: StoredAdapter(
+                    jnp.asarray(a, jnp.float32), **sharding_metadata(stacked + _axes(spec, n))
+                )
                 for n, a in params.items()
             }
         )
@@ -149,19 +184,68 @@ class AdapterLayer(nnx.Module):
         return getattr(self.base, name)
 
     def __call__(self, x: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
-        h = self.base(x, *args, **kwargs)
         spec = self.spec
         if not self.enabled or spec is None:  # no routing ran: no statistics from this pass
             self._record(None, None)
-            return h
+            return self.base(x, *args, **kwargs)
         params = {name: p[...] for name, p in self.adapter.items()}
+        self._check_call(spec, params, args, kwargs)
+        xs = self._flat(x, 0, spec.d_in)
+        if spec.site.tensor == "input":  # adapt the input; the module runs on the result
+            result = self._mix(spec, params, xs, xs)
+            return self.base(result.out.reshape(x.shape), *args, **kwargs)
+        h = self.base(x, *args, **kwargs)
+        return self._mix(spec, params, xs, self._flat(h, 1, spec.d_out)).out.reshape(h.shape)
+
+    def _mix(
+        self, spec: SiteSpec, params: Mapping[str, jax.Array], x: jax.Array, h: jax.Array
+    ) -> SiteResult:
+        """The site on flat ``x [..., d_in]`` and ``h [..., d_out]`` (the adapted tensor),
+        its routing recorded."""
         mask = pooling_mask(spec, self.masks.get_value(), h if spec.reads == "output" else x)
         result = mix(spec, params, x, h, mask)
         if result.probs is not None and result.probs.size == 0:  # 0 tokens: nothing routed
             self._record(None, None)
         else:
             self._record(result.probs, result.logits)
-        return result.out
+        return result
+
+    def _flat(self, a: jax.Array, which: int, width: int) -> jax.Array:
+        """The module's input (``which`` 0) or output (1) with its trailing axes flattened to
+        the site's ``width``; a ``ValueError`` when they are not the module's."""
+        trailing = self.shapes[which] if self.shapes is not None else (width,)
+        n = len(trailing)
+        if a.ndim < n or tuple(a.shape[a.ndim - n :]) != tuple(trailing):
+            kind = ("input", "output")[which]
+            raise ValueError(
+                f"{type(self.base).__name__} adapted by mixlight: its {kind} has shape "
+                f"{list(a.shape)}, which does not end with the {list(trailing)} the adapter was "
+                "built for"
+            )
+        return a if n == 1 else a.reshape(*a.shape[: a.ndim - n], width)
+
+    def _check_call(
+        self, spec: SiteSpec, params: Mapping[str, jax.Array], args: Any, kwargs: Any
+    ) -> None:
+        """Refuse calls the adapter cannot follow: a stacked module run whole (outside
+        ``nnx.scan``/``nnx.vmap``), an ``nnx.Einsum`` called with another equation."""
+        if self.layer_paths:
+            shapes = spec.param_specs()
+            if any(p.ndim != len(shapes[n].shape) for n, p in params.items()):
+                raise ValueError(
+                    f"the {type(self.base).__name__} of {self.layer_paths[0]} ... "
+                    f"{self.layer_paths[-1]} holds {len(self.layer_paths)} layers stacked by "
+                    "nnx.vmap, and was called whole; run it one "
+                    "layer at a time under nnx.scan (or nnx.vmap), as the adapter is stacked "
+                    "the same way"
+                )
+        if isinstance(self.base, nnx.Einsum):
+            given = kwargs.get("einsum_str", args[0] if args else None)
+            if given is not None and given.replace(" ", "") != self.base.einsum_str:
+                raise ValueError(
+                    f"this nnx.Einsum is adapted for its equation {self.base.einsum_str!r}; "
+                    f"it was called with {given!r}: call it with its own equation"
+                )
 
     def _record(self, probs: jax.Array | None, logits: jax.Array | None) -> None:
         try:

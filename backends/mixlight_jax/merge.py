@@ -2,8 +2,9 @@
 measuring the mean routing to fold a routed adapter at (``mixlight.mean_routing``).
 
 The math (each site's :class:`mixlight.experts.Merged` update at a fixed routing) lives in
-:mod:`mixlight.merging`; this module only writes the updates into ``nnx.Linear`` kernels
-(``[in, out]``) and biases.
+:mod:`mixlight.merging`; this module only writes the updates into the kernels (seen in the
+canonical ``[in, out]`` order, see :mod:`mixlight_jax._modules`) and biases of the adapted
+linear modules, a stacked module's per layer.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from flax import nnx
 from mixlight.experts import Merged
 from mixlight.merging import Routing, RoutingMeans, site_update
 from mixlight.site_spec import ACTIVATION_CONSUMERS, SiteSpec
+from mixlight_jax._modules import Layout, layout
 from mixlight_jax.layers import AdapterLayer
 from mixlight_jax.model import adapter_layers, remove_adapters, sequence_masks, state_of
 
@@ -45,11 +47,19 @@ def merge_and_unload(model: nnx.Module, routing: Routing | None = None) -> nnx.M
         params = {
             n: np.asarray(jax.device_get(v[...]), np.float32) for n, v in layer.adapter.items()
         }
-        update = site_update(spec, params, routing)
-        if isinstance(layer.base, nnx.Linear):
-            linear.append(_linear_fold(path, update))
+        if layer.layer_paths:  # one update per layer of a stack
+            updates = [
+                site_update(s, {n: p[i] for n, p in params.items()}, routing)
+                for i, s in enumerate(layer.site_specs())
+            ]
         else:
-            activations.append(_activation_fold(model, path, layer.base, update))
+            updates = [site_update(spec, params, routing)]
+        found = layout(layer.base)
+        if isinstance(found, Layout):
+            rows = spec.site.tensor == "input"  # an input site scales the kernel's rows
+            linear.append(_linear_fold(path, found, updates, rows))
+        else:
+            activations.append(_activation_fold(model, path, layer.base, updates))
     remove_adapters(model)
     for fold in (*linear, *activations):
         fold(model)
@@ -71,41 +81,69 @@ def _module(model: nnx.Module, dotted: str) -> Any:
     return module
 
 
-def _linear_fold(path: str, update: Merged) -> Fold:
-    """``x @ W + b`` -> ``(x @ W + b) * scale + x @ delta``, in float32, cast back to the
-    kernel's dtype (sharding kept)."""
+def _stacked(updates: list[Merged], field: str) -> np.ndarray | None:
+    """The updates' ``scale`` or ``delta``: one array, or layers stacked on a leading axis."""
+    values = [getattr(u, field) for u in updates]
+    if values[0] is None:
+        return None
+    return values[0] if len(values) == 1 else np.stack(values)
+
+
+def _linear_fold(path: str, found: Layout, updates: list[Merged], rows: bool = False) -> Fold:
+    """``x @ W + b`` -> ``(x @ W + b) * scale + x @ delta`` on the canonical ``[d_in,
+    d_out]`` kernel (per layer of a stack), in float32, cast back to the kernel's dtype and
+    layout (sharding kept). ``rows``: the site adapts the input, ``(x * scale) @ W + b``."""
+    scale, delta = _stacked(updates, "scale"), _stacked(updates, "delta")
+    if rows and delta is not None:
+        raise ValueError(
+            f"cannot merge the adapter at {path}: it adapts the module's input with more than "
+            "a scale; keep this adapter unmerged"
+        )
 
     def fold(model: nnx.Module) -> None:
         linear = _module(model, path)
-        kernel = linear.kernel[...].astype(jnp.float32)  # [in, out]
-        if update.scale is not None:
-            kernel = kernel * update.scale[None, :]
+        native = linear.kernel[...]
+        kernel = found.canonical_kernel(native.astype(jnp.float32))  # [(layers,) in, out]
+        if rows and scale is not None:
+            _write(linear.kernel, found.native_kernel(kernel * scale[..., :, None], native.shape))
+            return
+        if scale is not None:
+            kernel = kernel * scale[..., None, :]
             if linear.bias is not None:
-                _write(linear.bias, linear.bias[...].astype(jnp.float32) * update.scale)
-        if update.delta is not None:
-            kernel = kernel + update.delta
-        _write(linear.kernel, kernel)
+                bias = linear.bias[...]
+                flat = bias.astype(jnp.float32).reshape(*scale.shape)
+                _write(linear.bias, (flat * scale).reshape(bias.shape))
+        if delta is not None:
+            kernel = kernel + delta
+        _write(linear.kernel, found.native_kernel(kernel, native.shape))
 
     return fold
 
 
-def _activation_fold(model: nnx.Module, path: str, base: nnx.Module, update: Merged) -> Fold:
-    """A parameterless activation's ``scale [d]`` folded into the input rows of the sibling
-    ``nnx.Linear`` that consumes its output (T5's ``wo``: the one that sized the site)."""
+def _activation_fold(model: nnx.Module, path: str, base: nnx.Module, updates: list[Merged]) -> Fold:
+    """A parameterless activation's ``scale [d]`` (``[layers, d]`` in a stack) folded into
+    the input rows of the sibling linear module that consumes its output (T5's ``wo``: the
+    one that sized the site)."""
     parent, _, _ = path.rpartition(".")
+    update = updates[0]
     consumer = _consumer(_module(model, parent) if parent else model, update)
     if consumer is None or update.scale is None:
         raise ValueError(
             f"cannot merge the adapter at {path}: it wraps a {type(base).__name__}, which is "
-            "not an nnx.Linear, and no sibling nnx.Linear consumes its output (one of "
+            "not a linear module, and no sibling linear module consumes its output (one of "
             f"{', '.join(ACTIVATION_CONSUMERS)}, of input width {_width(update)}); keep this "
             "adapter unmerged"
         )
-    target, scale = f"{parent}.{consumer}" if parent else consumer, update.scale
+    target, scale = f"{parent}.{consumer}" if parent else consumer, _stacked(updates, "scale")
+    assert scale is not None
 
     def fold(model: nnx.Module) -> None:
-        kernel = _module(model, target).kernel
-        _write(kernel, kernel[...].astype(jnp.float32) * scale[:, None])
+        module = _module(model, target)
+        found = layout(module)
+        assert isinstance(found, Layout)
+        native = module.kernel[...]
+        kernel = found.canonical_kernel(native.astype(jnp.float32)) * scale[..., :, None]
+        _write(module.kernel, found.native_kernel(kernel, native.shape))
 
     return fold
 
@@ -115,7 +153,7 @@ def _width(update: Merged) -> int | None:
 
 
 def _consumer(parent: Any, update: Merged) -> str | None:
-    """The attribute name of ``parent``'s ``nnx.Linear`` (or adapted one) whose input width
+    """The attribute name of ``parent``'s linear module (or adapted one) whose input width
     is the scale's, for a scale-only update; else None."""
     if update.scale is None or update.delta is not None:
         return None
@@ -123,7 +161,8 @@ def _consumer(parent: Any, update: Merged) -> str | None:
         module = getattr(parent, name, None)
         if isinstance(module, AdapterLayer):
             module = module.base
-        if isinstance(module, nnx.Linear) and module.kernel.shape[0] == update.scale.shape[0]:
+        found = layout(module)
+        if isinstance(found, Layout) and found.d_in == update.scale.shape[0]:
             return name
     return None
 
@@ -144,12 +183,17 @@ def mean_routing(model: nnx.Module, batches: Iterable[Mapping[str, Any]]) -> dic
     means = RoutingMeans()
     for batch in batches:
         _forward(model, dict(batch))
+        source, target = (_mask(batch.get(k)) for k in MASK_KEYS)
         for _, layer, spec in _sites(model):
             probs = layer.last_probs.get_value()
-            if probs is not None:
-                probs = np.asarray(jax.device_get(probs), np.float32)
-                source, target = (_mask(batch.get(k)) for k in MASK_KEYS)
+            if probs is None:
+                continue
+            probs = np.asarray(jax.device_get(probs), np.float32)
+            if not layer.layer_paths:
                 means.add(spec, probs, source, target)
+            for i, layer_spec in enumerate(layer.site_specs()):  # a stack's: [layers, ...]
+                if layer.layer_paths:
+                    means.add(layer_spec, probs[i], source, target)
     return means.result()
 
 

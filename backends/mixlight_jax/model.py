@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import attrs
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from mixlight import AdapterConfig
-from mixlight._base_identity import BaseIdentity, sample_weights
+from mixlight._base_identity import BaseIdentity, SamplePoint, sample_weights
 from mixlight.extend import plan_sites
 from mixlight.named_adapters import NamedAdapters
+from mixlight.presets import resolve_targets
 from mixlight.site_spec import SOURCE, TARGET, ModuleRecord, SiteSpec, record_module
+from mixlight_jax._modules import (
+    SUPPORTED,
+    Entry,
+    Layout,
+    layout,
+    listed,
+    per_layer_paths,
+    stack_roots,
+)
 from mixlight_jax.layers import AdapterLayer
 
 _SEED_RANGE = 2**31 - 1
@@ -92,30 +103,53 @@ def _all_layers(model: nnx.Module) -> dict[str, AdapterLayer]:
     }
 
 
+def _unwrapped(module: Any) -> Any:
+    return module.base if isinstance(module, AdapterLayer) else module
+
+
 def _width(module: Any, which: str) -> int | None:
-    """Width of an ``nnx.Linear`` (kernel ``[in, out]``), also one an adapter layer wraps;
-    None for anything else."""
-    if isinstance(module, AdapterLayer):
-        module = module.base
-    if isinstance(module, nnx.Linear):
-        return int(module.kernel.shape[0 if which == "in" else 1])
-    return None
+    """Canonical input or output width of a linear-like module (``nnx.Linear``,
+    ``nnx.LinearGeneral``, ``nnx.Einsum``; see :mod:`mixlight_jax._modules`), also one an
+    adapter layer wraps; None for anything else."""
+    found = layout(_unwrapped(module))
+    if not isinstance(found, Layout):
+        return None
+    return found.d_in if which == "in" else found.d_out
 
 
 def _has_params(module: nnx.Module) -> bool:
     return bool(jax.tree.leaves(nnx.state(module, nnx.Param)))
 
 
-def _records(model: nnx.Module, paths: dict[str, Path]) -> dict[str, ModuleRecord]:
+def _entries(model: nnx.Module) -> dict[str, Entry]:
+    """Every module of the model as it was before injection, by the dotted path site
+    planning and adapter files know it by: one path per layer inside a stack (see
+    :mod:`mixlight_jax._modules`)."""
+    paths = _plain_paths(model)
+    modules = {(): model, **{p: _unwrapped(_get(model, p)) for p in paths.values()}}
+    return listed(paths, stack_roots(modules))
+
+
+def _records(model: nnx.Module, entries: dict[str, Entry]) -> dict[str, ModuleRecord]:
     """Every module of the model as it was before injection, as plain data for the core's
-    site planning (an adapter layer stands for the module it wraps)."""
+    site planning (an adapter layer stands for the module it wraps). A module with a kernel
+    it cannot adapt carries its refusal (path, type, kernel shape, why); a module whose
+    output has a ``(heads, head_dim)`` kernel axis pair records that head count."""
     records = {}
-    for dotted, path in paths.items():
-        parent = _get(model, path[:-1])
-        module = _child(parent, path[-1])
-        if isinstance(module, AdapterLayer):
-            module = module.base
-        records[dotted] = record_module(module, parent, _width, _has_params)
+    for dotted, entry in entries.items():
+        parent = _get(model, entry.path[:-1])
+        module = _unwrapped(_child(parent, entry.path[-1]))
+        found = layout(module)
+        refusal = None
+        if isinstance(found, str):
+            refusal = (
+                f"cannot adapt {dotted}: {type(module).__name__} with kernel shape "
+                f"{list(module.kernel.shape)}: {found}. mixlight's JAX backend adapts {SUPPORTED}"
+            )
+        record = record_module(module, parent, _width, _has_params, refusal)
+        if isinstance(found, Layout) and found.heads is not None:
+            record = attrs.evolve(record, heads=found.heads)
+        records[dotted] = record
     return records
 
 
@@ -128,15 +162,59 @@ def _seed(rngs: nnx.Rngs | int | None) -> int:
 
 
 def plan(model: nnx.Module, config: AdapterConfig) -> list[SiteSpec]:
-    """The sites :func:`inject` would give ``model`` for ``config``; the model is unchanged."""
-    paths = _plain_paths(model)
-    if not paths:
+    """The sites :func:`inject` would give ``model`` for ``config``; the model is unchanged.
+    A module stacked by ``nnx.vmap`` has one site per layer (``model.layers.3.mlp.up_proj``),
+    all of which must be matched alike."""
+    if not _plain_paths(model):
         raise TypeError(
             f"mixlight.inject adapts the submodules of a model in place, and this "
             f"{type(model).__name__} has none (a bare layer given as the whole model); wrap it "
             "in a module that holds it as an attribute, and target that attribute's name"
         )
-    return plan_sites(config, _records(model, paths))
+    entries = _entries(model)
+    config = resolve_config(model, config)
+    specs = plan_sites(config, _records(model, entries), input_sites=True)
+    _stacks(specs, entries)
+    return specs
+
+
+def model_type(model: nnx.Module) -> str | None:
+    """The HF ``config.model_type`` of ``model`` (``"llama"``, ``"t5"``, ...), read from its
+    ``config`` attribute; None for a model without one."""
+    value = getattr(getattr(model, "config", None), "model_type", None)
+    return value if isinstance(value, str) and value else None
+
+
+def resolve_config(model: nnx.Module, config: AdapterConfig) -> AdapterConfig:
+    """``config`` with concrete sites for ``model``: a preset made without ``targets=``
+    takes the sites of the model's family (:func:`mixlight.presets.resolve_targets`)."""
+    if not config.family_defaults:
+        return config
+    return resolve_targets(config, model_type(model), list(_plain_paths(model)))
+
+
+def _stacks(specs: list[SiteSpec], entries: dict[str, Entry]) -> dict[Path, list[SiteSpec]]:
+    """The sites by the NNX path of the module they adapt (a stacked module's by layer); a
+    ``ValueError`` when a site takes only some layers of a stack, or layers differently."""
+    groups: dict[Path, list[SiteSpec]] = {}
+    for spec in specs:
+        groups.setdefault(entries[spec.path].path, []).append(spec)
+    for path, group in groups.items():
+        layers = entries[group[0].path].layers
+        if layers is None:
+            continue
+        first = attrs.evolve(group[0], path="")
+        if len(group) != layers or any(attrs.evolve(s, path="") != first for s in group):
+            taken = sorted(int(entries[s.path].layer or 0) for s in group)
+            patterns = sorted({s.site.pattern for s in group})
+            raise ValueError(
+                f"site pattern(s) {patterns} adapt layers {taken} of the {layers} layers that "
+                f"the module {'.'.join(map(str, path))} holds stacked by nnx.vmap (one "
+                "leading layer axis, run by nnx.scan): a stacked module takes one site for all "
+                f"of its layers or none; match every layer alike (e.g. {group[0].path} with "
+                "its layer index as \\d+) or none"
+            )
+    return groups
 
 
 def inject(
@@ -152,24 +230,40 @@ def inject(
     The first adapter of a model becomes the active one; a further name adds an inactive
     adapter beside it (switch with :func:`set_adapter`), as PEFT's ``add_adapter`` does.
     Adapter parameters are drawn with numpy from a seed: ``rngs`` (an ``nnx.Rngs``, whose
-    ``params`` stream is advanced, or an int; default 0), so injection is reproducible. The
-    base model's parameters stay ``nnx.Param``; train only the active adapter with
-    ``nnx.Optimizer(model, tx, wrt=mixlight_jax.AdapterParam)`` (inactive adapters are
-    :class:`StoredAdapter` variables, which it leaves alone).
+    ``params`` stream is advanced, or an int; default 0), so injection is reproducible.
+
+    Nothing is frozen: JAX has no ``requires_grad``, so the base model's parameters stay
+    ``nnx.Param`` and an optimizer built on all ``nnx.Param`` would train them too. Train only
+    the active adapter with ``nnx.Optimizer(model, tx, wrt=mixlight_jax.AdapterParam)`` and
+    differentiate with ``nnx.DiffState(0, AdapterParam)`` (inactive adapters are
+    :class:`StoredAdapter` variables, which these leave alone).
+
+    Adaptable: ``nnx.Linear``, ``nnx.LinearGeneral`` (``nnx.MultiHeadAttention``'s query, key,
+    value and out), ``nnx.Einsum``, parameterless activation modules, and these stacked by
+    ``nnx.vmap`` for ``nnx.scan`` (one adapter per layer, stacked alike; listed and saved
+    per layer, see :mod:`mixlight_jax._modules`). Any other matched module is refused with
+    its path, type and kernel shape.
     """
     state = vars(model).get(_STATE) or NamedAdapters()
     state.check_new(name, "or call mixlight_jax.remove_adapters(model) first, or use a fresh model")
     specs = plan(model, config)
-    paths = _plain_paths(model)
-    state = state.added(name, config, specs)
+    entries = _entries(model)
+    groups = _stacks(specs, entries)
+    state = state.added(name, resolve_config(model, config), specs)
     rng = np.random.default_rng(_seed(rngs))
-    for spec in specs:
-        path = paths[spec.path]
+    drawn = {spec.path: spec.init_params(rng) for spec in specs}  # in the plan's order
+    for path, group in groups.items():
         layer = _get(model, path)
         if not isinstance(layer, AdapterLayer):
-            layer = AdapterLayer(layer)
+            found = layout(layer)
+            shapes = (found.in_shape, found.out_shape) if isinstance(found, Layout) else None
+            stacked = per_layer_paths(entries, path) if entries[group[0].path].layers else ()
+            layer = AdapterLayer(layer, shapes, stacked)
             _set(model, path, layer)
-        layer.add(name, spec, spec.init_params(rng))
+        params = drawn[group[0].path]
+        if layer.layer_paths:
+            params = {n: np.stack([drawn[s.path][n] for s in group]) for n in params}
+        layer.add(name, group[0], params)
         layer.activate(state.active)
     setattr(model, _STATE, state)
     return model
@@ -217,14 +311,52 @@ def remove_adapters(model: nnx.Module) -> nnx.Module:
 
 def adapter_parameters(
     model: nnx.Module, name: str | None = None
-) -> Iterator[tuple[str, nnx.Variable]]:
-    """``(canonical name, variable)`` pairs of adapter ``name`` (default: the active one),
+) -> Iterator[tuple[str, nnx.Variable, int | None]]:
+    """``(canonical name, variable, layer)`` of adapter ``name`` (default: the active one),
     canonical names as in adapter files; :class:`AdapterParam` for the active adapter,
-    :class:`StoredAdapter` for the others."""
+    :class:`StoredAdapter` for the others. ``layer`` is None, or, for a module stacked by
+    ``nnx.vmap``, the index along the variable's leading layer axis that the name stands for
+    (one variable then serves every layer's name)."""
     name = name if name is not None else state_of(model).active
     for dotted, layer in adapter_layers(model, name).items():
+        paths = layer.layer_paths or (dotted,)
         for short, variable in layer.variables(name).items():
-            yield f"{dotted}.{short}", variable
+            for i, path in enumerate(paths):
+                yield f"{path}.{short}", variable, (i if layer.layer_paths else None)
+
+
+def adapter_arrays(model: nnx.Module, name: str | None = None) -> dict[str, np.ndarray]:
+    """Adapter ``name``'s parameters (default: the active one's) as float32 numpy arrays by
+    canonical name, a stacked module's one per layer."""
+    values: dict[int, np.ndarray] = {}
+    arrays = {}
+    for key, variable, layer in adapter_parameters(model, name):
+        if id(variable) not in values:
+            values[id(variable)] = np.array(jax.device_get(variable[...]), np.float32)
+        value = values[id(variable)]
+        arrays[key] = value if layer is None else np.array(value[layer])
+    return arrays
+
+
+def set_adapter_arrays(
+    model: nnx.Module, arrays: Mapping[str, np.ndarray], name: str | None = None
+) -> None:
+    """Write ``arrays`` (by canonical name, as :func:`adapter_arrays` gives them) into
+    adapter ``name`` (default: the active one), keeping each variable's dtype and sharding;
+    a stacked module's layers are stacked back along its leading axis."""
+    stacked: dict[int, tuple[nnx.Variable, dict[int, np.ndarray]]] = {}
+    for key, variable, layer in adapter_parameters(model, name):
+        if layer is None:
+            _write(variable, arrays[key])
+        else:
+            stacked.setdefault(id(variable), (variable, {}))[1][layer] = arrays[key]
+    for variable, layers in stacked.values():
+        _write(variable, np.stack([layers[i] for i in range(len(layers))]))
+
+
+def _write(variable: nnx.Variable, value: Any) -> None:
+    old = variable[...]
+    variable.set_value(jax.device_put(jnp.asarray(value, old.dtype), old.sharding))
 
 
 @contextlib.contextmanager
@@ -238,9 +370,11 @@ def sequence_masks(
     calls inside the block, by keyword: each site pools with its own side's mask,
     ``attention_mask`` for the source (the encoder's sites and the cross-attention keys and
     values, or every site of a model with one sequence) and ``decoder_attention_mask`` for
-    the target (the decoder's other sites); a side with no mask pools over every position,
-    and a mask whose ``[batch, seq]`` differs from a site's router input raises a
-    ``ValueError`` naming the site. Use it inside a jitted function as well as outside::
+    the target (the decoder's other sites); a side with no mask keeps an enclosing block's
+    (or pools over every position), and a mask whose ``[batch, seq]`` differs from a site's
+    router input raises a ``ValueError`` naming the site. The NNX T5 opens such a block
+    itself with the masks it is called with; for other models, use it inside a jitted
+    function as well as outside::
 
         with mixlight_jax.sequence_masks(
             model, attention_mask=attention_mask, decoder_attention_mask=decoder_attention_mask
@@ -261,8 +395,12 @@ def sequence_masks(
         if m.spec is not None and m.spec.routing == "sequence"
     ]
     previous = [layer.masks.get_value() for layer in layers]
-    for layer in layers:
-        layer.masks.set_value(masks)
+    for layer, old in zip(layers, previous, strict=True):
+        n = len(layer.layer_paths)  # a stack's scan hands each step one layer's copy
+        given_here = (
+            {s: jnp.broadcast_to(m, (n, *m.shape)) for s, m in masks.items()} if n else masks
+        )
+        layer.masks.set_value({**old, **given_here})  # sides not given keep the enclosing
     try:
         yield model
     finally:
@@ -288,19 +426,25 @@ def disable_adapters(model: nnx.Module) -> Iterator[nnx.Module]:
 
 
 def base_identity(model: nnx.Module, name: str | None = None) -> BaseIdentity:
-    """Samples of the ``nnx.Linear`` kernels (``[in, out]``, the canonical order) that adapter
-    ``name`` (default: the active one) adapts, and the model's ``name_or_path`` when it has
-    one."""
-    kernels = {
-        path: layer.base.kernel
-        for path, layer in adapter_layers(model, name).items()
-        if isinstance(layer.base, nnx.Linear)
-    }
+    """Samples of the kernels that adapter ``name`` (default: the active one) adapts, read in
+    the canonical ``[d_in, d_out]`` order (a stacked module's per layer), and the model's
+    ``name_or_path`` when it has one."""
+    kernels: dict[str, tuple[nnx.Variable, Layout, int | None]] = {}
+    for path, layer in adapter_layers(model, name).items():
+        found = layout(layer.base)
+        if isinstance(found, Layout):
+            for i, p in enumerate(layer.layer_paths or (path,)):
+                kernels[p] = (layer.base.kernel, found, i if layer.layer_paths else None)
+
+    def gather(point: SamplePoint) -> np.ndarray:
+        kernel, found, layer = kernels[point.path]
+        index = found.native_index(np.array(point.rows), np.array(point.cols))
+        if layer is not None:
+            index = (np.full(len(point.rows), layer), *index)
+        return np.asarray(jax.device_get(kernel[...][index]), np.float32)
+
     samples = sample_weights(
-        {path: (int(k.shape[0]), int(k.shape[1])) for path, k in kernels.items()},
-        lambda p: np.asarray(
-            jax.device_get(kernels[p.path][...][np.array(p.rows), np.array(p.cols)]), np.float32
-        ),
+        {path: (found.d_in, found.d_out) for path, (_, found, _) in kernels.items()}, gather
     )
-    dtype = str(next(iter(kernels.values()))[...].dtype) if kernels else None
+    dtype = str(next(iter(kernels.values()))[0][...].dtype) if kernels else None
     return BaseIdentity(getattr(model, "name_or_path", None), None, samples, dtype)

@@ -46,6 +46,11 @@ class TorchBackend:
     def plan(self, model: nn.Module, config: AdapterConfig) -> list[SiteSpec]:
         return _model.plan(_model.unwrap(model), config)
 
+    def resolve_config(self, model: nn.Module, config: AdapterConfig) -> AdapterConfig:
+        """``config`` with the sites it gets in ``model`` (a preset's family defaults made
+        concrete from the model's ``config.model_type``)."""
+        return _model.resolve_config(_model.unwrap(model), config)
+
     def adapter_names(self, model: nn.Module) -> list[str]:
         return _model.state_of(_model.unwrap(model)).adapters.names()
 

@@ -35,7 +35,8 @@ class AdapterLayer(nn.Module):
     parameters.
 
     ``forward(x)`` returns ``base(x)`` adapted by the active adapter (unchanged when the
-    active adapter does not target this module): ``x [..., d_in] -> [..., d_out]``.
+    active adapter does not target this module): ``x [..., d_in] -> [..., d_out]``; a site
+    with ``tensor="input"`` adapts ``x`` instead and returns ``base(adapted x)``.
     Parameters live in ``self.adapters[name]`` under their short canonical names (``router``,
     ``vectors``, ``lora_A``, ``lora_B``), float32; ``self.adapter`` and ``self.spec`` are the
     active adapter's. In ``state_dict()`` the base module's entries keep the names they had
@@ -139,30 +140,47 @@ class AdapterLayer(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        h = self.base(x, *args, **kwargs)
         switch = self.switch
         if not switch.enabled or switch.per_example is not None or switch.active not in self.specs:
             # No routing of the active adapter ran: no statistics from this pass.
             self.__dict__.update(last_probs=None, last_logits=None)
             if switch.enabled and switch.per_example is not None:
-                return self._mixed_batch(x, h, switch.per_example)
-            return h
+                names = switch.per_example
+                x_in = self._mixed_batch(x, x, names, "input")
+                return self._mixed_batch(x, self.base(x_in, *args, **kwargs), names, "output")
+            return self.base(x, *args, **kwargs)
+        if self.specs[switch.active].site.tensor == "input":
+            # The expert adapts the module's input (x is also the tensor it scales and routes
+            # on), and the module runs on the adapted input.
+            if switch.check_finite:
+                self._check_finite(x, x)
+            with no_autocast(x):
+                x_in, probs, logits = self.mix(switch.active, x, x, switch.masks)
+            self._keep_routing(probs, logits)
+            return self.base(x_in, *args, **kwargs)
+        h = self.base(x, *args, **kwargs)
         if switch.check_finite:
             self._check_finite(x, h)
         # Autocast off: routers stay float32; mixing runs in the activations' own dtypes.
         with no_autocast(h):
             out, probs, logits = self.mix(switch.active, x, h, switch.masks)
+        self._keep_routing(probs, logits)
+        return out
+
+    def _keep_routing(self, probs: torch.Tensor | None, logits: torch.Tensor | None) -> None:
         if probs is not None and probs.numel() == 0:  # 0 tokens: nothing routed, no statistics
             probs = logits = None
         # (plain attributes: nn.Module.__setattr__ is measurable per generated token)
         self.__dict__.update(last_probs=probs, last_logits=logits)
-        return out
 
-    def _mixed_batch(self, x: torch.Tensor, h: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+    def _mixed_batch(
+        self, x: torch.Tensor, h: torch.Tensor, names: Sequence[str], tensor: str = "output"
+    ) -> torch.Tensor:
         """Each example (row of dim 0) adapted by its own adapter; ``names[i]`` is example
         ``i``'s adapter (``"__base__"``: none). A batch ``k`` times as long as ``names`` (beam
         search, ``num_return_sequences``) repeats each name ``k`` times, as ``generate``
-        repeats the examples."""
+        repeats the examples. Only the sites that adapt ``tensor`` (``"output"``: ``h`` is the
+        module's output; ``"input"``: ``h`` is ``x``, the input the module then runs on) run."""
         rows = x.shape[0]
         if rows % len(names):
             raise ValueError(
@@ -173,6 +191,8 @@ class AdapterLayer(nn.Module):
         out = h
         for name in dict.fromkeys(names):
             if name not in self.specs:  # the base model, or an adapter not targeting this module
+                continue
+            if self.specs[name].site.tensor != tensor:
                 continue
             index = torch.tensor(
                 [i * repeat + j for i, n in enumerate(names) if n == name for j in range(repeat)],

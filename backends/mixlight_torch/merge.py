@@ -31,7 +31,8 @@ def merge_and_unload(model: nn.Module, routing: Routing | None = None) -> nn.Mod
     checked before any weight changes, so a refused merge leaves the model as it was.
     Linear sites fold first, then activation sites scale their consumer's input rows, so a
     consumer with its own update (LoRA on ``wo``) is scaled after it, as the adapted model
-    computes ``wo(act(x) * s)``."""
+    computes ``wo(act(x) * s)``; a site that scales a linear layer's input
+    (``Site(tensor="input")``) scales that layer's input rows in the same way."""
     model = unwrap(model)
     state_of(model)
     materialize(model, "merge the adapter")
@@ -40,7 +41,10 @@ def merge_and_unload(model: nn.Module, routing: Routing | None = None) -> nn.Mod
         params = {n: p.detach().float().cpu().numpy() for n, p in layer.adapter.items()}
         update = site_update(layer.spec, params, routing)
         weight = canonical_weight(layer.base)
-        if weight is not None:
+        if weight is not None and layer.spec.site.tensor == "input":
+            _refuse_input_delta(path, update)
+            activations.append((weight, update))  # scales its own input rows
+        elif weight is not None:
             linear.append((weight, getattr(layer.base, "bias", None), update))
         else:
             activations.append((_consumer_weight(model, path, layer.base, update), update))
@@ -66,6 +70,14 @@ def _consumer_weight(model: nn.Module, path: str, base: nn.Module, update: Merge
         "linear layer, and no sibling consumes its output (one of "
         f"{', '.join(ACTIVATION_CONSUMERS)}); keep this adapter unmerged"
     )
+
+
+def _refuse_input_delta(path: str, update: Merged) -> None:
+    if update.delta is not None:
+        raise ValueError(
+            f"cannot merge the adapter at {path}: it adapts the layer's input with an additive "
+            "update, which no change of this layer's weights computes; keep it unmerged"
+        )
 
 
 def _fold(weight: Tensor, bias: Tensor | None, update: Merged) -> None:

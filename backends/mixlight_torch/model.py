@@ -15,6 +15,7 @@ from mixlight._base_identity import BaseIdentity, sample_weights
 from mixlight._cache_safety import cache_unsafe_sites, refuse_cached_sequence_routing
 from mixlight.extend import SiteSpec, plan_sites
 from mixlight.named_adapters import BASE, DEFAULT, NamedAdapters
+from mixlight.presets import resolve_targets
 from mixlight.site_spec import MASK_NAMES, SOURCE, ModuleRecord, aux_loss_terms, record_module
 from mixlight_torch import hf as _hf
 from mixlight_torch.layers import AdapterLayer, AdapterSwitch
@@ -146,8 +147,24 @@ def _has_params(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
 
+def model_type(model: nn.Module) -> str | None:
+    """The HF ``config.model_type`` of ``model`` (``"llama"``, ``"t5"``, ...); None for a
+    model without one."""
+    value = getattr(getattr(model, "config", None), "model_type", None)
+    return value if isinstance(value, str) and value else None
+
+
+def resolve_config(model: nn.Module, config: AdapterConfig) -> AdapterConfig:
+    """``config`` with concrete sites for ``model``: a preset made without ``targets=``
+    takes the sites of the model's family (:func:`mixlight.presets.resolve_targets`)."""
+    if not config.family_defaults:
+        return config
+    return resolve_targets(config, model_type(model), _plain_paths(model))
+
+
 def plan(model: nn.Module, config: AdapterConfig) -> list[SiteSpec]:
     """The sites :func:`inject` would give ``model`` for ``config``; the model is unchanged."""
+    config = resolve_config(model, config)
     records = _records(model)
     if not records:
         raise TypeError(
@@ -155,7 +172,7 @@ def plan(model: nn.Module, config: AdapterConfig) -> list[SiteSpec]:
             f"{type(model).__name__} has none (a bare layer given as the whole model); wrap it, "
             "e.g. model = nn.Sequential(layer), and target its path '0'"
         )
-    return plan_sites(config, records)
+    return plan_sites(config, records, input_sites=True)
 
 
 def inject(
@@ -168,11 +185,15 @@ def inject(
     adapter beside it (switch with :func:`set_adapter`), as PEFT's ``add_adapter`` does.
     Adapter parameters are drawn from a numpy generator seeded with ``seed``, or from torch's
     RNG when None, so ``torch.manual_seed`` makes injection reproducible.
+    A preset made without ``targets=`` takes the sites of the model's family (from its HF
+    ``config.model_type``, see :func:`resolve_config`); the model keeps, and saves, the
+    concrete config.
     """
     state = model.__dict__.get("mixlight_state")
     (state.adapters if state is not None else NamedAdapters()).check_new(
         name, "or call mixlight_torch.remove_adapters(model) first, or use a fresh model"
     )
+    config = resolve_config(model, config)
     specs = plan(model, config)
     if seed is None:  # drawn on the CPU: also under ``with torch.device("meta")``
         seed = int(torch.randint(0, 2**62, (), device="cpu"))

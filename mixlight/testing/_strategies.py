@@ -20,9 +20,9 @@ class SiteCase:
     """One drawn site with numpy inputs: ``x [batch, seq, d_in]``, ``h [batch, seq, d_out]``,
     ``mask [batch, seq]`` (1 = token), params by short name.
 
-    ``dtype`` is the activations' dtype the case stands for: for ``"bfloat16"`` the float32
-    arrays ``x`` and ``h`` hold bf16-representable values, so a backend may cast them to
-    bf16 exactly (adapter parameters stay float32)."""
+    ``dtype`` is the activations' dtype the case stands for: for ``"bfloat16"`` (or
+    ``"float16"``) the float32 arrays ``x`` and ``h`` hold values representable in it, so a
+    backend may cast them to it exactly (adapter parameters stay float32)."""
 
     spec: SiteSpec
     params: dict[str, np.ndarray]
@@ -39,6 +39,22 @@ def round_to_bf16(a: np.ndarray) -> np.ndarray:
         0xFFFF0000
     )
     return rounded.astype(np.uint32).view(np.float32)
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+"""The activation dtypes a :class:`SiteCase` can stand for."""
+
+
+def round_to(a: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 values rounded to the nearest ``dtype`` value (``"float32"``, ``"bfloat16"``,
+    ``"float16"``), still float32."""
+    if dtype == "bfloat16":
+        return round_to_bf16(a)
+    if dtype == "float16":
+        return np.asarray(a, np.float32).astype(np.float16).astype(np.float32)
+    if dtype == "float32":
+        return np.asarray(a, np.float32)
+    raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
 
 
 def _quiet_top_k(*args: Any) -> TopK:
@@ -105,7 +121,7 @@ def padding_masks(rng: np.random.Generator, batch: int, seq: int, kinds: list[st
 @st.composite
 def site_cases(
     draw: Any,
-    expert: ExpertKind | None = None,
+    expert: ExpertKind | st.SearchStrategy[ExpertKind] | None = None,
     max_experts: int = 12,
     dtypes: tuple[str, ...] = ("float32", "bfloat16"),
     min_experts: int = 1,
@@ -123,8 +139,10 @@ def site_cases(
     rejected (see :func:`mixlight.testing._loops.top_k_margin`). ``min_experts``, ``routings``
     and ``reads`` narrow the draw to one code path (e.g. a backend's fused op). The knobs
     ``batches``, ``seqs`` (sizes to draw from: e.g. batches that a device mesh divides),
-    ``dtypes`` (``"float32"``, ``"bfloat16"``) and ``heads`` (per-head routing: ``None`` =
-    routing on the whole width; used only by kinds that support heads) shape the arrays.
+    ``dtypes`` (``"float32"``, ``"bfloat16"``, ``"float16"``) and ``heads`` (per-head
+    routing: ``None`` = routing on the whole width; used only by kinds that support heads)
+    shape the arrays.
+    ``expert`` is a kind, a strategy of kinds, or None (the built-in kinds).
     """
     from mixlight.testing._loops import NEAR_TIE, loop_reference, top_k_margin
 
@@ -133,7 +151,13 @@ def site_cases(
             f"site_cases: batches {batches}, seqs {seqs}, heads {heads} and dtypes {dtypes} "
             "must be non-empty, with sizes >= 1"
         )
-    expert = expert if expert is not None else draw(expert_kinds())
+    unknown = [d for d in dtypes if d not in DTYPES]
+    if unknown:
+        raise ValueError(f"site_cases: dtypes {unknown}: expected some of {', '.join(DTYPES)}")
+    if expert is None:
+        expert = draw(expert_kinds())
+    elif isinstance(expert, st.SearchStrategy):
+        expert = draw(expert)
     num_experts = draw(st.integers(min_experts, max_experts))
     router = draw(routers(num_experts))
     routing = draw(st.sampled_from(routings))
@@ -169,8 +193,7 @@ def site_cases(
     mask = padding_masks(rng, batch, seq, paddings)
     x = rng.standard_normal((batch, seq, d_in)).astype(np.float32)
     h = rng.standard_normal((batch, seq, d_out)).astype(np.float32)
-    if dtype == "bfloat16":
-        x, h = round_to_bf16(x), round_to_bf16(h)
+    x, h = round_to(x, dtype), round_to(h, dtype)
     case = SiteCase(spec, params, x, h, mask, dtype)
     if spec.has_router and router.top_k is not None:
         logits = loop_reference(case).logits

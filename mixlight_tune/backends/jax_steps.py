@@ -27,8 +27,9 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 import mixlight as ml
+from mixlight.site_spec import SOURCE
 from mixlight_jax import AdapterParam, adapter_layers, t5
-from mixlight_jax.model import is_injected
+from mixlight_jax.model import is_injected, state_of
 from mixlight_tune.backends import jax_resume
 from mixlight_tune.checkpoint import resume_point
 from mixlight_tune.experiment import DemoConfig, base_checkpoint
@@ -244,6 +245,7 @@ def evaluate(
     rows = size * n_choices
     start = _decoder_start(model)
     sites = default_routing_sites(model) if is_injected(model) else []
+    sides = {spec.path: spec.side for spec in state_of(model).specs} if sites else {}
 
     @nnx.jit
     def score(model, ids, attn, owner, dec_in, labels, label_mask):
@@ -295,7 +297,7 @@ def evaluate(
             if site.startswith("encoder."):
                 tally(site, p[: len(batch)], attn[: len(batch)].astype(np.float32), tasks)
             else:
-                memory = "EncDecAttention" in site
+                memory = sides[site] == SOURCE  # cross-attention keys/values read the encoder
                 mask = attn[np.asarray(owner)] if memory else label_mask
                 tally(site, p[:real], mask[:real].astype(np.float32), row_tasks)
         k = 0

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import BaseModelOutput
 
+from mixlight.site_spec import SOURCE
 from mixlight_torch.model import adapter_layers
 from mixlight_tune.sampling import routing_sites
 from mixlight_tune.schema import Example
@@ -76,7 +77,8 @@ class _RoutingTally:
         for site, layer in self.layers.items():
             if not site.startswith(stack) or layer.last_probs is None:
                 continue
-            mask = masks["memory" if "EncDecAttention" in site else "tokens"].float()
+            reads_memory = stack == "decoder." and layer.spec.side == SOURCE  # cross k/v
+            mask = masks["memory" if reads_memory else "tokens"].float()
             probs = layer.last_probs.detach().float()
             probs = probs.reshape(*probs.shape[:2], -1, probs.shape[-1]).mean(2)  # heads
             weighted = (probs * mask[..., None]).sum(1).numpy()

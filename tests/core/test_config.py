@@ -98,7 +98,7 @@ def test_config_json_round_trip(config):
         (lambda: ml.Site("a", mlx.Vectors(), router_input="middle"), r"allowed values"),
         (lambda: ml.AdapterConfig([], 2), r"non-empty sequence of mixlight.Site"),
         (lambda: ml.MoV(routing="batch"), r"routing='batch': allowed values"),
-        (lambda: ml.MoV(targets="gpt2"), r"use 't5' or a non-empty list"),
+        (lambda: ml.MoV(targets="gpt3"), r"use 't5' or a non-empty list"),
         (
             lambda: ml.AdapterConfig.from_dict({**ml.MoV().to_dict(), "router": {"kind": "x"}}),
             r"unknown router kind 'x'",

@@ -126,3 +126,22 @@ def test_a_mask_of_the_wrong_length_is_refused_naming_site_mask_and_shapes(name,
     message = str(err.value)
     assert message.startswith(site) and f"{name} has shape [2, {length}]" in message, message
     assert f"[batch, seq] = [2, {LENGTH}]" in message and "pool over every position" in message
+
+
+@pytest.mark.parametrize("make", list(CONFIGS.values()), ids=list(CONFIGS))
+def test_the_nnx_t5_gives_its_sites_its_own_masks(make):
+    """Called plainly, as a training step calls it (no ``sequence_masks`` block), the NNX
+    T5 hands its ``attention_mask`` / ``decoder_attention_mask`` to its sequence-routed
+    sites, as the torch backend's hooks do: a masked pad on either side changes nothing."""
+    model = _model(make)
+    plain = nnx.jit(lambda m, *args: m(*args))
+    ids, mask = _padded(IDS[:, :-1])
+    dec, dec_mask = _padded(DEC[:, :-1])
+    want = np.asarray(_logits(model, ids[:, :-1], mask[:, :-1], dec[:, :-1]))
+    got = np.asarray(plain(model, ids, mask, dec, dec_mask))[:, :-1]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    hidden = model.encode(jnp.asarray(ids), jnp.asarray(mask))
+    np.testing.assert_allclose(
+        hidden[:, :-1], model.encode(jnp.asarray(ids[:, :-1]), jnp.asarray(mask[:, :-1])),
+        rtol=1e-5, atol=1e-5,
+    )  # fmt: skip

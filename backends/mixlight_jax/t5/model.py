@@ -1,5 +1,8 @@
 """T5 models: ``shared`` embedding, ``encoder``, ``decoder`` and ``lm_head`` as in HF."""
 
+import contextlib
+from collections.abc import Iterator
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -17,6 +20,22 @@ def _padding_bias(attention_mask: jax.Array | None) -> jax.Array:
     return mask_to_bias(padding_mask(attention_mask))
 
 
+@contextlib.contextmanager
+def _own_masks(model: nnx.Module, **masks: jax.Array | None) -> Iterator[None]:
+    """The model's own padding masks for its sequence-routed sites (as the torch backend's
+    hooks take them from the call), so a call needs no ``sequence_masks`` block around it."""
+    from mixlight_jax.model import is_injected, sequence_masks, state_of
+
+    routed = is_injected(model) and any(
+        config.routing == "sequence" for config in state_of(model).configs.values()
+    )
+    if not routed:
+        yield
+        return
+    with sequence_masks(model, **masks):
+        yield
+
+
 class _T5Encoding(nnx.Module):
     """``shared`` token embedding and ``encoder`` stack, common to both models."""
 
@@ -28,7 +47,8 @@ class _T5Encoding(nnx.Module):
     def encode(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """``input_ids`` ``[batch, src_len]`` (``attention_mask`` same shape, 1 = token) ->
         encoder output ``[batch, src_len, d_model]``."""
-        hidden_states, _ = self.encoder(self.shared(input_ids), _padding_bias(attention_mask))
+        with _own_masks(self, attention_mask=attention_mask):
+            hidden_states, _ = self.encoder(self.shared(input_ids), _padding_bias(attention_mask))
         return hidden_states
 
 
@@ -89,12 +109,15 @@ class T5ForConditionalGeneration(_T5Encoding):
         allowed = causal_mask(target_length, target_length)
         if decoder_attention_mask is not None:
             allowed = allowed & padding_mask(decoder_attention_mask)
-        hidden_states, _ = self.decoder(
-            self.shared(decoder_input_ids),
-            mask_to_bias(allowed),
-            cross_bias=_padding_bias(attention_mask),
-            encoder_hidden_states=encoder_hidden_states,
-        )
+        with _own_masks(
+            self, attention_mask=attention_mask, decoder_attention_mask=decoder_attention_mask
+        ):
+            hidden_states, _ = self.decoder(
+                self.shared(decoder_input_ids),
+                mask_to_bias(allowed),
+                cross_bias=_padding_bias(attention_mask),
+                encoder_hidden_states=encoder_hidden_states,
+            )
         return self.logits(hidden_states)
 
     def init_cache(self, encoder_hidden_states: jax.Array, max_length: int) -> DecoderCache:
