@@ -268,7 +268,7 @@ def check_t5_dir(path: Path) -> None:
         raise DemoError(f"--model {path}: no config.json (expected a Hugging Face T5 checkpoint)")
     try:
         model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError, RecursionError) as err:
         raise DemoError(f"--model {path}: config.json is not a JSON object ({err})") from None
     if model_type != "t5":
         raise DemoError(f"--model {path}: model_type is {model_type!r}, the demo needs 't5'")

@@ -598,8 +598,9 @@ def default_cases(
 ) -> list[tuple[str, Any]]:
     """The case families a check draws from: for a custom ``expert``, its sites (small:
     its gradients come from central differences); else one family per built-in fast op
-    (MoV, (IA)³, routed MoLoRA, LoRA and output-routed MoLoRA) and one of sequence routing
-    (the core math), with ``batches`` rows (multiples of the places' data shards)."""
+    (``mov``, ``ia3``, ``molora``: MoLoRA routed on its input, ``lora``: LoRA and MoLoRA
+    routed on its output) and ``core``, sites no fast op serves (sequence routing, vectors
+    routed on the input), with ``batches`` rows (multiples of the places' data shards)."""
     from hypothesis import strategies as st
 
     from mixlight.experts import LowRank, Vectors
@@ -615,26 +616,25 @@ def default_cases(
         ]
     low_rank = st.builds(LowRank, st.integers(1, 4), st.sampled_from([1.0, 8.0, 16.0]))
     token: dict[str, Any] = dict(routings=("token",), **common)
+    routed: dict[str, Any] = dict(min_experts=2, max_experts=8, **token)
     return [
-        (
-            "mov",
-            site_cases(expert=Vectors(), min_experts=2, max_experts=8, reads=("output",), **token),
-        ),
-        ("ia3", site_cases(expert=Vectors(), max_experts=1, **token)),
-        (
-            "molora",
-            site_cases(expert=low_rank, min_experts=2, max_experts=8, reads=("input",), **token),
-        ),
+        ("mov", site_cases(expert=Vectors(), reads=("output",), **routed)),
+        ("ia3", site_cases(expert=Vectors(), max_experts=1, reads=("output",), **token)),
+        ("molora", site_cases(expert=low_rank, reads=("input",), heads=(None,), **routed)),
         (
             "lora",
             st.one_of(
                 site_cases(expert=low_rank, max_experts=1, **token),
-                site_cases(
-                    expert=low_rank, min_experts=2, max_experts=6, reads=("output",), **token
-                ),
+                site_cases(expert=low_rank, reads=("output",), **routed),
             ),
         ),
-        ("sequence", site_cases(min_experts=2, max_experts=6, routings=("sequence",), **common)),
+        (
+            "core",
+            st.one_of(
+                site_cases(min_experts=2, max_experts=6, routings=("sequence",), **common),
+                site_cases(expert=Vectors(), reads=("input",), **token),
+            ),
+        ),
     ]
 
 

@@ -4,7 +4,8 @@ and, under an initialised ``torch.distributed``, a DDP group of all processes.
 At each, a case's site is injected (:func:`mixlight.inject`) into a tiny module whose adapted
 ``proj`` returns the case's frozen output ``h``, so the adapter layer runs as in a model, with
 the fast op :mod:`mixlight.fast_ops` picks (the autograd Functions; the Triton kernel on
-CUDA), eagerly or under ``torch.compile(fullgraph=True)``; gradients come from ``backward``.
+CUDA), eagerly or under ``torch.compile`` (``fullgraph=True`` for the backend's own fast ops,
+which promise it); gradients come from ``backward``.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def _run(
     rows: slice | None = None,
     world: int = 1,
 ) -> Outcome:
-    from mixlight_torch.conformance import op_label
+    from mixlight_torch.conformance import builtin_op, op_label
 
     spec = case.spec
     model = _Tiny(spec.d_in, spec.d_out).to(device)
@@ -106,7 +107,9 @@ def _run(
     if mode == "compiled":
         if compile_backend is None:
             raise PlaceError("mode 'compiled' needs a compile_backend")
-        runner = torch.compile(runner, backend=compile_backend, fullgraph=True)
+        # this backend's fast ops promise fullgraph; the core math and registered ops may break
+        full = builtin_op(layer, "default")
+        runner = torch.compile(runner, backend=compile_backend, fullgraph=full)
     elif mode != "eager":
         raise PlaceError(f"mode {mode!r}: torch places run 'eager' or 'compiled'")
     op = op_label(layer, "default", h, mode == "compiled")

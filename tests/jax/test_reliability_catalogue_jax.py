@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+import mixlight as ml
+
 pytest.importorskip("jax")
 pytest.importorskip("flax")
 
@@ -64,7 +66,22 @@ KIT = Kit(
     "torch",
     lambda m: (nnx.graphdef(m), jax.tree.map(jnp.shape, nnx.state(m))),
 )
-CASES: list[Case] = model_cases(KIT)
+
+
+def nested_checkpoint(tmp):
+    (tmp / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    return tmp
+
+
+CASES: list[Case] = model_cases(KIT) + [
+    Case(
+        "jax: load_model of a config.json nested 100000 deep",
+        lambda t: ml.load_model(nested_checkpoint(t), backend="jax"),
+        ValueError,
+        r"config\.json is not a readable JSON file \(JSON nested too deeply\)",
+        "copy the checkpoint again",
+    ),
+]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

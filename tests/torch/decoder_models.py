@@ -31,7 +31,8 @@ FAMILIES = {
     "gpt2": (
         "GPT2Config",
         "GPT2LMHeadModel",
-        dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1,
+        dict(vocab_size=VOCAB, n_embd=32, n_inner=64, n_layer=2, n_head=4, n_positions=64,
+             bos_token_id=1, pad_token_id=0,
              eos_token_id=2),
     ),
     "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", _COMMON),

@@ -33,8 +33,22 @@ def read_config(directory: Path) -> dict[str, Any]:
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in checkpoint directory {str(directory)!r}")
-    with config_path.open() as f:
-        return json.load(f)
+    return _json_object(config_path)
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; a :class:`CheckpointError` naming the file for text that
+    is not UTF-8, not JSON, nested too deeply to read, or not an object."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        problem = "JSON nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise CheckpointError(
+            f"{path} is not a readable JSON file ({problem}); copy the checkpoint again"
+        ) from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a JSON object; copy the checkpoint again")
+    return data
 
 
 def read_state_dict(directory: Path) -> dict[str, Any]:
@@ -56,8 +70,14 @@ def read_state_dict(directory: Path) -> dict[str, Any]:
 
 
 def _read_sharded_safetensors(directory: Path) -> dict[str, Any]:
-    with (directory / SAFETENSORS_INDEX_NAME).open() as f:
-        weight_map: dict[str, str] = json.load(f)["weight_map"]
+    weight_map = _json_object(directory / SAFETENSORS_INDEX_NAME).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(v, str) for v in weight_map.values()
+    ):
+        raise CheckpointError(
+            f"{directory / SAFETENSORS_INDEX_NAME} has no weight_map of shard file names; "
+            "copy the checkpoint again"
+        )
     state: dict[str, Any] = {}
     for shard in sorted(set(weight_map.values())):
         if not (directory / shard).is_file():
