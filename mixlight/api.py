@@ -34,6 +34,11 @@ def inject(
     """Wrap the modules matched by ``config``'s sites in adapters, freeze everything else,
     and return the model (modified in place).
 
+    Freezing is torch's (``requires_grad`` off). JAX has no such flag: in a Flax NNX model
+    the base parameters stay ``nnx.Param``, and training the adapter alone means selecting
+    it by type, ``nnx.Optimizer(model, tx, wrt=mixlight_jax.AdapterParam)`` and
+    ``nnx.DiffState(0, AdapterParam)`` (see :func:`mixlight_jax.model.inject`).
+
     ``seed`` fixes the adapters' initial values (drawn with numpy from the canonical
     initialisers, so a seed gives the same adapter in every backend); None takes it from the
     framework's own RNG where it has one (``torch.manual_seed``), else 0.

@@ -35,8 +35,36 @@ FILE = "checkpoint.safetensors"
 DATA_FILE = "data_sha256.json"
 META_KEY = "mixlight_tune_checkpoint"
 FORMAT = 1
-# Keys that may change between a run and its resumption: how it is shown, not what it computes.
-NOT_COMPARED = ("progress", "output_dir", "eval_batch_size", "checkpoint_every")
+# Keys that may change between a run and its resumption: how it is shown and where it runs,
+# not what it computes (a run may continue on other devices or another number of processes:
+# the same experiment, to float rounding).
+NOT_COMPARED = (
+    "progress",
+    "output_dir",
+    "eval_batch_size",
+    "checkpoint_every",
+    "log",
+    "device",
+    "threads",
+    "distributed",
+    "mesh",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
+    "gradient_checkpointing",
+)
+# Keys added after checkpoints were first written, and the value that reproduces what a run
+# saved before them did: a saved config without the key compares as having that value.
+INTRODUCED: dict[str, Any] = {
+    "dropout": 0.0,
+    "precision": "fp32",
+    "grad_accum_steps": 1,
+    "lr_schedule": "constant",
+    "warmup_steps": 0,
+    "max_grad_norm": None,
+    "eval_every": 0,
+    "keep_best": None,
+}
 
 
 class ResumeError(DemoError):
@@ -51,6 +79,7 @@ class Checkpoint:
     losses: list[float]
     arrays: dict[str, np.ndarray]
     scalars: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # the loop's journal (evaluations)
 
     def group(self, prefix: str) -> dict[str, np.ndarray]:
         """The arrays under ``prefix/``, keyed by the rest of their name."""
@@ -97,7 +126,9 @@ class Resume:
             )
         for name in meta.get("zero_dim", []):  # (safetensors stores a 0-d array as [1])
             arrays[name] = arrays[name].reshape(())
-        return Checkpoint(meta["step"], meta["losses"], arrays, meta.get("scalars", {}))
+        return Checkpoint(
+            meta["step"], meta["losses"], arrays, meta.get("scalars", {}), meta.get("extra", {})
+        )
 
     def due(self, step: int, last: int) -> bool:
         """Whether to save after ``step`` steps of ``last`` (every ``every``, and the last)."""
@@ -109,12 +140,14 @@ class Resume:
         losses: list[float],
         arrays: Mapping[str, np.ndarray],
         scalars: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         meta = {
             "format": FORMAT,
             "step": step,
             "losses": losses,
             "scalars": dict(scalars or {}),
+            "extra": dict(extra or {}),
             "config": dict(self.config),
             "zero_dim": sorted(k for k, v in arrays.items() if np.ndim(v) == 0),
         }
@@ -172,7 +205,8 @@ class DataRecord:
 def config_changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     """``"key: checkpoint X, config Y"`` for every compared key whose value differs; nested
     tables are compared key by key (``adapter.config.num_experts: checkpoint 3, config 4``)."""
-    before, after = _flat(saved), _flat(now)
+    before = {k: v for k, v in INTRODUCED.items() if k not in saved} | _flat(saved)
+    after = _flat(now)
     keys = sorted(k for k in set(before) | set(after) if k.split(".")[0] not in NOT_COMPARED)
     return [
         f"{k}: checkpoint {before.get(k)!r}, config {after.get(k)!r}"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -30,9 +30,20 @@ class DemoError(ValueError):
     """Bad demo input or a failed run, reported with what to change."""
 
 
+Pair = tuple[list[int], list[int]]
+"""One tokenised example: ``(input ids, target ids)``, each truncated and ending in EOS."""
+
+
 @dataclass(frozen=True)
 class TuneSettings:
-    """What ``tune`` needs besides the data: one method's optimisation recipe."""
+    """What ``tune`` needs besides the data: one method's optimisation recipe.
+
+    The fields after ``resume`` default to the demo's behaviour (one micro-batch a step, a
+    constant rate, no clipping, a copy of the base, no evaluation during training).
+    ``batch_size`` is the global batch: split over ``grad_accum_steps`` micro-batches and
+    each of those over the data-parallel ways, the loss normalised by the global number of
+    target tokens (:mod:`mixlight_tune.loop`).
+    """
 
     steps: int
     batch_size: int
@@ -45,6 +56,66 @@ class TuneSettings:
     progress: bool
     label: str
     resume: Resume | None = None  # save (and continue from) checkpoints in a run directory
+    grad_accum_steps: int = 1
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    max_grad_norm: float | None = None
+    in_place: bool = False  # tune the base model itself (``mixlight tune``: no second copy)
+    bucket: int = 0  # JAX padding: 0 = the data's longest rows, else a multiple of ``bucket``
+    eval_every: int = 0
+    evaluator: Callable[[Any, int], float] | None = field(default=None, compare=False)
+    logger: Callable[[int, dict[str, float]], None] | None = field(default=None, compare=False)
+    pairs: Sequence[Pair] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a backend runs the model (``mixlight tune``'s device keys; the demo
+    passes none: the CPU, float32, its own thread count). See docs/tune.md."""
+
+    device: str = "auto"
+    threads: int | None = None
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
+    distributed: str = "ddp"
+    mesh: dict[str, int] | None = None
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """How a run is spread: ``processes`` (this one is ``rank``), ``devices`` in all,
+    ``data`` ways of data parallelism, ``model`` ways of model (expert/kernel) sharding, and
+    the ``layout`` ("single", "ddp", "fsdp" or "mesh"). Rank 0 alone writes files."""
+
+    processes: int = 1
+    rank: int = 0
+    devices: int = 1
+    data: int = 1
+    model: int = 1
+    layout: str = "single"
+    device: str = "cpu"
+    notes: tuple[str, ...] = ()
+
+    @property
+    def writer(self) -> bool:
+        return self.rank == 0
+
+    def record(self) -> dict[str, Any]:
+        """``metrics.json``'s ``parallel`` entry."""
+        out: dict[str, Any] = {
+            "processes": self.processes,
+            "devices": self.devices,
+            "data": self.data,
+            "model": self.model,
+            "layout": self.layout,
+            "device": self.device,
+        }
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
 
 
 Routing = dict[str, dict[str, list[float]]]
@@ -58,13 +129,16 @@ class Base(Protocol):
     model: Any
     description: str
     path: Path
+    encode: Callable[[str], list[int]]
+    parallel: Parallel
 
 
 class BackendSteps(Protocol):
     """The train and score steps a backend provides (all of them pure of demo state)."""
 
-    def prepare(self, cfg: DemoConfig) -> Base:
-        """Load the base model at ``cfg``'s checkpoint (building the built-in one if asked)."""
+    def prepare(self, cfg: DemoConfig, runtime: Runtime | None = None) -> Base:
+        """Load the base model at ``cfg``'s checkpoint (building the built-in one if asked),
+        on ``runtime``'s devices and processes (joining the process group first)."""
         ...
 
     def tune(
@@ -90,7 +164,13 @@ class BackendSteps(Protocol):
         ...
 
     def save(self, model: Any, directory: Path) -> Path | None:
-        """Save the adapter (``None`` for full fine-tuning, which saves nothing)."""
+        """Save the adapter (``None`` for full fine-tuning, which saves nothing). Called on
+        every process of a parallel run (gathering shards is collective); rank 0 writes."""
+        ...
+
+    def memory_inputs(self, model: Any) -> dict[str, Any]:
+        """What :func:`mixlight_tune.memory.estimate` needs of an injected model: base
+        parameter count and bytes, trainable parameter shapes."""
         ...
 
 

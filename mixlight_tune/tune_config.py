@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,15 @@ PRESETS: dict[str, Callable[..., ml.AdapterConfig]] = {
     "lora": ml.LoRA,
 }
 OPTIMIZERS = ("adafactor", "adamw", "sgd")
+PRECISIONS = ("fp32", "bf16")
+SCHEDULES = ("constant", "linear", "cosine")
+LAYOUTS = ("ddp", "fsdp")
+LOGGERS = ("tensorboard", "wandb")
+KEEP_BEST = ("eval_average",)
+MESH_AXES = ("data", "model")
+# The paper's fine-tuning dropout (paper.md §4.2: T5X's finetune gin sets DROPOUT_RATE 0.1 on
+# the residual, attention and FFN-intermediate dropouts); the demo keeps its own 0.
+DEFAULT_DROPOUT = 0.1
 DEFAULT_ADAPTER: dict[str, Any] = {"preset": "mov", "num_experts": 10}
 MAX_SEED = 2**32 - 1  # every RNG the backends seed (numpy's, torch's, JAX's) takes these
 
@@ -66,6 +76,25 @@ class TuneConfig:
     eval_batch_size: int = 64
     progress: bool = True
     checkpoint_every: int = 50
+    # the model and where it runs
+    dropout: float = DEFAULT_DROPOUT
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
+    device: str = "auto"
+    threads: int | None = None
+    distributed: str = "ddp"
+    mesh: dict[str, int] | None = None
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    # the training loop
+    grad_accum_steps: int = 1
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    max_grad_norm: float | None = None
+    eval_every: int = 0
+    keep_best: str | None = None
+    log: tuple[str, ...] = ()
 
     def resolved(self) -> dict[str, Any]:
         """The config as JSON-ready data, every default filled in (``--dry-run`` prints it
@@ -75,6 +104,8 @@ class TuneConfig:
         out["adapter"] = {"config": self.adapter.to_dict()}
         for key in ("model", "data", "eval_data", "output_dir"):
             out[key] = None if out[key] is None else str(out[key])
+        out["log"] = list(self.log)
+        out["mesh"] = None if self.mesh is None else dict(self.mesh)
         return out
 
 
@@ -157,7 +188,72 @@ def parse(raw: dict[str, Any], base_dir: Path = Path("."), where: str = "config"
         raise TuneConfigError(f"output_dir must be a folder path (a string), got {out!r}")
     values["output_dir"] = _absolute(base_dir, out)
     values["adapter"] = make_adapter(raw.get("adapter", DEFAULT_ADAPTER))
+    values |= _scale_keys(raw, default)
+    values |= _loop_keys(raw, default, values)
     return TuneConfig(**values)
+
+
+def _scale_keys(raw: dict[str, Any], default: TuneConfig) -> dict[str, Any]:
+    """The model's settings and where the run executes (docs/tune.md, "Devices, processes,
+    memory")."""
+    values: dict[str, Any] = {
+        "dropout": _fraction(raw, "dropout", default.dropout),
+        "precision": _choice(raw, "precision", default.precision, PRECISIONS),
+        "gradient_checkpointing": _bool(
+            raw, "gradient_checkpointing", default.gradient_checkpointing
+        ),
+        "device": _device(raw.get("device", default.device)),
+        "distributed": _choice(raw, "distributed", default.distributed, LAYOUTS),
+        "mesh": _mesh(raw.get("mesh")),
+    }
+    for key, minimum in (("threads", 1), ("num_processes", 1), ("process_id", 0)):
+        values[key] = None if raw.get(key) is None else _int(raw, key, 0, minimum=minimum)
+    address = raw.get("coordinator_address")
+    if address is not None and (not isinstance(address, str) or ":" not in address):
+        raise TuneConfigError(
+            f'coordinator_address must be "host:port" (process 0\'s address), got {address!r}'
+        )
+    values["coordinator_address"] = address
+    n, pid = values["num_processes"], values["process_id"]
+    if n is not None and pid is not None and pid >= n:
+        raise TuneConfigError(f"process_id must be below num_processes ({n}), got {pid}")
+    return values
+
+
+def _loop_keys(raw: dict[str, Any], default: TuneConfig, values: dict[str, Any]) -> dict[str, Any]:
+    """The training loop's keys, checked against each other and the rest of the config."""
+    out: dict[str, Any] = {
+        "grad_accum_steps": _int(raw, "grad_accum_steps", default.grad_accum_steps, minimum=1),
+        "lr_schedule": _choice(raw, "lr_schedule", default.lr_schedule, SCHEDULES),
+        "warmup_steps": _int(raw, "warmup_steps", default.warmup_steps, minimum=0),
+        "eval_every": _int(raw, "eval_every", default.eval_every, minimum=0),
+    }
+    norm = raw.get("max_grad_norm")
+    out["max_grad_norm"] = None if norm is None else _positive(norm, "max_grad_norm")
+    keep = raw.get("keep_best")
+    if keep is not None and keep not in KEEP_BEST:
+        raise TuneConfigError(f'keep_best must be "eval_average" or omitted, got {keep!r}')
+    out["keep_best"] = keep
+    out["log"] = _log(raw.get("log", []))
+    if values["batch_size"] % out["grad_accum_steps"]:
+        raise TuneConfigError(
+            f"batch_size ({values['batch_size']}) must be a multiple of grad_accum_steps "
+            f"({out['grad_accum_steps']}): each step splits the batch into that many equal "
+            "micro-batches"
+        )
+    if out["warmup_steps"] > values["steps"]:
+        raise TuneConfigError(
+            f"warmup_steps ({out['warmup_steps']}) must not exceed steps ({values['steps']})"
+        )
+    if values["eval_data"] is None and (out["eval_every"] or keep is not None):
+        what = "eval_every" if out["eval_every"] else "keep_best"
+        raise TuneConfigError(f"{what} needs eval_data (rows with answer_choices to score)")
+    if keep is not None and not out["eval_every"]:
+        raise TuneConfigError(
+            "keep_best needs eval_every > 0: the best adapter is chosen among the evaluations "
+            "made during training"
+        )
+    return out
 
 
 def make_adapter(source: Any) -> ml.AdapterConfig:
@@ -221,6 +317,55 @@ def _bool(raw: dict[str, Any], key: str, default: bool) -> bool:
     if not isinstance(value, bool):
         raise TuneConfigError(f"{key} must be true or false, got {value!r}")
     return value
+
+
+def _fraction(raw: dict[str, Any], key: str, default: float) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise TuneConfigError(f"{key} must be a number from 0 (off) to below 1, got {value!r}")
+    return float(value)
+
+
+def _positive(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TuneConfigError(f"{key} must be a positive number or omitted, got {value!r}")
+    number = float(value)
+    if not (math.isfinite(number) and number > 0):
+        raise TuneConfigError(f"{key} must be a positive finite number, got {value!r}")
+    return number
+
+
+def _device(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise TuneConfigError(
+            f'device must be "auto", "cpu", "cuda" or "cuda:N", got {value!r} ("auto": CUDA '
+            "when present, else the CPU)"
+        )
+    return value
+
+
+def _mesh(value: Any) -> dict[str, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value or set(value) - set(MESH_AXES):
+        raise TuneConfigError(
+            f"mesh must be a table of device counts by axis, {{data = D, model = M}}, got "
+            f"{value!r} (omit it to put every device on data)"
+        )
+    for axis, size in value.items():
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise TuneConfigError(f"mesh.{axis} must be an integer >= 1, got {size!r}")
+    return {axis: value[axis] for axis in MESH_AXES if axis in value}
+
+
+def _log(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or any(v not in LOGGERS for v in value):
+        raise TuneConfigError(
+            f'log must be a list of "tensorboard" and/or "wandb", got {value!r}'
+        )
+    return tuple(dict.fromkeys(value))
 
 
 def _lr(value: Any) -> float:

@@ -141,6 +141,11 @@ def _records(model: nnx.Module, entries: dict[str, Entry]) -> dict[str, ModuleRe
         module = _unwrapped(_child(parent, entry.path[-1]))
         found = layout(module)
         refusal = None
+        if isinstance(found, Layout) and found.stack is not None and entry.layer is None:
+            found = (
+                f"it holds {found.stack} layers stacked by nnx.vmap, which are listed as "
+                f"{dotted}.0 ... {dotted}.{found.stack - 1}: match those"
+            )
         if isinstance(found, str):
             refusal = (
                 f"cannot adapt {dotted}: {type(module).__name__} with kernel shape "

@@ -17,6 +17,7 @@ from mixlight_torch.model import (
     adapter_layers,
     canonical_weight,
     materialize,
+    quantized_weight,
     remove_adapters,
     state_of,
     unwrap,
@@ -37,7 +38,10 @@ def merge_and_unload(model: nn.Module, routing: Routing | None = None) -> nn.Mod
     state_of(model)
     materialize(model, "merge the adapter")
     linear, activations = [], []
-    for path, layer in adapter_layers(model).items():
+    layers = adapter_layers(model)
+    for path, layer in layers.items():
+        _refuse_quantized(path, layer.base)
+    for path, layer in layers.items():
         params = {n: p.detach().float().cpu().numpy() for n, p in layer.adapter.items()}
         update = site_update(layer.spec, params, routing)
         weight = canonical_weight(layer.base)
@@ -70,6 +74,18 @@ def _consumer_weight(model: nn.Module, path: str, base: nn.Module, update: Merge
         "linear layer, and no sibling consumes its output (one of "
         f"{', '.join(ACTIVATION_CONSUMERS)}); keep this adapter unmerged"
     )
+
+
+def _refuse_quantized(path: str, base: nn.Module) -> None:
+    weight = getattr(base, "weight", None)
+    if isinstance(weight, Tensor) and quantized_weight(weight):
+        raise ValueError(
+            f"cannot merge the adapter at {path}: its base weight is quantized "
+            f"({type(weight).__name__}), and folding the adapter into it would quantize the "
+            "update away; merge into an unquantized copy of the base model (load it in "
+            "float, mixlight.load_adapter, merge_and_unload, then quantize), or keep the "
+            "adapter unmerged"
+        )
 
 
 def _refuse_input_delta(path: str, update: Merged) -> None:

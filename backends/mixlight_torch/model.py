@@ -116,7 +116,10 @@ def _plain_paths(model: nn.Module) -> list[str]:
 
 
 def _width(module: nn.Module | None, which: str) -> int | None:
-    """Width of an ``nn.Linear`` or HF ``Conv1D``; None for anything else."""
+    """Width of an ``nn.Linear`` (also one whose weight a quantization library holds) or HF
+    ``Conv1D``; None for anything else."""
+    if isinstance(module, nn.Linear):
+        return int(module.in_features if which == "in" else module.out_features)
     weight = canonical_weight(module)
     return None if weight is None else int(weight.shape[0 if which == "in" else 1])
 
@@ -455,12 +458,28 @@ def base_identity(model: nn.Module, adapter: str | None = None) -> BaseIdentity:
 
 def canonical_weight(module: nn.Module | None) -> torch.Tensor | None:
     """The weight of an ``nn.Linear`` or HF ``Conv1D`` (also one an adapter layer wraps) as
-    ``[d_in, d_out]`` (a view: writes reach the module), else None."""
+    ``[d_in, d_out]`` (a view: writes reach the module), else None; None too for a weight a
+    quantization library holds (:func:`quantized_weight`), which has no such view."""
     if isinstance(module, AdapterLayer):
         module = module.base
-    if isinstance(module, nn.Linear):
-        return module.weight.T
     weight = getattr(module, "weight", None)
-    if type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor):
+    if not isinstance(weight, torch.Tensor) or quantized_weight(weight):
+        return None
+    if isinstance(module, nn.Linear):
+        return weight.T
+    if type(module).__name__ == "Conv1D":
         return weight
     return None
+
+
+def quantized_weight(weight: torch.Tensor) -> bool:
+    """Whether ``weight`` is held by a tensor subclass of a quantization library (torchao's
+    ``Int8Tensor``, bitsandbytes' ``Int8Params``/``Params4bit``, ...) rather than a plain or
+    sharded (``DTensor``) float tensor: its module still runs, but its values are not there
+    to read, sample or merge into."""
+    kind = type(weight)
+    if kind in (torch.Tensor, nn.Parameter) or kind.__name__ == "DTensor":
+        return False
+    return kind.__module__.partition(".")[0] in ("torchao", "bitsandbytes", "optimum") or (
+        not weight.is_floating_point()
+    )

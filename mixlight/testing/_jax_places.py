@@ -11,6 +11,7 @@ parameters split by logical axis rules over ``model``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,9 +47,16 @@ class _GivenOutput(nnx.Linear):
         return h
 
 
+def _zeros(key: Any, shape: Sequence[int], dtype: Any = jnp.float32) -> np.ndarray:
+    """A kernel of zeros, made on the host (an initialiser run by JAX compiles per shape)."""
+    return np.zeros(shape, dtype)
+
+
 class _Tiny(nnx.Module):
     def __init__(self, d_in: int, d_out: int) -> None:
-        self.proj = _GivenOutput(d_in, d_out, use_bias=False, rngs=nnx.Rngs(0))
+        self.proj = _GivenOutput(
+            d_in, d_out, use_bias=False, kernel_init=_zeros, rngs=nnx.Rngs(0)
+        )
 
     def __call__(self, x: jax.Array, h: jax.Array) -> jax.Array:
         return self.proj(x, h)
@@ -106,9 +114,43 @@ def _to_numpy(a: Any) -> np.ndarray | None:
     return np.asarray(a).astype(np.float64)
 
 
-def _run_at(layout: _Layout) -> Callable[[Any, np.ndarray | None, str], Outcome]:
+def _both(
+    graphdef: Any,
+    sequence: bool,
+    op: Any,
+    params: Any,
+    rest: Any,
+    x: Any,
+    h: Any,
+    mask: Any,
+    g: Any,
+) -> Any:
+    """The injected module's output and routing and, with a cotangent ``g``, the vjp of its
+    adapter parameters, ``x`` and ``h``. ``op`` (the fast op the site runs, or None) only
+    keys the jit cache, so that an op swapped in the table is traced anew."""
     from mixlight_jax import sequence_masks
-    from mixlight_jax.conformance import op_label
+
+    def forward(params: Any, x: Any, h: Any) -> Any:
+        m = nnx.merge(graphdef, params, rest, copy=True)
+        if sequence:
+            with sequence_masks(m, attention_mask=mask):
+                out = m(x, h)
+        else:
+            out = m(x, h)
+        return out, (m.proj.last_probs.get_value(), m.proj.last_logits.get_value())
+
+    if g is None:
+        out, routed = forward(params, x, h)
+        return out, routed, None
+    out, pull, routed = jax.vjp(forward, params, x, h, has_aux=True)
+    return out, routed, pull(g)
+
+
+_jitted = jax.jit(_both, static_argnums=(0, 1, 2))
+
+
+def _run_at(layout: _Layout) -> Callable[[Any, np.ndarray | None, str], Outcome]:
+    from mixlight_jax.conformance import op_label, serving_op
 
     def run(case: Any, g_out: np.ndarray | None, mode: str) -> Outcome:
         from mixlight_jax import AdapterParam
@@ -121,30 +163,10 @@ def _run_at(layout: _Layout) -> Callable[[Any, np.ndarray | None, str], Outcome]
         h = _put(np.asarray(case.h, dtype), layout.batch)
         mask = _put(np.asarray(case.mask, np.float32), layout.batch)
         g = None if g_out is None else _put(np.asarray(g_out, dtype), layout.batch)
-        sequence = case.spec.routing == "sequence"
-
-        def both(params: Any, rest: Any, x: Any, h: Any, mask: Any, g: Any) -> Any:
-            def forward(params: Any, x: Any, h: Any) -> Any:
-                m = nnx.merge(graphdef, params, rest, copy=True)
-                if sequence:
-                    with sequence_masks(m, attention_mask=mask):
-                        out = m(x, h)
-                else:
-                    out = m(x, h)
-                return out, (m.proj.last_probs.get_value(), m.proj.last_logits.get_value())
-
-            if g is None:
-                out, routed = forward(params, x, h)
-                return out, routed, None
-            out, pull, routed = jax.vjp(forward, params, x, h, has_aux=True)
-            return out, routed, pull(g)
-
-        fn = jax.jit(both) if mode == "jit" else both
-        if layout.mesh is not None:
-            with jax.set_mesh(layout.mesh):
-                out, (probs, logits), pulled = fn(params, rest, x, h, mask, g)
-        else:
-            out, (probs, logits), pulled = fn(params, rest, x, h, mask, g)
+        args = (graphdef, case.spec.routing == "sequence", serving_op(case.spec))
+        fn = _jitted if mode == "jit" else _both
+        with jax.set_mesh(layout.mesh) if layout.mesh is not None else contextlib.nullcontext():
+            out, (probs, logits), pulled = fn(*args, params, rest, x, h, mask, g)
         grads = None
         if pulled is not None:
             g_params, g_x, g_h = pulled

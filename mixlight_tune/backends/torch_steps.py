@@ -5,21 +5,30 @@ SentencePiece vocabulary, pre-trained on the miniature world's corpus (span corr
 with prefix LM) and written as ``save_pretrained`` + ``spiece.model`` (+ ``pretraining.json``),
 which ``--model`` also accepts. Tuning pads each batch to its longest row; labels use -100
 for padding.
+
+``mixlight tune`` runs through :func:`prepare` with a :class:`~mixlight_tune.steps.Runtime`:
+the device (``auto``: CUDA when present), the CPU threads, bfloat16 base weights, activation
+checkpointing and, under ``torchrun``, the process group (NCCL on CUDA, gloo on the CPU) with
+the model wrapped in DDP or sharded with FSDP2 (:mod:`mixlight_torch.distributed`). The loop
+itself is :mod:`mixlight_tune.loop`; :class:`TorchTrainer` is its step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
 import json
+import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,21 +51,33 @@ from mixlight_tune.experiment import (
 )
 from mixlight_tune.sampling import batches
 from mixlight_tune.schema import Example
-from mixlight_tune.steps import TuneSettings, adapter_fits, check_finite_loss
+from mixlight_tune import loop
+from mixlight_tune.checkpoint import Checkpoint
+from mixlight_tune.steps import (
+    DemoError,
+    Pair,
+    Parallel,
+    Runtime,
+    TuneSettings,
+    adapter_fits,
+    check_finite_loss,
+)
 from mixlight_tune.tokenizer import EOS_ID, PAD_ID, Tokenizer, train_tokenizer
 
-Pair = tuple[list[int], list[int]]
 BASE_SETTING = "base folder"  # how errors name build_base's directory
 
 
 @dataclass
 class Base:
-    """The frozen starting point every method copies, and its tokenizer."""
+    """The frozen starting point every method copies, and its tokenizer; where it runs."""
 
     model: transformers.T5ForConditionalGeneration
     encode: Callable[[str], list[int]]
     path: Path
     description: str
+    parallel: Parallel = dataclasses.field(default_factory=Parallel)
+    runtime: Runtime | None = None
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
 
 
 def t5_config(spec: BaseSpec, vocab_size: int) -> transformers.T5Config:

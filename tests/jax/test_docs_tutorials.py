@@ -36,6 +36,10 @@ def test_jax_tutorial(tmp_path):
     )
     np.testing.assert_array_equal(np.asarray(ns["reloaded"]), np.asarray(ns["logits"]))
     assert ml.read_adapter(tmp_path / "out/mov-jax").config == ml.MoV(num_experts=4)
+    # section 5: a scanned stack of MultiHeadAttention blocks, adapted and listed per layer
+    stats = ml.routing_stats(ns["stack"])
+    assert len(stats) == 3 * 3 and ns["out"].shape == (2, 5, 32)
+    assert stats["layers.2.attn.key"]["mean_prob"].shape == (4,)
 
 
 def test_tune_tutorial(tmp_path):

@@ -18,7 +18,7 @@ from flax import nnx  # noqa: E402
 
 import mixlight as ml  # noqa: E402
 import mixlight.extend as mlx  # noqa: E402
-from mixlight_jax import AdapterParam, adapter_layers  # noqa: E402
+from mixlight_jax import AdapterParam, adapter_layers, sequence_masks  # noqa: E402
 from mixlight_jax.model import adapter_arrays, set_adapter_arrays  # noqa: E402
 
 JAX = mlx.load_backend("jax")
@@ -108,9 +108,7 @@ def test_routed_mov_on_multi_head_attention_routes_per_kv_head():
     }
     _set(model, arrays)
     got = model(X)
-    want = _scaled_kv(
-        arrays["attn.key.vectors"].mean(0), arrays["attn.value.vectors"].mean(0)
-    )(X)
+    want = _scaled_kv(arrays["attn.key.vectors"].mean(0), arrays["attn.value.vectors"].mean(0))(X)
     np.testing.assert_allclose(_np(got), _np(want), atol=1e-5)
     probs = adapter_layers(model)["attn.key"].last_probs.get_value()
     assert probs.shape == (2, 5, 2, 3)  # [batch, seq, kv heads, experts]
@@ -288,7 +286,12 @@ def test_a_scanned_stack_is_adapted_per_layer_like_its_unrolled_layers(tmp_path)
     np.testing.assert_allclose(_np(scanned(XS)), _np(unrolled(XS)), atol=1e-5)
     paths = [s.path for s in JAX.plan(scanned, STACK_CONFIG)]
     assert paths == [s.path for s in JAX.plan(unrolled, STACK_CONFIG)]
-    assert paths[:4] == ["layers.0.attn.key", "layers.0.attn.value", "layers.0.fc1", "layers.1.attn.key"]
+    assert paths[:4] == [
+        "layers.0.attn.key",
+        "layers.0.attn.value",
+        "layers.0.fc1",
+        "layers.1.attn.key",
+    ]
 
     ml.inject(scanned, STACK_CONFIG, seed=5)
     ml.inject(unrolled, STACK_CONFIG, seed=5)
@@ -321,7 +324,7 @@ def test_a_scanned_stack_is_adapted_per_layer_like_its_unrolled_layers(tmp_path)
     np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-5)
     stacked = nnx.to_flat_state(grads)
     per_layer = dict(nnx.to_flat_state(want_grads))
-    assert len(stacked) == 3 * 2 + 3  # router+vectors on key and value, router+A+B on fc1
+    assert len(stacked) == 2 * 2 + 3  # router+vectors on key and value, router+A+B on fc1
     for path, grad in stacked:
         g = _np(grad.get_value())
         assert np.abs(g).max() > 0, path
@@ -362,21 +365,51 @@ def test_a_stack_takes_a_site_on_every_layer_or_none():
         model.layers.fc1(jnp.ones((2, D)))
 
 
-def test_sequence_routing_in_a_stack_pools_with_the_mask():
+class Linears(nnx.Module):
+    """A stack that is itself an ``nnx.Linear`` (vmapped directly)."""
+
+    def __init__(self):
+        @nnx.split_rngs(splits=LAYERS)
+        @nnx.vmap(in_axes=0, out_axes=0)
+        def create(rngs: nnx.Rngs) -> nnx.Linear:
+            return nnx.Linear(D, D, rngs=rngs)
+
+        self.lins = create(nnx.Rngs(0))
+        self.head = nnx.Linear(D, 2, rngs=nnx.Rngs(1))
+
+    def __call__(self, x):
+        @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+        def step(linear: nnx.Linear, x: jax.Array) -> jax.Array:
+            return linear(x)
+
+        return self.head(step(self.lins, x))
+
+
+def test_a_stacked_linear_is_adapted_by_its_layers_paths():
+    with pytest.raises(TypeError, match=r"cannot adapt lins: Linear with kernel shape \[3, 8, 8\]"):
+        ml.inject(Linears(), ml.LoRA(targets=["lins"]))
+    model = ml.inject(Linears(), ml.LoRA(targets=[r"lins\.\d+"]))
+    assert [s.path for s in JAX.adapter_specs(model)[1]] == ["lins.0", "lins.1", "lins.2"]
+    assert model(jnp.ones((2, D))).shape == (2, 2)
+
+
+def test_sequence_routing_in_a_stack_pools_each_layer_with_the_mask():
+    """Each scan step gets the whole ``[batch, seq]`` mask (broadcast along the layer axis
+    for the scan to slice), as each unrolled layer does."""
     config = ml.MoV(3, targets=[r"layers\.\d+\.fc1"], routing="sequence")
-    model = ml.inject(Scanned(), config)
-    _set(model, _random_arrays(model, positive=True))
-    padded = jnp.concatenate([XS, jnp.zeros((2, 2, 4))], axis=1)
-    mask = jnp.asarray(np.arange(7) < 5, jnp.float32)[None].repeat(2, 0)
-    with mlx_sequence_masks(model, attention_mask=mask):
-        got = model(padded)
-    np.testing.assert_allclose(_np(got)[:, :5], _np(model(XS)), atol=1e-5)
-
-
-def mlx_sequence_masks(model, **masks):
-    from mixlight_jax import sequence_masks
-
-    return sequence_masks(model, **masks)
+    scanned = ml.inject(Scanned(), config)
+    unrolled = ml.inject(Unrolled(Scanned()), config)
+    moved = _random_arrays(scanned, positive=True)
+    _set(scanned, moved)
+    _set(unrolled, moved)
+    mask = jnp.asarray(np.arange(5) < 3, jnp.float32)[None].repeat(2, 0)
+    outputs = []
+    for model in (scanned, unrolled):
+        with sequence_masks(model, attention_mask=mask):
+            outputs.append(_np(model(XS)))
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
+    assert np.abs(outputs[0] - _np(scanned(XS))).max() > 1e-3  # the mask matters
+    assert adapter_layers(scanned)["layers.fc1"].masks.get_value() == {}
 
 
 # --- activation widths and input sites ---------------------------------------------------------

@@ -39,7 +39,6 @@ FAMILIES = {
     "bert": ("BertConfig", "BertForMaskedLM", _COMMON),
     "roberta": ("RobertaConfig", "RobertaForMaskedLM", dict(_COMMON, pad_token_id=1)),
 }  # fmt: skip
-DECODERS = [f for f in FAMILIES if f not in ("bert", "roberta")]
 
 
 def tiny(family, seed=0, **overrides):

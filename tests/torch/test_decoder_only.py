@@ -11,7 +11,7 @@ import pytest
 import mixlight as ml
 import mixlight.extend as mlx
 from tests.torch.conftest import perturb, tiny_t5
-from tests.torch.decoder_models import DECODERS, FAMILIES, logits, tiny, tokens, torch
+from tests.torch.decoder_models import FAMILIES, logits, tiny, tokens, torch
 
 TORCH = mlx.load_backend("torch")
 
@@ -32,7 +32,9 @@ MOLORA_SITES = {
     "bert": {"query", "key", "value", "attention.output.dense", "intermediate.dense",
              "layer.0.output.dense"},
 }  # fmt: skip
-LAYOUT = {f: {"phi3": "phi3", "gpt2": "gpt2", "gpt_neox": "gpt_neox"}.get(f, "llama") for f in FAMILIES}
+LAYOUT = {
+    f: {"phi3": "phi3", "gpt2": "gpt2", "gpt_neox": "gpt_neox"}.get(f, "llama") for f in FAMILIES
+}
 LAYOUT.update(bert="bert", roberta="bert")
 
 
@@ -221,3 +223,11 @@ def test_sequence_routing_under_a_cache_is_refused(family):
         generate(model, ids, True)
     out = generate(model, ids, False)  # uncached decoding routes each step on the whole prefix
     assert out.shape == (2, 11)
+
+
+def test_the_presets_page_runs_as_written(tmp_path):
+    from tests.docs_pages import run_page
+
+    ns = run_page("docs/presets.md", tmp_path)
+    config = ml.read_adapter(tmp_path / "out/mov-llama").config
+    assert config == ml.MoV(4, targets="llama") and ns["ffn"].tensor == "input"

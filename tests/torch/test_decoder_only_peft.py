@@ -19,7 +19,9 @@ TORCH = mlx.load_backend("torch")
 ATOL = 2e-5
 FAMILIES = ["llama", "qwen2", "gemma", "phi3", "gpt2", "gpt_neox", "bert"]
 # PEFT has no default (IA)³ or LoRA modules for Phi-3 (fused qkv_proj and gate_up_proj).
-PEFT_IA3 = {"phi3": dict(target_modules=["qkv_proj", "down_proj"], feedforward_modules=["down_proj"])}
+PEFT_IA3 = {
+    "phi3": dict(target_modules=["qkv_proj", "down_proj"], feedforward_modules=["down_proj"])
+}
 PEFT_LORA = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "qwen2": ["q_proj", "v_proj", "down_proj"],
