@@ -134,11 +134,11 @@ def train(
     settings: TuneSettings,
     parallel: Parallel,
     check: Check,
-    journal: Journal | None = None,
 ) -> list[float]:
     """Run ``settings.steps`` optimiser steps (continuing from the run directory's
-    checkpoint when there is one); return the loss of every step."""
-    journal = journal if journal is not None else Journal()
+    checkpoint when there is one); return the loss of every step. ``settings.journal``
+    (a :class:`Journal`) receives the evaluations and throughput."""
+    journal = settings.journal if settings.journal is not None else Journal()
     resume = settings.resume
     saved = None if resume is None else resume.load()
     done, losses = 0, []

@@ -66,6 +66,7 @@ class TuneSettings:
     evaluator: Callable[[Any, int], float] | None = field(default=None, compare=False)
     logger: Callable[[int, dict[str, float]], None] | None = field(default=None, compare=False)
     pairs: Sequence[Pair] | None = field(default=None, compare=False, repr=False)
+    journal: Any = field(default=None, compare=False, repr=False)  # a loop.Journal to fill
 
 
 @dataclass(frozen=True)

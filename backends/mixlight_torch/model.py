@@ -347,7 +347,12 @@ def _capture_masks(state: MixlightState):
 
 def _separate_encoder(model: nn.Module) -> nn.Module | None:
     """An encoder-decoder's encoder (HF ``get_encoder()``), which ``generate`` calls on its
-    own, before the first decoding step; None for other models."""
+    own, before the first decoding step; None for other models. An encoder-only model's
+    ``get_encoder()`` (BERT's layer stack) runs only inside the model's call and is handed a
+    4-D attention mask there, so it must not replace the call's padding mask: an HF model
+    whose config says it is not an encoder-decoder has no separate encoder."""
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", None) is False:
+        return None
     get_encoder = getattr(model, "get_encoder", None)
     encoder = get_encoder() if callable(get_encoder) else None
     return encoder if isinstance(encoder, nn.Module) and encoder is not model else None

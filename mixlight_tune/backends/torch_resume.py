@@ -60,3 +60,74 @@ def restore(model: nn.Module, optimizer: torch.optim.Optimizer, checkpoint: Chec
     saved = optimizer.state_dict()
     optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
     torch.set_rng_state(torch.from_numpy(checkpoint.arrays["rng/torch"].copy()))
+
+
+def _options() -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True)
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A parameter's or state's full value (a collective for a ``DTensor`` shard)."""
+    tensor = tensor.detach()
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def train_state_sharded(
+    model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """:func:`train_state` of an FSDP2-sharded model, in the same layout (whole arrays by
+    parameter name): every rank gathers, rank 0 writes. Collective."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    arrays = {
+        f"model/{n}": _whole(p).cpu().numpy() for n, p in model.named_parameters() if p.requires_grad
+    }
+    scalars: dict[str, Any] = {}
+    for name, state in get_optimizer_state_dict(model, optimizer, options=_options())["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                arrays[f"optimizer/{name}/{key}"] = _whole(value).cpu().numpy()
+            else:
+                scalars[f"{name}/{key}"] = value
+    arrays["rng/torch"] = torch.get_rng_state().numpy()
+    return arrays, scalars
+
+
+def restore_sharded(
+    model: nn.Module, optimizer: torch.optim.Optimizer, checkpoint: Checkpoint
+) -> None:
+    """:func:`restore` into an FSDP2-sharded model: each rank copies its own slice of every
+    weight, and the optimiser state goes through torch's distributed state-dict API."""
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    params = dict(model.named_parameters())
+    weights = checkpoint.group("model")
+    if weights.keys() != {n for n, p in params.items() if p.requires_grad}:
+        raise ResumeError("the checkpoint's weights do not fit this model; delete it to start over")
+    with torch.no_grad():
+        for name, array in weights.items():
+            param = params[name]
+            value = torch.from_numpy(array.copy()).to(param.device, param.dtype)
+            if isinstance(param, DTensor):
+                value = distribute_tensor(
+                    value, param.device_mesh, param.placements, src_data_rank=None
+                )
+            param.copy_(value)
+    state: dict[str, dict[str, Any]] = {}
+    for key, array in checkpoint.group("optimizer").items():
+        name, item = key.rsplit("/", 1)
+        state.setdefault(name, {})[item] = torch.from_numpy(array.copy())
+    for key, value in checkpoint.scalars.items():
+        name, item = key.rsplit("/", 1)
+        state.setdefault(name, {})[item] = value
+    groups = get_optimizer_state_dict(model, optimizer, options=_options())["param_groups"]
+    set_optimizer_state_dict(
+        model, optimizer, {"state": state, "param_groups": groups}, options=_options()
+    )
+    torch.set_rng_state(torch.from_numpy(checkpoint.arrays["rng/torch"].copy()))

@@ -81,8 +81,8 @@ class _RoutingTally:
             mask = masks["memory" if reads_memory else "tokens"].float()
             probs = layer.last_probs.detach().float()
             probs = probs.reshape(*probs.shape[:2], -1, probs.shape[-1]).mean(2)  # heads
-            weighted = (probs * mask[..., None]).sum(1).numpy()
-            counts = mask.sum(1).numpy()
+            weighted = (probs * mask[..., None]).sum(1).cpu().numpy()
+            counts = mask.sum(1).cpu().numpy()
             for task, row, count in zip(tasks, weighted, counts, strict=True):
                 self.sums[site][task] = self.sums[site].get(task, 0.0) + row
                 self.counts[site][task] = self.counts[site].get(task, 0.0) + float(count)
@@ -92,6 +92,12 @@ class _RoutingTally:
             s: {t: v / self.counts[s][t] for t, v in by_task.items()}
             for s, by_task in self.sums.items()
         }
+
+
+def _device(model: nn.Module) -> torch.device:
+    """Where the model's weights live (the CPU for a stand-in without parameters)."""
+    first = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return torch.device("cpu") if first is None else first.device
 
 
 @torch.no_grad()
@@ -104,12 +110,13 @@ def _score_batch(
     tasks: list[str],
 ) -> list[list[float]]:
     """Summed target log-likelihood of every choice of every example in the batch."""
-    input_ids, attention = pad(inputs, pad_id)
+    device = _device(model)
+    input_ids, attention = (t.to(device) for t in pad(inputs, pad_id))
     hidden = model.get_encoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
     if tally:
         tally.add("encoder.", {"tokens": attention}, tasks)
     owner = [i for i, cs in enumerate(choices) for _ in cs]
-    labels, mask = pad([c for cs in choices for c in cs], -100)
+    labels, mask = (t.to(device) for t in pad([c for cs in choices for c in cs], -100))
     out = model(
         encoder_outputs=BaseModelOutput(last_hidden_state=hidden[owner]),
         attention_mask=attention[owner],

@@ -125,7 +125,8 @@ def train_loop(
     settings: TuneSettings,
 ) -> list[float]:
     """Train ``model`` in place; return the loss of every step (none when nothing trains).
-    An injected model's loss already holds its weighted router losses."""
+    An injected model's loss already holds its weighted router losses. The base's
+    pre-training loop (one process, one micro-batch); tuning runs :mod:`mixlight_tune.loop`."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params or settings.steps == 0:
         return []
@@ -244,9 +245,74 @@ def _load_tokenizer(path: Path) -> Callable[[str], list[int]]:
     return as_encode(Tokenizer.load(path / "spiece.model"))
 
 
-def prepare(cfg: DemoConfig) -> Base:
-    """The base model: ``--model``, the shipped tiny T5, or one built and cached here."""
-    torch.set_num_threads(cfg.threads)
+# --- where the run executes ---------------------------------------------------------------
+
+
+def _launched() -> tuple[int, int, int, int]:
+    """``(rank, world size, local rank, local world size)`` that ``torchrun`` set (one
+    process of its own otherwise)."""
+    env = os.environ
+    world = int(env.get("WORLD_SIZE", "1"))
+    rank = int(env.get("RANK", "0"))
+    local = int(env.get("LOCAL_RANK", str(rank)))
+    local_world = int(env.get("LOCAL_WORLD_SIZE", str(world)))
+    return rank, world, local, local_world
+
+
+def resolve_device(name: str, local_rank: int, world: int) -> torch.device:
+    """``auto``: this process's CUDA device when CUDA is present, else the CPU; ``cuda``:
+    the process's own GPU (``LOCAL_RANK`` under torchrun); ``cuda:N`` (one process only)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DemoError(f'device = "{name}" but torch sees no CUDA device; use "auto" or "cpu"')
+    if name == "cuda":
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if world > 1:
+        raise DemoError(
+            f'device = "{name}" names one GPU, but torchrun started {world} processes; use '
+            '"cuda" or "auto" (each process takes the GPU of its LOCAL_RANK)'
+        )
+    index = int(name.split(":")[1])
+    if index >= torch.cuda.device_count():
+        raise DemoError(f"device = {name!r}: torch sees {torch.cuda.device_count()} GPU(s)")
+    return torch.device("cuda", index)
+
+
+def setup(runtime: Runtime | None, threads: int) -> tuple[torch.device, Parallel]:
+    """Threads, the device and (under torchrun) the process group of this process."""
+    if runtime is None:  # the demo: the CPU, its own thread count, one process
+        torch.set_num_threads(threads)
+        return torch.device("cpu"), Parallel()
+    rank, world, local, local_world = _launched()
+    device = resolve_device(runtime.device, local, world)
+    default_threads = max(1, (os.cpu_count() or 1) // max(1, local_world))
+    torch.set_num_threads(runtime.threads or default_threads)
+    if world == 1:
+        return device, Parallel(device=str(device))
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, Parallel(
+        processes=world,
+        rank=rank,
+        devices=world,
+        data=world,
+        layout=runtime.distributed,
+        device=device.type,
+    )
+
+
+def prepare(cfg: DemoConfig, runtime: Runtime | None = None) -> Base:
+    """The base model: ``--model``, the shipped tiny T5, or one built and cached here;
+    loaded in its ``runtime`` dtype (bfloat16 for ``precision = "bf16"``) and moved to its
+    device."""
+    device, parallel = setup(runtime, cfg.threads)
     path = base_checkpoint(cfg)
     if cfg.model_path is None and not (path / "config.json").is_file():
         build_base(cfg, path, keep_existing=True)
@@ -254,17 +320,42 @@ def prepare(cfg: DemoConfig) -> Base:
     if (path / "pretraining.json").is_file():
         loss = json.loads((path / "pretraining.json").read_text())["final_loss"]
         origin = f"tiny T5 v1.1 pre-trained on the miniature world (final loss {loss:.2f}), {path}"
-    model = transformers.T5ForConditionalGeneration.from_pretrained(str(path)).eval()
+    dtype = torch.bfloat16 if runtime is not None and runtime.precision == "bf16" else None
+    model = transformers.T5ForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
+    model = model.eval().to(device)
     model.requires_grad_(False)
     encode = lru_cache(maxsize=None)(_load_tokenizer(path))
     n = sum(p.numel() for p in model.parameters())
-    return Base(model, encode, path, f"{origin} ({n / 1e6:.2f}M parameters)")
+    description = f"{origin} ({n / 1e6:.2f}M parameters)"
+    return Base(model, encode, path, description, parallel, runtime, device)
 
 
-def _set_dropout(model: nn.Module, rate: float) -> None:
+def set_dropout(model: nn.Module, rate: float) -> None:
+    """Every dropout of the model at ``rate``: the ``nn.Dropout`` modules and the attention
+    dropout HF's ``T5Attention`` applies functionally from its float ``dropout`` attribute
+    (the checkpoint's ``dropout_rate``), so the config, not the checkpoint, decides."""
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = rate
+        elif isinstance(getattr(module, "dropout", None), float):
+            module.dropout = rate
+    if hasattr(model, "config"):
+        model.config.dropout_rate = rate
+
+
+_set_dropout = set_dropout  # the name older callers used
+
+
+def _pairs(base: Base, examples: Sequence[Example], settings: TuneSettings) -> list[Pair]:
+    if settings.pairs is not None:
+        return list(settings.pairs)
+    return [
+        (
+            truncate(base.encode(e.inputs), settings.max_input_tokens),
+            truncate(base.encode(e.targets), settings.max_target_tokens),
+        )
+        for e in examples
+    ]
 
 
 def tune(
@@ -273,43 +364,184 @@ def tune(
     examples: Sequence[Example],
     settings: TuneSettings,
 ) -> tuple[nn.Module, list[float]]:
-    """A trained copy of the base (``adapter`` injected; ``None``: all weights train) and its
-    loss at every step. Routers' auxiliary losses count when the config weights them."""
+    """A trained copy of the base (the base itself with ``settings.in_place``; ``adapter``
+    injected; ``None``: all weights train) and its loss at every step. Routers' auxiliary
+    losses count when the config weights them."""
     torch.manual_seed(settings.seed)
-    model = copy.deepcopy(base.model)
+    model = base.model if settings.in_place else copy.deepcopy(base.model)
     if adapter is None:
         model.requires_grad_(settings.steps > 0)
     else:
         with adapter_fits(adapter):
             ml.inject(model, adapter, seed=settings.seed)
-    _set_dropout(model, settings.dropout)
-    pairs = [
-        (
-            truncate(base.encode(e.inputs), settings.max_input_tokens),
-            truncate(base.encode(e.targets), settings.max_target_tokens),
-        )
-        for e in examples
-    ]
-
-    def make_batch(indices: list[int]) -> dict[str, torch.Tensor]:
-        return collate([pairs[i] for i in indices])
-
-    losses = train_loop(model, make_batch, len(pairs), settings)
+    model.to(base.device)  # adapters are created on the base's device; a no-op then
+    set_dropout(model, settings.dropout)
+    runtime = base.runtime
+    if runtime is not None and runtime.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    pairs = _pairs(base, examples, settings)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params or settings.steps == 0:
+        return model, []
+    parallel = base.parallel
+    loop.check_divisible(settings, parallel.data, "the number of processes")
+    wrapped = _wrap(model, parallel, base.device)
+    params = [p for p in wrapped.parameters() if p.requires_grad]
+    optimizer = make_optimizer(settings.optimizer, params, settings.lr)
+    trainer = TorchTrainer(wrapped, model, optimizer, params, pairs, settings, parallel, base)
+    model.train()
+    try:
+        losses = loop.train(trainer, pairs, settings, parallel, lambda *a: check_finite_loss(*a))
+    finally:
+        model.eval()
     return model, losses
+
+
+def _wrap(model: nn.Module, parallel: Parallel, device: torch.device) -> nn.Module:
+    """DDP or FSDP2 around ``model`` in a multi-process run; the model itself otherwise."""
+    if parallel.processes == 1:
+        return model
+    if parallel.layout == "fsdp":
+        from mixlight_torch.distributed import shard_model
+
+        if "mixlight_state" not in model.__dict__:
+            raise DemoError('distributed = "fsdp" shards an adapter run; full fine-tuning: use "ddp"')
+        return shard_model(model)
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def _mix(*numbers: int) -> int:
+    """A 63-bit seed from integers (dropout's seed per step, micro-batch and process)."""
+    import hashlib
+
+    digest = hashlib.sha256(repr(numbers).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class TorchTrainer:
+    """:class:`mixlight_tune.loop.Trainer` for a (possibly wrapped) HF T5.
+
+    A step runs each micro-batch on this process's share of it and sums the token losses
+    normalised by the global batch's target-token count (times the world size, which DDP's
+    and FSDP2's gradient averaging divide out), accumulating gradients without a sync until
+    the last micro-batch. One process with one micro-batch in float32 calls the model with
+    ``labels`` as plain HF training does (the demo's exact arithmetic)."""
+
+    def __init__(
+        self,
+        wrapped: nn.Module,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        params: list[nn.Parameter],
+        pairs: Sequence[Pair],
+        settings: TuneSettings,
+        parallel: Parallel,
+        base: Base,
+    ) -> None:
+        self.wrapped, self.model, self.optimizer, self.params = wrapped, model, optimizer, params
+        self.pairs, self.settings, self.parallel, self.device = pairs, settings, parallel, base.device
+        runtime = base.runtime
+        self.bf16 = runtime is not None and runtime.precision == "bf16"
+        self.injected = "mixlight_state" in model.__dict__
+        self.fsdp = parallel.processes > 1 and parallel.layout == "fsdp"
+
+    def _batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        batch = collate([self.pairs[i] for i in indices])
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _sync(self, last: bool) -> contextlib.AbstractContextManager[Any]:
+        if self.parallel.processes == 1:
+            return contextlib.nullcontext()
+        if self.fsdp:
+            self.wrapped.set_requires_gradient_sync(last)  # type: ignore[operator]
+            return contextlib.nullcontext()
+        return contextlib.nullcontext() if last else self.wrapped.no_sync()  # type: ignore[operator]
+
+    def _loss(self, batch: dict[str, torch.Tensor], tokens: int, parts: int) -> torch.Tensor:
+        world = self.parallel.data
+        if world == 1 and parts == 1 and not self.bf16:
+            return self.wrapped(**batch).loss  # mean over the batch's tokens (+ router losses)
+        labels = batch["labels"]
+        logits = self.wrapped(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=self.model._shift_right(labels),
+        ).logits
+        summed = nn.functional.cross_entropy(
+            logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum"
+        )
+        loss = summed * (world / tokens)
+        if self.injected:
+            loss = loss + ml.aux_losses(self.model) / parts
+        return loss
+
+    def step(self, step: int, micro: list[list[int]], lr: float, tokens: int) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=self.device)
+        for j, indices in enumerate(micro):
+            mine = loop.shard(indices, self.parallel.rank, self.parallel.data)
+            if self.settings.dropout > 0:  # masks from (seed, step, micro-batch, rank) alone
+                torch.manual_seed(_mix(self.settings.seed, step, j, self.parallel.rank))
+            with self._sync(j == len(micro) - 1):
+                loss = self._loss(self._batch(mine), tokens, len(micro))
+                loss.backward()
+            total += loss.detach()
+        if self.settings.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.parallel.processes > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(total)
+            total /= self.parallel.processes
+        return float(total.item())
+
+    def train_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        if self.fsdp:
+            return torch_resume.train_state_sharded(self.wrapped, self.optimizer)
+        return torch_resume.train_state(self.model, self.optimizer)
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        if self.fsdp:
+            torch_resume.restore_sharded(self.wrapped, self.optimizer, checkpoint)
+        else:
+            torch_resume.restore(self.model, self.optimizer, checkpoint)
+
+
+@contextlib.contextmanager
+def _gathered(model: nn.Module) -> Iterator[None]:
+    """An FSDP2 model's root parameters (embeddings, LM head, final norms) gathered for
+    calls that enter below the root (the scorer calls the encoder itself)."""
+    unshard = getattr(model, "unshard", None)
+    if unshard is None:
+        yield
+        return
+    unshard()
+    try:
+        yield
+    finally:
+        model.reshard()  # type: ignore[operator]
 
 
 def evaluate(
     model: nn.Module, base: Base, examples: Sequence[Example], cfg: DemoConfig
 ) -> tuple[list[bool], dict[str, dict[str, list[float]]]]:
-    """Rank-classification correctness and per-task mean routing probabilities."""
-    result = rank_classification(
-        model,
-        base.encode,
-        examples,
-        cfg.eval_batch_size,
-        max_input_tokens=cfg.max_input_tokens,
-        progress=cfg.progress,
-    )
+    """Rank-classification correctness and per-task mean routing probabilities (every
+    process of a parallel run scores every example: FSDP2's forward is collective)."""
+    with _gathered(model):
+        result = rank_classification(
+            model,
+            base.encode,
+            examples,
+            cfg.eval_batch_size,
+            max_input_tokens=cfg.max_input_tokens,
+            progress=cfg.progress and base.parallel.writer,
+        )
     routing = {
         site: {task: np.asarray(p).round(5).tolist() for task, p in by_task.items()}
         for site, by_task in result.routing.items()
@@ -327,7 +559,39 @@ def trainable_percent(model: nn.Module) -> float:
 
 def save(model: nn.Module, directory: Path) -> Path | None:
     """``ml.save_adapter`` for adapter methods; full fine-tuning saves nothing (a full copy
-    of the base per run is not worth the disk)."""
+    of the base per run is not worth the disk). In a multi-process run every process calls
+    it: FSDP2 shards are gathered (``save_adapter_distributed``), and rank 0 alone writes."""
     if "mixlight_state" not in model.__dict__:
         return None
-    return ml.save_adapter(model, directory)
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return ml.save_adapter(model, directory)
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        from mixlight_torch.distributed import save_adapter_distributed
+
+        return save_adapter_distributed(model, directory)
+    error = None
+    if dist.get_rank() == 0:
+        try:
+            ml.save_adapter(model, directory)
+        except Exception as err:  # reported to every rank below
+            error = f"{type(err).__name__}: {err}"
+    outcome = [error]
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[0] is not None:
+        raise DemoError(f"saving the adapter to {directory} failed on rank 0: {outcome[0]}")
+    return Path(directory)
+
+
+def memory_inputs(model: nn.Module) -> dict[str, Any]:
+    """Base parameter count and bytes, trainable shapes and the T5 dimensions."""
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    return {
+        "base_params": sum(p.numel() for p in frozen),
+        "base_bytes": sum(p.numel() * p.element_size() for p in frozen),
+        "trainable_shapes": [tuple(p.shape) for p in model.parameters() if p.requires_grad],
+        "t5": model.config.to_dict(),
+    }

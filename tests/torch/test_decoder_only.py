@@ -231,3 +231,23 @@ def test_the_presets_page_runs_as_written(tmp_path):
     ns = run_page("docs/presets.md", tmp_path)
     config = ml.read_adapter(tmp_path / "out/mov-llama").config
     assert config == ml.MoV(4, targets="llama") and ns["ffn"].tensor == "input"
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_sequence_routing_pools_over_the_real_tokens_only(family):
+    """BERT's ``get_encoder()`` is its layer stack, called inside the model with a 4-D mask:
+    it must not take the call's padding mask away from the sequence-routed sites."""
+    model = randomise(ml.inject(tiny(family), ml.MoV(4, routing="sequence"), seed=0))
+    ids = tokens(length=6)
+    mask = torch.ones_like(ids)
+    mask[0, -2:] = 0
+    other = ids.clone()
+    other[0, -2:] = 5  # other padding tokens: the real tokens must route as before
+    probs, outs = [], []
+    for batch in (ids, other):
+        with torch.no_grad():
+            outs.append(model(input_ids=batch, attention_mask=mask).logits[0, :4])
+        probs.append({p: s["mean_prob"] for p, s in ml.routing_stats(model).items()})
+    for path in probs[0]:
+        np.testing.assert_allclose(probs[1][path], probs[0][path], atol=1e-6, err_msg=path)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)

@@ -14,6 +14,7 @@ from .attention import (
 )
 from .checkpoint import CheckpointError
 from .config import T5Config, T5ConfigError
+from .dropout import set_dropout, set_gradient_checkpointing
 from .generate import greedy_generate
 from .layers import T5DenseActDense, T5DenseGatedActDense, T5LayerFF, T5LayerNorm
 from .loading import from_pretrained
@@ -46,5 +47,7 @@ __all__ = [
     "hf_state_key",
     "module_paths",
     "relative_position_bucket",
+    "set_dropout",
+    "set_gradient_checkpointing",
     "shift_right",
 ]

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .config import T5Config
+from .dropout import dropout, fold
 from .layers import T5LayerNorm, bias_free_linear
 
 KeyValue = tuple[jax.Array, jax.Array]
@@ -70,6 +71,7 @@ class T5Attention(nnx.Module):
         self.is_decoder = is_decoder
         self.relative_attention_num_buckets = config.relative_attention_num_buckets
         self.relative_attention_max_distance = config.relative_attention_max_distance
+        self.dropout_rate = config.dropout_rate
 
     def compute_bias(
         self, query_length: int, key_length: int, offset: jax.Array | int = 0
@@ -102,9 +104,11 @@ class T5Attention(nnx.Module):
         key_value_states: jax.Array | None = None,
         kv: KeyValue | None = None,
         cache_index: jax.Array | int | None = None,
+        dropout_rng: jax.Array | None = None,
     ) -> tuple[jax.Array, KeyValue]:
         """Attend from ``hidden_states`` ``[batch, q_len, d_model]``; returns the output (same
-        shape) and the keys/values used.
+        shape) and the keys/values used. With ``dropout_rng`` the attention weights drop out
+        (HF's ``T5Attention`` in training mode).
 
         ``bias`` ``[batch|1, num_heads|1, q_len, k_len]`` is added to the raw scores (position bias
         plus mask). Keys/values come from, in order of precedence:
@@ -130,6 +134,7 @@ class T5Attention(nnx.Module):
             key, value = kv
         scores = jnp.einsum("bhqd,bhkd->bhqk", query, key) + bias
         weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(value.dtype)
+        weights = dropout(weights, self.dropout_rate, dropout_rng)
         attended = jnp.einsum("bhqk,bhkd->bqhd", weights, value)
         return self.o(attended.reshape(*attended.shape[:2], -1)), (key, value)
 
@@ -158,6 +163,7 @@ class T5LayerSelfAttention(nnx.Module):
             rngs=rngs,
         )
         self.layer_norm = T5LayerNorm(config.d_model, config.layer_norm_epsilon, dtype=dtype)
+        self.dropout_rate = config.dropout_rate
 
     def __call__(
         self,
@@ -166,13 +172,18 @@ class T5LayerSelfAttention(nnx.Module):
         *,
         kv: KeyValue | None = None,
         cache_index: jax.Array | int | None = None,
+        dropout_rng: jax.Array | None = None,
     ) -> tuple[jax.Array, KeyValue]:
         """``[batch, q_len, d_model]`` -> same shape, plus keys/values (see
         :meth:`T5Attention.__call__`)."""
+        normed = self.layer_norm(hidden_states)
+        if dropout_rng is None:  # the inference call, as it always was
+            output, kv = self.SelfAttention(normed, bias, kv=kv, cache_index=cache_index)
+            return hidden_states + output, kv
         output, kv = self.SelfAttention(
-            self.layer_norm(hidden_states), bias, kv=kv, cache_index=cache_index
+            normed, bias, kv=kv, cache_index=cache_index, dropout_rng=fold(dropout_rng, 0)
         )
-        return hidden_states + output, kv
+        return hidden_states + dropout(output, self.dropout_rate, fold(dropout_rng, 1)), kv
 
 
 class T5LayerCrossAttention(nnx.Module):
@@ -183,6 +194,7 @@ class T5LayerCrossAttention(nnx.Module):
             config, has_relative_attention_bias=False, is_decoder=True, dtype=dtype, rngs=rngs
         )
         self.layer_norm = T5LayerNorm(config.d_model, config.layer_norm_epsilon, dtype=dtype)
+        self.dropout_rate = config.dropout_rate
 
     def __call__(
         self,
@@ -191,10 +203,17 @@ class T5LayerCrossAttention(nnx.Module):
         *,
         key_value_states: jax.Array | None = None,
         kv: KeyValue | None = None,
+        dropout_rng: jax.Array | None = None,
     ) -> tuple[jax.Array, KeyValue]:
         """``[batch, q_len, d_model]`` attending to encoder states ``[batch, src_len, d_model]``
         (or their cached keys/values ``kv``) -> same shape, plus keys/values."""
+        normed = self.layer_norm(hidden_states)
+        if dropout_rng is None:  # the inference call, as it always was
+            output, kv = self.EncDecAttention(
+                normed, bias, key_value_states=key_value_states, kv=kv
+            )
+            return hidden_states + output, kv
         output, kv = self.EncDecAttention(
-            self.layer_norm(hidden_states), bias, key_value_states=key_value_states, kv=kv
+            normed, bias, key_value_states=key_value_states, kv=kv, dropout_rng=fold(dropout_rng, 0)
         )
-        return hidden_states + output, kv
+        return hidden_states + dropout(output, self.dropout_rate, fold(dropout_rng, 1)), kv

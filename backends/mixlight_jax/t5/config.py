@@ -38,6 +38,7 @@ class T5Config:
     tie_word_embeddings: bool = True
     scale_decoder_outputs: bool | None = None
     layer_norm_epsilon: float = 1e-6
+    dropout_rate: float = 0.1  # applied only when a call gets a dropout key (see dropout.py)
     pad_token_id: int = 0
     eos_token_id: tuple[int, ...] = (1,)
     decoder_start_token_id: int | None = None

@@ -8,6 +8,7 @@ from flax import nnx
 
 from .activations import Activation
 from .config import T5Config
+from .dropout import dropout, fold
 
 
 class T5LayerNorm(nnx.Module):
@@ -42,10 +43,14 @@ class T5DenseActDense(nnx.Module):
         self.wi = linear(config.d_model, config.d_ff)
         self.wo = linear(config.d_ff, config.d_model)
         self.act = Activation(config.dense_act_fn)
+        self.dropout_rate = config.dropout_rate
 
-    def __call__(self, hidden_states: jax.Array) -> jax.Array:
+    def __call__(
+        self, hidden_states: jax.Array, *, dropout_rng: jax.Array | None = None
+    ) -> jax.Array:
         """``[batch, seq, d_model]`` -> ``[batch, seq, d_model]``."""
-        return self.wo(self.act(self.wi(hidden_states)))
+        hidden = self.act(self.wi(hidden_states))
+        return self.wo(dropout(hidden, self.dropout_rate, dropout_rng))
 
 
 class T5DenseGatedActDense(nnx.Module):
@@ -57,10 +62,14 @@ class T5DenseGatedActDense(nnx.Module):
         self.wi_1 = linear(config.d_model, config.d_ff)
         self.wo = linear(config.d_ff, config.d_model)
         self.act = Activation(config.dense_act_fn)
+        self.dropout_rate = config.dropout_rate
 
-    def __call__(self, hidden_states: jax.Array) -> jax.Array:
+    def __call__(
+        self, hidden_states: jax.Array, *, dropout_rng: jax.Array | None = None
+    ) -> jax.Array:
         """``[batch, seq, d_model]`` -> ``[batch, seq, d_model]``."""
-        return self.wo(self.act(self.wi_0(hidden_states)) * self.wi_1(hidden_states))
+        hidden = self.act(self.wi_0(hidden_states)) * self.wi_1(hidden_states)
+        return self.wo(dropout(hidden, self.dropout_rate, dropout_rng))
 
 
 class T5LayerFF(nnx.Module):
@@ -70,7 +79,14 @@ class T5LayerFF(nnx.Module):
         dense = T5DenseGatedActDense if config.is_gated_act else T5DenseActDense
         self.DenseReluDense = dense(config, dtype=dtype, rngs=rngs)
         self.layer_norm = T5LayerNorm(config.d_model, config.layer_norm_epsilon, dtype=dtype)
+        self.dropout_rate = config.dropout_rate
 
-    def __call__(self, hidden_states: jax.Array) -> jax.Array:
+    def __call__(
+        self, hidden_states: jax.Array, *, dropout_rng: jax.Array | None = None
+    ) -> jax.Array:
         """``[batch, seq, d_model]`` -> ``[batch, seq, d_model]``."""
-        return hidden_states + self.DenseReluDense(self.layer_norm(hidden_states))
+        normed = self.layer_norm(hidden_states)
+        if dropout_rng is None:  # the inference call, as it always was
+            return hidden_states + self.DenseReluDense(normed)
+        forwarded = self.DenseReluDense(normed, dropout_rng=fold(dropout_rng, 0))
+        return hidden_states + dropout(forwarded, self.dropout_rate, fold(dropout_rng, 1))

@@ -44,11 +44,20 @@ class _T5Encoding(nnx.Module):
         self.shared = nnx.Embed(config.vocab_size, config.d_model, param_dtype=dtype, rngs=rngs)
         self.encoder = T5Stack(config, is_decoder=False, dtype=dtype, rngs=rngs)
 
-    def encode(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+    def encode(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        *,
+        dropout_rng: jax.Array | None = None,
+    ) -> jax.Array:
         """``input_ids`` ``[batch, src_len]`` (``attention_mask`` same shape, 1 = token) ->
-        encoder output ``[batch, src_len, d_model]``."""
+        encoder output ``[batch, src_len, d_model]``. ``dropout_rng``: train-mode dropout."""
+        drop = {} if dropout_rng is None else {"dropout_rng": dropout_rng}
         with _own_masks(self, attention_mask=attention_mask):
-            hidden_states, _ = self.encoder(self.shared(input_ids), _padding_bias(attention_mask))
+            hidden_states, _ = self.encoder(
+                self.shared(input_ids), _padding_bias(attention_mask), **drop
+            )
         return hidden_states
 
 
@@ -81,19 +90,33 @@ class T5ForConditionalGeneration(_T5Encoding):
         attention_mask: jax.Array | None = None,
         decoder_input_ids: jax.Array | None = None,
         decoder_attention_mask: jax.Array | None = None,
+        *,
+        dropout_rng: jax.Array | None = None,
     ) -> jax.Array:
         """Teacher-forced logits ``[batch, tgt_len, vocab]``.
 
         ``input_ids``/``attention_mask`` ``[batch, src_len]``; ``decoder_input_ids``/
         ``decoder_attention_mask`` ``[batch, tgt_len]`` (already shifted right, as HF:
         ``t5.shift_right(labels, model.config)``; unshifted labels let each position see
-        its own target).
+        its own target). ``dropout_rng`` (a PRNG key) turns on dropout at each module's
+        ``dropout_rate``, as HF's ``model.train()`` does; without it the call is deterministic.
         """
         if decoder_input_ids is None:
             raise ValueError("decoder_input_ids is required")
-        encoder_hidden_states = self.encode(input_ids, attention_mask)
+        if dropout_rng is None:
+            encoder_hidden_states = self.encode(input_ids, attention_mask)
+            return self.decode(
+                decoder_input_ids, encoder_hidden_states, attention_mask, decoder_attention_mask
+            )
+        encoder_hidden_states = self.encode(
+            input_ids, attention_mask, dropout_rng=jax.random.fold_in(dropout_rng, 0)
+        )
         return self.decode(
-            decoder_input_ids, encoder_hidden_states, attention_mask, decoder_attention_mask
+            decoder_input_ids,
+            encoder_hidden_states,
+            attention_mask,
+            decoder_attention_mask,
+            dropout_rng=jax.random.fold_in(dropout_rng, 1),
         )
 
     def decode(
@@ -102,9 +125,12 @@ class T5ForConditionalGeneration(_T5Encoding):
         encoder_hidden_states: jax.Array,
         attention_mask: jax.Array | None = None,
         decoder_attention_mask: jax.Array | None = None,
+        *,
+        dropout_rng: jax.Array | None = None,
     ) -> jax.Array:
         """Causal decoder over ``[batch, tgt_len]`` ids and ``[batch, src_len, d_model]`` encoder
-        states (``attention_mask`` ``[batch, src_len]``) -> logits ``[batch, tgt_len, vocab]``."""
+        states (``attention_mask`` ``[batch, src_len]``) -> logits ``[batch, tgt_len, vocab]``.
+        ``dropout_rng``: train-mode dropout."""
         target_length = decoder_input_ids.shape[1]
         allowed = causal_mask(target_length, target_length)
         if decoder_attention_mask is not None:
@@ -117,6 +143,7 @@ class T5ForConditionalGeneration(_T5Encoding):
                 mask_to_bias(allowed),
                 cross_bias=_padding_bias(attention_mask),
                 encoder_hidden_states=encoder_hidden_states,
+                **({} if dropout_rng is None else {"dropout_rng": dropout_rng}),
             )
         return self.logits(hidden_states)
 

@@ -8,6 +8,7 @@ from flax import nnx
 
 from .attention import T5LayerCrossAttention, T5LayerSelfAttention
 from .config import T5Config
+from .dropout import dropout, fold
 from .layers import T5LayerFF, T5LayerNorm
 
 
@@ -64,24 +65,33 @@ class T5Block(nnx.Module):
         encoder_hidden_states: jax.Array | None = None,
         cache: LayerCache | None = None,
         cache_index: jax.Array | int | None = None,
+        dropout_rng: jax.Array | None = None,
     ) -> tuple[jax.Array, LayerCache | None]:
         """``[batch, q_len, d_model]`` -> same shape, and the updated cache (``None`` without one).
 
         Without ``cache`` keys/values are projected from the inputs (``encoder_hidden_states``
         ``[batch, src_len, d_model]`` for cross-attention); with it, this step's self-attention
         keys/values are written at ``cache_index`` and the cached cross keys/values are used.
+        ``dropout_rng`` turns the sub-layers' dropout on (training).
         """
+        drop = {} if dropout_rng is None else {"dropout_rng": fold(dropout_rng, 0)}
         self_kv = None if cache is None else (cache.self_key, cache.self_value)
         hidden_states, self_kv = self.layer[0](
-            hidden_states, self_bias, kv=self_kv, cache_index=cache_index
+            hidden_states, self_bias, kv=self_kv, cache_index=cache_index, **drop
         )
         cross_kv = None
         if self.is_decoder:
             cross_kv = None if cache is None else (cache.cross_key, cache.cross_value)
+            drop = {} if dropout_rng is None else {"dropout_rng": fold(dropout_rng, 1)}
             hidden_states, cross_kv = self.layer[1](
-                hidden_states, cross_bias, key_value_states=encoder_hidden_states, kv=cross_kv
+                hidden_states,
+                cross_bias,
+                key_value_states=encoder_hidden_states,
+                kv=cross_kv,
+                **drop,
             )
-        hidden_states = self.layer[-1](hidden_states)
+        drop = {} if dropout_rng is None else {"dropout_rng": fold(dropout_rng, 2)}
+        hidden_states = self.layer[-1](hidden_states, **drop)
         return hidden_states, None if cache is None else LayerCache(*self_kv, *cross_kv)
 
     def init_cache(self, encoder_hidden_states: jax.Array, max_length: int) -> LayerCache:
@@ -114,6 +124,8 @@ class T5Stack(nnx.Module):
         )
         self.final_layer_norm = T5LayerNorm(config.d_model, config.layer_norm_epsilon, dtype=dtype)
         self.is_decoder = is_decoder
+        self.dropout_rate = config.dropout_rate
+        self.gradient_checkpointing = False  # nnx.remat per block (set_gradient_checkpointing)
 
     def __call__(
         self,
@@ -124,13 +136,20 @@ class T5Stack(nnx.Module):
         encoder_hidden_states: jax.Array | None = None,
         cache: DecoderCache | None = None,
         cache_index: jax.Array | int | None = None,
+        dropout_rng: jax.Array | None = None,
     ) -> tuple[jax.Array, DecoderCache | None]:
         """``inputs_embeds`` ``[batch, q_len, d_model]`` -> hidden states (same shape), cache.
 
         ``mask_bias`` ``[batch|1, 1, q_len, k_len]`` is the additive self-attention mask; the
         relative position bias is computed once by block 0 and added to it for every block.
         With ``cache``, ``k_len`` is the cache length and queries start at ``cache_index``.
+        ``dropout_rng`` turns dropout on (training); with ``gradient_checkpointing`` each
+        block is recomputed in the backward pass (``nnx.remat``).
         """
+        if cache is None and (dropout_rng is not None or self.gradient_checkpointing):
+            return self._train(
+                inputs_embeds, mask_bias, cross_bias, encoder_hidden_states, dropout_rng
+            ), None
         query_length = inputs_embeds.shape[1]
         key_length = query_length if cache is None else cache[0].self_key.shape[2]
         first_attention = self.block[0].layer[0].SelfAttention
@@ -155,3 +174,49 @@ class T5Stack(nnx.Module):
         """Decoder cache for ``max_length`` steps over ``encoder_hidden_states``
         ``[batch, src_len, d_model]``."""
         return tuple(block.init_cache(encoder_hidden_states, max_length) for block in self.block)
+
+    def _train(
+        self,
+        inputs_embeds: jax.Array,
+        mask_bias: jax.Array,
+        cross_bias: jax.Array | None,
+        encoder_hidden_states: jax.Array | None,
+        dropout_rng: jax.Array | None,
+    ) -> jax.Array:
+        """The uncached forward with dropout and/or per-block rematerialisation."""
+        length = inputs_embeds.shape[1]
+        position_bias = self.block[0].layer[0].SelfAttention.compute_bias(length, length)
+        self_bias = position_bias + mask_bias
+        hidden_states = dropout(inputs_embeds, self.dropout_rate, fold(dropout_rng, 0))
+        run = nnx.remat(_run_block) if self.gradient_checkpointing else _run_block
+        for i, block in enumerate(self.block):
+            hidden_states = run(
+                block,
+                hidden_states,
+                self_bias,
+                cross_bias,
+                encoder_hidden_states,
+                fold(dropout_rng, i + 1),
+            )
+        hidden_states = self.final_layer_norm(hidden_states)
+        return dropout(hidden_states, self.dropout_rate, fold(dropout_rng, len(self.block) + 1))
+
+
+def _run_block(
+    block: T5Block,
+    hidden_states: jax.Array,
+    self_bias: jax.Array,
+    cross_bias: jax.Array | None,
+    encoder_hidden_states: jax.Array | None,
+    dropout_rng: jax.Array | None,
+) -> jax.Array:
+    """One block's output (positional arguments, as ``nnx.remat`` takes them)."""
+    drop = {} if dropout_rng is None else {"dropout_rng": dropout_rng}
+    hidden_states, _ = block(
+        hidden_states,
+        self_bias,
+        cross_bias=cross_bias,
+        encoder_hidden_states=encoder_hidden_states,
+        **drop,
+    )
+    return hidden_states
