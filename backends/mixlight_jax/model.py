@@ -330,6 +330,17 @@ def adapter_parameters(
                 yield f"{path}.{short}", variable, (i if layer.layer_paths else None)
 
 
+def _host(value: Any) -> np.ndarray:
+    """A device array's whole value on this host. An array spanning several processes (a
+    multi-host mesh) is gathered from all of them: every process must then make the same
+    calls in the same order (``save_adapter`` on every process)."""
+    if getattr(value, "is_fully_addressable", True):
+        return np.asarray(jax.device_get(value))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+
+
 def adapter_arrays(model: nnx.Module, name: str | None = None) -> dict[str, np.ndarray]:
     """Adapter ``name``'s parameters (default: the active one's) as float32 numpy arrays by
     canonical name, a stacked module's one per layer."""
@@ -337,7 +348,7 @@ def adapter_arrays(model: nnx.Module, name: str | None = None) -> dict[str, np.n
     arrays = {}
     for key, variable, layer in adapter_parameters(model, name):
         if id(variable) not in values:
-            values[id(variable)] = np.array(jax.device_get(variable[...]), np.float32)
+            values[id(variable)] = np.array(_host(variable[...]), np.float32)
         value = values[id(variable)]
         arrays[key] = value if layer is None else np.array(value[layer])
     return arrays
@@ -446,7 +457,7 @@ def base_identity(model: nnx.Module, name: str | None = None) -> BaseIdentity:
         index = found.native_index(np.array(point.rows), np.array(point.cols))
         if layer is not None:
             index = (np.full(len(point.rows), layer), *index)
-        return np.asarray(jax.device_get(kernel[...][index]), np.float32)
+        return np.asarray(_host(kernel[...][index]), np.float32)
 
     samples = sample_weights(
         {path: (found.d_in, found.d_out) for path, (_, found, _) in kernels.items()}, gather

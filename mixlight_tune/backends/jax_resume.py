@@ -1,15 +1,18 @@
 """The JAX training state as checkpoint arrays (:mod:`mixlight_tune.checkpoint`) and back:
-the trainable weights, the ``nnx.Optimizer`` state and the model's other variables (the
-adapters' last-forward caches, which a jitted step takes as inputs: restoring them makes a
-resumed step the same program on the same bits), each leaf named by its pytree path.
-Training draws no random numbers (the JAX T5 has no dropout), so there is no RNG state."""
+the trainable weights and the ``nnx.Optimizer`` state, each leaf named by its pytree path.
+
+Dropout draws its masks from a key of the seed, the step and the micro-batch, so there is no
+RNG state; the adapters' last-forward routing traces are cleared before every step, so they
+are not state either (checkpoints written before kept them under ``cache/``: ignored). On a
+mesh the leaves are gathered whole (from every process) and put back with each leaf's own
+sharding."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -21,22 +24,30 @@ def _parts(model: Any, optimizer: Any, wrt: Any) -> dict[str, tuple[Any, Any]]:
     return {
         "model": (nnx.state(model, wrt), model),
         "optimizer": (nnx.state(optimizer), optimizer),
-        "cache": (nnx.state(model, nnx.Not(nnx.Param)), model),
     }
 
 
-def train_state(model: Any, optimizer: Any, wrt: Any) -> dict[str, np.ndarray]:
-    """The trainable weights (``model/<path>``) and optimiser state (``optimizer/<path>``)."""
+def train_state(
+    model: Any, optimizer: Any, wrt: Any, host: Callable[[Any], np.ndarray] = np.asarray
+) -> dict[str, np.ndarray]:
+    """The trainable weights (``model/<path>``) and optimiser state (``optimizer/<path>``),
+    each leaf read whole with ``host``."""
     arrays = {}
     for prefix, (state, _) in _parts(model, optimizer, wrt).items():
         for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-            arrays[f"{prefix}/{jax.tree_util.keystr(path)}"] = np.asarray(leaf)
+            arrays[f"{prefix}/{jax.tree_util.keystr(path)}"] = host(leaf)
     return arrays
 
 
-def restore(model: Any, optimizer: Any, wrt: Any, checkpoint: Checkpoint) -> None:
-    """Put a checkpoint's state back (in place). The model must have run one forward pass
-    (its caches exist only then)."""
+def restore(
+    model: Any,
+    optimizer: Any,
+    wrt: Any,
+    checkpoint: Checkpoint,
+    put: Callable[[Any, Any], Any] | None = None,
+) -> None:
+    """Put a checkpoint's state back (in place), each leaf with the dtype and sharding of
+    the leaf it replaces (``put(value, sharding)`` places it)."""
     for prefix, (state, target) in _parts(model, optimizer, wrt).items():
         saved = checkpoint.group(prefix)
         leaves, tree = jax.tree_util.tree_flatten_with_path(state)
@@ -45,6 +56,13 @@ def restore(model: Any, optimizer: Any, wrt: Any, checkpoint: Checkpoint) -> Non
             raise ResumeError(
                 f"the checkpoint's {prefix} state does not fit this run; delete it to start over"
             )
-        nnx.update(
-            target, jax.tree_util.tree_unflatten(tree, [jnp.asarray(saved[n]) for n in names])
-        )
+        values = []
+        for (_, leaf), name in zip(leaves, names, strict=True):
+            value = np.asarray(saved[name]).astype(leaf.dtype)
+            sharding = getattr(leaf, "sharding", None)
+            values.append(
+                jax.device_put(value, sharding)
+                if put is None or sharding is None
+                else put(value, sharding)
+            )
+        nnx.update(target, jax.tree_util.tree_unflatten(tree, values))

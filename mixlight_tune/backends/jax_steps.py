@@ -3,18 +3,26 @@
 
 The base is a HF T5 checkpoint directory loaded with :func:`mixlight_jax.t5.from_pretrained`:
 ``--model PATH``, or the shipped tiny T5 (a base for another ``BaseSpec`` is pre-trained by
-the torch backend, so torch is needed only for that).
-Batches are padded to fixed lengths (``max_input_tokens`` / ``max_target_tokens``) so the
-jitted train and scoring steps compile once. The NNX T5 has no dropout, so a run that asks
-for it is refused rather than silently run without.
+the torch backend, so torch is needed only for that). Dropout is the NNX T5's own
+(:mod:`mixlight_jax.t5.dropout`), its masks drawn from a key of the seed, the step and the
+micro-batch alone.
+
+``mixlight tune`` runs through :func:`prepare` with a :class:`~mixlight_tune.steps.Runtime`:
+every device (of every process: ``jax.distributed.initialize`` first when the config or the
+environment names several processes) in a ``(data, model)`` mesh. The batch is split over
+``data``; the frozen base's kernels over ``model`` (their output axis, where it divides);
+the adapters along their expert axis over ``model`` when the expert count divides, else
+replicated. One jitted step serves one device and the mesh alike. The demo (no runtime)
+pads every batch to the data's longest rows, so its jitted steps compile once; ``tune``
+pads each batch to a multiple of ``settings.bucket`` tokens.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
+import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -24,31 +32,47 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 import mixlight as ml
 from mixlight.site_spec import SOURCE
 from mixlight_jax import AdapterParam, adapter_layers, t5
 from mixlight_jax.model import is_injected, state_of
+from mixlight_tune import loop
 from mixlight_tune.backends import jax_resume
-from mixlight_tune.checkpoint import resume_point
+from mixlight_tune.checkpoint import Checkpoint
 from mixlight_tune.experiment import DemoConfig, base_checkpoint
-from mixlight_tune.sampling import batches, routing_sites
+from mixlight_tune.sampling import routing_sites
 from mixlight_tune.schema import Example
-from mixlight_tune.steps import DemoError, TuneSettings, adapter_fits, check_finite_loss
+from mixlight_tune.steps import (
+    DemoError,
+    Pair,
+    Parallel,
+    Runtime,
+    TuneSettings,
+    adapter_fits,
+    check_finite_loss,
+)
 from mixlight_tune.tokenizer import PAD_ID, Tokenizer
 
 Encode = Callable[[str], list[int]]
+# Adapter logical axes -> mesh axes: experts split over "model", the rest replicated.
+LOGICAL_RULES = [("expert", "model"), ("embed", None), ("mlp", None), ("rank", None)]
 
 
 @dataclass
 class Base:
-    """The frozen starting point every method copies, and its tokenizer."""
+    """The frozen starting point every method copies, and its tokenizer; where it runs."""
 
     model: Any  # t5.T5ForConditionalGeneration
     encode: Encode
     path: Path
     description: str
+    parallel: Parallel = field(default_factory=Parallel)
+    runtime: Runtime | None = None
+    mesh: Mesh | None = None
 
 
 def truncate(ids: list[int], limit: int | None) -> list[int]:
@@ -83,9 +107,138 @@ def _load_tokenizer(path: Path) -> Encode:
     return lambda text: list(tokenizer.encode(text))
 
 
-def prepare(cfg: DemoConfig) -> Base:
+# --- processes, devices and the mesh --------------------------------------------------------
+
+_JOINED: list[bool] = []  # jax.distributed.initialize may run once per process
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return None if value in (None, "") else int(value)
+
+
+def join_processes(runtime: Runtime) -> None:
+    """``jax.distributed.initialize`` when the config (``num_processes``,
+    ``coordinator_address``, ``process_id``) or the environment (``JAX_NUM_PROCESSES``,
+    ``JAX_COORDINATOR_ADDRESS``, ``JAX_PROCESS_ID``) asks for more than one process; what
+    neither gives, JAX detects on a cluster it knows (SLURM, Open MPI, Cloud TPU)."""
+    count = runtime.num_processes or _env_int("JAX_NUM_PROCESSES")
+    if _JOINED or count is None or count < 2:
+        return
+    pid = runtime.process_id if runtime.process_id is not None else _env_int("JAX_PROCESS_ID")
+    if runtime.device == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=runtime.coordinator_address, num_processes=count, process_id=pid
+    )
+    _JOINED.append(True)
+
+
+def _devices(name: str) -> list[Any]:
+    """Every device of the run (all processes'): ``auto`` JAX's default platform, ``cpu``
+    the host's, ``cuda`` the GPUs."""
+    if name == "auto":
+        return list(jax.devices())
+    if name.startswith("cuda:"):
+        raise DemoError(
+            f'device = "{name}": the JAX backend uses every device it is given; choose GPUs '
+            'with CUDA_VISIBLE_DEVICES and set device = "cuda" (or "auto")'
+        )
+    try:
+        return list(jax.devices("cpu" if name == "cpu" else "gpu"))
+    except RuntimeError as err:
+        raise DemoError(f'device = "{name}": JAX has no such devices ({err})') from None
+
+
+def make_mesh(runtime: Runtime) -> tuple[Mesh | None, Parallel]:
+    """The ``(data, model)`` mesh over every device of the run (``None`` for one device)."""
+    join_processes(runtime)
+    devices = _devices(runtime.device)
+    n = len(devices)
+    wanted = dict(runtime.mesh or {})
+    model_ways = wanted.get("model", 1)
+    data_ways = wanted.get("data", n // model_ways if n % model_ways == 0 else 0)
+    if data_ways * model_ways != n:
+        raise DemoError(
+            f"mesh {{data = {wanted.get('data', '?')}, model = {model_ways}}} does not cover the "
+            f"{n} device(s) of this run: data x model must be {n}"
+        )
+    parallel = Parallel(
+        processes=jax.process_count(),
+        rank=jax.process_index(),
+        devices=n,
+        data=data_ways,
+        model=model_ways,
+        layout="mesh" if n > 1 else "single",
+        device=devices[0].platform,
+    )
+    if n == 1:
+        return None, parallel
+    mesh = Mesh(np.array(devices).reshape(data_ways, model_ways), ("data", "model"))
+    return mesh, parallel
+
+
+def to_global(value: Any, sharding: NamedSharding) -> jax.Array:
+    """``value`` (the same on every process) as a global array laid out as ``sharding``."""
+    if jax.process_count() == 1:
+        return jax.device_put(value, sharding)
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def to_host(value: Any) -> np.ndarray:
+    """A device array's whole value on this host (gathered from every process when it spans
+    several: then every process must call this, in the same order)."""
+    if getattr(value, "is_fully_addressable", True):
+        return np.asarray(jax.device_get(value))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+
+
+def _kernel_sharding(mesh: Mesh, value: Any) -> NamedSharding:
+    """Split a base kernel's output axis over ``model`` when it divides, else replicate."""
+    size = mesh.shape["model"]
+    if size > 1 and np.ndim(value) == 2 and value.shape[1] % size == 0:
+        return NamedSharding(mesh, P(None, "model"))
+    return NamedSharding(mesh, P())
+
+
+def place(model: Any, mesh: Mesh) -> list[str]:
+    """Put the base and the adapters on ``mesh`` (in place); returns notes on what could not
+    be split as asked (an expert count the model axis does not divide: replicated)."""
+    notes: list[str] = []
+    replicated = NamedSharding(mesh, P())
+    if is_injected(model):
+        with nnx.logical_axis_rules(LOGICAL_RULES):
+            wanted = nnx.get_named_sharding(nnx.state(model, AdapterParam), mesh)
+        adapters = nnx.state(model, AdapterParam)
+
+        def fits(value: Any, sharding: NamedSharding) -> NamedSharding:
+            for dim, axis in zip(value.shape, sharding.spec, strict=False):
+                if axis is not None and dim % mesh.shape[axis]:
+                    note = (
+                        f"{dim} experts do not split over model = {mesh.shape[axis]}: the "
+                        "adapters are replicated on the model axis (choose a model axis that "
+                        "divides the expert count to split them)"
+                    )
+                    if note not in notes:
+                        notes.append(note)
+                    return replicated
+            return sharding
+
+        shardings = jax.tree.map(fits, adapters, wanted)
+        nnx.update(model, jax.tree.map(to_global, adapters, shardings))
+    base = nnx.state(model, nnx.Not(AdapterParam))
+    nnx.update(model, jax.tree.map(lambda v: to_global(v, _kernel_sharding(mesh, v)), base))
+    return notes
+
+
+def prepare(cfg: DemoConfig, runtime: Runtime | None = None) -> Base:
     """The base model: ``--model``, the shipped tiny T5, or one the torch backend builds and
-    caches (torch is needed only to build a base that is not shipped)."""
+    caches (torch is needed only to build a base that is not shipped); in bfloat16 for
+    ``precision = "bf16"``, on ``runtime``'s mesh."""
+    mesh, parallel = (None, Parallel()) if runtime is None else make_mesh(runtime)
     path = base_checkpoint(cfg)
     if cfg.model_path is None and not (path / "config.json").is_file():
         try:
@@ -101,26 +254,60 @@ def prepare(cfg: DemoConfig) -> Base:
     if (path / "pretraining.json").is_file():
         loss = json.loads((path / "pretraining.json").read_text())["final_loss"]
         origin = f"tiny T5 v1.1 pre-trained on the miniature world (final loss {loss:.2f}), {path}"
-    model = t5.from_pretrained(path)
+    bf16 = runtime is not None and runtime.precision == "bf16"
+    model = t5.from_pretrained(path, jnp.bfloat16 if bf16 else jnp.float32)
     encode = lru_cache(maxsize=None)(_load_tokenizer(Path(path)))
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    return Base(model, encode, Path(path), f"{origin} ({n / 1e6:.2f}M parameters)")
+    description = f"{origin} ({n / 1e6:.2f}M parameters)"
+    return Base(model, encode, Path(path), description, parallel, runtime, mesh)
 
 
-def make_optimizer(name: str, lr: float) -> optax.GradientTransformation:
-    """Adafactor (parameter-scaled, constant lr, no momentum), AdamW or plain SGD, as the
-    torch backend. ``min_dim_size_to_factor=1`` factors every matrix as HF's Adafactor does
-    (optax's default 128 would not, and full fine-tuning losses would drift from torch's)."""
+def make_optimizer(
+    name: str,
+    lr: float | Callable[[Any], Any],
+    max_grad_norm: float | None = None,
+) -> optax.GradientTransformation:
+    """Adafactor (parameter-scaled, no momentum), AdamW or plain SGD, as the torch backend,
+    at a constant ``lr`` or a schedule of the step count; global-norm clipping first when
+    ``max_grad_norm`` is set. ``min_dim_size_to_factor=1`` factors every matrix as HF's
+    Adafactor does (optax's default 128 would not, and full fine-tuning losses would drift
+    from torch's)."""
     if name == "adamw":
-        return optax.adamw(lr, weight_decay=0.0)
-    if name == "sgd":
-        return optax.sgd(lr)
-    return optax.adafactor(lr, min_dim_size_to_factor=1, multiply_by_parameter_scale=True)
+        tx = optax.adamw(lr, weight_decay=0.0)
+    elif name == "sgd":
+        tx = optax.sgd(lr)
+    else:
+        tx = optax.adafactor(lr, min_dim_size_to_factor=1, multiply_by_parameter_scale=True)
+    if max_grad_norm is None:
+        return tx
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), tx)
+
+
+def schedule(settings: TuneSettings) -> float | Callable[[Any], Any]:
+    """``settings.lr`` times :func:`mixlight_tune.loop.lr_factor` of the optimiser's step
+    count, in jnp (a constant rate without warmup stays a float)."""
+    steps, warmup, kind = settings.steps, settings.warmup_steps, settings.lr_schedule
+    if kind == "constant" and warmup == 0:
+        return settings.lr
+
+    def rate(count: Any) -> Any:
+        count = jnp.asarray(count, jnp.float32)
+        p = (count - warmup) / max(1, steps - warmup)
+        decay = {"constant": 1.0, "linear": 1.0 - p, "cosine": 0.5 * (1.0 + jnp.cos(jnp.pi * p))}
+        after = jnp.asarray(decay[kind], jnp.float32)
+        ramp = (count + 1.0) / max(1, warmup)
+        return settings.lr * jnp.where(count < warmup, ramp, after)
+
+    return rate
 
 
 def _decoder_start(model: Any) -> int:
     start = getattr(model.config, "decoder_start_token_id", None)
     return PAD_ID if start is None else int(start)
+
+
+def _round_up(length: int, bucket: int, limit: int) -> int:
+    return min(limit, -(-length // bucket) * bucket) if bucket else limit
 
 
 def tune(
@@ -129,14 +316,10 @@ def tune(
     examples: Sequence[Example],
     settings: TuneSettings,
 ) -> tuple[Any, list[float]]:
-    """A trained copy of the base (``adapter`` injected; ``None``: all weights train) and its
-    loss at every step. Routers' auxiliary losses are added when the config weights them."""
-    if settings.dropout > 0:
-        raise DemoError(
-            f"{settings.label}: dropout {settings.dropout} asked, but the JAX T5 has no dropout; "
-            "use dropout 0 (the demo's default) or --backend torch"
-        )
-    model = nnx.clone(base.model)
+    """A trained copy of the base (the base itself with ``settings.in_place``; ``adapter``
+    injected; ``None``: all weights train) and its loss at every step. Routers' auxiliary
+    losses are added when the config weights them."""
+    model = base.model if settings.in_place else nnx.clone(base.model)
     if adapter is not None:
         with adapter_fits(adapter):
             ml.inject(model, adapter, seed=settings.seed)
@@ -144,77 +327,162 @@ def tune(
     else:
         wrt = nnx.Param
     model.mixlight_demo_full = adapter is None and settings.steps > 0
-    pairs = [
-        (
-            truncate(base.encode(e.inputs), settings.max_input_tokens),
-            truncate(base.encode(e.targets), settings.max_target_tokens),
-        )
-        for e in examples
-    ]
+    t5.set_dropout(model, settings.dropout)
+    runtime = base.runtime
+    if runtime is not None and runtime.gradient_checkpointing:
+        t5.set_gradient_checkpointing(model, True)
+    pairs = (
+        list(settings.pairs)
+        if settings.pairs is not None
+        else [
+            (
+                truncate(base.encode(e.inputs), settings.max_input_tokens),
+                truncate(base.encode(e.targets), settings.max_target_tokens),
+            )
+            for e in examples
+        ]
+    )
+    if base.mesh is not None:
+        base.parallel = _with_notes(base.parallel, place(model, base.mesh))
     if settings.steps == 0 or not pairs:
         return model, []
-    in_len = max(len(p[0]) for p in pairs)
-    out_len = max(len(p[1]) for p in pairs)
-    start = _decoder_start(model)
-    optimizer = nnx.Optimizer(model, make_optimizer(settings.optimizer, settings.lr), wrt=wrt)
-    aux = adapter is not None
-
-    def loss_fn(model, ids, attn, dec_in, labels, label_mask):
-        logits = model(input_ids=ids, attention_mask=attn, decoder_input_ids=dec_in)
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-        token = jnp.take_along_axis(logp, labels[..., None], -1)[..., 0]
-        loss = -(token * label_mask).sum() / jnp.maximum(label_mask.sum(), 1)
-        if aux:
-            loss = loss + ml.aux_losses(model)
-        return loss
-
-    @nnx.jit
-    def step(model, optimizer, ids, attn, dec_in, labels, label_mask):
-        grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))
-        loss, grads = grad_fn(model, ids, attn, dec_in, labels, label_mask)
-        optimizer.update(model, grads)
-        return loss
-
-    resume = settings.resume
-
-    @nnx.jit
-    def forward(model, ids, attn, dec_in):
-        return model(input_ids=ids, attention_mask=attn, decoder_input_ids=dec_in)
-
-    def batch(indices: list[int]) -> tuple[np.ndarray, ...]:
-        ids, attn = pad_to([pairs[i][0] for i in indices], in_len, PAD_ID)
-        labels, label_mask = pad_to([pairs[i][1] for i in indices], out_len, PAD_ID)
-        dec_in = shift_right(labels, label_mask, start)
-        return ids, attn, dec_in, labels, label_mask.astype(np.float32)
-
-    def restore(checkpoint: Any) -> None:
-        # After its first step, a run's step also takes the adapters' last-forward caches
-        # (routing probabilities) as inputs; one forward pass creates them, and the restore
-        # gives them the saved run's values: the same program on the same bits.
-        ids, attn, dec_in, _, _ = batch(list(range(min(settings.batch_size, len(pairs)))))
-        forward(model, ids, attn, dec_in)
-        jax_resume.restore(model, optimizer, wrt, checkpoint)
-
-    done, losses = resume_point(resume, restore)
-    order = itertools.islice(
-        batches(len(pairs), settings.batch_size, settings.steps, settings.seed), done, None
+    loop.check_divisible(settings, base.parallel.data, "the mesh's data axis")
+    optimizer = nnx.Optimizer(
+        model, make_optimizer(settings.optimizer, schedule(settings), settings.max_grad_norm), wrt=wrt
     )
-    bar = tqdm(
-        order,
-        total=settings.steps,
-        initial=done,
-        desc=settings.label,
-        disable=not settings.progress,
-    )
-    for indices in bar:
-        loss = step(model, optimizer, *batch(indices))
-        losses.append(float(loss))
-        check_finite_loss(losses[-1], len(losses) - 1, settings)
-        if len(losses) % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
-        if resume is not None and resume.due(len(losses), settings.steps):
-            resume.save(len(losses), losses, jax_resume.train_state(model, optimizer, wrt))
+    if base.mesh is not None:
+        replicated = NamedSharding(base.mesh, P())
+        state = nnx.state(optimizer)
+        nnx.update(optimizer, jax.tree.map(lambda v: to_global(v, replicated), state))
+    trainer = JaxTrainer(model, optimizer, wrt, pairs, settings, base, adapter is not None)
+    losses = loop.train(trainer, pairs, settings, base.parallel, lambda *a: check_finite_loss(*a))
     return model, losses
+
+
+def _with_notes(parallel: Parallel, notes: list[str]) -> Parallel:
+    import dataclasses
+
+    return dataclasses.replace(parallel, notes=tuple(dict.fromkeys([*parallel.notes, *notes])))
+
+
+def _clear_traces(model: Any) -> None:
+    """Forget the adapters' last-forward routing (a pure output of each step): a step then
+    never takes the previous batch's traces as inputs, so it compiles once per batch shape
+    and a resumed step is the same program on the same bits."""
+    if not is_injected(model):
+        return
+    for layer in adapter_layers(model).values():
+        layer.last_probs.set_value(None)
+        layer.last_logits.set_value(None)
+
+
+class JaxTrainer:
+    """:class:`mixlight_tune.loop.Trainer` for the NNX T5.
+
+    The loss of a micro-batch is its summed token losses over the global batch's target
+    tokens (one micro-batch: over its own, as the demo always did), plus the weighted router
+    losses over the number of micro-batches; gradients are summed over micro-batches, then
+    one optimiser update. On a mesh each micro-batch is one global array split over ``data``,
+    so the sum runs over every device's rows."""
+
+    def __init__(
+        self,
+        model: Any,
+        optimizer: Any,
+        wrt: Any,
+        pairs: Sequence[Pair],
+        settings: TuneSettings,
+        base: Base,
+        aux: bool,
+    ) -> None:
+        self.model, self.optimizer, self.wrt = model, optimizer, wrt
+        self.pairs, self.settings, self.mesh = pairs, settings, base.mesh
+        self.start = _decoder_start(model)
+        self.in_limit = max(len(p[0]) for p in pairs)
+        self.out_limit = max(len(p[1]) for p in pairs)
+        self.data = None if base.mesh is None else NamedSharding(base.mesh, P("data"))
+        self.replicated = None if base.mesh is None else NamedSharding(base.mesh, P())
+
+        def loss_fn(model, ids, attn, dec_in, labels, label_mask, tokens, parts, key):
+            logits = model(
+                input_ids=ids,
+                attention_mask=attn,
+                decoder_input_ids=dec_in,
+                **({} if key is None else {"dropout_rng": key}),
+            )
+            logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+            token = jnp.take_along_axis(logp, labels[..., None], -1)[..., 0]
+            total = jnp.maximum(label_mask.sum(), 1) if tokens is None else tokens
+            loss = -(token * label_mask).sum() / total
+            if aux:
+                loss = loss + ml.aux_losses(model) / parts
+            return loss
+
+        def dropout_key(seed, counter):
+            if seed is None:
+                return None
+            return jax.random.fold_in(jax.random.key(seed), counter)
+
+        @nnx.jit
+        def step(model, optimizer, batch, key_in):
+            grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))
+            loss, grads = grad_fn(model, *batch, None, 1, dropout_key(*key_in))
+            optimizer.update(model, grads)
+            return loss
+
+        @nnx.jit(static_argnums=3)
+        def gradients(model, batch, tokens, parts, key_in):
+            grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))
+            return grad_fn(model, *batch, tokens, parts, dropout_key(*key_in))
+
+        @nnx.jit
+        def update(model, optimizer, grads):
+            optimizer.update(model, grads)
+
+        self._step, self._gradients, self._update = step, gradients, update
+        self._add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
+
+    def _batch(self, indices: list[int]) -> tuple[Any, ...]:
+        rows = [self.pairs[i] for i in indices]
+        bucket = self.settings.bucket
+        in_len = _round_up(max(len(r[0]) for r in rows), bucket, self.in_limit)
+        out_len = _round_up(max(len(r[1]) for r in rows), bucket, self.out_limit)
+        ids, attn = pad_to([r[0] for r in rows], in_len, PAD_ID)
+        labels, label_mask = pad_to([r[1] for r in rows], out_len, PAD_ID)
+        dec_in = shift_right(labels, label_mask, self.start)
+        arrays = (ids, attn, dec_in, labels, label_mask.astype(np.float32))
+        if self.data is None:
+            return arrays
+        return tuple(to_global(a, self.data) for a in arrays)
+
+    def _key(self, counter: int) -> tuple[Any, Any]:
+        if self.settings.dropout == 0:
+            return None, None
+        return np.uint32(self.settings.seed), np.uint32(counter)
+
+    def step(self, step: int, micro: list[list[int]], lr: float, tokens: int) -> float:
+        _clear_traces(self.model)
+        parts = len(micro)
+        if parts == 1:
+            loss = self._step(self.model, self.optimizer, self._batch(micro[0]), self._key(step))
+            return float(to_host(loss))
+        total_tokens = np.float32(tokens)
+        grads, loss = None, 0.0
+        for j, indices in enumerate(micro):
+            _clear_traces(self.model)
+            part_loss, part = self._gradients(
+                self.model, self._batch(indices), total_tokens, parts, self._key(step * parts + j)
+            )
+            grads = part if grads is None else self._add(grads, part)
+            loss += float(to_host(part_loss))
+        self._update(self.model, self.optimizer, grads)
+        return loss
+
+    def train_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return jax_resume.train_state(self.model, self.optimizer, self.wrt, to_host), {}
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        jax_resume.restore(self.model, self.optimizer, self.wrt, checkpoint, to_global)
 
 
 def default_routing_sites(model: Any) -> list[str]:
@@ -244,6 +512,7 @@ def evaluate(
     size = max(1, min(cfg.eval_batch_size, len(examples)))
     rows = size * n_choices
     start = _decoder_start(model)
+    replicated = None if base.mesh is None else NamedSharding(base.mesh, P())
     sites = default_routing_sites(model) if is_injected(model) else []
     sides = {spec.path: spec.side for spec in state_of(model).specs} if sites else {}
 
@@ -273,7 +542,8 @@ def evaluate(
 
     scores: list[list[float]] = []
     starts = range(0, len(examples), size)
-    for first in tqdm(starts, desc="evaluate", disable=not cfg.progress, leave=False):
+    show = cfg.progress and base.parallel.writer
+    for first in tqdm(starts, desc="evaluate", disable=not show, leave=False):
         batch = range(first, min(first + size, len(examples)))
         ids, attn = pad_to([inputs[i] for i in batch], in_len, PAD_ID)
         ids = np.pad(ids, ((0, size - len(batch)), (0, 0)), constant_values=PAD_ID)
@@ -285,15 +555,16 @@ def evaluate(
         targets += [[]] * (rows - real)
         labels, label_mask = pad_to(targets, out_len, PAD_ID)
         dec_in = shift_right(labels, label_mask, start)
-        flat, probs = score(
-            model, ids, attn, np.asarray(owner, np.int32), dec_in, labels,
-            label_mask.astype(np.float32),
-        )  # fmt: skip
-        flat = np.asarray(flat).tolist()
+        inputs = (ids, attn, np.asarray(owner, np.int32), dec_in, labels)
+        inputs += (label_mask.astype(np.float32),)
+        if replicated is not None:
+            inputs = tuple(to_global(a, replicated) for a in inputs)
+        flat, probs = score(model, *inputs)
+        flat = to_host(flat).tolist()
         tasks = [examples[i].task for i in batch]
         row_tasks = [tasks[k] for k in owner[:real]]
         for site, p in probs.items():
-            p = np.asarray(p)
+            p = to_host(p)
             if site.startswith("encoder."):
                 tally(site, p[: len(batch)], attn[: len(batch)].astype(np.float32), tasks)
             else:
@@ -321,7 +592,38 @@ def trainable_percent(model: Any) -> float:
 
 
 def save(model: Any, directory: Path) -> Path | None:
-    """``ml.save_adapter`` for adapter methods; full fine-tuning saves nothing."""
+    """``ml.save_adapter`` for adapter methods; full fine-tuning saves nothing. With several
+    processes every one calls it (the adapter and the base's identity samples are gathered
+    from all of them) and process 0 alone writes."""
     if not is_injected(model):
         return None
-    return ml.save_adapter(model, directory)
+    if jax.process_count() == 1:
+        return ml.save_adapter(model, directory)
+    import mixlight.extend as mlx
+    from jax.experimental import multihost_utils
+
+    from mixlight._model_card import facts_of
+
+    backend = mlx.load_backend("jax")
+    config, specs, arrays = backend.adapter_state(model)
+    identity = backend.base_identity(model)
+    card = facts_of(backend, model)
+    if jax.process_index() == 0:
+        mlx.write_adapter(directory, config, specs, arrays, base=identity, card=card)
+    multihost_utils.sync_global_devices(f"mixlight tune saved {directory}")
+    return Path(directory)
+
+
+def memory_inputs(model: Any) -> dict[str, Any]:
+    """Base parameter count and bytes, trainable shapes and the T5 dimensions."""
+    import dataclasses
+
+    frozen = jax.tree.leaves(nnx.state(model, nnx.Not(AdapterParam)))
+    frozen = [x for x in frozen if hasattr(x, "dtype") and hasattr(x, "size")]
+    trainable = jax.tree.leaves(nnx.state(model, AdapterParam))
+    return {
+        "base_params": sum(int(x.size) for x in frozen),
+        "base_bytes": sum(int(x.size) * x.dtype.itemsize for x in frozen),
+        "trainable_shapes": [tuple(x.shape) for x in trainable],
+        "t5": dataclasses.asdict(model.config),
+    }
