@@ -1,4 +1,5 @@
-"""The ``mixlight`` command: ``info``, ``inspect DIR``, ``tune CONFIG``, ``demo``, ``bench``.
+"""The ``mixlight`` command: ``info``, ``inspect DIR``, ``tune CONFIG``, ``demo``, ``bench``,
+``check``.
 
 ``inspect`` describes a mixlight adapter directory (any format version), a PEFT adapter
 directory (as mixlight would import it), or a Hub repo id holding either.
@@ -117,6 +118,142 @@ def _bench(args: argparse.Namespace, rest: Sequence[str]) -> int:
     return bench_main(list(rest))
 
 
+CHECK_HELP = """Check, on this machine's devices, what a model runs there against mixlight's
+independent loop reference: the injected adapter layer with the fast op the registry picks,
+forward and gradients, eager and compiled (torch.compile; jax.jit), at every place (each
+device; JAX meshes of all devices; a torch DDP group under torchrun). Prints the largest
+errors per path. Exit status: 0 passed, 1 a path differs, 2 an error that is not a
+numerical mismatch (or bad arguments)."""
+
+
+def _check_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mixlight check", description=CHECK_HELP)
+    parser.add_argument(
+        "--framework",
+        choices=("all", "torch", "jax"),
+        default="all",
+        help="which framework's places to check (default: every one installed)",
+    )
+    parser.add_argument(
+        "--examples", type=int, default=10, help="hypothesis examples per case family"
+    )
+    parser.add_argument(
+        "--dtypes",
+        default="float32,bfloat16",
+        help="activation dtypes to draw, comma-separated: float32, bfloat16, float16",
+    )
+    parser.add_argument(
+        "--compile-backend",
+        default="aot_eager",
+        help="torch.compile backend of the compiled paths ('none': eager only; default "
+        "aot_eager, cheaper than inductor on a CPU)",
+    )
+    parser.add_argument(
+        "--kind",
+        metavar="MODULE:NAME",
+        help="check a custom expert kind (an ExpertKind instance or class, importable)",
+    )
+    parser.add_argument(
+        "--append",
+        metavar="FILE",
+        help="also append the tables, with a heading, to this markdown file",
+    )
+    return parser
+
+
+def _expert_from(reference: str) -> mlx.ExpertKind:
+    import importlib
+
+    module, _, name = reference.partition(":")
+    if not module or not name:
+        raise ValueError(f"--kind {reference!r}: give MODULE:NAME, e.g. my_kinds:Biases")
+    found = getattr(importlib.import_module(module), name)
+    expert = found() if isinstance(found, type) else found
+    if not isinstance(expert, mlx.ExpertKind):
+        raise ValueError(f"--kind {reference!r} is a {type(expert).__name__}, not an ExpertKind")
+    return expert
+
+
+def _join_torchrun() -> None:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1), join its process group, so that the check
+    runs a DDP group of all processes too (NCCL with CUDA, else gloo)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def _check(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    """``mixlight check``: :func:`mixlight.testing.check_on_devices` for each framework."""
+    import importlib.util
+    import time
+
+    options = _check_parser().parse_args(list(rest))
+    try:
+        from mixlight.testing import ConformanceError, PlaceError, check_on_devices
+    except ImportError as err:
+        print(f"mixlight check: error: {err} (pip install hypothesis)", file=sys.stderr)
+        return 2
+    names = ("torch", "jax") if options.framework == "all" else (options.framework,)
+    frameworks = [n for n in names if importlib.util.find_spec(n) is not None]
+    if not frameworks:
+        print(f"mixlight check: error: {' or '.join(names)} is not installed", file=sys.stderr)
+        return 2
+    backend = None if options.compile_backend.lower() == "none" else options.compile_backend
+    try:
+        expert = _expert_from(options.kind) if options.kind else None
+        dtypes = tuple(d.strip() for d in options.dtypes.split(",") if d.strip())
+    except (ValueError, ImportError, AttributeError) as err:
+        print(f"mixlight check: error: {err}", file=sys.stderr)
+        return 2
+    if "torch" in frameworks:
+        _join_torchrun()
+    sections, status = [], 0
+    for framework in frameworks:  # each framework checked, whatever the one before found
+        start = time.perf_counter()
+        try:
+            report = check_on_devices(
+                framework,
+                options.examples,
+                expert=expert,
+                dtypes=dtypes,
+                compile_backend=backend,
+                show=False,
+            )
+        except ConformanceError as err:
+            report, found, code = getattr(err, "report", None), f"FAILED: {err}", 1
+        except (PlaceError, ValueError, ImportError) as err:
+            report, found, code = getattr(err, "report", None), f"ERROR: {err}", 2
+        else:
+            found, code = "", 0
+        seconds = time.perf_counter() - start
+        title = f"### {framework}"
+        if report is not None:
+            title += (
+                f": {len(report)} paths on {', '.join(report.places)} ({options.examples} "
+                f"examples per family, {seconds:.0f} s{', stopped early' if code else ''})"
+            )
+        found = (report.table(title) if report is not None else title) + (
+            f"\n\n```\n{found}\n```" if code else ""
+        )
+        status = max(status, code)
+        sections.append(found)
+        print(found, end="\n\n", file=sys.stderr if code else sys.stdout, flush=True)
+    if options.append:
+        stamp = time.strftime("%Y-%m-%d %H:%M")
+        with open(options.append, "a") as out:
+            out.write(f"\n## mixlight check ({stamp})\n\n" + "\n\n".join(sections) + "\n")
+    verdict = ["every path equals the loop reference", "a path differs", "a check failed"]
+    print(f"mixlight check: {verdict[status]}", file=sys.stderr if status else sys.stdout)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mixlight", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,9 +273,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser(
         "bench", help="speed and memory benchmarks (see `mixlight bench -h`)", add_help=False
     )
+    sub.add_parser(
+        "check",
+        help="check every device's path against the loop reference (see `mixlight check -h`)",
+        add_help=False,
+    )
     args, rest = parser.parse_known_args(argv)
-    if args.command in ("tune", "demo", "bench"):
-        return {"tune": _tune, "demo": _demo, "bench": _bench}[args.command](args, rest)
+    heavy = {"tune": _tune, "demo": _demo, "bench": _bench, "check": _check}
+    if args.command in heavy:
+        return heavy[args.command](args, rest)
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     try:

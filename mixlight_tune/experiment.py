@@ -48,7 +48,7 @@ from .output_dirs import OutputKind
 from .report import aggregate_seeds, chance_table, format_table, score_table
 from .schema import Example
 from .shares import format_shares, real_size_shares
-from .steps import BACKENDS, BackendSteps, DemoError, TuneSettings, load_steps
+from .steps import BACKENDS, BackendSteps, DemoError, Runtime, TuneSettings, load_steps
 
 __all__ = ["BACKENDS", "DemoConfig", "DemoError", "METHODS", "run", "select"]
 
@@ -276,12 +276,14 @@ def check_t5_dir(path: Path) -> None:
         raise DemoError(f"--model {path}: no tokenizer (spiece.model or tokenizer.json) there")
 
 
-def prepare_base(steps: BackendSteps, cfg: DemoConfig, flag: str = "--model") -> Any:
-    """``steps.prepare(cfg)``; a ``--model`` checkpoint that cannot load (weights missing,
-    damaged or of other shapes than its config.json, a damaged tokenizer) is a DemoError
-    naming ``flag`` and the folder."""
+def prepare_base(
+    steps: BackendSteps, cfg: DemoConfig, flag: str = "--model", runtime: Runtime | None = None
+) -> Any:
+    """``steps.prepare(cfg, runtime)``; a ``--model`` checkpoint that cannot load (weights
+    missing, damaged or of other shapes than its config.json, a damaged tokenizer) is a
+    DemoError naming ``flag`` and the folder."""
     try:
-        return steps.prepare(cfg)
+        return steps.prepare(cfg) if runtime is None else steps.prepare(cfg, runtime)
     except LOAD_ERRORS as err:
         if cfg.model_path is None or isinstance(err, DemoError):
             raise

@@ -81,15 +81,13 @@ class Journal:
     best: dict[str, Any] | None = None
     tokens: int = 0  # real (unpadded) input + target tokens of the timed steps
     seconds: float = 0.0  # their wall time (the first step of a process is not timed)
-    lrs: list[float] = field(default_factory=list)
 
     def state(self) -> dict[str, Any]:
-        return {"evals": self.evals, "best": self.best, "lrs": self.lrs}
+        return {"evals": self.evals, "best": self.best}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.evals = list(state.get("evals", []))
         self.best = state.get("best")
-        self.lrs = list(state.get("lrs", []))
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -165,7 +163,6 @@ def train(
             if step > done:  # the first step of a process compiles / warms up
                 journal.tokens += seen
                 journal.seconds += seconds
-            journal.lrs.append(lr)
             scalars = {"loss": loss, "lr": lr, "tokens_per_second": seen / max(seconds, 1e-9)}
             bar.update(1)
             if len(losses) % 10 == 0 or step + 1 == settings.steps:

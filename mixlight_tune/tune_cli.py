@@ -11,6 +11,11 @@ resolved config, the loss of every step, the trainable share and the eval scores
 write (:data:`TUNE_OUTPUT`), and claimed (created, marked) before the base loads; the sha256
 of the training data is recorded there, and a resumed run on changed data is refused
 (:class:`~mixlight_tune.checkpoint.DataRecord`).
+
+The same config runs on one CPU, one GPU, N processes under ``torchrun`` (DDP or FSDP2) or a
+JAX mesh over many devices and processes (``jax.distributed``): ``batch_size`` is the global
+batch, the loss is normalised by the global batch's target tokens, and process 0 alone
+writes (docs/tune.md, "Devices, processes, memory").
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,20 +37,39 @@ from .checkpoint import DATA_FILE, DataRecord, Resume
 from .checkpoint import FILE as CHECKPOINT_FILE
 from .data_files import load_examples
 from .experiment import DemoConfig, check_t5_dir, prepare_base
+from .loop import Journal
+from .memory import MIB, Layout, estimate, format_estimate
 from .miniature.suite import build_suite
 from .output_dirs import OutputKind
 from .report import score_table
+from .run_logs import TENSORBOARD_DIR, WANDB_DIR, check_available, open_logs
 from .schema import Example
-from .steps import DemoError, TuneSettings, load_steps
+from .steps import BackendSteps, DemoError, Pair, Runtime, TuneSettings, load_steps
+from .token_cache import FILE as TOKENS_FILE
+from .token_cache import cache_key, cached_pairs
 from .tune_config import TuneConfig, TuneConfigError, read_config
 
 METRICS_FILE = "metrics.json"
 RESOLVED_FILE = "config.json"
+BEST_DIR = "best_adapter"
 TUNE_OUTPUT = OutputKind(
     "mixlight tune",
-    names=("adapter", METRICS_FILE, RESOLVED_FILE, CHECKPOINT_FILE, DATA_FILE),
+    names=(
+        "adapter",
+        METRICS_FILE,
+        RESOLVED_FILE,
+        CHECKPOINT_FILE,
+        DATA_FILE,
+        BEST_DIR,
+        TOKENS_FILE,
+        TENSORBOARD_DIR,
+        WANDB_DIR,
+    ),
     results=(METRICS_FILE, CHECKPOINT_FILE),
 )
+# JAX pads each batch's rows up to a multiple of this many tokens: few distinct shapes (each
+# compiles once) without padding every batch to the data's longest row.
+BUCKET = 16
 
 
 def demo_config(cfg: TuneConfig) -> DemoConfig:
@@ -63,22 +88,60 @@ def demo_config(cfg: TuneConfig) -> DemoConfig:
     )
 
 
+def runtime(cfg: TuneConfig) -> Runtime:
+    """Where the backend runs the model: devices, threads, precision, processes."""
+    return Runtime(
+        device=cfg.device,
+        threads=cfg.threads,
+        precision=cfg.precision,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        distributed=cfg.distributed,
+        mesh=cfg.mesh,
+        coordinator_address=cfg.coordinator_address,
+        num_processes=cfg.num_processes,
+        process_id=cfg.process_id,
+    )
+
+
 def settings(cfg: TuneConfig) -> TuneSettings:
-    """The optimisation recipe. Dropout is off: the JAX T5 has none, and the two backends
-    must run the same experiment."""
+    """The optimisation recipe: the same in both backends (dropout included: both T5s drop
+    out at the config's ``dropout``, whatever the checkpoint's ``dropout_rate``). The base
+    is tuned in place: a run holds one copy of it."""
     return TuneSettings(
         steps=cfg.steps,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         optimizer=cfg.optimizer,
         seed=cfg.seed,
-        dropout=0.0,
+        dropout=cfg.dropout,
         max_input_tokens=cfg.max_input_tokens,
         max_target_tokens=cfg.max_target_tokens,
         progress=cfg.progress,
         label=f"tune {cfg.adapter.method} ({cfg.backend})",
         resume=run_dir(cfg),
+        grad_accum_steps=cfg.grad_accum_steps,
+        lr_schedule=cfg.lr_schedule,
+        warmup_steps=cfg.warmup_steps,
+        max_grad_norm=cfg.max_grad_norm,
+        in_place=True,
+        bucket=BUCKET,
+        eval_every=cfg.eval_every,
     )
+
+
+def launch_rank(cfg: TuneConfig) -> int | None:
+    """This process's rank as the launcher set it (``torchrun``'s ``RANK``; JAX:
+    ``process_id`` or ``JAX_PROCESS_ID``); ``None`` when only ``jax.distributed`` will
+    know (a cluster it detects)."""
+    if cfg.backend == "torch":
+        return int(os.environ.get("RANK", "0"))
+    count = cfg.num_processes or int(os.environ.get("JAX_NUM_PROCESSES") or 1)
+    if count < 2:
+        return 0
+    pid = cfg.process_id
+    if pid is None and os.environ.get("JAX_PROCESS_ID"):
+        pid = int(os.environ["JAX_PROCESS_ID"])
+    return pid
 
 
 def run_dir(cfg: TuneConfig) -> Resume:
@@ -127,15 +190,21 @@ def check_output_dir(cfg: TuneConfig) -> None:
     TUNE_OUTPUT.check(cfg.output_dir, "output_dir")
 
 
-def claim_output_dir(cfg: TuneConfig, resuming: bool) -> DataRecord:
-    """Before the base loads: refuse resuming on changed data, then create and mark
-    ``output_dir`` (failing here when it is not writable) and record the data's sha256."""
+def claim_output_dir(cfg: TuneConfig, resuming: bool, write: bool = True) -> DataRecord:
+    """Before the base loads: refuse resuming on changed data, then (the writing process
+    only) create and mark ``output_dir`` (failing here when it is not writable) and record
+    the data's sha256."""
     record = data_record(cfg)
     if resuming:
         record.check()
+    if write:
+        _claim(cfg, record)
+    return record
+
+
+def _claim(cfg: TuneConfig, record: DataRecord) -> None:
     TUNE_OUTPUT.claim(cfg.output_dir, "output_dir")
     record.write()
-    return record
 
 
 def _same_folder(a: Path, b: Path) -> bool:
@@ -157,57 +226,198 @@ def _check_model(cfg: TuneConfig) -> None:
             raise TuneConfigError(str(err).replace("--model", "model =", 1)) from None
 
 
+def tokenised(cfg: TuneConfig, base: Any, train: list[Example], writer: bool) -> list[Pair]:
+    """The training rows as ids, tokenised once per data, tokenizer and limits
+    (:mod:`mixlight_tune.token_cache`)."""
+    data: dict[str, Any] = {"builtin": [cfg.data_seed, cfg.builtin_per_task]}
+    if cfg.data is not None:
+        data = {"sha256": sha256_of(cfg.data)}
+    limits = (cfg.max_input_tokens, cfg.max_target_tokens)
+    key = cache_key(data, Path(base.path), limits)
+
+    def tokenize() -> list[Pair]:
+        return [
+            (
+                _truncate(base.encode(e.inputs), cfg.max_input_tokens),
+                _truncate(base.encode(e.targets), cfg.max_target_tokens),
+            )
+            for e in train
+        ]
+
+    return cached_pairs(cfg.output_dir / TOKENS_FILE, key, tokenize, writer)[0]
+
+
+def _truncate(ids: list[int], limit: int) -> list[int]:
+    return ids if len(ids) <= limit else ids[: limit - 1] + ids[-1:]
+
+
+class Scorer:
+    """Scores ``eval_data`` during training (the loop's evaluator): the average-median
+    accuracy of each evaluation, and with ``keep_best`` the best adapter so far written to
+    ``output_dir/best_adapter`` (every process calls it; process 0 writes)."""
+
+    def __init__(
+        self,
+        cfg: TuneConfig,
+        steps: BackendSteps,
+        base: Any,
+        evals: list[Example],
+        demo: DemoConfig,
+        journal: Journal,
+    ) -> None:
+        self.cfg, self.steps, self.base, self.evals, self.demo = cfg, steps, base, evals, demo
+        self.journal = journal
+        self.last: tuple[int, dict[str, Any]] | None = None
+
+    def scores(self, model: Any) -> dict[str, Any]:
+        correct, _routing = self.steps.evaluate(model, self.base, self.evals, self.demo)
+        pairs = zip(self.evals, correct, strict=True)
+        return score_table((e.task, e.template, c) for e, c in pairs)
+
+    def __call__(self, model: Any, step: int) -> float:
+        table = self.scores(model)
+        self.last = (step, table)
+        average = float(table["average"])
+        best = self.journal.best
+        if self.cfg.keep_best and (best is None or average > best["eval_average"]):
+            self.steps.save(model, self.cfg.output_dir / BEST_DIR)
+            self.journal.best = {"step": step, "eval_average": average}
+        return average
+
+
 def run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Tune, save the adapter, score ``eval_data``; write and return the metrics."""
+    """Tune, save the adapter, score ``eval_data``; write and return the metrics. In a
+    parallel run every process calls it (the same config); process 0 writes and logs."""
     check_output_dir(cfg)
     _check_model(cfg)
+    check_available(cfg.log)
     train, evals = load_data(cfg)
     steps = load_steps(cfg.backend)
     saved = run_dir(cfg).load()  # refuses a run directory of another config before loading
-    record = claim_output_dir(cfg, resuming=saved is not None)
+    rank = launch_rank(cfg)
+    record = claim_output_dir(cfg, resuming=saved is not None, write=rank == 0)
     demo = demo_config(cfg)
-    base = prepare_base(steps, demo, "model =")
-    log(f"base: {base.description}; {len(train)} training examples; backend {cfg.backend}")
+    base = prepare_base(steps, demo, "model =", runtime(cfg))
+    parallel = base.parallel
+    if rank is None and parallel.writer:
+        _claim(cfg, record)
+    if not parallel.writer:
+        log = _silent
+    pairs = tokenised(cfg, base, train, parallel.writer)
+    log(
+        f"base: {base.description}; {len(train)} training examples; backend {cfg.backend}; "
+        f"{parallel.processes} process(es), {parallel.devices} device(s) ({parallel.device}, "
+        f"{parallel.layout})"
+    )
+    for note in parallel.notes:
+        log(f"note: {note}")
     if saved is not None:
         log(f"resuming {cfg.output_dir} from step {saved.step} of {cfg.steps}")
+    journal = Journal()
+    scorer = Scorer(cfg, steps, base, evals, demo, journal) if evals and cfg.eval_every else None
+    logger, close_logs = (None, _nothing)
+    if parallel.writer:
+        logger, close_logs = open_logs(cfg.log, cfg.output_dir, cfg.resolved())
+    tune_settings = dataclasses.replace(
+        settings(cfg), pairs=pairs, journal=journal, evaluator=scorer, logger=logger
+    )
     start = time.perf_counter()
-    model, losses = steps.tune(base, cfg.adapter, train, settings(cfg))
+    try:
+        model, losses = steps.tune(base, cfg.adapter, train, tune_settings)
+    finally:
+        close_logs()
     seconds = time.perf_counter() - start
+    parallel = base.parallel  # placement may have added notes
     adapter_dir = steps.save(model, cfg.output_dir / "adapter")
     scores = None
     if evals:
-        correct, _routing = steps.evaluate(model, base, evals, demo)
-        scores = score_table((e.task, e.template, c) for e, c in zip(evals, correct, strict=True))
+        if scorer is not None and scorer.last is not None and scorer.last[0] == cfg.steps:
+            scores = scorer.last[1]
+        else:
+            scores = Scorer(cfg, steps, base, evals, demo, journal).scores(model)
+    best = None
+    if journal.best is not None:
+        best = journal.best | {"adapter": str(cfg.output_dir / BEST_DIR)}
     metrics = {
         "config": cfg.resolved(),
         "base": base.description,
         "trainable_percent": steps.trainable_percent(model),
         "losses": losses,
         "train_seconds": round(seconds, 2),
+        "tokens_per_second": journal.tokens_per_second,
+        "parallel": parallel.record(),
         "eval": scores,
+        "eval_history": journal.evals,
+        "best": best,
         "adapter": None if adapter_dir is None else str(adapter_dir),
         "data_sha256": dict(record.digests),
     }
-    atomic_write(cfg.output_dir / RESOLVED_FILE, json.dumps(cfg.resolved(), indent=2) + "\n")
-    atomic_write(cfg.output_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+    peak = getattr(steps, "peak_memory", None)
+    if peak is not None:
+        metrics["peak_memory_bytes"] = peak(base)
+    if parallel.writer:
+        atomic_write(cfg.output_dir / RESOLVED_FILE, json.dumps(cfg.resolved(), indent=2) + "\n")
+        atomic_write(cfg.output_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     final = f"final loss {losses[-1]:.4f}" if losses else "no steps"
     accuracy = "" if scores is None else f", eval accuracy {100 * scores['average']:.1f}%"
-    log(f"{final}{accuracy}; adapter and {METRICS_FILE} in {cfg.output_dir}")
+    speed = (
+        "" if journal.tokens_per_second is None else f", {journal.tokens_per_second:,.0f} tokens/s"
+    )
+    log(f"{final}{accuracy}{speed}; adapter and {METRICS_FILE} in {cfg.output_dir}")
     return metrics
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+def _nothing() -> None:
+    pass
 
 
 def dry_run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Validate everything, load the base and inject the adapter; train and write nothing.
-    Returns the resolved config with the trainable share."""
+    Returns the resolved config with the trainable share, the parallel layout and the
+    estimated peak memory per device (:mod:`mixlight_tune.memory`)."""
     check_output_dir(cfg)
     _check_model(cfg)
+    check_available(cfg.log)
     train, _ = load_data(cfg)
     steps = load_steps(cfg.backend)
-    base = prepare_base(steps, demo_config(cfg), "model =")
+    base = prepare_base(steps, demo_config(cfg), "model =", runtime(cfg))
     zero = dataclasses.replace(settings(cfg), steps=0, resume=None)
     model, _ = steps.tune(base, cfg.adapter, train[:1], zero)
-    resolved = cfg.resolved() | {"trainable_percent": steps.trainable_percent(model)}
-    log(json.dumps(resolved, indent=2))
+    parallel = base.parallel
+    percent = steps.trainable_percent(model)
+    resolved = cfg.resolved() | {"trainable_percent": percent, "parallel": parallel.record()}
+    inputs = getattr(steps, "memory_inputs", None)
+    if inputs is not None:
+        pairs = [(base.encode(e.inputs), base.encode(e.targets)) for e in train]
+        source = min(max(len(p[0]) for p in pairs), cfg.max_input_tokens)
+        target = min(max(len(p[1]) for p in pairs), cfg.max_target_tokens)
+        if cfg.backend == "jax":
+            source = min(-(-source // BUCKET) * BUCKET, cfg.max_input_tokens)
+            target = min(-(-target // BUCKET) * BUCKET, cfg.max_target_tokens)
+        layout = Layout(
+            parallel.processes, parallel.data, parallel.model, parallel.layout == "fsdp"
+        )
+        memory = estimate(
+            inputs(model),
+            optimizer=cfg.optimizer,
+            precision=cfg.precision,
+            micro_batch=cfg.batch_size // cfg.grad_accum_steps,
+            source=source,
+            target=target,
+            dropout=cfg.dropout,
+            checkpointing=cfg.gradient_checkpointing,
+            layout=layout,
+        )
+        resolved["memory_per_device_mib"] = {k: round(v / MIB, 1) for k, v in memory.items()}
+        resolved["memory_lengths"] = {"source": source, "target": target}
+    if parallel.writer:
+        log(json.dumps(resolved, indent=2))
+        if "memory_per_device_mib" in resolved:
+            log(format_estimate(memory, percent))
     return resolved
 
 
@@ -223,7 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the resolved config and the trainable share; train nothing",
+        help="print the resolved config, the trainable share and the estimated peak memory "
+        "per device; train nothing",
     )
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {} if args.backend is None else {"backend": args.backend}

@@ -362,9 +362,7 @@ def _log(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or any(v not in LOGGERS for v in value):
-        raise TuneConfigError(
-            f'log must be a list of "tensorboard" and/or "wandb", got {value!r}'
-        )
+        raise TuneConfigError(f'log must be a list of "tensorboard" and/or "wandb", got {value!r}')
     return tuple(dict.fromkeys(value))
 
 

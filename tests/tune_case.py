@@ -30,6 +30,9 @@ def write_case(root: Path, backend: str, **overrides) -> Path:
         "output_dir": f"out-{backend}",
         "progress": False,
         "adapter": {"preset": "mov", "num_experts": 3},
+        # off, as the cross-framework and resume equalities need (the default is the
+        # paper's 0.1; tests/torch/test_tune_scale.py trains with it)
+        "dropout": 0.0,
     } | overrides
     path = root / f"{backend}.json"
     path.write_text(json.dumps(config))

@@ -134,7 +134,8 @@ class Place:
 class PlaceError(RuntimeError):
     """A failure that is not a numerical mismatch (a shape, a placement, a batch the mesh
     cannot split, an error raised by the path): raised at once, not shrunk. ``path`` is the
-    place (and mode) where it happened, ``case`` the case it happened on."""
+    place (and mode) where it happened, ``case`` the case it happened on; ``report`` (set by
+    the check) the :class:`DeviceReport` of what was checked before."""
 
     def __init__(self, message: str, path: str = "", case: Any = None) -> None:
         super().__init__(message)
@@ -144,7 +145,8 @@ class PlaceError(RuntimeError):
 
 class ConformanceError(AssertionError):
     """Paths whose numbers differ from the loop reference. ``paths`` maps each failing path
-    to its worst quantity and error, on ``case``, the smallest failing case found."""
+    to its worst quantity and error, on ``case``, the smallest failing case found; ``report``
+    (set by the check) is the :class:`DeviceReport` of everything checked until then."""
 
     def __init__(self, message: str, paths: Mapping[str, str], case: Any) -> None:
         super().__init__(message)
@@ -391,9 +393,12 @@ def check_case(
     if pairs is None:
         pairs = [(place, mode) for place in places for mode in place.modes]
     failing: dict[str, str] = {}
+    agree = _agreement(places)
     for place, mode in pairs:
         where = f"{place.name}/{mode}"
-        status = 0
+        if place.agree is not None and agree is not None and agree(0) == 2:
+            # enter a place spanning processes together, or not at all
+            raise PlaceError(f"{where}: another process failed with an error", where, case)
         try:
             try:
                 outcome = place.run(case, g_out, mode)
@@ -412,8 +417,8 @@ def check_case(
                 case, want, want_grads, outcome, _tolerance_at(case, place, tolerances), path
             )
         except PlaceError:
-            if place.agree is not None:
-                place.agree(2)
+            if agree is not None:
+                agree(2)
             raise
         entry = errors.setdefault(path, PathErrors())
         entry.add(case.dtype, found)
@@ -421,14 +426,18 @@ def check_case(
         if bad:
             name, (err, ratio) = max(bad.items(), key=lambda kv: kv[1][1])
             failing[path] = f"{name} error {err:.2e} ({ratio:.3g} x its tolerance)"
-            status = 1
-        if place.agree is not None:
-            worst = place.agree(status)
-            if worst == 2:
-                raise PlaceError(f"{where}: another process failed with an error", where, case)
-            if worst == 1 and not status:
-                failing[path] = "differs on another process"
+    if agree is not None:  # every process passes, fails (and so shrinks) or stops together
+        worst = agree(1 if failing else 0)
+        if worst == 2:
+            raise PlaceError("another process failed with an error", "", case)
+        if worst == 1 and not failing:
+            failing["(another process)"] = "a path differs on another process"
     return failing
+
+
+def _agreement(places: Sequence[Place]) -> Callable[[int], int] | None:
+    """The ``agree`` of the first place spanning processes, if any."""
+    return next((p.agree for p in places if p.agree is not None), None)
 
 
 def _failure_message(failing: Mapping[str, str], case: Any, total: int, run: _Run) -> str:
@@ -460,10 +469,35 @@ def check_places(
     found and a :class:`ConformanceError` names each that differs. Anything else is a
     :class:`PlaceError`, raised at once.
     """
-    from hypothesis import strategies as st
-
     families = cases if isinstance(cases, list) else [("cases", cases)]
     errors = errors if errors is not None else {}
+    try:
+        _check_families(
+            places, families, examples, grads, tolerances, shrink_limit, derandomize, errors
+        )
+    except (PlaceError, ConformanceError) as err:
+        err.report = _report(places, errors)  # type: ignore[attr-defined]  # what passed before
+        raise
+    return _report(places, errors)
+
+
+def _report(places: Sequence[Place], errors: Mapping[str, PathErrors]) -> DeviceReport:
+    ordered = {p: errors[p] for p in _order(errors, places)}
+    return DeviceReport([p.name for p in places], ordered)
+
+
+def _check_families(
+    places: Sequence[Place],
+    families: Sequence[tuple[str, Any]],
+    examples: int,
+    grads: bool,
+    tolerances: Mapping[str, Tolerance] | None,
+    shrink_limit: int,
+    derandomize: bool,
+    errors: dict[str, PathErrors],
+) -> None:
+    from hypothesis import strategies as st
+
     for _label, strategy in families:
         if not isinstance(strategy, st.SearchStrategy):
             raise TypeError(f"cases: expected a hypothesis strategy, got {type(strategy)}")
@@ -483,8 +517,6 @@ def check_places(
                 raise
             message = _failure_message(failing, case, len(every), state)
             raise ConformanceError(message, failing, case) from None
-    ordered = {p: errors[p] for p in _order(errors, places)}
-    return DeviceReport([p.name for p in places], ordered)
 
 
 def _hypothesis_check(
@@ -498,7 +530,7 @@ def _hypothesis_check(
     derandomize: bool,
 ) -> Callable[[], None]:
     """The hypothesis test of one case family (see :func:`check_places`)."""
-    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 
     def one(case: Any) -> None:
         if state.failed_pairs is not None:
@@ -520,7 +552,11 @@ def _hypothesis_check(
         if state.failed_pairs is None:  # shrink on the places and modes that failed only
             where = {_place_mode(path) for path in failing}
             state.failed_pairs = [
-                (p, m) for p in places for m in p.modes if f"{p.name}/{m}" in where
+                (p, m)
+                for p in places
+                for m in p.modes
+                # across processes every one runs the same places, whatever failed where
+                if f"{p.name}/{m}" in where or _agreement(places) is not None
             ]
         error = ConformanceError(
             _failure_message(failing, case, len(failing), state), failing, case
@@ -538,6 +574,7 @@ def _hypothesis_check(
         suppress_health_check=list(HealthCheck),
         phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
         print_blob=False,
+        verbosity=Verbosity.quiet,  # the errors raised say what failed, on which case
     )(given(strategy)(one))
 
 
@@ -574,9 +611,11 @@ def device_places(
     then, with several devices, a ``data`` mesh of all of them (batch split, adapters
     replicated) and a ``data x model`` mesh (``model=2``; adapters split by ``rules``,
     logical axis rules, default experts over ``model``), both jitted under
-    ``jax.set_mesh``. ``"torch"``: the CPU and every CUDA device, eager and compiled with
-    ``torch.compile(backend=compile_backend, fullgraph=True)`` (None: eager only); under an
-    initialised ``torch.distributed``, also a DDP group of all processes (eager).
+    ``jax.set_mesh``. ``"torch"``: the CPU and every CUDA device (under an initialised
+    ``torch.distributed``, the process's own), eager and compiled with
+    ``torch.compile(backend=compile_backend)`` (``fullgraph=True`` for the backend's own
+    fast ops, which promise it; None: eager only); under an initialised
+    ``torch.distributed``, also a DDP group of all processes (eager).
     ``modes`` narrows or widens the modes of every place (``"eager"``, ``"jit"``,
     ``"compiled"``).
     """

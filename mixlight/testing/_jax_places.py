@@ -54,9 +54,7 @@ def _zeros(key: Any, shape: Sequence[int], dtype: Any = jnp.float32) -> np.ndarr
 
 class _Tiny(nnx.Module):
     def __init__(self, d_in: int, d_out: int) -> None:
-        self.proj = _GivenOutput(
-            d_in, d_out, use_bias=False, kernel_init=_zeros, rngs=nnx.Rngs(0)
-        )
+        self.proj = _GivenOutput(d_in, d_out, use_bias=False, kernel_init=_zeros, rngs=nnx.Rngs(0))
 
     def __call__(self, x: jax.Array, h: jax.Array) -> jax.Array:
         return self.proj(x, h)

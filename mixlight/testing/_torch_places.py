@@ -172,8 +172,12 @@ def torch_places(
     if modes is None:
         modes = ("eager", "compiled") if compile_backend is not None else ("eager",)
     modes = tuple(modes)
-    devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    cuda = list(range(torch.cuda.device_count()))
+    if distributed and cuda:  # each process checks its own device
+        cuda = [torch.cuda.current_device()]
+    devices = ["cpu"] + [f"cuda:{i}" for i in cuda]
     places = [_device_place(d, modes, compile_backend) for d in devices]
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if distributed:
         places.append(_ddp_place(("eager",), compile_backend))
     return places

@@ -348,7 +348,9 @@ def tune(
         return model, []
     loop.check_divisible(settings, base.parallel.data, "the mesh's data axis")
     optimizer = nnx.Optimizer(
-        model, make_optimizer(settings.optimizer, schedule(settings), settings.max_grad_norm), wrt=wrt
+        model,
+        make_optimizer(settings.optimizer, schedule(settings), settings.max_grad_norm),
+        wrt=wrt,
     )
     if base.mesh is not None:
         replicated = NamedSharding(base.mesh, P())
@@ -599,9 +601,9 @@ def save(model: Any, directory: Path) -> Path | None:
         return None
     if jax.process_count() == 1:
         return ml.save_adapter(model, directory)
-    import mixlight.extend as mlx
     from jax.experimental import multihost_utils
 
+    import mixlight.extend as mlx
     from mixlight._model_card import facts_of
 
     backend = mlx.load_backend("jax")
@@ -618,12 +620,24 @@ def memory_inputs(model: Any) -> dict[str, Any]:
     """Base parameter count and bytes, trainable shapes and the T5 dimensions."""
     import dataclasses
 
-    frozen = jax.tree.leaves(nnx.state(model, nnx.Not(AdapterParam)))
-    frozen = [x for x in frozen if hasattr(x, "dtype") and hasattr(x, "size")]
-    trainable = jax.tree.leaves(nnx.state(model, AdapterParam))
+    import mixlight.extend as mlx
+
+    frozen = jax.tree.leaves(nnx.state(model, nnx.All(nnx.Param, nnx.Not(AdapterParam))))
+    arrays = mlx.load_backend("jax").adapter_state(model)[2]
     return {
         "base_params": sum(int(x.size) for x in frozen),
         "base_bytes": sum(int(x.size) * x.dtype.itemsize for x in frozen),
-        "trainable_shapes": [tuple(x.shape) for x in trainable],
+        "trainable": {name: tuple(a.shape) for name, a in arrays.items()},
         "t5": dataclasses.asdict(model.config),
     }
+
+
+def peak_memory(base: Base) -> int | None:
+    """The largest peak bytes in use of this process's devices, where the platform reports
+    it (GPUs, TPUs; ``None`` on the CPU)."""
+    peaks = []
+    for device in jax.local_devices():
+        stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+        if stats and "peak_bytes_in_use" in stats:
+            peaks.append(int(stats["peak_bytes_in_use"]))
+    return max(peaks) if peaks else None

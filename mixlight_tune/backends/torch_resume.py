@@ -82,10 +82,14 @@ def train_state_sharded(
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     arrays = {
-        f"model/{n}": _whole(p).cpu().numpy() for n, p in model.named_parameters() if p.requires_grad
+        f"model/{n}": _whole(p).cpu().numpy()
+        for n, p in model.named_parameters()
+        if p.requires_grad
     }
     scalars: dict[str, Any] = {}
-    for name, state in get_optimizer_state_dict(model, optimizer, options=_options())["state"].items():
+    for name, state in get_optimizer_state_dict(model, optimizer, options=_options())[
+        "state"
+    ].items():
         for key, value in state.items():
             if torch.is_tensor(value):
                 arrays[f"optimizer/{name}/{key}"] = _whole(value).cpu().numpy()

@@ -37,9 +37,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import mixlight as ml
+from mixlight_tune import loop
 from mixlight_tune.backends import torch_resume
 from mixlight_tune.backends.torch_scoring import as_encode, pad, rank_classification, truncate
-from mixlight_tune.checkpoint import resume_point
+from mixlight_tune.checkpoint import Checkpoint, resume_point
 from mixlight_tune.corruption import span_corruption
 from mixlight_tune.experiment import (
     BUILT_BASE,
@@ -51,8 +52,6 @@ from mixlight_tune.experiment import (
 )
 from mixlight_tune.sampling import batches
 from mixlight_tune.schema import Example
-from mixlight_tune import loop
-from mixlight_tune.checkpoint import Checkpoint
 from mixlight_tune.steps import (
     DemoError,
     Pair,
@@ -405,7 +404,9 @@ def _wrap(model: nn.Module, parallel: Parallel, device: torch.device) -> nn.Modu
         from mixlight_torch.distributed import shard_model
 
         if "mixlight_state" not in model.__dict__:
-            raise DemoError('distributed = "fsdp" shards an adapter run; full fine-tuning: use "ddp"')
+            raise DemoError(
+                'distributed = "fsdp" shards an adapter run; full fine-tuning: use "ddp"'
+            )
         return shard_model(model)
     from torch.nn.parallel import DistributedDataParallel
 
@@ -442,7 +443,12 @@ class TorchTrainer:
         base: Base,
     ) -> None:
         self.wrapped, self.model, self.optimizer, self.params = wrapped, model, optimizer, params
-        self.pairs, self.settings, self.parallel, self.device = pairs, settings, parallel, base.device
+        self.pairs, self.settings, self.parallel, self.device = (
+            pairs,
+            settings,
+            parallel,
+            base.device,
+        )
         runtime = base.runtime
         self.bf16 = runtime is not None and runtime.precision == "bf16"
         self.injected = "mixlight_state" in model.__dict__
@@ -588,10 +594,21 @@ def save(model: nn.Module, directory: Path) -> Path | None:
 
 def memory_inputs(model: nn.Module) -> dict[str, Any]:
     """Base parameter count and bytes, trainable shapes and the T5 dimensions."""
+    import mixlight.extend as mlx
+
     frozen = [p for p in model.parameters() if not p.requires_grad]
+    arrays = mlx.load_backend("torch").adapter_state(model)[2]
     return {
         "base_params": sum(p.numel() for p in frozen),
         "base_bytes": sum(p.numel() * p.element_size() for p in frozen),
-        "trainable_shapes": [tuple(p.shape) for p in model.parameters() if p.requires_grad],
+        "trainable": {name: tuple(a.shape) for name, a in arrays.items()},
         "t5": model.config.to_dict(),
     }
+
+
+def peak_memory(base: Base) -> int | None:
+    """The peak bytes torch allocated on this process's GPU (``None`` on the CPU, where
+    torch keeps no such count)."""
+    if base.device.type != "cuda":
+        return None
+    return int(torch.cuda.max_memory_allocated(base.device))

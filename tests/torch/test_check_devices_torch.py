@@ -196,3 +196,34 @@ def default_cases_for(dtypes):
     from mixlight.testing._devices import default_cases
 
     return default_cases(dtypes=dtypes)
+
+
+def torchrun(*args):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+    )
+    env.pop("CUDA_VISIBLE_DEVICES", None) if not torch.cuda.is_available() else None
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    command += ["-m", "mixlight.cli", "check", "--framework", "torch", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=root, timeout=600)
+
+
+def test_a_ddp_group_under_torchrun():
+    done = torchrun("--examples", "1", "--compile-backend", "none", "--dtypes", "float32")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| torch:ddp(world=2)/eager:fast:mov |" in done.stdout
+    assert done.stdout.count("every path equals the loop reference") == 2  # both processes
+
+
+def test_a_wrong_backward_fails_every_process_together_under_torchrun():
+    kind = "tests.torch.check_devices_planted:PlantedBiases"
+    done = torchrun("--examples", "5", "--compile-backend", "none", "--kind", kind)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.stderr.count("a path differs") == 2  # both processes, neither hanging
+    assert "torch:ddp(world=2)/eager:fast:planted_biases" in done.stderr
