@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# CUDA checks in one short run (under 8 minutes): the CUDA tests (the Triton MoV kernel among
-# them), the kernel's achieved bandwidth (benchmarks/bandwidth-gpu.{txt,json}), then
-# `mixlight bench` on the GPU (cases 1-4, 7), written to benchmarks/RESULTS-gpu.md and
-# benchmarks/results-gpu.json.
+# CUDA checks in one short run (under 10 minutes): the CUDA tests (the Triton MoV kernel among
+# them), `mixlight check` (every CUDA path -- eager, compiled, the Triton kernel; JAX on the
+# GPU when installed -- against the loop reference in float32, bf16 and fp16; its table is
+# appended to benchmarks/RESULTS.md), the kernel's achieved bandwidth
+# (benchmarks/bandwidth-gpu.{txt,json}), then `mixlight bench` on the GPU (cases 1-4, 7),
+# written to benchmarks/RESULTS-gpu.md and benchmarks/results-gpu.json.
 # Exits 0 with a message when no CUDA device is present.
 #   usage: bash benchmarks/gpu.sh [extra `mixlight bench` arguments, e.g. --repeats 5]
 set -euo pipefail
@@ -20,6 +22,12 @@ fi
 
 echo "== CUDA tests"
 timeout 180 "$PY" -m pytest tests/torch -k cuda -q -rs
+
+echo "== mixlight check: every CUDA path against the loop reference (table -> RESULTS.md)"
+# A failing check is reported (exit 1: a path differs, 2: an error) without stopping the run.
+timeout 240 "$PY" -m mixlight.cli check --framework all --examples 5 \
+    --dtypes float32,bfloat16,float16 --append benchmarks/RESULTS.md \
+    || echo "mixlight check: exit $? (see above and benchmarks/RESULTS.md)"
 
 echo "== Triton MoV kernel: achieved bandwidth"
 timeout 120 "$PY" -m benchmarks.bandwidth --out benchmarks/bandwidth-gpu.json \

@@ -416,8 +416,8 @@ def dry_run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, An
         resolved["memory_lengths"] = {"source": source, "target": target}
     if parallel.writer:
         log(json.dumps(resolved, indent=2))
-        if "memory_per_device_mib" in resolved:
-            log(format_estimate(memory, percent))
+        if "memory_per_device_mib" in resolved:  # beside the JSON, which stays parseable
+            print(format_estimate(memory, percent), file=sys.stderr)
     return resolved
 
 
