@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -176,7 +177,7 @@ def _expert_from(reference: str) -> mlx.ExpertKind:
 
 def _join_torchrun() -> None:
     """Under ``torchrun`` (``WORLD_SIZE`` > 1), join its process group, so that the check
-    runs a DDP group of all processes too (NCCL with CUDA, else gloo)."""
+    runs a DDP group of all processes too (NCCL with a GPU per process, else gloo)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
     import torch
@@ -184,9 +185,12 @@ def _join_torchrun() -> None:
 
     if dist.is_initialized():
         return
-    if torch.cuda.is_available():
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    if torch.cuda.is_available() and torch.cuda.device_count() >= local:  # a GPU each
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
 
 
 def _check(args: argparse.Namespace, rest: Sequence[str]) -> int:
@@ -217,6 +221,7 @@ def _check(args: argparse.Namespace, rest: Sequence[str]) -> int:
     sections, status = [], 0
     for framework in frameworks:  # each framework checked, whatever the one before found
         start = time.perf_counter()
+        report: Any
         try:
             report = check_on_devices(
                 framework,
@@ -227,7 +232,7 @@ def _check(args: argparse.Namespace, rest: Sequence[str]) -> int:
                 show=False,
             )
         except ConformanceError as err:
-            report, found, code = getattr(err, "report", None), f"FAILED: {err}", 1
+            report, found, code = err.report, f"FAILED: {err}", 1
         except (PlaceError, ValueError, ImportError) as err:
             report, found, code = getattr(err, "report", None), f"ERROR: {err}", 2
         else:

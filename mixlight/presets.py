@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 
@@ -162,21 +163,24 @@ def MoV(
     targets: Targets = "auto",
     router: Router | None = None,
     routing: str = "token",
-    per_head: bool = True,
+    per_head: bool | None = None,
     backend: str | None = None,
 ) -> AdapterConfig:
     """Mixture of (IA)³ vectors on the attention keys and values and the FFN down projection's
     input. ``targets``: ``"auto"`` (the model's family, chosen at injection from its
     ``config.model_type``), a family name (``"t5"``, ``"llama"``, ``"gpt2"``, ...; see
     ``docs/presets.md``) or a list of module-path regexes. The key/value sites of a family
-    route per head when ``per_head`` (the reference code's layout; per key/value head under
-    grouped-query attention); custom targets route on the whole width."""
+    route per head unless ``per_head=False`` (the reference code's layout; per key/value head
+    under grouped-query attention). Custom targets route on the whole width unless
+    ``per_head=True``, which routes each matched module per head (``heads="auto"``: it must
+    sit in an attention module of a known head count, else injection says so)."""
     expert = Vectors()
     fam = _family_of(targets, "MoV")
     if fam is None:
-        sites = [Site(p, expert) for p in targets]
+        heads = "auto" if per_head else None
+        sites = [Site(p, expert, heads=heads) for p in targets]
     else:
-        sites = _vector_sites(fam, expert, per_head)
+        sites = _vector_sites(fam, expert, per_head is not False)
     return AdapterConfig(
         sites,
         num_experts,
@@ -224,6 +228,13 @@ def LoRA(
 ) -> AdapterConfig:
     """LoRA: one low-rank delta per site, no router; ``targets`` as in :func:`MoV`."""
     return MoLoRA(1, rank, alpha, targets=targets, backend=backend)
+
+
+def model_type_of(model: Any) -> str | None:
+    """The HF ``config.model_type`` of a model of any framework (``"llama"``, ``"t5"``, ...),
+    read from its ``config`` attribute; None for a model without one."""
+    value = getattr(getattr(model, "config", None), "model_type", None)
+    return value if isinstance(value, str) and value else None
 
 
 def resolve_targets(

@@ -16,7 +16,7 @@ from mixlight import AdapterConfig
 from mixlight._base_identity import BaseIdentity, SamplePoint, sample_weights
 from mixlight.extend import plan_sites
 from mixlight.named_adapters import NamedAdapters
-from mixlight.presets import resolve_targets
+from mixlight.presets import model_type_of, resolve_targets
 from mixlight.site_spec import SOURCE, TARGET, ModuleRecord, SiteSpec, record_module
 from mixlight_jax._modules import (
     SUPPORTED,
@@ -183,19 +183,12 @@ def plan(model: nnx.Module, config: AdapterConfig) -> list[SiteSpec]:
     return specs
 
 
-def model_type(model: nnx.Module) -> str | None:
-    """The HF ``config.model_type`` of ``model`` (``"llama"``, ``"t5"``, ...), read from its
-    ``config`` attribute; None for a model without one."""
-    value = getattr(getattr(model, "config", None), "model_type", None)
-    return value if isinstance(value, str) and value else None
-
-
 def resolve_config(model: nnx.Module, config: AdapterConfig) -> AdapterConfig:
     """``config`` with concrete sites for ``model``: a preset made without ``targets=``
     takes the sites of the model's family (:func:`mixlight.presets.resolve_targets`)."""
     if not config.family_defaults:
         return config
-    return resolve_targets(config, model_type(model), list(_plain_paths(model)))
+    return resolve_targets(config, model_type_of(model), list(_plain_paths(model)))
 
 
 def _stacks(specs: list[SiteSpec], entries: dict[str, Entry]) -> dict[Path, list[SiteSpec]]:

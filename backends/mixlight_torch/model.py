@@ -15,7 +15,7 @@ from mixlight._base_identity import BaseIdentity, sample_weights
 from mixlight._cache_safety import cache_unsafe_sites, refuse_cached_sequence_routing
 from mixlight.extend import SiteSpec, plan_sites
 from mixlight.named_adapters import BASE, DEFAULT, NamedAdapters
-from mixlight.presets import resolve_targets
+from mixlight.presets import model_type_of, resolve_targets
 from mixlight.site_spec import MASK_NAMES, SOURCE, ModuleRecord, aux_loss_terms, record_module
 from mixlight_torch import hf as _hf
 from mixlight_torch.layers import AdapterLayer, AdapterSwitch
@@ -150,19 +150,12 @@ def _has_params(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
 
-def model_type(model: nn.Module) -> str | None:
-    """The HF ``config.model_type`` of ``model`` (``"llama"``, ``"t5"``, ...); None for a
-    model without one."""
-    value = getattr(getattr(model, "config", None), "model_type", None)
-    return value if isinstance(value, str) and value else None
-
-
 def resolve_config(model: nn.Module, config: AdapterConfig) -> AdapterConfig:
     """``config`` with concrete sites for ``model``: a preset made without ``targets=``
     takes the sites of the model's family (:func:`mixlight.presets.resolve_targets`)."""
     if not config.family_defaults:
         return config
-    return resolve_targets(config, model_type(model), _plain_paths(model))
+    return resolve_targets(config, model_type_of(model), _plain_paths(model))
 
 
 def plan(model: nn.Module, config: AdapterConfig) -> list[SiteSpec]:

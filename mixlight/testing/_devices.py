@@ -137,6 +137,8 @@ class PlaceError(RuntimeError):
     place (and mode) where it happened, ``case`` the case it happened on; ``report`` (set by
     the check) the :class:`DeviceReport` of what was checked before."""
 
+    report: DeviceReport | None = None
+
     def __init__(self, message: str, path: str = "", case: Any = None) -> None:
         super().__init__(message)
         self.path = path
@@ -147,6 +149,8 @@ class ConformanceError(AssertionError):
     """Paths whose numbers differ from the loop reference. ``paths`` maps each failing path
     to its worst quantity and error, on ``case``, the smallest failing case found; ``report``
     (set by the check) is the :class:`DeviceReport` of everything checked until then."""
+
+    report: DeviceReport | None = None
 
     def __init__(self, message: str, paths: Mapping[str, str], case: Any) -> None:
         super().__init__(message)
@@ -424,8 +428,8 @@ def check_case(
         entry.add(case.dtype, found)
         bad = {name: e for name, e in found.items() if not e[1] <= 1.0}
         if bad:
-            name, (err, ratio) = max(bad.items(), key=lambda kv: kv[1][1])
-            failing[path] = f"{name} error {err:.2e} ({ratio:.3g} x its tolerance)"
+            name, (size, ratio) = max(bad.items(), key=lambda kv: kv[1][1])
+            failing[path] = f"{name} error {size:.2e} ({ratio:.3g} x its tolerance)"
     if agree is not None:  # every process passes, fails (and so shrinks) or stops together
         worst = agree(1 if failing else 0)
         if worst == 2:
@@ -444,7 +448,8 @@ def _failure_message(failing: Mapping[str, str], case: Any, total: int, run: _Ru
     width = max(len(p) for p in failing)
     lines = [
         f"{len(failing)} of {total} paths differ from the loop reference on the smallest "
-        f"failing case found ({run.examples} examples, {run.shrinks} shrink steps):"
+        f"failing case found (after {run.examples} examples and {run.shrinks} shrink "
+        "candidates):"
     ]
     lines += [f"  {path:<{width}}  {what}" for path, what in failing.items()]
     lines.append(f"  case: {describe_case(case)}")
@@ -476,7 +481,7 @@ def check_places(
             places, families, examples, grads, tolerances, shrink_limit, derandomize, errors
         )
     except (PlaceError, ConformanceError) as err:
-        err.report = _report(places, errors)  # type: ignore[attr-defined]  # what passed before
+        err.report = _report(places, errors)  # what passed before
         raise
     return _report(places, errors)
 

@@ -79,11 +79,12 @@ class _Layout:
 
 def _injected(case: Any, layout: _Layout) -> _Tiny:
     """The tiny module with the case's site injected and its parameters, placed."""
-    from mixlight_jax import AdapterParam
+    from mixlight_jax import AdapterLayer, AdapterParam
 
     model = _Tiny(case.spec.d_in, case.spec.d_out)
     ml.inject(model, config_for(case.spec), seed=0)
     layer = model.proj
+    assert isinstance(layer, AdapterLayer)
     if not same_site(layer.spec, case.spec):
         raise PlaceError(f"inject gave the site {layer.spec}, not the case's {case.spec}")
     specs = layer.spec.param_specs()
@@ -102,14 +103,17 @@ def _layout(a: jax.Array) -> str:
     return f"{devices} rows/{a.shape[0] // max(rows, 1)}" if a.ndim else devices
 
 
-def _to_numpy(a: Any) -> np.ndarray | None:
-    if a is None:
-        return None
+def _array(a: Any) -> np.ndarray:
+    """A (possibly sharded over several hosts) JAX array as float64 numpy."""
     if not a.is_fully_addressable:
         from jax.experimental import multihost_utils
 
         a = multihost_utils.process_allgather(a, tiled=True)
     return np.asarray(a).astype(np.float64)
+
+
+def _to_numpy(a: Any) -> np.ndarray | None:
+    return None if a is None else _array(a)
 
 
 def _both(
@@ -155,7 +159,7 @@ def _run_at(layout: _Layout) -> Callable[[Any, np.ndarray | None, str], Outcome]
 
         if mode not in ("eager", "jit"):
             raise PlaceError(f"mode {mode!r}: JAX places run 'eager' or 'jit'")
-        graphdef, params, rest = nnx.split(_injected(case, layout), AdapterParam, ...)
+        graphdef, params, rest = nnx.split(_injected(case, layout), AdapterParam, ...)  # type: ignore[misc]
         dtype = DTYPES[case.dtype]
         x = _put(np.asarray(case.x, dtype), layout.batch)
         h = _put(np.asarray(case.h, dtype), layout.batch)
@@ -169,11 +173,11 @@ def _run_at(layout: _Layout) -> Callable[[Any, np.ndarray | None, str], Outcome]
         if pulled is not None:
             g_params, g_x, g_h = pulled
             holder = nnx.merge(graphdef, g_params, rest, copy=True)
-            grads = {n: _to_numpy(v.get_value()) for n, v in holder.proj.adapter.items()}
-            grads |= {"x": _to_numpy(g_x), "h": _to_numpy(g_h)}
+            pairs = [(n, v.get_value()) for n, v in holder.proj.adapter.items()]
+            grads = {n: _array(v) for n, v in [*pairs, ("x", g_x), ("h", g_h)]}
         return Outcome(
             op_label(case.spec),
-            _to_numpy(out),
+            _array(out),
             _to_numpy(probs),
             _to_numpy(logits),
             grads,

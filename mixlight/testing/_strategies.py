@@ -154,14 +154,17 @@ def site_cases(
     unknown = [d for d in dtypes if d not in DTYPES]
     if unknown:
         raise ValueError(f"site_cases: dtypes {unknown}: expected some of {', '.join(DTYPES)}")
+    kind: ExpertKind
     if expert is None:
-        expert = draw(expert_kinds())
+        kind = draw(expert_kinds())
     elif isinstance(expert, st.SearchStrategy):
-        expert = draw(expert)
+        kind = draw(expert)
+    else:
+        kind = expert
     num_experts = draw(st.integers(min_experts, max_experts))
     router = draw(routers(num_experts))
     routing = draw(st.sampled_from(routings))
-    head_count = draw(st.sampled_from(heads)) if expert.supports_heads else None
+    head_count = draw(st.sampled_from(heads)) if kind.supports_heads else None
     read = draw(st.sampled_from(reads))
     d_head = draw(st.integers(1, 6))
     d_out = d_head * (head_count or draw(st.integers(1, 3)))
@@ -169,7 +172,7 @@ def site_cases(
     batch, seq = draw(st.sampled_from(batches)), draw(st.sampled_from(seqs))
     spec = SiteSpec(
         "model.layer.0.proj",
-        Site("model.layer.0.proj", expert, read, head_count),
+        Site("model.layer.0.proj", kind, read, head_count),
         num_experts,
         router,
         routing,

@@ -20,6 +20,7 @@ from torch import nn
 
 import mixlight as ml
 from mixlight.testing._devices import Outcome, Place, PlaceError, config_for, same_site
+from mixlight_torch.layers import AdapterLayer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -83,6 +84,7 @@ def _run(
     model = _Tiny(spec.d_in, spec.d_out).to(device)
     ml.inject(model, config_for(spec), seed=0)
     layer = model.proj
+    assert isinstance(layer, AdapterLayer)
     if not same_site(layer.specs["default"], spec):
         raise PlaceError(f"inject gave the site {layer.specs['default']}, not the case's {spec}")
     with torch.no_grad():

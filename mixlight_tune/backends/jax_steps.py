@@ -557,11 +557,11 @@ def evaluate(
         targets += [[]] * (rows - real)
         labels, label_mask = pad_to(targets, out_len, PAD_ID)
         dec_in = shift_right(labels, label_mask, start)
-        inputs = (ids, attn, np.asarray(owner, np.int32), dec_in, labels)
-        inputs += (label_mask.astype(np.float32),)
+        arrays = (ids, attn, np.asarray(owner, np.int32), dec_in, labels)
+        arrays += (label_mask.astype(np.float32),)
         if replicated is not None:
-            inputs = tuple(to_global(a, replicated) for a in inputs)
-        flat, probs = score(model, *inputs)
+            arrays = tuple(to_global(a, replicated) for a in arrays)
+        flat, probs = score(model, *arrays)
         flat = to_host(flat).tolist()
         tasks = [examples[i].task for i in batch]
         row_tasks = [tasks[k] for k in owner[:real]]

@@ -205,9 +205,23 @@ def test_a_custom_kinds_loop_reference_is_used_and_can_fail():
         check_expert_kind(_OracleBiases(wrong=True), examples=10)
 
 
-def test_loop_gradients_of_a_custom_kind_say_what_to_do_instead():
-    from types import SimpleNamespace
-
-    case = SimpleNamespace(spec=SimpleNamespace(expert=SimpleNamespace(kind="biases")))
-    with pytest.raises(ValueError, match=r"'biases'.*built-in kinds.*finite differences"):
-        loop_gradients(case, np.zeros((1, 1, 1)))
+@settings(max_examples=10, deadline=None)
+@given(
+    site_cases(
+        expert=_OracleBiases(), dtypes=("float32",), max_experts=3, seqs=(1, 2), reads=("output",)
+    )
+)
+def test_loop_gradients_of_a_custom_kind_come_from_central_differences(case):
+    """A custom kind gets reference gradients (its mixing rule by central differences of its
+    loop, its routing by hand), not a refusal: they equal h + p @ B's own derivatives."""
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal(case.h.shape)
+    grads = loop_gradients(case, g)
+    assert set(grads) == {"x", "h", *case.params}
+    probs = loop_reference(case).probs
+    p = np.ones(case.h.shape[:2] + (1,)) if probs is None else probs
+    p = np.broadcast_to(p, case.h.shape[:2] + p.shape[-1:])
+    np.testing.assert_allclose(grads["biases"], np.einsum("bse,bsd->ed", p, g), atol=1e-7)
+    np.testing.assert_allclose(grads["x"], 0.0, atol=1e-9)  # routed on the output: no x
+    if probs is None:
+        np.testing.assert_allclose(grads["h"], g, atol=1e-7)

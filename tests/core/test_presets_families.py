@@ -143,3 +143,13 @@ class _Attention:
 def test_a_projections_heads_are_its_output_width_over_the_head_width(attention, d_out, heads):
     record = record_module(_Linear(32, d_out), attention, _width, lambda m: True)
     assert record.heads == heads
+
+
+def test_per_head_with_custom_targets_is_honoured():
+    """``per_head`` used to be ignored for a list of targets: True routes each matched module
+    per head, the default (None) routes on the whole width, and families route per head
+    unless it is False."""
+    assert [s.heads for s in ml.MoV(2, targets=[r".*\.k"], per_head=True).sites] == ["auto"]
+    assert [s.heads for s in ml.MoV(2, targets=[r".*\.k"]).sites] == [None]
+    assert ml.MoV(2, targets="llama").sites[0].heads == "auto"
+    assert ml.MoV(2, targets="llama", per_head=False).sites[0].heads is None

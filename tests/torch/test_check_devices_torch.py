@@ -23,6 +23,7 @@ from mixlight.testing import (
     device_places,
     site_cases,
 )
+from mixlight.testing.pytest_plugin import mixlight_check  # noqa: F401  (the fixture)
 from mixlight_torch import implement_fast_op
 from mixlight_torch.ops import FAST_OPS
 
@@ -188,6 +189,11 @@ def test_conformance_in_one_line():
     assert list(reports) == ["torch"] and "torch:cpu/eager:fast:mov" in reports["torch"]
 
 
+def test_the_fixture_of_the_pytest_plugin(mixlight_check):  # noqa: F811
+    report = mixlight_check("torch", examples=1, modes=("eager",))
+    assert "torch:cpu/eager:fast:mov" in report
+
+
 def devices():
     return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
@@ -208,7 +214,6 @@ def torchrun(*args):
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
     )
-    env.pop("CUDA_VISIBLE_DEVICES", None) if not torch.cuda.is_available() else None
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     command += ["-m", "mixlight.cli", "check", "--framework", "torch", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=root, timeout=600)

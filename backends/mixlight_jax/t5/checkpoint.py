@@ -71,9 +71,7 @@ def read_state_dict(directory: Path) -> dict[str, Any]:
 
 def _read_sharded_safetensors(directory: Path) -> dict[str, Any]:
     weight_map = _json_object(directory / SAFETENSORS_INDEX_NAME).get("weight_map")
-    if not isinstance(weight_map, dict) or not all(
-        isinstance(v, str) for v in weight_map.values()
-    ):
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(
             f"{directory / SAFETENSORS_INDEX_NAME} has no weight_map of shard file names; "
             "copy the checkpoint again"
