@@ -13,7 +13,7 @@ from typing import Any
 
 from mixlight import extend
 from mixlight._hub import push_to_hub
-from mixlight._peft_api import load_peft_adapter, save_peft_adapter
+from mixlight._peft import load_peft_adapter, save_peft_adapter
 from mixlight._version import __version__
 from mixlight.adapter_file import AdapterFileError, read_adapter
 from mixlight.api import (

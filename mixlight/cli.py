@@ -21,7 +21,7 @@ import numpy as np
 import mixlight as ml
 import mixlight.extend as mlx
 from mixlight._hub import resolve
-from mixlight._peft_format import read_peft
+from mixlight._peft import read_peft
 from mixlight.adapter_file import LAYOUTS, peft_description
 
 

@@ -469,8 +469,8 @@ def check_places(
     """Drive hypothesis over ``cases`` (a strategy of :class:`SiteCase`, or a list of
     ``(label, strategy)``, each run for ``examples``) on every place and mode.
 
-    A numerical mismatch is shrunk, re-running only the places and modes that failed, for
-    at most ``shrink_limit`` candidates; then every path runs on the smallest failing case
+    A numerical mismatch is shrunk, re-running one place and mode that failed, for at most
+    ``shrink_limit`` candidates; then every path runs on the smallest failing case
     found and a :class:`ConformanceError` names each that differs. Anything else is a
     :class:`PlaceError`, raised at once.
     """
@@ -543,9 +543,9 @@ def _hypothesis_check(
             if key in state.failing:  # a failing case again (hypothesis' final replay)
                 state.last_failing = case
                 raise state.failing[key]
-            state.shrinks += 1
-            if state.shrinks > state.shrink_limit:
+            if state.shrinks >= state.shrink_limit:
                 return  # the budget is spent: no candidate is tried any more
+            state.shrinks += 1
         else:
             state.examples += 1
         try:
@@ -554,15 +554,8 @@ def _hypothesis_check(
             raise _Stop(err) from err
         if not failing:
             return
-        if state.failed_pairs is None:  # shrink on the places and modes that failed only
-            where = {_place_mode(path) for path in failing}
-            state.failed_pairs = [
-                (p, m)
-                for p in places
-                for m in p.modes
-                # across processes every one runs the same places, whatever failed where
-                if f"{p.name}/{m}" in where or _agreement(places) is not None
-            ]
+        if state.failed_pairs is None:
+            state.failed_pairs = _shrink_on(places, failing)
         error = ConformanceError(
             _failure_message(failing, case, len(failing), state), failing, case
         )
@@ -581,6 +574,18 @@ def _hypothesis_check(
         print_blob=False,
         verbosity=Verbosity.quiet,  # the errors raised say what failed, on which case
     )(given(strategy)(one))
+
+
+def _shrink_on(places: Sequence[Place], failing: Mapping[str, str]) -> list[tuple[Place, str]]:
+    """Where shrinking re-runs candidates: one place and mode that failed, compiled rather
+    than eager (cheaper per candidate); across processes every place, as every process must
+    run the same ones whatever failed where."""
+    pairs = [(p, m) for p in places for m in p.modes]
+    if _agreement(places) is not None:
+        return pairs
+    where = {_place_mode(path) for path in failing}
+    failed = [(p, m) for p, m in pairs if f"{p.name}/{m}" in where]
+    return [min(failed, key=lambda pm: pm[1] == "eager")][:1] if failed else pairs
 
 
 def _place_mode(path: str) -> str:

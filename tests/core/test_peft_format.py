@@ -13,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 import mixlight as ml
 import mixlight.extend as mlx
-from mixlight._peft_format import exact_pattern
+from mixlight._peft import exact_pattern
 from tests.core.dict_backend import dict_backend, t5_like
 
 PATHS = [

@@ -1,6 +1,6 @@
 """PEFT interop for models: import a PEFT (IA)³ or LoRA adapter, optionally as every expert of
 a mixture ("upcycling"), and export a one-expert adapter in PEFT's layout. Works in every
-backend: the conversion is numpy (:mod:`mixlight._peft_format`), the model side goes through
+backend: the conversion is numpy (:mod:`mixlight._peft`), the model side goes through
 the backend's adapter state."""
 
 from __future__ import annotations
@@ -13,14 +13,9 @@ import attrs
 
 from mixlight._backends import backend_for_model
 from mixlight._hub import resolve
-from mixlight._peft_format import (
-    check_upcycle,
-    fill_experts,
-    one_expert_config,
-    peft_state,
-    read_peft,
-    write_peft,
-)
+from mixlight._peft.exporting import peft_state, write_peft
+from mixlight._peft.importing import check_upcycle, fill_experts, one_expert_config
+from mixlight._peft.reading import read_peft
 from mixlight._rollback import adapter_for_loading
 from mixlight.config import AdapterConfig
 from mixlight.presets import resolve_targets
