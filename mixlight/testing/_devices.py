@@ -12,9 +12,9 @@ build the framework's places (imported only when a check runs).
 
 Failing fast: a failure that is not a numerical mismatch (a shape, a placement, a batch the
 mesh cannot split, an exception from the path) is raised at once as :class:`PlaceError`,
-without hypothesis shrinking it. A mismatch is shrunk on the paths that failed only, within
-a budget of re-runs, and reported as :class:`ConformanceError` with the smallest case found
-and every path that differs on it.
+without hypothesis shrinking it. A mismatch is shrunk on one place and mode that failed,
+within a budget of candidates, and reported as :class:`ConformanceError` with the smallest
+case found and every path that differs on it.
 """
 
 from __future__ import annotations
@@ -96,6 +96,8 @@ class Outcome:
       rows: the batch rows these cover (a DDP rank's share); None for the whole batch.
         Parameter gradients always cover the whole batch.
       layout / expected: where the output lives and where it must (None: not checked).
+      dtype: the output's dtype (``"float32"``, ``"bfloat16"``, ...), which must be the
+        case's activation dtype (None: not checked).
     """
 
     op: str
@@ -106,6 +108,7 @@ class Outcome:
     rows: slice | None = None
     layout: str | None = None
     expected: str | None = None
+    dtype: str | None = None
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,13 @@ def compare(
             path,
             case,
         )
+    if got.dtype is not None and got.dtype != case.dtype:
+        raise PlaceError(
+            f"{path}: the output is {got.dtype} for {case.dtype} activations (an adapted "
+            "layer must return its activations' dtype)",
+            path,
+            case,
+        )
     if want_grads is not None and got.grads is not None and set(got.grads) != set(want_grads):
         raise PlaceError(
             f"{path}: gradients for {sorted(got.grads)}, expected {sorted(want_grads)}",
@@ -335,7 +345,6 @@ def _upstream(case: Any) -> np.ndarray:
 class _Run:
     """One hypothesis run's state: the first failure, what failed, the shrink budget."""
 
-    places: Sequence[Place]
     shrink_limit: int
     examples: int = 0
     shrinks: int = 0
@@ -506,7 +515,7 @@ def _check_families(
     for _label, strategy in families:
         if not isinstance(strategy, st.SearchStrategy):
             raise TypeError(f"cases: expected a hypothesis strategy, got {type(strategy)}")
-        state = _Run(places, shrink_limit)
+        state = _Run(shrink_limit)
         check = _hypothesis_check(
             state, strategy, places, grads, tolerances, errors, examples, derandomize
         )

@@ -183,6 +183,7 @@ def _run_at(layout: _Layout) -> Callable[[Any, np.ndarray | None, str], Outcome]
             grads,
             layout=_layout(out),
             expected=layout.expected,
+            dtype=str(out.dtype),
         )
 
     return run

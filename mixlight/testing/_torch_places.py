@@ -135,6 +135,7 @@ def _run(
         rows=rows,
         layout=str(out.device),
         expected=str(torch.device(device)),
+        dtype=str(out.dtype).removeprefix("torch."),
     )
 
 

@@ -345,6 +345,18 @@ def set_dropout(model: nn.Module, rate: float) -> None:
 _set_dropout = set_dropout  # the name older callers used
 
 
+def _checkpoint_activations(model: nn.Module) -> None:
+    """HF's per-block activation checkpointing (non-reentrant: frozen inputs, trainable
+    adapters inside the blocks); its newer name when transformers has it."""
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False  # a cache is for generation, and checkpointing refuses it
+
+
 def _pairs(base: Base, examples: Sequence[Example], settings: TuneSettings) -> list[Pair]:
     if settings.pairs is not None:
         return list(settings.pairs)
@@ -377,7 +389,7 @@ def tune(
     set_dropout(model, settings.dropout)
     runtime = base.runtime
     if runtime is not None and runtime.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _checkpoint_activations(model)
     pairs = _pairs(base, examples, settings)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params or settings.steps == 0:
