@@ -319,6 +319,21 @@ def tune(
     """A trained copy of the base (the base itself with ``settings.in_place``; ``adapter``
     injected; ``None``: all weights train) and its loss at every step. Routers' auxiliary
     losses are added when the config weights them."""
+    model, trainer = make_trainer(base, adapter, examples, settings)
+    if trainer is None:
+        return model, []
+    check = lambda *a: check_finite_loss(*a)  # noqa: E731  (looked up at call time)
+    return model, loop.train(trainer, trainer.pairs, settings, base.parallel, check)
+
+
+def make_trainer(
+    base: Base,
+    adapter: ml.AdapterConfig | None,
+    examples: Sequence[Example],
+    settings: TuneSettings,
+) -> tuple[Any, JaxTrainer | None]:
+    """The model to tune (adapter injected, dropout and rematerialisation set, placed on
+    the mesh) and its trainer (``None`` when nothing trains)."""
     model = base.model if settings.in_place else nnx.clone(base.model)
     if adapter is not None:
         with adapter_fits(adapter):
@@ -345,20 +360,15 @@ def tune(
     if base.mesh is not None:
         base.parallel = _with_notes(base.parallel, place(model, base.mesh))
     if settings.steps == 0 or not pairs:
-        return model, []
+        return model, None
     loop.check_divisible(settings, base.parallel.data, "the mesh's data axis")
-    optimizer = nnx.Optimizer(
-        model,
-        make_optimizer(settings.optimizer, schedule(settings), settings.max_grad_norm),
-        wrt=wrt,
-    )
+    tx = make_optimizer(settings.optimizer, schedule(settings), settings.max_grad_norm)
+    optimizer = nnx.Optimizer(model, tx, wrt=wrt)
     if base.mesh is not None:
         replicated = NamedSharding(base.mesh, P())
         state = nnx.state(optimizer)
         nnx.update(optimizer, jax.tree.map(lambda v: to_global(v, replicated), state))
-    trainer = JaxTrainer(model, optimizer, wrt, pairs, settings, base, adapter is not None)
-    losses = loop.train(trainer, pairs, settings, base.parallel, lambda *a: check_finite_loss(*a))
-    return model, losses
+    return model, JaxTrainer(model, optimizer, wrt, pairs, settings, base, adapter is not None)
 
 
 def _with_notes(parallel: Parallel, notes: list[str]) -> Parallel:

@@ -378,6 +378,27 @@ def tune(
     """A trained copy of the base (the base itself with ``settings.in_place``; ``adapter``
     injected; ``None``: all weights train) and its loss at every step. Routers' auxiliary
     losses count when the config weights them."""
+    model, trainer = make_trainer(base, adapter, examples, settings)
+    if trainer is None:
+        return model, []
+    model.train()
+    try:
+        losses = loop.train(
+            trainer, trainer.pairs, settings, base.parallel, lambda *a: check_finite_loss(*a)
+        )
+    finally:
+        model.eval()
+    return model, losses
+
+
+def make_trainer(
+    base: Base,
+    adapter: ml.AdapterConfig | None,
+    examples: Sequence[Example],
+    settings: TuneSettings,
+) -> tuple[nn.Module, TorchTrainer | None]:
+    """The model to tune (adapter injected, dropout and checkpointing set, on its device)
+    and its trainer (``None`` when nothing trains: no steps or no trainable weights)."""
     torch.manual_seed(settings.seed)
     model = base.model if settings.in_place else copy.deepcopy(base.model)
     if adapter is None:
@@ -393,19 +414,13 @@ def tune(
     pairs = _pairs(base, examples, settings)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params or settings.steps == 0:
-        return model, []
+        return model, None
     parallel = base.parallel
     loop.check_divisible(settings, parallel.data, "the number of processes")
     wrapped = _wrap(model, parallel, base.device)
     params = [p for p in wrapped.parameters() if p.requires_grad]
     optimizer = make_optimizer(settings.optimizer, params, settings.lr)
-    trainer = TorchTrainer(wrapped, model, optimizer, params, pairs, settings, parallel, base)
-    model.train()
-    try:
-        losses = loop.train(trainer, pairs, settings, parallel, lambda *a: check_finite_loss(*a))
-    finally:
-        model.eval()
-    return model, losses
+    return model, TorchTrainer(wrapped, model, optimizer, params, pairs, settings, parallel, base)
 
 
 def _wrap(model: nn.Module, parallel: Parallel, device: torch.device) -> nn.Module:
