@@ -114,6 +114,12 @@ def _build_jax_t5(quick: bool, device: torch.device) -> tuple[list[Group], str]:
     )
 
 
+def _build_tune(quick: bool, device: torch.device) -> tuple[list[Group], str]:
+    from benchmarks.tune_steps import tune_groups
+
+    return tune_groups(quick, device)
+
+
 def _build_xlora(quick: bool, device: torch.device) -> tuple[list[Group], str]:
     from benchmarks.xlora import LlamaShape, xlora_group
 
@@ -242,6 +248,17 @@ CASES = {
         ),
         repeats=5,
         needs=("jax", "flax", "mixlight_jax"),
+    ),
+    9: Case(
+        9,
+        "mixlight tune optimiser steps: MoV-10 and LoRA r=4 vs (IA)3, torch and JAX",
+        _build_tune,
+        (
+            Target("torch tune step", "mov-10", "ia3", "time", 1.5),
+            Target("jax tune step", "mov-10", "ia3", "time", 1.5),
+        ),
+        repeats=10,
+        needs=("transformers", "sentencepiece"),
     ),
 }
 

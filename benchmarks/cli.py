@@ -27,6 +27,8 @@ NOTES = (
     "PEFT X-LoRA is in case 7, on a decoder-only Llama, not in case 3: PEFT 0.21's X-LoRA "
     "cannot load adapters into an encoder-decoder T5 (it rewrites keys to a decoder-only "
     "`model.model.*` layout) and applies one sequence's scalings at every layer.",
+    "Case 9 (mixlight tune steps per second, torch and JAX) is not in the default set either; "
+    "it times the tune pipeline's own trainers (python -m benchmarks --cases 9).",
     "Cases 5 (torch.compile; inductor takes about 40 s per graph on these cores), 6 and 8 "
     "(the JAX rows; need jax and mixlight_jax) are not in the default set: ask for them with "
     "--cases. Case 3's compiled group runs on CPU only (three inductor compiles of a T5 "

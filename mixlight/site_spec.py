@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import numpy as np
@@ -398,11 +398,11 @@ def _resolve(
     return spec
 
 
-@attrs.frozen
-class SiteResult:
+class SiteResult(NamedTuple):
     """Output of one site: adapted output ``[..., d_out]``; float32 probabilities and logits
     ``[..., E]`` (``[..., H, E]`` per head; seq axis 1 under sequence routing), None without
-    a router."""
+    a router. A named tuple: a JAX pytree as it is, and a type ``torch.compile`` traces (it
+    fails on a frozen attrs class)."""
 
     out: Array
     probs: Array | None

@@ -18,13 +18,6 @@ from mixlight.site_spec import pooling_mask
 from mixlight_jax._sites import FAST_OPS
 from mixlight_jax.params import AdapterParam, sharding_metadata
 
-# SiteResult is a pytree, so that ``mix`` and ``apply_site`` can be jitted as they are.
-jax.tree_util.register_pytree_node(
-    SiteResult,
-    lambda r: ((r.out, r.probs, r.logits), None),
-    lambda _, children: SiteResult(*children),
-)
-
 
 class RoutingTrace(nnx.Variable):
     """The last forward's routing probabilities or logits (float32, ``[..., E]`` or

@@ -322,8 +322,9 @@ def tune(
     model, trainer = make_trainer(base, adapter, examples, settings)
     if trainer is None:
         return model, []
-    check = lambda *a: check_finite_loss(*a)  # noqa: E731  (looked up at call time)
-    return model, loop.train(trainer, trainer.pairs, settings, base.parallel, check)
+    return model, loop.train(
+        trainer, trainer.pairs, settings, base.parallel, lambda *a: check_finite_loss(*a)
+    )
 
 
 def make_trainer(
