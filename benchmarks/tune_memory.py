@@ -104,12 +104,20 @@ def measure(backend: str, size: str) -> dict:
         micro_batch=BATCH,
         source=source,
         target=target,
-        dropout=0.1,
         checkpointing=False,
         layout=Layout(),
     )
     out = {"backend": backend, "size": size, "estimate": est, "lengths": [source, target]}
     if backend == "torch":
+        from benchmarks.measure import saved_bytes
+
+        longest = max(order, key=lambda b: max(len(pairs[i][0]) for i in b))
+        tokens = sum(len(pairs[i][1]) for i in longest)
+        frozen = list(model.parameters())
+        model.train()
+        out["saved"] = saved_bytes(
+            lambda: trainer._loss(trainer._batch(longest), tokens, 1), frozen
+        )
         before = _rss()
         for k, indices in enumerate(order):
             trainer.step(k, [indices], 1e-3, sum(len(pairs[i][1]) for i in indices))
@@ -143,15 +151,19 @@ def main() -> None:
                 raise SystemExit(done.stderr[-3000:])
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     mib = 2**20
-    print("| backend | size | lengths | estimated total MiB | compared parts MiB | measured MiB "
-          "| measured / estimated |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    print(
+        "| backend | size | lengths | estimated total MiB | estimated activations MiB "
+        "| saved for backward MiB | estimate compared MiB | measured MiB | measured / estimate |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        ratio = r["measured"] / r["compared"]
+        est = r["estimate"]
+        saved = "-" if "saved" not in r else f"{r['saved'] / mib:,.1f}"
         print(
             f"| {r['backend']} | {r['size']} | {r['lengths'][0]}+{r['lengths'][1]} "
-            f"| {r['estimate']['total'] / mib:,.1f} | {r['compared'] / mib:,.1f} "
-            f"| {r['measured'] / mib:,.1f} | {ratio:.2f} |"
+            f"| {est['total'] / mib:,.1f} | {est['activations'] / mib:,.1f} | {saved} "
+            f"| {r['compared'] / mib:,.1f} | {r['measured'] / mib:,.1f} "
+            f"| {r['measured'] / r['compared']:.2f} |"
         )
         print(json.dumps(r), file=sys.stderr)
 

@@ -9,6 +9,10 @@ On a laptop (8 simulated CPU devices):
 On a TPU/GPU host, unchanged but for flags:
     python examples/distributed_jax.py --checkpoint path/to/hf-t5 --data 4 --model 2
 ``--check`` also runs the same steps on one device and prints the largest differences.
+
+This is the step to copy into a training script of your own. ``mixlight tune run.toml
+--backend jax`` runs the whole pipeline on the same kind of mesh (``mesh = {data = 4,
+model = 2}`` in the config), across hosts too (``jax.distributed``; docs/scaling.md).
 """
 
 from __future__ import annotations

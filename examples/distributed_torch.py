@@ -14,6 +14,10 @@ The base model is frozen; with ``--fsdp`` it is sharded block by block across th
 the adapter is in the optimizer. Every rank trains on its slice of each global batch, and
 ``save_adapter_distributed`` writes the adapter once; ``mixlight.load_adapter`` loads it into
 any single-process model. The task is synthetic (reverse the input), to need no data files.
+
+This is the loop to copy into a training script of your own. To tune from a config file
+(your data, evaluation, schedules, bf16, checkpointing, resume), the same launcher runs the
+whole pipeline: ``torchrun --nproc_per_node 8 -m mixlight.cli tune run.toml`` (docs/scaling.md).
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ class Journal:
     evals: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
     tokens: int = 0  # real (unpadded) input + target tokens of the timed steps
-    seconds: float = 0.0  # their wall time (the first step of a process is not timed)
+    seconds: float = 0.0  # their wall time (not timed: a process's first step, compiling ones)
 
     def state(self) -> dict[str, Any]:
         return {"evals": self.evals, "best": self.best}
@@ -160,7 +160,8 @@ def train(
             check(loss, step, settings)
             seconds = time.perf_counter() - start
             seen = tokens + sum(len(pairs[i][0]) for i in indices)
-            if step > done:  # the first step of a process compiles / warms up
+            # the first step of a process warms up; a JAX step on a new batch shape compiles
+            if step > done and not getattr(trainer, "compiled", False):
                 journal.tokens += seen
                 journal.seconds += seconds
             scalars = {"loss": loss, "lr": lr, "tokens_per_second": seen / max(seconds, 1e-9)}

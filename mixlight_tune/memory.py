@@ -2,16 +2,15 @@
 (``mixlight tune --dry-run``): the frozen base, the adapters, their gradients and optimiser
 state, and the activations one micro-batch keeps for the backward pass.
 
-The activation count is T5's own (Korthikanti et al.'s bookkeeping applied to T5 v1.1
-blocks): per token and layer, the residual input and the normed input of each sub-layer, the
-query/key/value and attended outputs, the softmax probabilities (``heads x key length``),
-the feed-forward's hidden activations, dropout masks (one byte) when dropout is on, and the
-float32 logits and log-probabilities of the LM head. Activation checkpointing keeps each
-block's input and one block's activations instead. Routing probabilities of MoV/MoLoRA
-sites (float32, ``experts`` a token, times ``heads`` for per-head routers) are added. It is
-an estimate: allocator slack, temporary buffers of fused kernels, the framework's own
-workspace (CUDA context, XLA scratch) and FSDP2's prefetch of the next block are not
-counted. ``docs/scaling.md`` compares it with measured peaks.
+The activation count is what HF's eager T5 saves for the backward pass, tensor by tensor
+(:func:`_activations`), and the float32 log-probabilities of the LM head; activation
+checkpointing keeps each block's input and one block's activations instead. Routing
+probabilities of MoV/MoLoRA sites (float32, ``experts`` a token, times ``heads`` for
+per-head routers) are added. It is an estimate: allocator slack, the backward pass's own
+temporaries, the framework's workspace (CUDA context, XLA scratch) and FSDP2's prefetch of
+the next block are not counted. Measured against it (``python -m benchmarks.tune_memory``,
+docs/scaling.md): torch's saved-for-backward bytes within 2%, XLA's compiled temporaries
+about 0.9x, a CPU process's peak resident growth about 1.8x.
 """
 
 from __future__ import annotations
@@ -59,34 +58,38 @@ def _activations(
     source: int,
     target: int,
     act_bytes: int,
-    dropout: bool,
     checkpointing: bool,
 ) -> tuple[int, int]:
-    """``(bytes kept by the base model's activations, bytes of the LM head's)``."""
+    """``(bytes kept by the base model's activations, bytes of the LM head's)``.
+
+    Per token, what HF's eager T5 saves for backward (counted tensor by tensor with
+    ``torch.autograd.graph.saved_tensors_hooks`` on a small T5; ``benchmarks/tune_memory.py``):
+    each pre-norm keeps its input, the normalised input and its output (3 ``d_model``); an
+    attention its query, key and value projections and its attended output (4 ``inner``),
+    and three copies of the probabilities (the softmax output, its dropped-out copy, the
+    batched-matmul view; float32); a gated-GELU feed-forward eight ``d_ff``-wide tensors
+    (the tanh-GELU's intermediates, the gate, the product; a plain one three)."""
     h, heads = int(t5["d_model"]), int(t5["num_heads"])
     inner, f = heads * int(t5["d_kv"]), int(t5["d_ff"])
     gated = str(t5.get("feed_forward_proj", "relu")).startswith("gated")
     enc_layers = int(t5["num_layers"])
     dec_layers = int(t5.get("num_decoder_layers") or enc_layers)
-    mask = 1 if dropout else 0  # bytes per dropped element
 
-    def attention(q: int, k: int, own_kv: bool) -> int:
-        values = q * (2 * h + 2 * inner) + (2 * k * inner if own_kv else 2 * q * inner)
-        probs = heads * q * k
-        return values * act_bytes + probs * (4 + mask) + q * h * mask
+    def attention(q: int, k: int) -> int:
+        values = q * (3 * h + 2 * inner) + 2 * k * inner
+        return values * act_bytes + 3 * heads * q * k * 4
 
     def ffn(n: int) -> int:
-        hidden = (4 if gated else 2) * f
-        return n * (2 * h + hidden) * act_bytes + n * (f + h) * mask
+        return n * (3 * h + (8 if gated else 3) * f) * act_bytes
 
-    enc = attention(source, source, True) + ffn(source)
-    dec = attention(target, target, True) + attention(target, source, False) + ffn(target)
+    enc = attention(source, source) + ffn(source)
+    dec = attention(target, target) + attention(target, source) + ffn(target)
     if checkpointing:
         kept = (enc_layers * source + dec_layers * target) * h * act_bytes + max(enc, dec)
     else:
         kept = enc_layers * enc + dec_layers * dec
     kept += 2 * (source + target) * h * act_bytes  # embeddings and final norms
-    head = target * int(t5["vocab_size"]) * (act_bytes + 8)  # logits, float32 copy, log-probs
+    head = target * int(t5["vocab_size"]) * 4  # the float32 log-probabilities
     return rows * kept, rows * head
 
 
@@ -120,7 +123,6 @@ def estimate(
     micro_batch: int,
     source: int,
     target: int,
-    dropout: float,
     checkpointing: bool,
     layout: Layout,
 ) -> dict[str, int]:
@@ -140,7 +142,7 @@ def estimate(
     adapter_share = layout.processes if layout.fsdp else 1
     rows = max(1, micro_batch // max(1, layout.data))
     act_bytes = 2 if precision == "bf16" else 4
-    kept, head = _activations(t5, rows, source, target, act_bytes, dropout > 0, checkpointing)
+    kept, head = _activations(t5, rows, source, target, act_bytes, checkpointing)
     out = {
         "base_weights": base,
         "adapter_weights": 4 * trainable // adapter_share,

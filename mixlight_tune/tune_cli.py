@@ -408,7 +408,6 @@ def dry_run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, An
             micro_batch=cfg.batch_size // cfg.grad_accum_steps,
             source=source,
             target=target,
-            dropout=cfg.dropout,
             checkpointing=cfg.gradient_checkpointing,
             layout=layout,
         )

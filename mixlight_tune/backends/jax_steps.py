@@ -411,6 +411,8 @@ class JaxTrainer:
         self.model, self.optimizer, self.wrt = model, optimizer, wrt
         self.pairs, self.settings, self.mesh = pairs, settings, base.mesh
         self.start = _decoder_start(model)
+        self.shapes: set[tuple[int, int, int]] = set()
+        self.compiled = False
         self.in_limit = max(len(p[0]) for p in pairs)
         self.out_limit = max(len(p[1]) for p in pairs)
         self.data = None if base.mesh is None else NamedSharding(base.mesh, P("data"))
@@ -460,6 +462,9 @@ class JaxTrainer:
         bucket = self.settings.bucket
         in_len = _round_up(max(len(r[0]) for r in rows), bucket, self.in_limit)
         out_len = _round_up(max(len(r[1]) for r in rows), bucket, self.out_limit)
+        shape = (len(rows), in_len, out_len)
+        self.compiled = self.compiled or shape not in self.shapes
+        self.shapes.add(shape)
         ids, attn = pad_to([r[0] for r in rows], in_len, PAD_ID)
         labels, label_mask = pad_to([r[1] for r in rows], out_len, PAD_ID)
         dec_in = shift_right(labels, label_mask, self.start)
@@ -475,6 +480,7 @@ class JaxTrainer:
 
     def step(self, step: int, micro: list[list[int]], lr: float, tokens: int) -> float:
         _clear_traces(self.model)
+        self.compiled = False  # set when a micro-batch has a shape not seen before
         parts = len(micro)
         if parts == 1:
             loss = self._step(self.model, self.optimizer, self._batch(micro[0]), self._key(step))

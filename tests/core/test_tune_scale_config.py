@@ -137,7 +137,7 @@ def test_memory_estimate_scales_as_expected():
         "t5": T5_XL,
         "trainable": {"encoder.block.0.layer.1.DenseReluDense.act.vectors": (10, 5120)},
     }
-    common = dict(optimizer="adamw", micro_batch=8, source=512, target=128, dropout=0.1)
+    common = dict(optimizer="adamw", micro_batch=8, source=512, target=128)
     plain = memory.estimate(
         inputs, precision="bf16", checkpointing=False, layout=memory.Layout(), **common
     )

@@ -22,6 +22,7 @@ import pytest
 
 pytest.importorskip("jax")
 pytest.importorskip("optax")
+pytest.importorskip("sentencepiece")
 
 import mixlight as ml  # noqa: E402
 from mixlight_tune.experiment import SHIPPED_BASE  # noqa: E402
