@@ -1,5 +1,6 @@
 """Case 9: ``mixlight tune`` optimiser steps per second, MoV-10 vs (IA)³ vs LoRA r=4, torch
-and JAX, on one config.
+and JAX, on one config. ``mov-1`` (one expert: a softmax over one logit is 1, so the math is
+(IA)³'s) must give (IA)³'s losses step after step: the check that the rows run one pipeline.
 
 Each implementation is the tune pipeline's own trainer (``make_trainer`` of
 :mod:`mixlight_tune.backends.torch_steps` / ``jax_steps``): the config's base loaded by the
@@ -33,7 +34,12 @@ from mixlight_tune.tune_cli import demo_config, load_data, runtime, settings
 from mixlight_tune.tune_config import parse
 
 CYCLE = 8  # the timed steps go round the first CYCLE batches of the data order
-METHODS = {"ia3": ml.IA3, "mov-10": lambda: ml.MoV(10), "lora-r4": lambda: ml.LoRA(rank=4)}
+METHODS = {
+    "ia3": ml.IA3,
+    "mov-10": lambda: ml.MoV(10),
+    "lora-r4": lambda: ml.LoRA(rank=4),
+    "mov-1": lambda: ml.MoV(1),  # one expert: its router's softmax is 1, so it is (IA)³
+}
 
 
 def small_checkpoint() -> Path:
@@ -109,7 +115,8 @@ def tune_groups(quick: bool, device: torch.device) -> tuple[list[Group], str]:
             continue
         where = device.type if backend == "torch" else "auto"
         impls = {m: TuneStep(backend, model, m, batch, where) for m in METHODS}
-        groups.append(Group(f"{backend} tune step", "ia3", impls))
+        same = [("mov-1", "ia3", ("out",))]  # the same losses, step after step
+        groups.append(Group(f"{backend} tune step", "ia3", impls, same))
     what = "shipped tiny T5 (0.33M)" if quick else "random T5, t5-v1_1-small blocks, 1,024 vocab"
     return groups, (
         f"{what}; built-in mixture, batch {batch}, AdamW, dropout 0, one micro-batch; one call "

@@ -95,7 +95,7 @@ def test_meshes_train_the_one_device_adapter(meshes, one_device):
         want = json.loads((one_device[reference] / "metrics.json").read_text())
         np.testing.assert_allclose(metrics["losses"], want["losses"], rtol=1e-5)
         want_adapter = adapter(one_device[reference] / "adapter")
-        assert_same_adapter(adapter(out / "adapter"), want_adapter, 2e-6)
+        assert_same_adapter(adapter(out / "adapter"), want_adapter, 5e-6)
         mesh = MESHES[name]["mesh"]
         assert metrics["parallel"]["devices"] == 4
         assert (metrics["parallel"]["data"], metrics["parallel"]["model"]) == (
@@ -167,7 +167,7 @@ def test_two_processes_train_and_save_one_adapter(tmp_path, one_device):
         "device": "cpu",
         "notes": None,
     }
-    assert_same_adapter(adapter(out / "adapter"), adapter(one_device["mov4"] / "adapter"), 2e-6)
+    assert_same_adapter(adapter(out / "adapter"), adapter(one_device["mov4"] / "adapter"), 5e-6)
     assert (out / "checkpoint.safetensors").is_file()
     assert "final loss" in outputs[0] and "final loss" not in outputs[1]  # one writer
 
