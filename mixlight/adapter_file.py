@@ -450,14 +450,8 @@ def _decode(meta: dict[str, Any], data: bytes, where: Path, weights: Path) -> Ad
     )
 
 
-def check_fits(
-    adapter: AdapterFile,
-    model_specs: list[SiteSpec],
-    where: str,
-    base: BaseIdentity | None = None,
-) -> None:
-    """Refuse an adapter whose recorded base-model shapes differ from the model's; warn
-    (``UserWarning``) when the recorded identity or sampled weights differ from ``base``."""
+def check_fits(adapter: AdapterFile, model_specs: list[SiteSpec], where: str) -> None:
+    """Refuse an adapter whose recorded base-model shapes differ from the model's."""
     model_entries, digest = fingerprint(model_specs)
     if digest != adapter.fingerprint:
         diffs = []
@@ -471,7 +465,12 @@ def check_fits(
             + "; ".join(diffs[:10])
             + "; load it into the model it was trained on, or retrain it for this one"
         )
-    differs = mismatch(adapter.base_identity, base) if base is not None else None
+
+
+def warn_other_base(adapter: AdapterFile, base: BaseIdentity, where: str) -> None:
+    """Warn (``UserWarning``) when the adapter's recorded base identity or sampled weights
+    differ from ``base``, the model's (same shapes: it loads, but means little there)."""
+    differs = mismatch(adapter.base_identity, base)
     if differs:
         warnings.warn(
             f"adapter at {where} was trained on a different base model of the same shape: "

@@ -19,7 +19,13 @@ from mixlight._base_identity import BaseIdentity
 from mixlight._hub import resolve
 from mixlight._model_card import facts_of
 from mixlight._rollback import adapter_for_loading, adds_adapter
-from mixlight.adapter_file import check_fits, check_patterns, read_adapter, write_adapter
+from mixlight.adapter_file import (
+    check_fits,
+    check_patterns,
+    read_adapter,
+    warn_other_base,
+    write_adapter,
+)
 from mixlight.config import AdapterConfig
 
 
@@ -108,7 +114,7 @@ def load_adapter(
             )
     check_fits(adapter, specs, str(directory))  # before the model changes
     with adapter_for_loading(chosen, model, config, adapter_name):
-        check_fits(adapter, specs, str(directory), _identity(chosen, model, adapter_name))
+        warn_other_base(adapter, _identity(chosen, model, adapter_name), str(directory))
         chosen.load_adapter_state(model, adapter.arrays, *_named(adapter_name))
     return model
 

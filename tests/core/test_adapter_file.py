@@ -204,12 +204,12 @@ def test_base_identity_mismatch_warns_but_shapes_still_error(tmp_path):
     same_in_bf16 = BaseIdentity("t5-small", None, np.array([0.5, -0.2502], np.float32), "bfloat16")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        adapter_file.check_fits(loaded, specs, "dir", same_in_bf16)
+        adapter_file.warn_other_base(loaded, same_in_bf16, "dir")
     other = BaseIdentity("t5-small", "abc", np.array([0.5, -0.2502], np.float32), "float32")
     with pytest.warns(UserWarning, match="weights differ .*load that checkpoint, or retrain"):
-        adapter_file.check_fits(loaded, specs, "dir", other)
+        adapter_file.warn_other_base(loaded, other, "dir")
     with pytest.warns(UserWarning, match="name was 't5-small', this model's is 't5-base'"):
-        adapter_file.check_fits(loaded, specs, "dir", BaseIdentity("t5-base"))
+        adapter_file.warn_other_base(loaded, BaseIdentity("t5-base"), "dir")
 
 
 def test_fingerprint_mismatch_lists_differences(tmp_path):
