@@ -68,6 +68,7 @@ _META_KEY = "mixlight.adapter"  # safetensors metadata key holding the JSON meta
 _READ_ATTEMPTS = 3  # a 1.0-layout read that races a save is retried
 _VERSION = re.compile(r"(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})", re.ASCII)
 _CHECKED_SINCE = (2, 1)  # files from this version on must carry metadata_sha256
+_OURS = tuple(int(p) for p in FORMAT_VERSION.split("."))
 
 
 class AdapterFileError(ValueError):
@@ -397,9 +398,10 @@ def _decode(meta: dict[str, Any], data: bytes, where: Path, weights: Path) -> Ad
 
     if meta.get("format") != FORMAT:
         raise AdapterFileError(f"{where} is not a mixlight adapter (format != {FORMAT!r})")
-    newer_minor = _check_version(meta.get("format_version"), where)
+    parsed = _check_version(meta.get("format_version"), where)
+    newer_minor = parsed[0] == _OURS[0] and parsed[1] > _OURS[1]  # unknown keys only warn
     version = str(meta["format_version"])
-    _check_metadata_sha256(meta, where)
+    _check_metadata_sha256(meta, parsed >= _CHECKED_SINCE, where)
     try:
         arrays = load(data)
     except SafetensorError as err:
@@ -533,13 +535,12 @@ def _recorded_sites(
     return plan_recorded(config, {p: (config.sites[i], shapes[p]) for p, i in site_index.items()})
 
 
-def _check_metadata_sha256(meta: dict[str, Any], where: Path) -> None:
+def _check_metadata_sha256(meta: dict[str, Any], required: bool, where: Path) -> None:
     """Refuse metadata that differs from the sha256 recorded over it (a flipped bit in the
-    config, the sites or the base record would otherwise load and compute something else)."""
+    config, the sites or the base record would otherwise load and compute something else);
+    ``required``: the file's version records it, so its absence is refused too."""
     recorded = meta.get("metadata_sha256")
-    version = _VERSION.fullmatch(meta["format_version"])
-    checked = version is not None and tuple(map(int, version.groups())) >= _CHECKED_SINCE
-    if recorded is None and not checked:
+    if recorded is None and not required:
         return  # written before mixlight recorded it
     try:
         matches = recorded == _metadata_sha256(meta)
@@ -561,9 +562,9 @@ def _metadata_sha256(meta: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _check_version(version: Any, path: Path) -> bool:
-    """True when the file is from a newer minor version (unknown keys only warn). The
-    version is a string ``MAJOR.MINOR`` of plain decimal numbers, nothing else."""
+def _check_version(version: Any, path: Path) -> tuple[int, int]:
+    """``(major, minor)`` of a version this mixlight reads. The version is a string
+    ``MAJOR.MINOR`` of plain decimal numbers, nothing else."""
     parsed = _VERSION.fullmatch(version) if isinstance(version, str) else None
     if parsed is None:
         raise AdapterFileError(
@@ -571,14 +572,13 @@ def _check_version(version: Any, path: Path) -> bool:
             f"{FORMAT_VERSION!r}); the file was edited or damaged: save the adapter again"
         )
     major, minor = (int(p) for p in parsed.groups())
-    ours_major, ours_minor = (int(p) for p in FORMAT_VERSION.split("."))
     if major not in READABLE_MAJORS:
         readable = " and ".join(f"{m}.x" for m in READABLE_MAJORS)
         raise AdapterFileError(
             f"{path}: format version {version} is not readable by this mixlight "
             f"(reads {readable}); upgrade or downgrade mixlight"
         )
-    return major == ours_major and minor > ours_minor
+    return major, minor
 
 
 def _arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
