@@ -181,16 +181,15 @@ def _join_torchrun() -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
     import torch
-    import torch.distributed as dist
 
-    if dist.is_initialized():
-        return
+    from mixlight._torch_group import join_process_group
+
     local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
     if torch.cuda.is_available() and torch.cuda.device_count() >= local:  # a GPU each
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl")
+        join_process_group("nccl")
     else:
-        dist.init_process_group("gloo")
+        join_process_group("gloo")
 
 
 def _check(args: argparse.Namespace, rest: Sequence[str]) -> int:

@@ -291,12 +291,11 @@ def setup(runtime: Runtime | None, threads: int) -> tuple[torch.device, Parallel
     torch.set_num_threads(runtime.threads or default_threads)
     if world == 1:
         return device, Parallel(device=str(device))
-    import torch.distributed as dist
+    from mixlight._torch_group import join_process_group
 
-    if not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    join_process_group("nccl" if device.type == "cuda" else "gloo")
     return device, Parallel(
         processes=world,
         rank=rank,

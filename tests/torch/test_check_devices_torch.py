@@ -205,14 +205,14 @@ def torchrun(*args):
     import os
     import pathlib
     import subprocess
-    import sys
+
+    from tests.torch.torchrun import torchrun_command
 
     root = pathlib.Path(__file__).resolve().parents[2]
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
     )
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    command += ["-m", "mixlight.cli", "check", "--framework", "torch", *args]
+    command = [*torchrun_command(), "-m", "mixlight.cli", "check", "--framework", "torch", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=root, timeout=600)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ import mixlight as ml  # noqa: E402
 from mixlight.cli import main  # noqa: E402
 from mixlight_tune.tune_cli import run  # noqa: E402
 from mixlight_tune.tune_config import read_config  # noqa: E402
+from tests.torch.torchrun import torchrun_command  # noqa: E402
 from tests.tune_case import interrupted_then_resumed, write_case  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,20 +81,13 @@ def assert_same_adapter(a: dict, b: dict, atol: float) -> None:
         np.testing.assert_allclose(a[name], b[name], atol=atol, rtol=0, err_msg=name)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> Path:
     """Every :data:`RANK_CASES` config run by two gloo ranks under torchrun."""
     root = tmp_path_factory.mktemp("ranks")
     for name, overrides in RANK_CASES.items():
         case(root / name, **overrides)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["--master_port", str(_free_port()), "-m", "tests.torch.test_tune_scale"]
+    command = [*torchrun_command(), "-m", "tests.torch.test_tune_scale"]
     done = subprocess.run(
         [*command, str(root)],
         cwd=ROOT,
