@@ -259,21 +259,43 @@ TABLE_TITLES = {
 }
 
 
-def check_t5_dir(path: Path) -> None:
-    """``path`` is a directory holding a T5 ``config.json`` and a tokenizer, else DemoError."""
+CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
+
+
+def check_model_dir(path: Path, *, causal_ok: bool = False) -> None:
+    """``path`` is a directory holding a model ``config.json`` and a tokenizer, else
+    DemoError: a T5, or with ``causal_ok`` a decoder-only causal LM (torch tunes those)."""
     config = path / "config.json"
     if not path.is_dir():
         raise DemoError(f"--model {path}: no such directory")
     if not config.is_file():
-        raise DemoError(f"--model {path}: no config.json (expected a Hugging Face T5 checkpoint)")
+        raise DemoError(f"--model {path}: no config.json (expected a Hugging Face checkpoint)")
     try:
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        raw = json.loads(config.read_text(encoding="utf-8"))
+        model_type, architectures = raw.get("model_type"), raw.get("architectures") or []
     except (json.JSONDecodeError, AttributeError, UnicodeDecodeError, RecursionError) as err:
         raise DemoError(f"--model {path}: config.json is not a JSON object ({err})") from None
-    if model_type != "t5":
-        raise DemoError(f"--model {path}: model_type is {model_type!r}, the demo needs 't5'")
-    if not any((path / n).is_file() for n in ("spiece.model", "tokenizer.json")):
-        raise DemoError(f"--model {path}: no tokenizer (spiece.model or tokenizer.json) there")
+    decoder_only = not raw.get("is_encoder_decoder", False) and (
+        not architectures or any(str(a).endswith(CAUSAL_ARCHITECTURES) for a in architectures)
+    )
+    if model_type != "t5" and not decoder_only:
+        raise DemoError(
+            f"--model {path}: model_type {model_type!r} ({', '.join(map(str, architectures))}) "
+            "is neither a T5 nor a decoder-only causal LM (...ForCausalLM); pass one of those"
+        )
+    if model_type != "t5" and not causal_ok:
+        raise DemoError(
+            f"--model {path}: a decoder-only {model_type!r} tunes with the torch backend "
+            '(mixlight tune with backend = "torch"); this run takes T5 checkpoints'
+        )
+    names = ("spiece.model", "tokenizer.json", "tokenizer_config.json")
+    if not any((path / n).is_file() for n in names):
+        raise DemoError(f"--model {path}: no tokenizer ({', '.join(names)}) there")
+
+
+def check_t5_dir(path: Path) -> None:
+    """:func:`check_model_dir` for a T5 (the demo's comparison runs on T5s)."""
+    check_model_dir(path)
 
 
 def prepare_base(
@@ -290,7 +312,7 @@ def prepare_base(
         reason = (str(err).strip().splitlines() or [""])[0]
         raise DemoError(
             f"{flag} {cfg.model_path}: could not load the checkpoint ({type(err).__name__}: "
-            f"{reason}); pass a complete Hugging Face T5 folder: config.json, the weights "
+            f"{reason}); pass a complete Hugging Face model folder: config.json, the weights "
             "(model.safetensors or pytorch_model.bin) of that config's shapes, and its tokenizer"
         ) from None
 

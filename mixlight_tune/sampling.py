@@ -4,7 +4,10 @@ tuning, and which sites the routing heatmap shows."""
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterable, Iterator
+
+from mixlight.presets import FAMILIES
 
 
 def batches(n: int, batch_size: int, steps: int, seed: int) -> Iterator[list[int]]:
@@ -23,14 +26,15 @@ def batches(n: int, batch_size: int, steps: int, seed: int) -> Iterator[list[int
 
 def routing_sites(routed_paths: Iterable[str]) -> list[str]:
     """Of the sites that have a router, the last encoder and the last decoder FFN activation
-    (any routed site when there is no FFN activation site)."""
+    (any routed site when there is no FFN activation site); a decoder-only model's last
+    one."""
     sites = list(routed_paths)
-    ffn = [p for p in sites if p.endswith("DenseReluDense.act")] or sites
-    chosen = []
-    for stack in ("encoder.", "decoder."):
-        in_stack = [p for p in ffn if p.startswith(stack)]
-        if in_stack:
-            chosen.append(
-                max(in_stack, key=lambda p: [int(t) for t in p.split(".") if t.isdigit()])
-            )
-    return chosen
+    ffn = [p for p in sites if any(re.fullmatch(f.ffn, p) for f in FAMILIES)] or sites
+    stacks = [[p for p in ffn if p.startswith(s)] for s in ("encoder.", "decoder.")]
+    if not any(stacks):
+        stacks = [ffn]
+    return [max(paths, key=_layer_numbers) for paths in stacks if paths]
+
+
+def _layer_numbers(path: str) -> list[int]:
+    return [int(t) for t in path.split(".") if t.isdigit()]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import mixlight as ml
 
 from .schema import Example
+from .text_codec import Pair, TextCodec
 
 if TYPE_CHECKING:
     from .checkpoint import Resume
@@ -28,10 +29,6 @@ BACKENDS = ("torch", "jax")
 
 class DemoError(ValueError):
     """Bad demo input or a failed run, reported with what to change."""
-
-
-Pair = tuple[list[int], list[int]]
-"""One tokenised example: ``(input ids, target ids)``, each truncated and ending in EOS."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +127,7 @@ class Base(Protocol):
     model: Any
     description: str
     path: Path
-    encode: Callable[[str], list[int]]
+    codec: TextCodec
     parallel: Parallel
 
 

@@ -36,7 +36,7 @@ from ._files import atomic_write, sha256_of
 from .checkpoint import DATA_FILE, DataRecord, Resume
 from .checkpoint import FILE as CHECKPOINT_FILE
 from .data_files import load_examples
-from .experiment import DemoConfig, check_t5_dir, prepare_base
+from .experiment import DemoConfig, check_model_dir, prepare_base
 from .loop import Journal
 from .memory import MIB, Layout, estimate, format_estimate
 from .miniature.suite import build_suite
@@ -221,7 +221,7 @@ def _read(path: Path, key: str) -> list[Example]:
 def _check_model(cfg: TuneConfig) -> None:
     if cfg.model is not None:
         try:
-            check_t5_dir(cfg.model)
+            check_model_dir(cfg.model, causal_ok=cfg.backend == "torch")
         except DemoError as err:
             raise TuneConfigError(str(err).replace("--model", "model =", 1)) from None
 
@@ -236,19 +236,9 @@ def tokenised(cfg: TuneConfig, base: Any, train: list[Example], writer: bool) ->
     key = cache_key(data, Path(base.path), limits)
 
     def tokenize() -> list[Pair]:
-        return [
-            (
-                _truncate(base.encode(e.inputs), cfg.max_input_tokens),
-                _truncate(base.encode(e.targets), cfg.max_target_tokens),
-            )
-            for e in train
-        ]
+        return [base.codec.pair(e.inputs, e.targets, *limits) for e in train]
 
     return cached_pairs(cfg.output_dir / TOKENS_FILE, key, tokenize, writer)[0]
-
-
-def _truncate(ids: list[int], limit: int) -> list[int]:
-    return ids if len(ids) <= limit else ids[: limit - 1] + ids[-1:]
 
 
 class Scorer:
@@ -392,7 +382,7 @@ def dry_run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, An
     resolved = cfg.resolved() | {"trainable_percent": percent, "parallel": parallel.record()}
     inputs = getattr(steps, "memory_inputs", None)
     if inputs is not None:
-        pairs = [(base.encode(e.inputs), base.encode(e.targets)) for e in train]
+        pairs = [base.codec.pair(e.inputs, e.targets, None, None) for e in train]
         source = min(max(len(p[0]) for p in pairs), cfg.max_input_tokens)
         target = min(max(len(p[1]) for p in pairs), cfg.max_target_tokens)
         if cfg.backend == "jax":

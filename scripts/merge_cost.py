@@ -30,7 +30,7 @@ import torch
 
 import mixlight as ml
 from mixlight_tune.backends import torch_steps
-from mixlight_tune.backends.torch_scoring import truncate
+from mixlight_tune.backends.torch_rows import collate
 from mixlight_tune.experiment import DemoConfig, score_sets
 from mixlight_tune.miniature.suite import build_suite
 from mixlight_tune.report import score_table
@@ -41,14 +41,9 @@ ROUTING_EXAMPLES = 256  # training examples the mean routing is measured on (per
 
 
 def batches(base, cfg, examples, size=32):
-    pairs = [
-        (
-            truncate(base.encode(e.inputs), cfg.max_input_tokens),
-            truncate(base.encode(e.targets), cfg.max_target_tokens),
-        )
-        for e in examples
-    ]
-    return [torch_steps.collate(pairs[i : i + size]) for i in range(0, len(pairs), size)]
+    limits = cfg.max_input_tokens, cfg.max_target_tokens
+    pairs = [base.codec.pair(e.inputs, e.targets, *limits) for e in examples]
+    return [collate(pairs[i : i + size], base.pad_id) for i in range(0, len(pairs), size)]
 
 
 def log_probs(model, data):

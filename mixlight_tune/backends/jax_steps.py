@@ -55,9 +55,9 @@ from mixlight_tune.steps import (
     adapter_fits,
     check_finite_loss,
 )
+from mixlight_tune.text_codec import TextCodec, as_encode, truncate
 from mixlight_tune.tokenizer import PAD_ID, Tokenizer
 
-Encode = Callable[[str], list[int]]
 # Adapter logical axes -> mesh axes: experts split over "model", the rest replicated.
 LOGICAL_RULES = [("expert", "model"), ("embed", None), ("mlp", None), ("rank", None)]
 
@@ -67,17 +67,12 @@ class Base:
     """The frozen starting point every method copies, and its tokenizer; where it runs."""
 
     model: Any  # t5.T5ForConditionalGeneration
-    encode: Encode
+    codec: TextCodec
     path: Path
     description: str
     parallel: Parallel = field(default_factory=Parallel)
     runtime: Runtime | None = None
     mesh: Mesh | None = None
-
-
-def truncate(ids: list[int], limit: int | None) -> list[int]:
-    """The first ``limit`` ids, keeping the last one (EOS) last; all of them when it fits."""
-    return ids if limit is None or len(ids) <= limit else ids[: limit - 1] + ids[-1:]
 
 
 def pad_to(rows: Sequence[Sequence[int]], width: int, value: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,15 +91,16 @@ def shift_right(labels: np.ndarray, mask: np.ndarray, start: int) -> np.ndarray:
     return np.concatenate([np.full((len(labels), 1), start, np.int32), labels[:, :-1]], 1)
 
 
-def _load_tokenizer(path: Path) -> Encode:
-    """The checkpoint's own tokenizer: HF files when present, else ``spiece.model``."""
+def _load_codec(path: Path) -> TextCodec:
+    """The checkpoint tokenizer's :class:`TextCodec` (HF files when present, else
+    ``spiece.model``), its encoding cached per text."""
     if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
         import transformers
 
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+        tokenizer: Any = transformers.AutoTokenizer.from_pretrained(str(path))
     else:
         tokenizer = Tokenizer.load(path / "spiece.model")
-    return lambda text: list(tokenizer.encode(text))
+    return TextCodec(lru_cache(maxsize=None)(as_encode(tokenizer)))
 
 
 # --- processes, devices and the mesh --------------------------------------------------------
@@ -256,10 +252,9 @@ def prepare(cfg: DemoConfig, runtime: Runtime | None = None) -> Base:
         origin = f"tiny T5 v1.1 pre-trained on the miniature world (final loss {loss:.2f}), {path}"
     bf16 = runtime is not None and runtime.precision == "bf16"
     model = t5.from_pretrained(path, jnp.bfloat16 if bf16 else jnp.float32)
-    encode = lru_cache(maxsize=None)(_load_tokenizer(Path(path)))
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     description = f"{origin} ({n / 1e6:.2f}M parameters)"
-    return Base(model, encode, Path(path), description, parallel, runtime, mesh)
+    return Base(model, _load_codec(Path(path)), Path(path), description, parallel, runtime, mesh)
 
 
 def make_optimizer(
@@ -347,16 +342,11 @@ def make_trainer(
     runtime = base.runtime
     if runtime is not None and runtime.gradient_checkpointing:
         t5.set_gradient_checkpointing(model, True)
+    limits = settings.max_input_tokens, settings.max_target_tokens
     pairs = (
         list(settings.pairs)
         if settings.pairs is not None
-        else [
-            (
-                truncate(base.encode(e.inputs), settings.max_input_tokens),
-                truncate(base.encode(e.targets), settings.max_target_tokens),
-            )
-            for e in examples
-        ]
+        else [base.codec.pair(e.inputs, e.targets, *limits) for e in examples]
     )
     if base.mesh is not None:
         base.parallel = _with_notes(base.parallel, place(model, base.mesh))
@@ -522,7 +512,7 @@ def evaluate(
     EOS included; ties to the first choice) and per-task mean routing probabilities."""
     if any(not e.choices or e.answer is None for e in examples):
         raise ValueError("rank classification needs examples with choices and an answer")
-    encode = base.encode
+    encode = base.codec.encode
     inputs = [truncate(encode(e.inputs), cfg.max_input_tokens) for e in examples]
     choices = [[encode(c) for c in e.choices or ()] for e in examples]
     in_len = max(len(r) for r in inputs)
@@ -634,7 +624,7 @@ def save(model: Any, directory: Path) -> Path | None:
 
 
 def memory_inputs(model: Any) -> dict[str, Any]:
-    """Base parameter count and bytes, trainable shapes and the T5 dimensions."""
+    """Base parameter count and bytes, trainable shapes and the model config (its dimensions)."""
     import dataclasses
 
     import mixlight.extend as mlx
@@ -645,7 +635,7 @@ def memory_inputs(model: Any) -> dict[str, Any]:
         "base_params": sum(int(x.size) for x in frozen),
         "base_bytes": sum(int(x.size) * x.dtype.itemsize for x in frozen),
         "trainable": {name: tuple(a.shape) for name, a in arrays.items()},
-        "t5": dataclasses.asdict(model.config),
+        "config": dataclasses.asdict(model.config),
     }
 
 

@@ -1,15 +1,17 @@
-"""Batched zero-shot rank classification for encoder-decoder models (T0's protocol).
+"""Batched zero-shot rank classification (T0's protocol) for T5 and decoder-only LMs.
 
-Each answer choice is scored by the summed log-likelihood of its target tokens (EOS
+Each answer choice is scored by the summed log-likelihood of its answer tokens (EOS
 included, as seqio tokenizes targets) under teacher forcing; the highest-scoring choice is
-the prediction. The encoder runs once per example and its states are shared by the
-example's choices. With mixlight adapters injected, the mean routing probability per expert
-is collected per task at chosen sites (padding excluded).
+the prediction. A T5's encoder runs once per example and its states are shared by the
+example's choices; a causal LM reads each choice after the prompt
+(:mod:`mixlight_tune.text_codec` says how the row is tokenised). With mixlight adapters
+injected, the mean routing probability per expert is collected per task at chosen sites
+(padding excluded).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -20,10 +22,10 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from mixlight.site_spec import SOURCE
 from mixlight_torch.model import adapter_layers
+from mixlight_tune.backends.torch_rows import collate, pad
 from mixlight_tune.sampling import routing_sites
 from mixlight_tune.schema import Example
-
-Encode = Callable[[str], list[int]]
+from mixlight_tune.text_codec import Pair, codec_for
 
 
 class RankResult(NamedTuple):
@@ -34,27 +36,6 @@ class RankResult(NamedTuple):
     predicted: list[int]
     scores: list[list[float]]
     routing: dict[str, dict[str, np.ndarray]]
-
-
-def as_encode(tokenizer_or_encode_fn: Any) -> Encode:
-    """A text -> ids function (EOS appended) from a tokenizer with ``.encode`` or a callable."""
-    encode = getattr(tokenizer_or_encode_fn, "encode", tokenizer_or_encode_fn)
-    if not callable(encode):
-        raise TypeError("expected a tokenizer with .encode or a text -> ids function")
-    return lambda text: list(encode(text))
-
-
-def pad(rows: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad id lists: ``(ids [len(rows), max_len], mask of real tokens)``."""
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
-    mask = torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]
-    return ids, mask.long()
-
-
-def truncate(ids: list[int], limit: int | None) -> list[int]:
-    """The first ``limit`` ids, keeping the last one (EOS) last; all of them when it fits."""
-    return ids if limit is None or len(ids) <= limit else ids[: limit - 1] + ids[-1:]
 
 
 def default_routing_sites(model: nn.Module) -> list[str]:
@@ -72,8 +53,9 @@ class _RoutingTally:
         self.counts: dict[str, dict[str, float]] = {s: {} for s in self.layers}
 
     def add(self, stack: str, masks: dict[str, torch.Tensor], tasks: Sequence[str]) -> None:
-        """Read ``last_probs`` of this stack's sites. ``masks["tokens"] [rows, seq]`` marks the
-        stack's real tokens, ``masks["memory"]`` the encoder's (read by cross-attention)."""
+        """Read ``last_probs`` of the sites under ``stack`` (a path prefix; ``""``: a
+        decoder-only model's every site). ``masks["tokens"] [rows, seq]`` marks the stack's
+        real tokens, ``masks["memory"]`` the encoder's (read by cross-attention)."""
         for site, layer in self.layers.items():
             if not site.startswith(stack) or layer.last_probs is None:
                 continue
@@ -100,6 +82,40 @@ def _device(model: nn.Module) -> torch.device:
     return torch.device("cpu") if first is None else first.device
 
 
+def _per_example(flat: list[float], choices: Sequence[Sequence[Any]]) -> list[list[float]]:
+    scores, start = [], 0
+    for cs in choices:
+        scores.append(flat[start : start + len(cs)])
+        start += len(cs)
+    return scores
+
+
+def _answer_logp(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """Per row, the summed log-probability of its labels (-100 skipped)."""
+    logp = torch.log_softmax(logits.float(), -1)
+    token = logp.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    return (token * (labels != -100)).sum(1).tolist()
+
+
+@torch.no_grad()
+def _score_causal(
+    model: nn.Module,
+    rows: list[list[Pair]],
+    pad_id: int,
+    tally: _RoutingTally | None,
+    tasks: list[str],
+) -> list[list[float]]:
+    """Summed answer log-likelihood of every ``(prompt, choice)`` row of every example."""
+    owner = [i for i, rs in enumerate(rows) for _ in rs]
+    batch = collate([r for rs in rows for r in rs], pad_id, causal=True)
+    batch = {k: v.to(_device(model)) for k, v in batch.items()}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    flat = _answer_logp(logits[:, :-1], batch["labels"][:, 1:])
+    if tally:
+        tally.add("", {"tokens": batch["attention_mask"]}, [tasks[i] for i in owner])
+    return _per_example(flat, rows)
+
+
 @torch.no_grad()
 def _score_batch(
     model: nn.Module,
@@ -109,7 +125,7 @@ def _score_batch(
     tally: _RoutingTally | None,
     tasks: list[str],
 ) -> list[list[float]]:
-    """Summed target log-likelihood of every choice of every example in the batch."""
+    """Summed target log-likelihood of every choice of every example in the batch (T5)."""
     device = _device(model)
     input_ids, attention = (t.to(device) for t in pad(inputs, pad_id))
     hidden = model.get_encoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
@@ -122,17 +138,11 @@ def _score_batch(
         attention_mask=attention[owner],
         labels=labels,
     )
-    logp = torch.log_softmax(out.logits.float(), -1)
-    token = logp.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
-    flat = (token * mask).sum(1).tolist()
+    flat = _answer_logp(out.logits, labels)
     if tally:
         masks = {"tokens": mask, "memory": attention[owner]}
         tally.add("decoder.", masks, [tasks[i] for i in owner])
-    scores, start = [], 0
-    for cs in choices:
-        scores.append(flat[start : start + len(cs)])
-        start += len(cs)
-    return scores
+    return _per_example(flat, choices)
 
 
 def rank_classification(
@@ -148,15 +158,24 @@ def rank_classification(
 ) -> RankResult:
     """Score every example's ``choices``; ``correct[i]`` when the argmax is ``answer``.
 
-    ``pad_id`` defaults to ``model.config.pad_token_id``. Inputs longer than
-    ``max_input_tokens`` keep their first tokens (EOS kept last). ``routing_sites``
-    defaults to :func:`default_routing_sites` on an injected model; pass ``[]`` to skip.
-    Ties go to the first choice. Results do not depend on ``batch_size``.
+    ``tokenizer_or_encode_fn``: a tokenizer, a text -> ids function or a
+    :class:`~mixlight_tune.text_codec.TextCodec`; a model whose config is not
+    encoder-decoder is scored as a causal LM. ``pad_id`` defaults to the config's
+    ``pad_token_id`` (0 when it has none). Inputs longer than ``max_input_tokens`` keep their
+    first tokens. ``routing_sites`` defaults to :func:`default_routing_sites` on an injected
+    model; pass ``[]`` to skip. Ties go to the first choice. Results do not depend on
+    ``batch_size``.
     """
     if any(not e.choices or e.answer is None for e in examples):
         raise ValueError("rank_classification needs examples with choices and an answer")
-    encode = as_encode(tokenizer_or_encode_fn)
-    pad_id = model.config.pad_token_id if pad_id is None else pad_id
+    config = model.config
+    codec = codec_for(
+        tokenizer_or_encode_fn,
+        causal=not getattr(config, "is_encoder_decoder", True),
+        eos_id=getattr(config, "eos_token_id", None),
+        start_id=getattr(config, "bos_token_id", None),
+    )
+    pad_id = (getattr(config, "pad_token_id", None) or 0) if pad_id is None else pad_id
     if routing_sites is None:
         routing_sites = default_routing_sites(model) if "mixlight_state" in model.__dict__ else []
     tally = _RoutingTally(model, routing_sites) if routing_sites else None
@@ -166,9 +185,17 @@ def rank_classification(
     starts = range(0, len(examples), batch_size)
     for start in tqdm(starts, desc="evaluate", disable=not progress, leave=False):
         batch = examples[start : start + batch_size]
-        inputs = [truncate(encode(e.inputs), max_input_tokens) for e in batch]
-        choices = [[encode(c) for c in e.choices or ()] for e in batch]
-        scores += _score_batch(model, inputs, choices, pad_id, tally, [e.task for e in batch])
+        tasks = [e.task for e in batch]
+        rows = [
+            [codec.pair(e.inputs, c, max_input_tokens, None) for c in e.choices or ()]
+            for e in batch
+        ]
+        if codec.causal:
+            scores += _score_causal(model, rows, pad_id, tally, tasks)
+        else:
+            inputs = [rs[0][0] for rs in rows]
+            choices = [[answer for _, answer in rs] for rs in rows]
+            scores += _score_batch(model, inputs, choices, pad_id, tally, tasks)
     model.train(was_training)
     predicted = [int(np.argmax(s)) for s in scores]
     correct = [p == e.answer for p, e in zip(predicted, examples, strict=True)]

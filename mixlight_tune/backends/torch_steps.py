@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 import mixlight as ml
 from mixlight_tune import loop
 from mixlight_tune.backends import torch_resume
-from mixlight_tune.backends.torch_scoring import as_encode, pad, rank_classification, truncate
+from mixlight_tune.backends.torch_rows import collate, summed_token_loss, token_logits
+from mixlight_tune.backends.torch_scoring import rank_classification
 from mixlight_tune.checkpoint import Checkpoint, resume_point
 from mixlight_tune.corruption import span_corruption
 from mixlight_tune.experiment import (
@@ -61,6 +62,7 @@ from mixlight_tune.steps import (
     adapter_fits,
     check_finite_loss,
 )
+from mixlight_tune.text_codec import TextCodec, codec_for
 from mixlight_tune.tokenizer import EOS_ID, PAD_ID, Tokenizer, train_tokenizer
 
 BASE_SETTING = "base folder"  # how errors name build_base's directory
@@ -68,15 +70,24 @@ BASE_SETTING = "base folder"  # how errors name build_base's directory
 
 @dataclass
 class Base:
-    """The frozen starting point every method copies, and its tokenizer; where it runs."""
+    """The frozen starting point every method copies (a T5 or a causal LM), its texts'
+    tokenisation; where it runs."""
 
-    model: transformers.T5ForConditionalGeneration
-    encode: Callable[[str], list[int]]
+    model: transformers.PreTrainedModel
+    codec: TextCodec
     path: Path
     description: str
     parallel: Parallel = dataclasses.field(default_factory=Parallel)
     runtime: Runtime | None = None
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def causal(self) -> bool:
+        return self.codec.causal
+
+    @property
+    def pad_id(self) -> int:
+        return int(getattr(self.model.config, "pad_token_id", None) or 0)
 
 
 def t5_config(spec: BaseSpec, vocab_size: int) -> transformers.T5Config:
@@ -108,13 +119,6 @@ def make_optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.op
     return transformers.optimization.Adafactor(
         params, lr=lr, scale_parameter=True, relative_step=False, warmup_init=False
     )
-
-
-def collate(pairs: Sequence[Pair]) -> dict[str, torch.Tensor]:
-    """Model inputs for ``(input ids, target ids)`` pairs; padded labels are -100."""
-    input_ids, attention_mask = pad([p[0] for p in pairs], PAD_ID)
-    labels, _ = pad([p[1] for p in pairs], -100)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 def train_loop(
@@ -180,7 +184,8 @@ def _pretrain(model: nn.Module, tok: Tokenizer, corpus: list[str], spec: BaseSpe
     rng = random.Random(f"mixlight-demo-pretrain:{spec.seed}")
 
     def make_batch(indices: list[int]) -> dict[str, torch.Tensor]:
-        return collate([pretraining_pair(chunks[i], rng, tok, spec.prefix_lm) for i in indices])
+        pairs = [pretraining_pair(chunks[i], rng, tok, spec.prefix_lm) for i in indices]
+        return collate(pairs, PAD_ID)
 
     settings = TuneSettings(
         steps=spec.pretrain_steps,
@@ -237,11 +242,31 @@ def _write_base(cfg: DemoConfig, folder: Path) -> None:
     BUILT_BASE.mark(folder)
 
 
-def _load_tokenizer(path: Path) -> Callable[[str], list[int]]:
+def _load_tokenizer(path: Path) -> Any:
     """The checkpoint's own tokenizer: HF files when present, else ``spiece.model``."""
     if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
-        return as_encode(transformers.AutoTokenizer.from_pretrained(str(path)))
-    return as_encode(Tokenizer.load(path / "spiece.model"))
+        return transformers.AutoTokenizer.from_pretrained(str(path))
+    return Tokenizer.load(path / "spiece.model")
+
+
+def _load_model(path: Path, dtype: torch.dtype | None) -> transformers.PreTrainedModel:
+    """A T5 (``T5ForConditionalGeneration``) or, for a decoder-only config, the family's
+    causal LM (``AutoModelForCausalLM``)."""
+    config = transformers.AutoConfig.from_pretrained(str(path))
+    if config.is_encoder_decoder:
+        return transformers.T5ForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
+    return transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+
+
+def _codec(path: Path, config: transformers.PretrainedConfig) -> TextCodec:
+    """The checkpoint tokenizer's :class:`TextCodec` (its encoding cached per text)."""
+    codec = codec_for(
+        _load_tokenizer(path),
+        causal=not config.is_encoder_decoder,
+        eos_id=config.eos_token_id,
+        start_id=getattr(config, "bos_token_id", None),
+    )
+    return dataclasses.replace(codec, encode=lru_cache(maxsize=None)(codec.encode))
 
 
 # --- where the run executes ---------------------------------------------------------------
@@ -319,29 +344,26 @@ def prepare(cfg: DemoConfig, runtime: Runtime | None = None) -> Base:
         loss = json.loads((path / "pretraining.json").read_text())["final_loss"]
         origin = f"tiny T5 v1.1 pre-trained on the miniature world (final loss {loss:.2f}), {path}"
     dtype = torch.bfloat16 if runtime is not None and runtime.precision == "bf16" else None
-    model = transformers.T5ForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
-    model = model.eval().to(device)
+    model = _load_model(path, dtype).eval().to(device)
     model.requires_grad_(False)
-    encode = lru_cache(maxsize=None)(_load_tokenizer(path))
     n = sum(p.numel() for p in model.parameters())
     description = f"{origin} ({n / 1e6:.2f}M parameters)"
-    return Base(model, encode, path, description, parallel, runtime, device)
+    return Base(model, _codec(path, model.config), path, description, parallel, runtime, device)
 
 
 def set_dropout(model: nn.Module, rate: float) -> None:
     """Every dropout of the model at ``rate``: the ``nn.Dropout`` modules and the attention
-    dropout HF's ``T5Attention`` applies functionally from its float ``dropout`` attribute
-    (the checkpoint's ``dropout_rate``), so the config, not the checkpoint, decides."""
+    dropout HF's attention modules apply functionally from a float attribute (T5's
+    ``dropout``, Llama's ``attention_dropout``: the checkpoint's), so the config, not the
+    checkpoint, decides."""
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = rate
-        elif isinstance(getattr(module, "dropout", None), float):
-            module.dropout = rate
+        for name in ("dropout", "attention_dropout"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, rate)
     if hasattr(model, "config"):
         model.config.dropout_rate = rate
-
-
-_set_dropout = set_dropout  # the name older callers used
 
 
 def _checkpoint_activations(model: nn.Module) -> None:
@@ -359,13 +381,8 @@ def _checkpoint_activations(model: nn.Module) -> None:
 def _pairs(base: Base, examples: Sequence[Example], settings: TuneSettings) -> list[Pair]:
     if settings.pairs is not None:
         return list(settings.pairs)
-    return [
-        (
-            truncate(base.encode(e.inputs), settings.max_input_tokens),
-            truncate(base.encode(e.targets), settings.max_target_tokens),
-        )
-        for e in examples
-    ]
+    limits = settings.max_input_tokens, settings.max_target_tokens
+    return [base.codec.pair(e.inputs, e.targets, *limits) for e in examples]
 
 
 def tune(
@@ -479,9 +496,10 @@ class TorchTrainer:
         self.bf16 = runtime is not None and runtime.precision == "bf16"
         self.injected = "mixlight_state" in model.__dict__
         self.fsdp = parallel.processes > 1 and parallel.layout == "fsdp"
+        self.causal, self.pad_id = base.causal, base.pad_id
 
     def _batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        batch = collate([self.pairs[i] for i in indices])
+        batch = collate([self.pairs[i] for i in indices], self.pad_id, self.causal)
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def _sync(self, last: bool) -> contextlib.AbstractContextManager[Any]:
@@ -496,15 +514,8 @@ class TorchTrainer:
         world = self.parallel.data
         if world == 1 and parts == 1 and not self.bf16:
             return self.wrapped(**batch).loss  # mean over the batch's tokens (+ router losses)
-        labels = batch["labels"]
-        logits = self.wrapped(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            decoder_input_ids=self.model._shift_right(labels),
-        ).logits
-        summed = nn.functional.cross_entropy(
-            logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum"
-        )
+        shift = None if self.causal else self.model._shift_right
+        summed = summed_token_loss(*token_logits(self.wrapped, batch, self.causal, shift))
         loss = summed * (world / tokens)
         if self.injected:
             loss = loss + ml.aux_losses(self.model) / parts
@@ -568,7 +579,7 @@ def evaluate(
     with _gathered(model):
         result = rank_classification(
             model,
-            base.encode,
+            base.codec,
             examples,
             cfg.eval_batch_size,
             max_input_tokens=cfg.max_input_tokens,
@@ -619,7 +630,7 @@ def save(model: nn.Module, directory: Path) -> Path | None:
 
 
 def memory_inputs(model: nn.Module) -> dict[str, Any]:
-    """Base parameter count and bytes, trainable shapes and the T5 dimensions."""
+    """Base parameter count and bytes, trainable shapes and the model config (its dimensions)."""
     import mixlight.extend as mlx
 
     frozen = [p for p in model.parameters() if not p.requires_grad]
@@ -628,7 +639,7 @@ def memory_inputs(model: nn.Module) -> dict[str, Any]:
         "base_params": sum(p.numel() for p in frozen),
         "base_bytes": sum(p.numel() * p.element_size() for p in frozen),
         "trainable": {name: tuple(a.shape) for name, a in arrays.items()},
-        "t5": model.config.to_dict(),
+        "config": model.config.to_dict(),
     }
 
 

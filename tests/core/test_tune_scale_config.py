@@ -134,7 +134,7 @@ T5_XL = {
 def test_memory_estimate_scales_as_expected():
     inputs = {
         "base_bytes": 2_849_757_184 * 2,
-        "t5": T5_XL,
+        "config": T5_XL,
         "trainable": {"encoder.block.0.layer.1.DenseReluDense.act.vectors": (10, 5120)},
     }
     common = dict(optimizer="adamw", micro_batch=8, source=512, target=128)

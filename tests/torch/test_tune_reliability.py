@@ -130,7 +130,7 @@ def test_a_model_that_cannot_load_is_one_line(case, tmp_path, capsys):
     config = write_case(tmp_path, "torch", model=model)
     err = _error("tune", [str(config), "--dry-run"], capsys)
     assert f"model = {tmp_path / 't5'}: could not load the checkpoint (" in err
-    assert "pass a complete Hugging Face T5 folder" in err
+    assert "pass a complete Hugging Face model folder" in err
 
 
 def test_the_demo_names_a_model_that_cannot_load(tmp_path, capsys, monkeypatch):
