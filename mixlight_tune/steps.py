@@ -58,6 +58,7 @@ class TuneSettings:
     warmup_steps: int = 0
     max_grad_norm: float | None = None
     in_place: bool = False  # tune the base model itself (``mixlight tune``: no second copy)
+    packing: bool = False  # a causal LM's micro-batch packed into few rows (torch_rows.pack)
     bucket: int = 0  # JAX padding: 0 = the data's longest rows, else a multiple of ``bucket``
     eval_every: int = 0
     evaluator: Callable[[Any, int], float] | None = field(default=None, compare=False)

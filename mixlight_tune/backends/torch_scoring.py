@@ -29,13 +29,15 @@ from mixlight_tune.text_codec import Pair, codec_for
 
 
 class RankResult(NamedTuple):
-    """Per-example ``correct`` and ``predicted`` index, per-choice ``scores``, and
-    ``routing[site][task]``: mean probability per expert (``[E]``, heads averaged)."""
+    """Per-example ``correct`` and ``predicted`` index, per-choice ``scores``,
+    ``routing[site][task]``: mean probability per expert (``[E]``, heads averaged), and
+    ``routing_tokens[site][task]``: the tokens that mean is over (to merge shards' means)."""
 
     correct: list[bool]
     predicted: list[int]
     scores: list[list[float]]
     routing: dict[str, dict[str, np.ndarray]]
+    routing_tokens: dict[str, dict[str, float]] = {}
 
 
 def default_routing_sites(model: nn.Module) -> list[str]:
@@ -164,7 +166,8 @@ def rank_classification(
     ``pad_token_id`` (0 when it has none). Inputs longer than ``max_input_tokens`` keep their
     first tokens. ``routing_sites`` defaults to :func:`default_routing_sites` on an injected
     model; pass ``[]`` to skip. Ties go to the first choice. Results do not depend on
-    ``batch_size``.
+    ``batch_size``: examples are batched longest first (less padding; the largest batch
+    runs first, so a batch size that does not fit fails at once), results in input order.
     """
     if any(not e.choices or e.answer is None for e in examples):
         raise ValueError("rank_classification needs examples with choices and an answer")
@@ -181,22 +184,27 @@ def rank_classification(
     tally = _RoutingTally(model, routing_sites) if routing_sites else None
     was_training = model.training
     model.eval()
-    scores: list[list[float]] = []
-    starts = range(0, len(examples), batch_size)
+    rows = [
+        [codec.pair(e.inputs, c, max_input_tokens, None) for c in e.choices or ()]
+        for e in examples
+    ]
+    order = sorted(range(len(rows)), key=lambda i: -max(len(p) + len(a) for p, a in rows[i]))
+    scores: list[list[float]] = [[] for _ in rows]
+    starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc="evaluate", disable=not progress, leave=False):
-        batch = examples[start : start + batch_size]
-        tasks = [e.task for e in batch]
-        rows = [
-            [codec.pair(e.inputs, c, max_input_tokens, None) for c in e.choices or ()]
-            for e in batch
-        ]
+        batch = order[start : start + batch_size]
+        tasks = [examples[i].task for i in batch]
         if codec.causal:
-            scores += _score_causal(model, rows, pad_id, tally, tasks)
+            got = _score_causal(model, [rows[i] for i in batch], pad_id, tally, tasks)
         else:
-            inputs = [rs[0][0] for rs in rows]
-            choices = [[answer for _, answer in rs] for rs in rows]
-            scores += _score_batch(model, inputs, choices, pad_id, tally, tasks)
+            inputs = [rows[i][0][0] for i in batch]
+            choices = [[answer for _, answer in rows[i]] for i in batch]
+            got = _score_batch(model, inputs, choices, pad_id, tally, tasks)
+        for i, row_scores in zip(batch, got, strict=True):
+            scores[i] = row_scores
     model.train(was_training)
     predicted = [int(np.argmax(s)) for s in scores]
     correct = [p == e.answer for p, e in zip(predicted, examples, strict=True)]
-    return RankResult(correct, predicted, scores, tally.means() if tally else {})
+    if tally is None:
+        return RankResult(correct, predicted, scores, {}, {})
+    return RankResult(correct, predicted, scores, tally.means(), tally.counts)

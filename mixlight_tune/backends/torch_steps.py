@@ -15,6 +15,7 @@ itself is :mod:`mixlight_tune.loop`; :class:`TorchTrainer` is its step.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import dataclasses
@@ -39,7 +40,7 @@ from tqdm.auto import tqdm
 import mixlight as ml
 from mixlight_tune import loop
 from mixlight_tune.backends import torch_resume
-from mixlight_tune.backends.torch_rows import collate, summed_token_loss, token_logits
+from mixlight_tune.backends.torch_rows import collate, pack, summed_token_loss, token_logits
 from mixlight_tune.backends.torch_scoring import rank_classification
 from mixlight_tune.checkpoint import Checkpoint, resume_point
 from mixlight_tune.corruption import span_corruption
@@ -57,6 +58,7 @@ from mixlight_tune.steps import (
     DemoError,
     Pair,
     Parallel,
+    Routing,
     Runtime,
     TuneSettings,
     adapter_fits,
@@ -415,6 +417,8 @@ def make_trainer(
 ) -> tuple[nn.Module, TorchTrainer | None]:
     """The model to tune (adapter injected, dropout and checkpointing set, on its device)
     and its trainer (``None`` when nothing trains: no steps or no trainable weights)."""
+    if settings.packing:
+        check_packing(base, adapter)
     torch.manual_seed(settings.seed)
     model = base.model if settings.in_place else copy.deepcopy(base.model)
     if adapter is None:
@@ -437,6 +441,22 @@ def make_trainer(
     params = [p for p in wrapped.parameters() if p.requires_grad]
     optimizer = make_optimizer(settings.optimizer, params, settings.lr)
     return model, TorchTrainer(wrapped, model, optimizer, params, pairs, settings, parallel, base)
+
+
+def check_packing(base: Base, adapter: ml.AdapterConfig | None) -> None:
+    """``packing = true`` needs a causal LM (a T5 pair is two rows) and token routing (a
+    sequence router would pool over every example packed in a row)."""
+    if not base.causal:
+        raise DemoError(
+            f"packing = true packs decoder-only rows, and {base.path} is an encoder-decoder "
+            "(T5); remove packing"
+        )
+    if adapter is not None and adapter.routing == "sequence":
+        raise DemoError(
+            'packing = true with routing = "sequence": a packed row holds several examples, '
+            'which one sequence router would pool together; use routing = "token" or remove '
+            "packing"
+        )
 
 
 def _wrap(model: nn.Module, parallel: Parallel, device: torch.device) -> nn.Module:
@@ -497,9 +517,15 @@ class TorchTrainer:
         self.injected = "mixlight_state" in model.__dict__
         self.fsdp = parallel.processes > 1 and parallel.layout == "fsdp"
         self.causal, self.pad_id = base.causal, base.pad_id
+        self.width = settings.max_input_tokens + settings.max_target_tokens
+        self.no_cache = {"use_cache": False} if self.causal else {}
 
     def _batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        batch = collate([self.pairs[i] for i in indices], self.pad_id, self.causal)
+        pairs = [self.pairs[i] for i in indices]
+        if self.settings.packing:
+            batch = pack(pairs, self.pad_id, self.width)
+        else:
+            batch = collate(pairs, self.pad_id, self.causal)
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def _sync(self, last: bool) -> contextlib.AbstractContextManager[Any]:
@@ -513,7 +539,7 @@ class TorchTrainer:
     def _loss(self, batch: dict[str, torch.Tensor], tokens: int, parts: int) -> torch.Tensor:
         world = self.parallel.data
         if world == 1 and parts == 1 and not self.bf16:
-            return self.wrapped(**batch).loss  # mean over the batch's tokens (+ router losses)
+            return self.wrapped(**batch, **self.no_cache).loss  # mean over its tokens (+ routers)
         shift = None if self.causal else self.model._shift_right
         summed = summed_token_loss(*token_logits(self.wrapped, batch, self.causal, shift))
         loss = summed * (world / tokens)
@@ -571,25 +597,84 @@ def _gathered(model: nn.Module) -> Iterator[None]:
         model.reshard()  # type: ignore[operator]
 
 
+PAD_TASK = "\0padding"  # a slot past the end of a process's share; its results are dropped
+Share = tuple[list[int], list[bool], dict[str, Any], dict[str, Any]]
+
+
 def evaluate(
     model: nn.Module, base: Base, examples: Sequence[Example], cfg: DemoConfig
-) -> tuple[list[bool], dict[str, dict[str, list[float]]]]:
-    """Rank-classification correctness and per-task mean routing probabilities (every
-    process of a parallel run scores every example: FSDP2's forward is collective)."""
+) -> tuple[list[bool], Routing]:
+    """Rank-classification correctness and per-task mean routing probabilities. A parallel
+    run splits the examples over its processes (:func:`score_share`) and gathers the
+    results."""
+    parallel = base.parallel
+    part = score_share(model, base, examples, cfg, parallel.rank, parallel.processes)
+    parts = [part]
+    if parallel.processes > 1:
+        import torch.distributed as dist
+
+        parts = [None] * parallel.processes  # type: ignore[list-item]
+        dist.all_gather_object(parts, part)
+    return combine_shares(parts, len(examples))
+
+
+def score_share(
+    model: nn.Module,
+    base: Base,
+    examples: Sequence[Example],
+    cfg: DemoConfig,
+    rank: int,
+    processes: int,
+) -> Share:
+    """Process ``rank``'s share of the examples scored: ``(indices, correct, routing means,
+    routing token counts)``. Every process scores the same number of slots (FSDP2's forward
+    is collective, so each must run as many batches); the last ones pad their share with
+    an example whose results are dropped."""
+    share = -(-len(examples) // processes)
+    mine = list(range(rank * share, min(len(examples), (rank + 1) * share)))
+    slots = [examples[i] for i in mine]
+    if examples:
+        slots += [dataclasses.replace(examples[0], task=PAD_TASK)] * (share - len(mine))
+    if not slots:
+        return [], [], {}, {}
     with _gathered(model):
         result = rank_classification(
             model,
             base.codec,
-            examples,
+            slots,
             cfg.eval_batch_size,
             max_input_tokens=cfg.max_input_tokens,
-            progress=cfg.progress and base.parallel.writer,
+            progress=cfg.progress and rank == 0,
         )
-    routing = {
-        site: {task: np.asarray(p).round(5).tolist() for task, p in by_task.items()}
-        for site, by_task in result.routing.items()
+    return mine, result.correct[: len(mine)], result.routing, result.routing_tokens
+
+
+def combine_shares(parts: Sequence[Share], n: int) -> tuple[list[bool], Routing]:
+    """The processes' shares as one result over ``n`` examples."""
+    correct = [False] * n
+    for indices, right, _, _ in parts:
+        for i, ok in zip(indices, right, strict=True):
+            correct[i] = ok
+    return correct, _merged_routing([(means, counts) for _, _, means, counts in parts])
+
+
+def _merged_routing(parts: list[tuple[dict[str, Any], dict[str, Any]]]) -> Routing:
+    """Processes' ``(means, token counts)`` per site and task as one token-weighted mean
+    (padding slots left out)."""
+    sums: dict[str, dict[str, Any]] = collections.defaultdict(dict)
+    tokens: dict[str, dict[str, float]] = collections.defaultdict(dict)
+    for means, counts in parts:
+        for site, by_task in means.items():
+            for task, mean in by_task.items():
+                if task == PAD_TASK:
+                    continue
+                n = counts[site][task]
+                sums[site][task] = sums[site].get(task, 0.0) + np.asarray(mean) * n
+                tokens[site][task] = tokens[site].get(task, 0.0) + n
+    return {
+        site: {task: (sums[site][task] / n).round(5).tolist() for task, n in by_task.items()}
+        for site, by_task in tokens.items()
     }
-    return result.correct, routing
 
 
 def trainable_percent(model: nn.Module) -> float:

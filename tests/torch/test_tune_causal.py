@@ -20,7 +20,12 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 import mixlight as ml  # noqa: E402
-from mixlight_tune.backends.torch_rows import collate, summed_token_loss, token_logits  # noqa: E402
+from mixlight_tune.backends.torch_rows import (  # noqa: E402
+    collate,
+    pack,
+    summed_token_loss,
+    token_logits,
+)
 from mixlight_tune.backends.torch_scoring import rank_classification  # noqa: E402
 from mixlight_tune.schema import Example  # noqa: E402
 from mixlight_tune.text_codec import codec_for, joined  # noqa: E402
@@ -141,6 +146,24 @@ def test_the_loss_is_on_the_answer_alone(tokenizer):
     torch.testing.assert_close(summed / tokens, hf, atol=1e-6, rtol=1e-6)
 
 
+def test_a_packed_batch_has_the_loss_of_its_unpacked_rows(tokenizer):
+    """Several pairs in one row attend only within themselves: the summed answer loss (and
+    HF's own loss of the packed rows) equals the padded batch's."""
+    codec = causal_codec(tokenizer)
+    model = tiny_llama(len(tokenizer), seed=2)
+    pairs = [codec.pair(r["inputs"], r["targets"], None, None) for r in ROWS[:7]]
+    pairs.append(codec.pair("Pick the colour: red, green or blue?", "green", None, None))
+    plain, packed = collate(pairs, 0, causal=True), pack(pairs, 0, width=24)
+    assert packed["input_ids"].shape[0] < len(pairs)  # rows were shared
+    tokens = sum(len(a) for _, a in pairs)
+    with torch.no_grad():
+        want = summed_token_loss(*token_logits(model, plain, causal=True))
+        got = summed_token_loss(*token_logits(model, packed, causal=True))
+        hf = model(**packed, use_cache=False).loss
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(hf, want / tokens, atol=1e-5, rtol=1e-5)
+
+
 def loop_scores(model, codec, examples):
     """Each choice's summed log-probability, one unpadded row at a time."""
     out = []
@@ -173,23 +196,27 @@ def test_rank_classification_equals_a_one_row_loop(tokenizer):
     assert result.predicted == [int(np.argmax(s)) for s in expected]
 
 
-def write_config(root: Path, model: Path, **overrides) -> Path:
+def write_config(root: Path, model: Path | None, **overrides) -> Path:
+    """A tune config over :data:`ROWS` on ``model`` (``None``: the shipped T5)."""
     (root / "train.jsonl").write_text("\n".join(json.dumps(r) for r in ROWS) + "\n")
-    config = {
-        "backend": "torch",
-        "model": str(model),
-        "steps": 60,
-        "batch_size": 4,
-        "optimizer": "adamw",
-        "lr": 1e-2,
-        "seed": 1,
-        "data": "train.jsonl",
-        "eval_data": "train.jsonl",
-        "output_dir": "out",
-        "progress": False,
-        "dropout": 0.0,
-        "adapter": {"preset": "molora", "num_experts": 2, "rank": 4},
-    } | overrides
+    config = (
+        {
+            "backend": "torch",
+            "steps": 60,
+            "batch_size": 4,
+            "optimizer": "adamw",
+            "lr": 1e-2,
+            "seed": 1,
+            "data": "train.jsonl",
+            "eval_data": "train.jsonl",
+            "output_dir": "out",
+            "progress": False,
+            "dropout": 0.0,
+            "adapter": {"preset": "molora", "num_experts": 2, "rank": 4},
+        }
+        | ({} if model is None else {"model": str(model)})
+        | overrides
+    )
     path = root / "tune.json"
     path.write_text(json.dumps(config))
     return path
@@ -250,6 +277,35 @@ def test_accumulation_equals_one_big_step_on_a_causal_lm(tmp_path, llama_dir):
         np.testing.assert_allclose(adapters[0][name], adapters[1][name], atol=2e-6, err_msg=name)
 
 
+def test_packing_trains_the_unpacked_adapter(tmp_path, llama_dir):
+    adapters = []
+    for packing in (False, True):
+        root = tmp_path / f"packing-{packing}"
+        root.mkdir()
+        overrides = dict(steps=3, packing=packing, eval_data=None, grad_accum_steps=2)
+        adapter = run(read_config(write_config(root, llama_dir, **overrides)), lambda _: None)
+        adapters.append(ml.read_adapter(adapter["adapter"]).arrays)
+    for name in adapters[0]:
+        np.testing.assert_allclose(adapters[0][name], adapters[1][name], atol=2e-6, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(adapter={"preset": "mov", "num_experts": 2, "routing": "sequence"}), "sequence"),
+        (dict(model=None), "encoder-decoder"),
+    ],
+)
+def test_packing_refuses_what_it_would_get_wrong(tmp_path, llama_dir, overrides, message):
+    from mixlight_tune.steps import DemoError
+
+    overrides = dict(overrides)
+    model = overrides.pop("model", llama_dir)
+    config = write_config(tmp_path, model, steps=2, packing=True, eval_data=None, **overrides)
+    with pytest.raises(DemoError, match=f"packing = true.*{message}"):
+        run(read_config(config), lambda _: None)
+
+
 def test_dry_run_estimates_a_causal_lm(tmp_path, llama_dir, capsys):
     resolved = dry_run(read_config(write_config(tmp_path, llama_dir)), lambda _: None)
     memory = resolved["memory_per_device_mib"]
@@ -260,3 +316,36 @@ def test_the_jax_backend_refuses_a_causal_lm_before_loading(tmp_path, llama_dir)
     cfg = read_config(write_config(tmp_path, llama_dir, backend="jax"))
     with pytest.raises(TuneConfigError, match='decoder-only .*llama.* backend = "torch"'):
         run(cfg, lambda _: None)
+
+
+def test_the_shares_of_two_processes_combine_to_the_one_process_result(tokenizer):
+    """Evaluation under torchrun: each process scores its share (the last padded with an
+    example whose results are dropped); combined, correctness and the token-weighted
+    routing means equal one process scoring everything."""
+    from types import SimpleNamespace
+
+    from mixlight_tune.backends.torch_steps import combine_shares, score_share
+
+    model = tiny_llama(len(tokenizer), seed=4)
+    ml.inject(model, ml.MoV(3), seed=0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("router"):
+                p.normal_()  # routers that prefer experts differently per token
+    examples = [
+        Example(f"task{n % 2}", "t", r["inputs"], r["targets"], tuple(r["answer_choices"]),
+                r["answer_choices"].index(r["targets"]))
+        for n, r in enumerate(ROWS[:5])
+    ]  # fmt: skip
+    base = SimpleNamespace(codec=causal_codec(tokenizer))
+    cfg = SimpleNamespace(eval_batch_size=2, max_input_tokens=None, progress=False)
+    whole = combine_shares([score_share(model, base, examples, cfg, 0, 1)], 5)
+    shares = [score_share(model, base, examples, cfg, rank, 2) for rank in (0, 1)]
+    assert [s[0] for s in shares] == [[0, 1, 2], [3, 4]]
+    combined = combine_shares(shares, 5)
+    assert combined[0] == whole[0]
+    assert whole[1].keys() == {"model.layers.1.mlp.down_proj"}
+    for site, by_task in whole[1].items():
+        assert by_task.keys() == {"task0", "task1"} == combined[1][site].keys()
+        for task, mean in by_task.items():
+            np.testing.assert_allclose(combined[1][site][task], mean, atol=2e-5)

@@ -44,7 +44,14 @@ ROWS = [
     }
     for n in range(12)
 ]
-SGD = {"optimizer": "sgd", "lr": 0.5, "steps": 3, "batch_size": 4, "checkpoint_every": 0}
+SGD = {
+    "optimizer": "sgd",
+    "lr": 0.5,
+    "steps": 3,
+    "batch_size": 4,
+    "checkpoint_every": 0,
+    "eval_data": "eval.jsonl",  # 5 rows: two ranks score 3 slots each, one of them padding
+}
 RANK_CASES = {
     "ddp": SGD | {"distributed": "ddp"},
     "fsdp": SGD
@@ -66,7 +73,7 @@ def case(root: Path, **overrides) -> Path:
     config = write_case(root, "torch", **({"eval_data": None} | overrides))
     rows = [{k: v for k, v in r.items() if v is not None} for r in ROWS]
     (root / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    scored = [r for r in rows if "answer_choices" in r]
+    scored = [r for r in rows if "answer_choices" in r][:5]
     (root / "eval.jsonl").write_text("\n".join(json.dumps(r) for r in scored) + "\n")
     return config
 
@@ -112,6 +119,8 @@ def test_two_ranks_train_the_one_process_adapter(ranks, tmp_path):
         metrics = json.loads((out / "metrics.json").read_text())
         np.testing.assert_allclose(metrics["losses"], one["losses"], rtol=1e-5)
         assert_same_adapter(adapter(out / "adapter"), want, atol=2e-6)
+        for key in ("average", "tasks"):  # each rank scored its share; gathered
+            assert metrics["eval"][key] == one["eval"][key]
         assert metrics["parallel"] == {
             "processes": 2,
             "devices": 2,
