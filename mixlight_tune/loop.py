@@ -81,6 +81,8 @@ class Journal:
     best: dict[str, Any] | None = None
     tokens: int = 0  # real (unpadded) input + target tokens of the timed steps
     seconds: float = 0.0  # their wall time (not timed: a process's first step, compiling ones)
+    flops: float = 0.0  # their model FLOPs, counted with ``row_flops`` when it is given
+    row_flops: Callable[[int, int], float] | None = field(default=None, repr=False)
 
     def state(self) -> dict[str, Any]:
         return {"evals": self.evals, "best": self.best}
@@ -92,6 +94,10 @@ class Journal:
     @property
     def tokens_per_second(self) -> float | None:
         return round(self.tokens / self.seconds, 1) if self.seconds > 0 else None
+
+    @property
+    def flops_per_second(self) -> float | None:
+        return self.flops / self.seconds if self.seconds > 0 and self.flops > 0 else None
 
 
 class Trainer(Protocol):
@@ -164,6 +170,8 @@ def train(
             if step > done and not getattr(trainer, "compiled", False):
                 journal.tokens += seen
                 journal.seconds += seconds
+                if journal.row_flops is not None:
+                    journal.flops += sum(journal.row_flops(*map(len, pairs[i])) for i in indices)
             scalars = {"loss": loss, "lr": lr, "tokens_per_second": seen / max(seconds, 1e-9)}
             bar.update(1)
             if len(losses) % 10 == 0 or step + 1 == settings.steps:

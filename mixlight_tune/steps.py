@@ -167,6 +167,10 @@ class BackendSteps(Protocol):
         every process of a parallel run (gathering shards is collective); rank 0 writes."""
         ...
 
+    def device_name(self, base: Any) -> str | None:
+        """The accelerator's name (``flops.PEAK_TFLOPS`` keys it), ``None`` on a CPU."""
+        ...
+
     def memory_inputs(self, model: Any) -> dict[str, Any]:
         """What :func:`mixlight_tune.memory.estimate` needs of an injected model: base
         parameter count and bytes, trainable parameter shapes."""

@@ -639,6 +639,13 @@ def memory_inputs(model: Any) -> dict[str, Any]:
     }
 
 
+def device_name(base: Base) -> str | None:
+    """The accelerator's kind (``"NVIDIA H100 80GB HBM3"``, ``"TPU v5 lite"``; ``None`` on
+    the CPU)."""
+    device = jax.local_devices()[0]
+    return None if device.platform == "cpu" else str(device.device_kind)
+
+
 def peak_memory(base: Base) -> int | None:
     """The largest peak bytes in use of this process's devices, where the platform reports
     it (GPUs, TPUs; ``None`` on the CPU)."""

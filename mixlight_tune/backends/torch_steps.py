@@ -728,6 +728,11 @@ def memory_inputs(model: nn.Module) -> dict[str, Any]:
     }
 
 
+def device_name(base: Base) -> str | None:
+    """The GPU's name (``None`` on the CPU)."""
+    return torch.cuda.get_device_name(base.device) if base.device.type == "cuda" else None
+
+
 def peak_memory(base: Base) -> int | None:
     """The peak bytes torch allocated on this process's GPU (``None`` on the CPU, where
     torch keeps no such count)."""

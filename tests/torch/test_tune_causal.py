@@ -241,6 +241,7 @@ def test_tuning_a_causal_lm_learns_its_answers(trained, tokenizer, llama_dir):
     untuned = np.mean(rank_classification(base, tokenizer, examples, routing_sites=[]).correct)
     assert metrics["eval"]["average"] >= 0.9 > untuned + 0.2, (metrics["eval"], untuned)
     assert np.mean(metrics["losses"][-5:]) < np.mean(metrics["losses"][:5]) / 2
+    assert metrics["model_tflops_per_second"] > 0 and metrics["mfu"] is None  # a CPU
 
 
 def test_the_saved_adapter_scores_the_same_in_a_fresh_model(trained, tokenizer, llama_dir):
