@@ -1,33 +1,61 @@
-"""Load users' own P3/promptsource-style prompted data from local files.
+"""Prompted examples from rows: P3/promptsource-style records in local files.
 
-Two sources are accepted:
+A row holds ``inputs`` and ``targets`` (strings; P3's ``inputs_pretokenized`` /
+``targets_pretokenized`` are used when present, since P3's ``inputs``/``targets`` hold token
+ids), optionally ``answer_choices`` (a list of strings that contains ``targets``: the row is
+then a rank-classification item), ``task`` (or ``dataset``) and ``template``. Rows in P3's
+``_score_eval`` layout (``idx = [example, choice]``, ``is_correct``) are grouped back into one
+example per ``idx[0]`` (:mod:`mixlight_tune.score_eval`).
 
-* a ``.jsonl`` file, one JSON object per line with ``inputs`` and ``targets`` (strings),
-  optionally ``answer_choices`` (list of strings, which must contain ``targets``), ``task``
-  or ``dataset``, and ``template``;
-* a directory written by Hugging Face ``datasets``' ``save_to_disk`` with the same columns.
-  P3's own column names ``inputs_pretokenized``/``targets_pretokenized`` are used when
-  present (P3's ``inputs``/``targets`` hold token ids there).
+Each row's task and template come, first to last: from the config (a source's ``task`` /
+``template``), from the row's own columns, from the source's P3 subset name
+(:func:`mixlight_tune.p3.split_name`; a JSONL file's stem, a folder's name, a Hub source's
+``name``), else the task is that name and the template ``"default"``.
 
+Two local sources are read here: a ``.jsonl`` file (one JSON object per line; blank lines are
+skipped) and a folder written by Hugging Face ``datasets`` (:mod:`mixlight_tune.hf_datasets`).
 Text fields are stripped of surrounding whitespace (P3 targets carry a leading space).
-Blank lines are skipped. Anything else malformed raises ``ValueError`` naming the file and
-the 1-based line (or row) number.
+Anything malformed raises ``ValueError`` naming the file and the 1-based line (or row).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import p3
 from .schema import Example
 
 DEFAULT_TEMPLATE = "default"
+# A row and where it is, for errors ("train.jsonl:3", "data/rte row 7").
+Located = tuple[str, Any]
 
 
-def _text(row: Mapping[str, Any], key: str, where: str) -> str:
+@dataclass(frozen=True)
+class Naming:
+    """How one source names its examples: ``subset`` is its P3 subset name (or file stem,
+    folder name); ``task``/``template`` the config's overrides; ``source`` the label each
+    example keeps (for per-source scores)."""
+
+    subset: str
+    task: str | None = None
+    template: str | None = None
+    source: str = ""
+
+    def names(self, row: Mapping[str, Any], where: str) -> tuple[str, str]:
+        """``(task, template)`` of ``row``: the config's, else the row's columns, else the
+        subset name's, else the subset name and ``"default"``."""
+        task, template = p3.split_name(self.subset)
+        task = self.task or _name(row, ("task", "dataset"), task, where)
+        template = self.template or _name(row, ("template",), template or DEFAULT_TEMPLATE, where)
+        return task, template
+
+
+def text(row: Mapping[str, Any], key: str, where: str) -> str:
     """``row[key]`` (or its P3 ``_pretokenized`` twin) as stripped text."""
     value = row.get(f"{key}_pretokenized", row.get(key))
     if value is None:
@@ -61,25 +89,45 @@ def _choices(row: Mapping[str, Any], where: str) -> tuple[str, ...] | None:
     return choices
 
 
-def row_to_example(row: Any, where: str, default_task: str) -> Example:
+def row_to_example(row: Any, where: str, naming: Naming) -> Example:
     """Validate one record and turn it into an ``Example``; ``where`` prefixes errors."""
     if not isinstance(row, Mapping):
         raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    inputs, targets = _text(row, "inputs", where), _text(row, "targets", where)
-    task = _name(row, ("task", "dataset"), default_task, where)
-    template = _name(row, ("template",), DEFAULT_TEMPLATE, where)
+    inputs, targets = text(row, "inputs", where), text(row, "targets", where)
+    task, template = naming.names(row, where)
     choices = _choices(row, where)
     if choices is None:
-        return Example(task, template, inputs, targets)
+        return Example(task, template, inputs, targets, source=naming.source)
     if targets not in choices:
         raise ValueError(
             f"{where}: targets {targets!r} is not among answer_choices {list(choices)}"
         )
-    return Example(task, template, inputs, targets, choices, choices.index(targets))
+    answer = choices.index(targets)
+    return Example(task, template, inputs, targets, choices, answer, source=naming.source)
 
 
-def _read_jsonl(path: Path) -> list[Example]:
-    examples = []
+def rows_to_examples(rows: Iterable[Located], naming: Naming) -> list[Example]:
+    """Examples of located rows: P3's ``_score_eval`` layout (rows with ``idx``, or a subset
+    named ``*_score_eval``) grouped per example, any other row one example."""
+    rows = iter(rows)
+    first = next(rows, None)
+    if first is None:
+        return []
+    rows = _chain(first, rows)
+    layout = isinstance(first[1], Mapping) and "idx" in first[1]
+    if layout or p3.is_score_eval(naming.subset):
+        from .score_eval import group
+
+        return group(rows, naming)
+    return [row_to_example(row, where, naming) for where, row in rows]
+
+
+def _chain(first: Located, rest: Iterator[Located]) -> Iterator[Located]:
+    yield first
+    yield from rest
+
+
+def _jsonl_rows(path: Path) -> Iterator[Located]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:
@@ -92,7 +140,7 @@ def _read_jsonl(path: Path) -> list[Example]:
             continue
         where = f"{path}:{number}"
         try:
-            row = json.loads(line)
+            yield where, json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{where}: bad JSON ({err.msg})") from None
         except RecursionError:
@@ -100,51 +148,29 @@ def _read_jsonl(path: Path) -> list[Example]:
                 f"{where}: JSON nested too deeply to read; each line must be one flat object "
                 "with string fields inputs and targets"
             ) from None
-        examples.append(row_to_example(row, where, path.stem))
-    return examples
 
 
-def _read_saved_dataset(path: Path, split: str | None) -> list[Example]:
-    try:
-        import datasets
-    except ImportError as err:
-        raise ImportError(
-            f"{path} looks like a saved Hugging Face dataset; reading it needs the "
-            "'datasets' package: pip install datasets"
-        ) from err
-    data = datasets.load_from_disk(str(path))
-    if isinstance(data, Mapping):  # a DatasetDict: pick one split
-        if split is None:
-            if len(data) != 1:
-                raise ValueError(f"{path} has splits {sorted(data)}; pass split=")
-            split = next(iter(data))
-        if split not in data:
-            raise ValueError(f"{path} has no split {split!r}; it has {sorted(data)}")
-        data = data[split]
-    rows: Iterable[Any] = data
-    return [
-        row_to_example(row, f"{path} row {number}", path.name)
-        for number, row in enumerate(rows, start=1)
-    ]
+def load_examples(
+    path: str | os.PathLike[str],
+    split: str | None = None,
+    naming: Naming | None = None,
+    name: str | None = None,
+) -> list[Example]:
+    """Read prompted examples from a ``.jsonl`` file or a ``datasets`` folder.
 
-
-def load_examples(path: str | os.PathLike[str], split: str | None = None) -> list[Example]:
-    """Read prompted examples from a ``.jsonl`` file or a ``save_to_disk`` directory.
-
-    The task name defaults to the file's stem (or the directory's name) and the template
-    name to ``"default"``. ``split`` selects a split of a saved ``DatasetDict``.
+    Without ``naming`` the source is named by the file's stem (or the folder's name): a P3
+    subset name gives the task and template, any other name is the task (template
+    ``"default"``). ``split`` selects a split of a saved ``DatasetDict``; ``name`` a
+    configuration of a folder in a Hub repository's layout.
     """
     path = Path(path)
     if path.is_dir():
-        markers = ("dataset_info.json", "state.json", "dataset_dict.json")
-        if not any((path / m).is_file() for m in markers):
-            raise ValueError(
-                f"{path} is a folder but not a saved Hugging Face dataset (none of "
-                f"{', '.join(markers)}); pass a .jsonl file or a save_to_disk directory"
-            )
-        return _read_saved_dataset(path, split)
+        from .hf_datasets import folder_rows
+
+        rows = folder_rows(path, split, name, str(path))
+        return rows_to_examples(rows, naming or Naming(name or path.name, source=str(path)))
     if not path.exists():
         raise FileNotFoundError(f"no data file or dataset directory at {path}")
     if path.suffix != ".jsonl":
         raise ValueError(f"{path}: expected a .jsonl file or a save_to_disk directory")
-    return _read_jsonl(path)
+    return rows_to_examples(_jsonl_rows(path), naming or Naming(path.stem, source=str(path)))

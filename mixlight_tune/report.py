@@ -1,8 +1,9 @@
 """Scoring and reporting, as in the paper's Table 1.
 
 Accuracy per (task, template); per task the **median over templates**; overall the **mean
-over tasks** ("average median score"). Accuracies are fractions in [0, 1]; tables print
-percentages. Several seeds per method aggregate to mean, sample std, min and max.
+over tasks** ("average median score"), or over a report's columns when it groups tasks into
+columns (the paper's ANLI column holds three rounds). Accuracies are fractions in [0, 1];
+tables print percentages. Several seeds per method aggregate to mean, sample std, min and max.
 """
 
 from __future__ import annotations
@@ -23,11 +24,16 @@ class Prediction(NamedTuple):
     correct: float
 
 
-def score_table(predictions: Iterable[Prediction | tuple[str, str, float]]) -> dict[str, Any]:
+def score_table(
+    predictions: Iterable[Prediction | tuple[str, str, float]],
+    columns: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Any]:
     """Score one run.
 
     Returns ``{"tasks": {task: {"templates": {template: acc}, "median": m, "n": count}},
-    "average": mean of the task medians}``. Tasks and templates keep first-seen order.
+    "average": mean of the task medians}``. Tasks and templates keep first-seen order. With
+    ``columns`` (``{label: tasks}``) it adds ``"columns"`` (:func:`column_scores`) and the
+    average is the mean over those columns.
     """
     hits: dict[str, dict[str, list[float]]] = {}
     for task, template, correct in predictions:
@@ -44,7 +50,44 @@ def score_table(predictions: Iterable[Prediction | tuple[str, str, float]]) -> d
             "median": medians[-1],
             "n": sum(len(v) for v in by_template.values()),
         }
-    return {"tasks": tasks, "average": statistics.fmean(medians)}
+    if columns is None:
+        return {"tasks": tasks, "average": statistics.fmean(medians)}
+    by_column = column_scores(tasks, columns)
+    return {"tasks": tasks, "columns": by_column, "average": statistics.fmean(by_column.values())}
+
+
+def column_scores(
+    tasks: Mapping[str, Mapping[str, Any]], columns: Mapping[str, Sequence[str]]
+) -> dict[str, float]:
+    """``{label: score}``: a column's score is the mean of its scored tasks' medians (a
+    column with none is left out); a task in no column is a column of its own, after them."""
+    out = {}
+    for label, names in columns.items():
+        medians = [tasks[t]["median"] for t in names if t in tasks]
+        if medians:
+            out[label] = statistics.fmean(medians)
+    grouped = {t for names in columns.values() for t in names}
+    out |= {t: score["median"] for t, score in tasks.items() if t not in grouped}
+    return out
+
+
+def eval_scores(
+    examples: Sequence[Example],
+    correct: Sequence[float],
+    columns: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """:func:`score_table` of scored ``examples`` with ``"sources"``: each data source's
+    accuracy over its own examples (``{"source", "n", "accuracy"}``, in first-seen order)."""
+    pairs = list(zip(examples, correct, strict=True))
+    table = score_table(((e.task, e.template, c) for e, c in pairs), columns)
+    hits: dict[str, list[float]] = {}
+    for example, hit in pairs:
+        hits.setdefault(example.source, []).append(float(hit))
+    table["sources"] = [
+        {"source": source, "n": len(v), "accuracy": statistics.fmean(v)}
+        for source, v in hits.items()
+    ]
+    return table
 
 
 def _spread(values: Sequence[float]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -12,7 +12,9 @@ class Example:
     """One rendered prompt.
 
     ``inputs``/``targets`` are the text pair used for training. When ``choices`` is set the
-    example is also a rank-classification item: ``targets == choices[answer]``.
+    example is also a rank-classification item: ``targets == choices[answer]``. ``source``
+    names the data source it was read from (per-source scores); it takes no part in
+    equality.
     """
 
     task: str
@@ -21,6 +23,7 @@ class Example:
     targets: str
     choices: tuple[str, ...] | None = None
     answer: int | None = None
+    source: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

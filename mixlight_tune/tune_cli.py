@@ -32,16 +32,16 @@ from typing import Any
 
 from mixlight import AdapterFileError
 
-from ._files import atomic_write, sha256_of
+from . import hub, results, sources
+from ._files import atomic_write
 from .checkpoint import DATA_FILE, DataRecord, Resume
 from .checkpoint import FILE as CHECKPOINT_FILE
-from .data_files import load_examples
 from .experiment import DemoConfig, check_model_dir, prepare_base
 from .loop import Journal
 from .memory import MIB, Layout, estimate, format_estimate
 from .miniature.suite import build_suite
 from .output_dirs import OutputKind
-from .report import score_table
+from .report import eval_scores
 from .run_logs import TENSORBOARD_DIR, WANDB_DIR, check_available, open_logs
 from .schema import Example
 from .steps import BackendSteps, DemoError, Pair, Runtime, TuneSettings, load_steps
@@ -64,6 +64,8 @@ TUNE_OUTPUT = OutputKind(
         TOKENS_FILE,
         TENSORBOARD_DIR,
         WANDB_DIR,
+        results.RESULTS_MD,
+        results.RESULTS_JSON,
     ),
     results=(METRICS_FILE, CHECKPOINT_FILE),
 )
@@ -76,7 +78,7 @@ def demo_config(cfg: TuneConfig) -> DemoConfig:
     """The demo config the backend steps read (base checkpoint, token limits, threads)."""
     return DemoConfig(
         backend=cfg.backend,
-        model_path=cfg.model,
+        model_path=model_dir(cfg),
         out_dir=cfg.output_dir,
         max_input_tokens=cfg.max_input_tokens,
         max_target_tokens=cfg.max_target_tokens,
@@ -151,38 +153,62 @@ def run_dir(cfg: TuneConfig) -> Resume:
 
 
 def load_data(cfg: TuneConfig) -> tuple[list[Example], list[Example]]:
-    """``(train, eval)``: the JSONL files, else the built-in mixture; eval keeps only rows
-    with ``answer_choices`` (rank classification) and is empty without ``eval_data``."""
+    """``(train, eval)``: the ``data`` sources, else the built-in mixture; eval holds the rows
+    with answer choices (rank classification) of ``eval_suite`` then ``eval_data`` (a source
+    with none is refused), and is empty without either."""
     if cfg.data is None:
         train = build_suite(cfg.data_seed, cfg.builtin_per_task, 0).train
     else:
         train = _read(cfg.data, "data")
     if not train:
-        raise TuneConfigError(f"data = {cfg.data}: no rows to train on")
+        raise TuneConfigError(f"data = {sources.resolved(cfg.data)}: no rows to train on")
     evals: list[Example] = []
-    if cfg.eval_data is not None:
-        evals = [e for e in _read(cfg.eval_data, "eval_data") if e.choices]
-        if not evals:
+    for key, source in eval_sources(cfg):
+        scored = [e for e in _read((source,), key) if e.choices]
+        if not scored:
             raise TuneConfigError(
-                f"eval_data = {cfg.eval_data}: no rows with answer_choices to score"
+                f"{key} = {source}: no rows with answer_choices to score (an eval set needs "
+                "answer_choices or P3's _score_eval layout)"
             )
+        evals += scored
     return train, evals
 
 
+def eval_sources(cfg: TuneConfig) -> list[tuple[str, sources.DataSource]]:
+    """``(key, source)`` of every evaluation source: ``eval_suite``'s, then ``eval_data``."""
+    suite = () if cfg.eval_suite is None else cfg.eval_suite.sources()
+    return [("eval_suite", s) for s in suite] + [("eval_data", s) for s in cfg.eval_data or ()]
+
+
+def eval_columns(cfg: TuneConfig) -> dict[str, tuple[str, ...]]:
+    """The report's grouped columns (``eval_suite``'s); other tasks are columns of their own."""
+    return {} if cfg.eval_suite is None else cfg.eval_suite.columns()
+
+
 def data_record(cfg: TuneConfig) -> DataRecord:
-    """The sha256 of the training data file (none for the built-in mixture, which
-    ``data_seed`` and ``builtin_per_task`` fix). ``eval_data`` is not recorded: it is scored
-    afresh after training, so a resumed run may use a changed one."""
-    files = [] if cfg.data is None else [cfg.data]
-    return DataRecord(cfg.output_dir, {str(path): sha256_of(path) for path in files})
+    """The sha256 of each training data source (a Hub dataset: its cached commit; none for
+    the built-in mixture, which ``data_seed`` and ``builtin_per_task`` fix). ``eval_data`` is
+    not recorded: it is scored afresh after training, so a resumed run may use a changed one."""
+    keys = {s: str(s.path) if s.hub_id is None else str(s) for s in cfg.data or ()}
+    return DataRecord(cfg.output_dir, {key: s.digest() for s, key in keys.items()})
+
+
+def model_dir(cfg: TuneConfig) -> Path | None:
+    """The local folder of ``model``: the folder itself, or the Hub id's snapshot (resolved
+    once, :mod:`mixlight_tune.hub`)."""
+    if isinstance(cfg.model, str):
+        return hub.resolve_model(cfg.model, cfg.revision).folder
+    return cfg.model
 
 
 def check_output_dir(cfg: TuneConfig) -> None:
     """Refuse an ``output_dir`` that is one of the run's input folders or holds files
     ``mixlight tune`` did not write. Writes nothing."""
-    for key in ("model", "data", "eval_data"):
-        path = getattr(cfg, key)
-        if path is not None and path.is_dir() and _same_folder(path, cfg.output_dir):
+    inputs = [("model", cfg.model)] if isinstance(cfg.model, Path) else []
+    for key in ("data", "eval_data"):
+        inputs += [(key, path) for path in sources.local_paths(getattr(cfg, key))]
+    for key, path in inputs:
+        if path.is_dir() and _same_folder(path, cfg.output_dir):
             raise TuneConfigError(
                 f"output_dir {cfg.output_dir} is the {key} folder; the run would write over "
                 "its files: choose another output_dir"
@@ -211,17 +237,19 @@ def _same_folder(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def _read(path: Path, key: str) -> list[Example]:
+def _read(data: Sequence[sources.DataSource], key: str) -> list[Example]:
     try:
-        return load_examples(path)
-    except (ValueError, OSError, ImportError) as err:
-        raise TuneConfigError(f"{key}: {err}") from None
+        return sources.read_all(data, key)
+    except sources.SourceError as err:
+        raise TuneConfigError(str(err)) from None
 
 
 def _check_model(cfg: TuneConfig) -> None:
     if cfg.model is not None:
         try:
-            check_model_dir(cfg.model, causal_ok=cfg.backend == "torch")
+            check_model_dir(model_dir(cfg), causal_ok=cfg.backend == "torch")
+        except hub.HubError as err:
+            raise TuneConfigError(str(err)) from None
         except DemoError as err:
             raise TuneConfigError(str(err).replace("--model", "model =", 1)) from None
 
@@ -230,8 +258,12 @@ def tokenised(cfg: TuneConfig, base: Any, train: list[Example], writer: bool) ->
     """The training rows as ids, tokenised once per data, tokenizer and limits
     (:mod:`mixlight_tune.token_cache`)."""
     data: dict[str, Any] = {"builtin": [cfg.data_seed, cfg.builtin_per_task]}
-    if cfg.data is not None:
-        data = {"sha256": sha256_of(cfg.data)}
+    if cfg.data is not None:  # one plain file or folder keeps the key it always had
+        digests = [s.digest() for s in cfg.data]
+        plain = isinstance(sources.resolved(cfg.data), str)
+        data = {"sha256": digests[0]}
+        if not plain:
+            data = {"sources": sources.resolved(cfg.data), "sha256": digests}
     limits = (cfg.max_input_tokens, cfg.max_target_tokens)
     key = cache_key(data, Path(base.path), limits)
 
@@ -260,9 +292,10 @@ class Scorer:
         self.last: tuple[int, dict[str, Any]] | None = None
 
     def scores(self, model: Any) -> dict[str, Any]:
+        """The paper's scores (:func:`~mixlight_tune.report.eval_scores`): per task and
+        template, per report column, the average, and each source's accuracy."""
         correct, _routing = self.steps.evaluate(model, self.base, self.evals, self.demo)
-        pairs = zip(self.evals, correct, strict=True)
-        return score_table((e.task, e.template, c) for e, c in pairs)
+        return eval_scores(self.evals, correct, eval_columns(self.cfg))
 
     def __call__(self, model: Any, step: int) -> float:
         table = self.scores(model)
@@ -288,6 +321,9 @@ def run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     record = claim_output_dir(cfg, resuming=saved is not None, write=rank == 0)
     demo = demo_config(cfg)
     base = prepare_base(steps, demo, "model =", runtime(cfg))
+    snapshot = hub.resolve_model(cfg.model, cfg.revision) if isinstance(cfg.model, str) else None
+    if snapshot is not None:  # the adapter's base record names the Hub id and commit
+        hub.name_model(base.model, snapshot)
     parallel = base.parallel
     if rank is None and parallel.writer:
         _claim(cfg, record)
@@ -342,12 +378,21 @@ def run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         "adapter": None if adapter_dir is None else str(adapter_dir),
         "data_sha256": dict(record.digests),
     }
+    if snapshot is not None:
+        metrics["hub_model"] = {
+            "id": snapshot.repo_id,
+            "revision": cfg.revision,
+            "commit": snapshot.commit,
+            "folder": str(snapshot.folder),
+        }
     peak = getattr(steps, "peak_memory", None)
     if peak is not None:
         metrics["peak_memory_bytes"] = peak(base)
     if parallel.writer:
         atomic_write(cfg.output_dir / RESOLVED_FILE, json.dumps(cfg.resolved(), indent=2) + "\n")
         atomic_write(cfg.output_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+        if scores is not None:  # results.md + results.json: the paper's table, one row
+            results.write(cfg.output_dir, [results.run_row(metrics, cfg.output_dir.name)])
     final = f"final loss {losses[-1]:.4f}" if losses else "no steps"
     accuracy = "" if scores is None else f", eval accuracy {100 * scores['average']:.1f}%"
     speed = (
@@ -411,6 +456,10 @@ def dry_run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, An
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``mixlight tune CONFIG`` (or ``mixlight tune report RUN_DIR...``, :mod:`results`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        return results.main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="mixlight tune", description=(__doc__ or "").splitlines()[0]
     )

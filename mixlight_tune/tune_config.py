@@ -23,7 +23,10 @@ from typing import Any
 
 import mixlight as ml
 
+from . import hub, sources
+from .sources import DataSource, SourceError
 from .steps import BACKENDS, DemoError
+from .suites import SuiteRef, parse_suite
 
 PRESETS: dict[str, Callable[..., ml.AdapterConfig]] = {
     "mov": ml.MoV,
@@ -56,12 +59,18 @@ class TuneConfig:
     ``model``/``data``/``eval_data`` ``None`` mean the demo's shipped base model and built-in
     instruction mixture (``builtin_per_task`` examples of each training task, generated
     from ``data_seed``); ``adapter`` is the validated config (a preset is expanded).
+    ``model`` is a local folder (a ``Path``) or a Hub model id (a ``str``, at ``revision``;
+    :mod:`mixlight_tune.hub`); ``data``/``eval_data`` are data sources
+    (:mod:`mixlight_tune.sources`); ``eval_suite`` a named evaluation suite
+    (:mod:`mixlight_tune.suites`), scored before ``eval_data``.
     """
 
     backend: str = "torch"
-    model: Path | None = None
-    data: Path | None = None
-    eval_data: Path | None = None
+    model: Path | str | None = None
+    revision: str | None = None
+    data: tuple[DataSource, ...] | None = None
+    eval_data: tuple[DataSource, ...] | None = None
+    eval_suite: SuiteRef | None = None
     adapter: ml.AdapterConfig = field(default_factory=lambda: ml.MoV(10))
     optimizer: str = "adafactor"
     lr: float = 3e-2
@@ -102,8 +111,11 @@ class TuneConfig:
         and paths are absolute, so the result reads back as a config file from anywhere."""
         out = asdict(self)
         out["adapter"] = {"config": self.adapter.to_dict()}
-        for key in ("model", "data", "eval_data", "output_dir"):
+        for key in ("model", "output_dir"):
             out[key] = None if out[key] is None else str(out[key])
+        out["data"] = sources.resolved(self.data)
+        out["eval_data"] = sources.resolved(self.eval_data)
+        out["eval_suite"] = None if self.eval_suite is None else self.eval_suite.resolved()
         out["log"] = list(self.log)
         out["mesh"] = None if self.mesh is None else dict(self.mesh)
         return out
@@ -181,8 +193,14 @@ def parse(raw: dict[str, Any], base_dir: Path = Path("."), where: str = "config"
     values["optimizer"] = _choice(raw, "optimizer", default.optimizer, OPTIMIZERS)
     values["lr"] = _lr(raw.get("lr", default.lr))
     values["progress"] = _bool(raw, "progress", default.progress)
-    for key in ("model", "data", "eval_data"):
-        values[key] = _existing_path(raw, key, base_dir)
+    values["model"] = _existing_path(raw, "model", base_dir)
+    values["revision"] = _revision(raw.get("revision"), values["model"])
+    try:
+        values["data"] = sources.parse_sources(raw.get("data"), "data", base_dir)
+        values["eval_data"] = sources.parse_sources(raw.get("eval_data"), "eval_data", base_dir)
+        values["eval_suite"] = parse_suite(raw.get("eval_suite"), base_dir)
+    except SourceError as err:
+        raise TuneConfigError(str(err)) from None
     out = raw.get("output_dir", str(default.output_dir))
     if not isinstance(out, str) or not out:
         raise TuneConfigError(f"output_dir must be a folder path (a string), got {out!r}")
@@ -245,9 +263,12 @@ def _loop_keys(raw: dict[str, Any], default: TuneConfig, values: dict[str, Any])
         raise TuneConfigError(
             f"warmup_steps ({out['warmup_steps']}) must not exceed steps ({values['steps']})"
         )
-    if values["eval_data"] is None and (out["eval_every"] or keep is not None):
-        what = "eval_every" if out["eval_every"] else "keep_best"
-        raise TuneConfigError(f"{what} needs eval_data (rows with answer_choices to score)")
+    if values["eval_data"] is None and values["eval_suite"] is None:
+        if out["eval_every"] or keep is not None:
+            what = "eval_every" if out["eval_every"] else "keep_best"
+            raise TuneConfigError(
+                f"{what} needs eval_data or eval_suite (rows with answer_choices to score)"
+            )
     if keep is not None and not out["eval_every"]:
         raise TuneConfigError(
             "keep_best needs eval_every > 0: the best adapter is chosen among the evaluations "
@@ -378,7 +399,8 @@ def _lr(value: Any) -> float:
     return lr
 
 
-def _existing_path(raw: dict[str, Any], key: str, base_dir: Path) -> Path | None:
+def _existing_path(raw: dict[str, Any], key: str, base_dir: Path) -> Path | str | None:
+    """A local path that exists, else a Hub id (a ``str``, resolved when the run starts)."""
     value = raw.get(key)
     if value is None:
         return None
@@ -388,12 +410,26 @@ def _existing_path(raw: dict[str, Any], key: str, base_dir: Path) -> Path | None
         )
     path = _absolute(base_dir, value)
     if not path.exists():
-        what = "checkpoint directory" if key == "model" else ".jsonl file or save_to_disk folder"
+        if hub.is_hub_id(value):
+            return value
         raise TuneConfigError(
-            f"{key} = {value!r}: nothing at {path} (expected a {what}; relative paths are "
-            "taken from the config file's folder)"
+            f"{key} = {value!r}: nothing at {path} (expected a checkpoint directory or a Hub "
+            "model id; relative paths are taken from the config file's folder)"
         )
     return path
+
+
+def _revision(value: Any, model: Path | str | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise TuneConfigError(f"revision must be a branch, tag or commit (a string), got {value!r}")
+    if not isinstance(model, str):
+        raise TuneConfigError(
+            f"revision applies to a Hub model id; model is {model or 'the shipped base'} (a "
+            "local folder): omit revision"
+        )
+    return value
 
 
 def _absolute(base_dir: Path, value: str) -> Path:

@@ -272,7 +272,8 @@ def test_relative_paths_are_taken_from_the_config_file_and_saved_absolute(tmp_pa
     write_case(tmp_path / "case", "torch")
     monkeypatch.chdir(tmp_path)
     cfg = read_config("case/torch.json")  # a relative path to the config
-    assert cfg.data == tmp_path / "case/train.jsonl" and cfg.data.is_absolute()
+    (source,) = cfg.data
+    assert source.path == tmp_path / "case/train.jsonl" and source.path.is_absolute()
     assert cfg.output_dir == tmp_path / "case/out-torch"
     saved = tmp_path / "case/out-torch/config.json"
     saved.parent.mkdir()
