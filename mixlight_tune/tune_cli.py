@@ -461,7 +461,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["report"]:
         return results.main(argv[1:])
     parser = argparse.ArgumentParser(
-        prog="mixlight tune", description=(__doc__ or "").splitlines()[0]
+        prog="mixlight tune",
+        description=(__doc__ or "").splitlines()[0],
+        epilog="mixlight tune report RUN_DIR... [--out FILE] joins finished runs' results into "
+        "one table (docs/tune.md)",
     )
     parser.add_argument("config", type=Path, help="a .toml or .json file (see docs/tune.md)")
     parser.add_argument("--backend", help='override the config\'s backend ("torch" or "jax")')
