@@ -65,13 +65,15 @@ def group(rows: Iterable[Located], naming: Naming) -> list[Example]:
 
 def _idx(row: Mapping[str, Any], where: str) -> tuple[int, int]:
     idx = row.get("idx")
-    ok = isinstance(idx, (list, tuple)) and len(idx) == 2
-    if not ok or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in idx):
+    pair = list(idx) if isinstance(idx, (list, tuple)) else []
+    if len(pair) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in pair):
+        pair = [-1]
+    if min(pair) < 0:
         raise ValueError(
             f"{where}: a _score_eval row needs idx = [example, choice] (two integers >= 0), "
             f"got {idx!r}; {FIX}"
         )
-    return int(idx[0]), int(idx[1])
+    return pair[0], pair[1]
 
 
 def _example(number: int, g: _Group, naming: Naming) -> Example:

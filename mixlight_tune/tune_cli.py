@@ -245,11 +245,13 @@ def _read(data: Sequence[sources.DataSource], key: str) -> list[Example]:
 
 
 def _check_model(cfg: TuneConfig) -> None:
-    if cfg.model is not None:
+    try:
+        folder = model_dir(cfg)
+    except hub.HubError as err:
+        raise TuneConfigError(str(err)) from None
+    if folder is not None:
         try:
-            check_model_dir(model_dir(cfg), causal_ok=cfg.backend == "torch")
-        except hub.HubError as err:
-            raise TuneConfigError(str(err)) from None
+            check_model_dir(folder, causal_ok=cfg.backend == "torch")
         except DemoError as err:
             raise TuneConfigError(str(err).replace("--model", "model =", 1)) from None
 
