@@ -37,6 +37,7 @@ from ._files import atomic_write
 from .checkpoint import DATA_FILE, DataRecord, Resume
 from .checkpoint import FILE as CHECKPOINT_FILE
 from .experiment import DemoConfig, check_model_dir, prepare_base
+from .flops import row_flops, utilisation
 from .loop import Journal
 from .memory import MIB, Layout, estimate, format_estimate
 from .miniature.suite import build_suite
@@ -125,6 +126,7 @@ def settings(cfg: TuneConfig) -> TuneSettings:
         lr_schedule=cfg.lr_schedule,
         warmup_steps=cfg.warmup_steps,
         max_grad_norm=cfg.max_grad_norm,
+        packing=cfg.packing,
         in_place=True,
         bucket=BUCKET,
         eval_every=cfg.eval_every,
@@ -341,7 +343,8 @@ def run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         log(f"note: {note}")
     if saved is not None:
         log(f"resuming {cfg.output_dir} from step {saved.step} of {cfg.steps}")
-    journal = Journal()
+    config = json.loads((Path(base.path) / "config.json").read_text(encoding="utf-8"))
+    journal = Journal(row_flops=row_flops(config, full=cfg.adapter is None))
     scorer = Scorer(cfg, steps, base, evals, demo, journal) if evals and cfg.eval_every else None
     logger, close_logs = (None, _nothing)
     if parallel.writer:
@@ -373,6 +376,7 @@ def run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         "losses": losses,
         "train_seconds": round(seconds, 2),
         "tokens_per_second": journal.tokens_per_second,
+        **throughput(journal, steps.device_name(base), cfg.precision, parallel.devices),
         "parallel": parallel.record(),
         "eval": scores,
         "eval_history": journal.evals,
@@ -402,6 +406,21 @@ def run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     )
     log(f"{final}{accuracy}{speed}; adapter and {METRICS_FILE} in {cfg.output_dir}")
     return metrics
+
+
+def throughput(
+    journal: Journal, device: str | None, precision: str, devices: int
+) -> dict[str, float | None]:
+    """``metrics.json``'s model TFLOP/s (the whole job's) and MFU (``None`` where the
+    device's peak is unknown: a CPU, a GPU not in ``flops.PEAK_TFLOPS``)."""
+    rate = journal.flops_per_second
+    if rate is None:
+        return {"model_tflops_per_second": None, "mfu": None}
+    mfu = utilisation(rate, device, precision, devices)
+    return {
+        "model_tflops_per_second": round(rate / 1e12, 6),
+        "mfu": None if mfu is None else round(mfu, 4),
+    }
 
 
 def _silent(_: str) -> None:

@@ -89,6 +89,7 @@ class TuneConfig:
     dropout: float = DEFAULT_DROPOUT
     precision: str = "fp32"
     gradient_checkpointing: bool = False
+    packing: bool = False
     device: str = "auto"
     threads: int | None = None
     distributed: str = "ddp"
@@ -220,6 +221,7 @@ def _scale_keys(raw: dict[str, Any], default: TuneConfig) -> dict[str, Any]:
         "gradient_checkpointing": _bool(
             raw, "gradient_checkpointing", default.gradient_checkpointing
         ),
+        "packing": _bool(raw, "packing", default.packing),
         "device": _device(raw.get("device", default.device)),
         "distributed": _choice(raw, "distributed", default.distributed, LAYOUTS),
         "mesh": _mesh(raw.get("mesh")),

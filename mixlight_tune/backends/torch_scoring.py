@@ -185,8 +185,7 @@ def rank_classification(
     was_training = model.training
     model.eval()
     rows = [
-        [codec.pair(e.inputs, c, max_input_tokens, None) for c in e.choices or ()]
-        for e in examples
+        [codec.pair(e.inputs, c, max_input_tokens, None) for c in e.choices or ()] for e in examples
     ]
     order = sorted(range(len(rows)), key=lambda i: -max(len(p) + len(a) for p, a in rows[i]))
     scores: list[list[float]] = [[] for _ in rows]

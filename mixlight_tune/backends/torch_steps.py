@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 import mixlight as ml
 from mixlight_tune import loop
 from mixlight_tune.backends import torch_resume
+from mixlight_tune.backends import torch_sharded_load as sharded_load
 from mixlight_tune.backends.torch_rows import collate, pack, summed_token_loss, token_logits
 from mixlight_tune.backends.torch_scoring import rank_classification
 from mixlight_tune.checkpoint import Checkpoint, resume_point
@@ -82,6 +83,7 @@ class Base:
     parallel: Parallel = dataclasses.field(default_factory=Parallel)
     runtime: Runtime | None = None
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    sharded_load: bool = False  # FSDP2: rank 0 holds the weights, the others the meta device
 
     @property
     def causal(self) -> bool:
@@ -336,7 +338,8 @@ def setup(runtime: Runtime | None, threads: int) -> tuple[torch.device, Parallel
 def prepare(cfg: DemoConfig, runtime: Runtime | None = None) -> Base:
     """The base model: ``--model``, the shipped tiny T5, or one built and cached here;
     loaded in its ``runtime`` dtype (bfloat16 for ``precision = "bf16"``) and moved to its
-    device."""
+    device. Under FSDP2 only rank 0 reads the weights (kept on the CPU until sharded); the
+    other ranks build the model on the meta device (:mod:`.torch_sharded_load`)."""
     device, parallel = setup(runtime, cfg.threads)
     path = base_checkpoint(cfg)
     if cfg.model_path is None and not (path / "config.json").is_file():
@@ -346,11 +349,17 @@ def prepare(cfg: DemoConfig, runtime: Runtime | None = None) -> Base:
         loss = json.loads((path / "pretraining.json").read_text())["final_loss"]
         origin = f"tiny T5 v1.1 pre-trained on the miniature world (final loss {loss:.2f}), {path}"
     dtype = torch.bfloat16 if runtime is not None and runtime.precision == "bf16" else None
-    model = _load_model(path, dtype).eval().to(device)
-    model.requires_grad_(False)
+    sharded = parallel.processes > 1 and parallel.layout == "fsdp"
+    if sharded and parallel.rank != 0:
+        model = sharded_load.empty_model(path, dtype)
+    else:
+        model = _load_model(path, dtype)
+        model = model if sharded else model.to(device)
+    model.eval().requires_grad_(False)
     n = sum(p.numel() for p in model.parameters())
     description = f"{origin} ({n / 1e6:.2f}M parameters)"
-    return Base(model, _codec(path, model.config), path, description, parallel, runtime, device)
+    codec = _codec(path, model.config)
+    return Base(model, codec, path, description, parallel, runtime, device, sharded)
 
 
 def set_dropout(model: nn.Module, rate: float) -> None:
@@ -426,18 +435,26 @@ def make_trainer(
     else:
         with adapter_fits(adapter):
             ml.inject(model, adapter, seed=settings.seed)
-    model.to(base.device)  # adapters are created on the base's device; a no-op then
+    if not base.sharded_load:
+        model.to(base.device)  # adapters are created on the base's device; a no-op then
     set_dropout(model, settings.dropout)
     runtime = base.runtime
     if runtime is not None and runtime.gradient_checkpointing:
         _checkpoint_activations(model)
     pairs = _pairs(base, examples, settings)
+    parallel = base.parallel
+    wrapped = model
+    if base.sharded_load:  # shard, then fill every rank's shards from rank 0's weights
+        full = sharded_load.full_weights(model) if parallel.rank == 0 else {}
+        wrapped = _wrap(model, parallel, base.device)
+        sharded_load.fill_shards(model, full, base.device)
+        del full
     params = [p for p in model.parameters() if p.requires_grad]
     if not params or settings.steps == 0:
         return model, None
-    parallel = base.parallel
     loop.check_divisible(settings, parallel.data, "the number of processes")
-    wrapped = _wrap(model, parallel, base.device)
+    if not base.sharded_load:
+        wrapped = _wrap(model, parallel, base.device)
     params = [p for p in wrapped.parameters() if p.requires_grad]
     optimizer = make_optimizer(settings.optimizer, params, settings.lr)
     return model, TorchTrainer(wrapped, model, optimizer, params, pairs, settings, parallel, base)

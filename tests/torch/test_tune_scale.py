@@ -64,6 +64,9 @@ RANK_CASES = {
         "keep_best": "eval_average",
     },
 }
+# A causal LM (a tiny random Llama, GQA, rotary embeddings) sharded by FSDP2: its rotary
+# ``inv_freq`` is a buffer no state dict holds, copied from rank 0 by the sharded load.
+CAUSAL_CASE = "fsdp_causal"
 
 
 def case(root: Path, **overrides) -> Path:
@@ -94,6 +97,7 @@ def ranks(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ranks")
     for name, overrides in RANK_CASES.items():
         case(root / name, **overrides)
+    case(root / CAUSAL_CASE, **causal_case(root / "llama"))
     command = [*torchrun_command(), "-m", "tests.torch.test_tune_scale"]
     done = subprocess.run(
         [*command, str(root)],
@@ -130,6 +134,28 @@ def test_two_ranks_train_the_one_process_adapter(ranks, tmp_path):
             "device": "cpu",
         }
         assert metrics["tokens_per_second"] > 0
+
+
+def causal_case(folder: Path) -> dict:
+    """The FSDP2 overrides on a tiny Llama saved in ``folder`` (built once)."""
+    from tests.torch.test_tune_causal import byte_level_tokenizer, tiny_llama
+
+    if not folder.exists():
+        tokenizer = byte_level_tokenizer()
+        tiny_llama(len(tokenizer)).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return SGD | {"distributed": "fsdp", "model": str(folder), "lr": 0.05}
+
+
+def test_fsdp_trains_a_causal_lm_as_one_process(ranks, tmp_path):
+    one = run(read_config(case(tmp_path, **causal_case(ranks / "llama"))), lambda _: None)
+    out = ranks / CAUSAL_CASE / "out-torch"
+    metrics = json.loads((out / "metrics.json").read_text())
+    np.testing.assert_allclose(metrics["losses"], one["losses"], rtol=1e-5)
+    want = adapter(tmp_path / "out-torch/adapter")
+    assert not all((v == 1).all() for k, v in want.items() if k.endswith(".vectors"))  # trained
+    assert_same_adapter(adapter(out / "adapter"), want, 2e-6)
+    assert metrics["eval"]["average"] == one["eval"]["average"]
 
 
 def test_fsdp_evaluates_keeps_the_best_and_checkpoints(ranks):
@@ -244,10 +270,25 @@ def test_dry_run_prints_the_memory_estimate(tmp_path, capsys):
 
 def _ranks_main(root: Path) -> None:
     """Under torchrun: every config below ``root`` (each a rank's share of the same run)."""
-    for name in RANK_CASES:
+    for name in [*RANK_CASES, CAUSAL_CASE]:
         run(read_config(root / name / "torch.json"), print)
     torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
     _ranks_main(Path(sys.argv[1]))
+
+
+def test_under_fsdp_only_rank_0_reads_the_weights(monkeypatch):
+    """The other ranks build the base on the meta device (no weights in memory); rank 0
+    keeps the CPU copy it read until the shards are filled (the FSDP2 run above then
+    trains the one-process adapter)."""
+    from mixlight_tune.backends import torch_steps
+    from mixlight_tune.experiment import DemoConfig
+    from mixlight_tune.steps import Parallel, Runtime
+
+    for rank, device in ((1, "meta"), (0, "cpu")):
+        parallel = Parallel(processes=2, rank=rank, devices=2, data=2, layout="fsdp")
+        monkeypatch.setattr(torch_steps, "setup", lambda *a, p=parallel: (torch.device("cpu"), p))
+        base = torch_steps.prepare(DemoConfig(), Runtime(distributed="fsdp"))
+        assert base.sharded_load and {p.device.type for p in base.model.parameters()} == {device}
