@@ -37,6 +37,7 @@ from typing import Any
 from safetensors import SafetensorError
 
 import mixlight as ml
+from mixlight.presets import FAMILIES
 
 from ._files import atomic_write
 from .claims import check_claims, format_claims
@@ -260,6 +261,9 @@ TABLE_TITLES = {
 
 
 CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
+CAUSAL_MODEL_TYPES = tuple(
+    t for f in FAMILIES if f.name not in ("t5", "bert") for t in f.model_types
+)
 
 
 def check_model_dir(path: Path, *, causal_ok: bool = False) -> None:
@@ -275,13 +279,15 @@ def check_model_dir(path: Path, *, causal_ok: bool = False) -> None:
         model_type, architectures = raw.get("model_type"), raw.get("architectures") or []
     except (json.JSONDecodeError, AttributeError, UnicodeDecodeError, RecursionError) as err:
         raise DemoError(f"--model {path}: config.json is not a JSON object ({err})") from None
-    decoder_only = not raw.get("is_encoder_decoder", False) and (
-        not architectures or any(str(a).endswith(CAUSAL_ARCHITECTURES) for a in architectures)
-    )
-    if model_type != "t5" and not decoder_only:
+    if architectures:
+        decoder_only = any(str(a).endswith(CAUSAL_ARCHITECTURES) for a in architectures)
+    else:  # a config without architectures: the families mixlight has causal presets for
+        decoder_only = model_type in CAUSAL_MODEL_TYPES
+    if model_type != "t5" and (raw.get("is_encoder_decoder") or not decoder_only):
+        kinds = f" ({', '.join(map(str, architectures))})" if architectures else ""
         raise DemoError(
-            f"--model {path}: model_type {model_type!r} ({', '.join(map(str, architectures))}) "
-            "is neither a T5 nor a decoder-only causal LM (...ForCausalLM); pass one of those"
+            f"--model {path}: model_type is {model_type!r}{kinds}, neither a T5 nor a "
+            "decoder-only causal LM (...ForCausalLM); pass one of those"
         )
     if model_type != "t5" and not causal_ok:
         raise DemoError(
@@ -433,13 +439,15 @@ class RunRecord:
 def score_sets(
     steps: BackendSteps, model: Any, base: Any, sets: dict[str, list[Example]], cfg: DemoConfig
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, list[float]]]]:
-    """``({table: score_table}, routing)`` with every table scored in one evaluate call."""
+    """``({table: score_table}, routing)`` with every table scored in one evaluate call; each
+    table's ``"hits"`` is its items' 0/1 correctness, in order (for the claim check)."""
     examples = [e for exs in sets.values() for e in exs]
     correct, routing = steps.evaluate(model, base, examples, cfg)
     scores, at = {}, 0
     for name, exs in sets.items():
         hits = correct[at : at + len(exs)]
         scores[name] = score_table((e.task, e.template, c) for e, c in zip(exs, hits, strict=True))
+        scores[name]["hits"] = [int(c) for c in hits]
         at += len(exs)
     return scores, routing
 
@@ -470,6 +478,10 @@ class Outputs:
         self.out = cfg.out_dir
         self.base_description = base_description
         self.chance = {name: chance_table(exs) for name, exs in plan.tables.items()}
+        self.cells = {
+            name: [(e.task, e.template) for e in exs] for name, exs in plan.tables.items()
+        }
+        self.hits: dict[str, dict[str, list[list[int]]]] = {}  # table -> method -> per seed
         self.base_scores: dict[str, dict[str, Any]] = {}
         self.probes: dict[str, Any] = {}
         self.per_seed: list[dict[str, dict[str, Any]]] = []
@@ -482,6 +494,8 @@ class Outputs:
         """Record one (seed, method) run and rewrite every output file."""
         while len(self.per_seed) <= seed:
             self.per_seed.append({})
+        for name, table in scores.items():
+            self.hits.setdefault(name, {}).setdefault(method, []).append(table.pop("hits"))
         self.per_seed[seed][method] = scores
         info = self.info.setdefault(
             method,
@@ -507,7 +521,11 @@ class Outputs:
         return {m: agg[m] for m in self.cfg.methods if m in agg}
 
     def claims(self) -> list[dict[str, Any]]:
-        return check_claims(self.table("B")) if "B" in self.chance else []
+        """The claim check on table B, paired item by item and seed by seed."""
+        if "B" not in self.chance:
+            return []
+        hits = {m: self.hits["B"][m] for m in self.cfg.methods if m in self.hits.get("B", {})}
+        return check_claims(hits, self.cells["B"])
 
     def payload(self) -> dict[str, Any]:
         """Everything ``results.json`` holds."""
@@ -619,6 +637,8 @@ def run(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
             "fact probes (base): "
             + ", ".join(f"{k} {100 * v:.0f}%" for k, v in outputs.probes.items())
         )
+    for table in scores.values():
+        table.pop("hits")
     outputs.base_scores = scores
     outputs.timings["score the untuned base"] = time.perf_counter() - t
     try:

@@ -15,11 +15,12 @@ import types
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixlight_tune.claims import check_claims, format_claims
+from mixlight_tune.claims import check_claims, format_claims, table_scores
 from mixlight_tune.corruption import span_corruption
 from mixlight_tune.data_files import load_examples
 from mixlight_tune.miniature import world
@@ -530,56 +531,52 @@ def test_table_has_chance_and_base_rows_first():
     assert lines[4].startswith("| mov | 1% | 50.0 | 100.0 |")
 
 
-def _agg(values: dict[str, list[float]]):
+def _hits(rates: dict[str, float], cells, seeds: int, seed: int = 0) -> dict[str, list]:
+    """Per method, per seed, 0/1 hits of ``cells`` drawn at the method's accuracy."""
+    rng = np.random.default_rng(seed)
     return {
-        m: {"n_seeds": len(v), "average": {"mean": sum(v) / len(v), "std": _std(v)}}
-        for m, v in values.items()
+        m: (rng.random((seeds, len(cells))) < rate).astype(int).tolist()
+        for m, rate in rates.items()
     }
 
 
-def _std(v: list[float]) -> float:
-    mean = sum(v) / len(v)
-    return (sum((x - mean) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
+CELLS = [(f"task{t}", f"prompt{p}") for t in range(6) for p in range(3) for _ in range(40)]
 
 
-def test_claim_check_margins_and_spread():
-    results = _agg(
-        {
-            "mov": [0.70, 0.72, 0.74],
-            "ia3": [0.50, 0.52, 0.54],
-            "full": [0.73, 0.75, 0.71],
-            "lora": [0.60, 0.62, 0.64],
-            "molora": [0.60, 0.61, 0.65],
-        }
-    )
-    claims = {(c["first"], c["second"]): c for c in check_claims(results)}
-    mov_ia3 = claims["mov", "ia3"]
-    assert mov_ia3["margin"] == pytest.approx(20.0) and mov_ia3["spread"] == pytest.approx(4.0)
-    assert mov_ia3["exceeds_spread"] is True
-    assert claims["mov", "full"]["margin"] == pytest.approx(-1.0)
-    assert claims["mov", "full"]["exceeds_spread"] is False
-    assert claims["molora", "lora"]["exceeds_spread"] is False
-    assert mov_ia3["holds"] is True and claims["mov", "full"]["holds"] is True
-    assert claims["molora", "lora"]["holds"] is True  # behind by less than the spread
-    text = format_claims(list(claims.values()))
-    assert "margin +20.0 points, beyond the seed spread (4.0): **holds**" in text
-    far = {
-        c["first"] + c["second"]: c
-        for c in check_claims(
-            _agg(
-                {
-                    "mov": [0.50, 0.52, 0.54],
-                    "full": [0.80, 0.82, 0.84],
-                    "molora": [0.40, 0.41, 0.42],
-                    "lora": [0.60, 0.61, 0.62],
-                }
-            )
-        )
-    }
-    assert far["movfull"]["holds"] is False and far["molora" + "lora"]["holds"] is False
-    one_seed = check_claims(_agg({"mov": [0.7], "ia3": [0.5]}))
-    assert one_seed[0]["exceeds_spread"] is None and "one seed" in format_claims(one_seed)
-    assert check_claims(_agg({"mov": [0.7]})) == []
+def test_the_claims_table_score_is_the_reports():
+    """``claims.table_scores`` (vectorised) equals ``report.score_table``'s average."""
+    hits = _hits({"m": 0.6}, CELLS, seeds=2)["m"]
+    got = table_scores(np.asarray(hits, dtype=float), CELLS)
+    for row, value in zip(hits, got, strict=True):
+        want = score_table((t, p, c) for (t, p), c in zip(CELLS, row, strict=True))["average"]
+        assert value == pytest.approx(want)
+
+
+def test_claim_verdicts_hold_fail_or_are_not_shown():
+    rates = {"mov": 0.75, "ia3": 0.55, "full": 0.75, "lora": 0.60, "molora": 0.60}
+    claims = {c["first"] + c["second"]: c for c in check_claims(_hits(rates, CELLS, 3), CELLS)}
+    assert claims["movia3"]["holds"] and claims["movia3"]["interval"][0] > 0
+    assert claims["movia3"]["margin"] == pytest.approx(20, abs=4)
+    # level methods on 720 items x 3 seeds: the interval is a few points wide, not within ±2
+    assert not claims["movfull"]["holds"] and "not shown" in claims["movfull"]["why_not"]
+    behind = {"mov": 0.45, "ia3": 0.70, "molora": 0.40, "lora": 0.70, "full": 0.90}
+    refuted = check_claims(_hits(behind, CELLS, 3), CELLS)
+    assert [c["holds"] for c in refuted] == [False, False, False]
+    assert all(c["why_not"] == "the opposite is shown" for c in refuted)
+    # 'close' can hold: the same hits for both methods on many items
+    same = _hits({"mov": 0.7}, CELLS * 10, 3)["mov"]
+    close = check_claims({"mov": same, "full": same}, CELLS * 10)
+    assert close[0]["holds"] and close[0]["interval"] == [0.0, 0.0]
+
+
+def test_one_seed_is_checked_over_items_and_says_so():
+    rates = {"mov": 0.8, "ia3": 0.5}
+    claims = check_claims(_hits(rates, CELLS, 1), CELLS)
+    assert claims[0]["seeds"] == 1 and claims[0]["holds"] is True
+    text = format_claims(claims)
+    assert "over items only (one seed: no seed variation): **holds**" in text
+    assert check_claims(_hits(rates, CELLS, 1), CELLS) == claims  # deterministic
+    assert check_claims(_hits({"mov": 0.7}, CELLS, 1), CELLS) == []
 
 
 # --- plots ---------------------------------------------------------------------------------
