@@ -3,7 +3,7 @@
 Tunes the shipped tiny T5 with full fine-tuning, (IA)³, LoRA, MoV and MoLoRA on the built-in
 instruction mixture, scores held-in items, held-out prompts and held-out tasks zero-shot by
 rank classification, checks the paper's claims, and writes the tables, plots and adapters
-to ``--out``.
+to ``--output-dir``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from .experiment import (
 def _parser() -> argparse.ArgumentParser:
     default = DemoConfig()
     p = argparse.ArgumentParser(prog="mixlight demo", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="two-minute smoke test (tiny everything)")
+    p.add_argument("--quick", action="store_true", help="one-minute smoke test (tiny everything)")
     p.add_argument(
         "--methods",
         default=",".join(DEFAULT_METHODS),
@@ -53,7 +53,12 @@ def _parser() -> argparse.ArgumentParser:
         help="one learning rate for every method "
         "(default: per method family, see docs/demo/README.md)",
     )
-    p.add_argument("--out", type=Path, help=f"output directory (default {default.out_dir})")
+    p.add_argument(
+        "--output-dir",
+        dest="out",
+        type=Path,
+        help=f"output directory, as mixlight tune's (default {default.out_dir})",
+    )
     p.add_argument("--cache-dir", type=Path, help=f"pre-trained base cache ({default.cache_dir})")
     p.add_argument(
         "--model",

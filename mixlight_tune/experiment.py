@@ -361,9 +361,9 @@ def _load_data(cfg: DemoConfig) -> tuple[list[Example], dict[str, list[Example]]
 
 
 def validate(cfg: DemoConfig) -> Plan:
-    """Check every input that could fail later, before anything trains (and ``--out`` before
+    """Check every input that could fail later, before anything trains (and ``--output-dir`` before
     anything loads: a folder of other files is refused, not overwritten)."""
-    DEMO_OUTPUT.check(cfg.out_dir, "--out")
+    DEMO_OUTPUT.check(cfg.out_dir, "--output-dir")
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown or not cfg.methods:
         raise DemoError(
@@ -385,7 +385,7 @@ def validate(cfg: DemoConfig) -> Plan:
     if cfg.model_path is not None:
         check_t5_dir(cfg.model_path)
     train, tables, probes = _load_data(cfg)
-    DEMO_OUTPUT.claim(cfg.out_dir, "--out")
+    DEMO_OUTPUT.claim(cfg.out_dir, "--output-dir")
     if base_checkpoint(cfg) not in (cfg.model_path, SHIPPED_BASE):
         _check_writable(cfg.cache_dir, "cache directory")
     return Plan(load_steps(cfg.backend), train, tables, probes)

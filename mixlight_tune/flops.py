@@ -3,8 +3,9 @@
 Counted as the usual estimate does (PaLM's appendix B): a matrix multiply of a ``[tokens, m]``
 input by an ``[m, n]`` weight is ``2 m n`` FLOPs a token forward, attention's scores and
 weighted sum ``2 * 2 * keys * inner`` a query (every key, also under a causal mask, as
-PaLM's count does); norms, activations and the adapters' own arithmetic are left out. The backward pass of a frozen base computes input gradients
-only (another forward's worth); full fine-tuning adds the weight gradients (a third).
+PaLM's count does); norms, activations and the adapters' own arithmetic are left out. The
+backward pass of a frozen base computes input gradients only (another forward's worth); full
+fine-tuning adds the weight gradients (a third).
 Activation checkpointing's recomputation is not model FLOPs. MFU divides the achieved rate
 by the device's dense peak at the run's precision, for the GPUs in :data:`PEAK_TFLOPS`.
 """

@@ -1,6 +1,6 @@
 """The folders the tuning commands write, and how each tells its own folders from the user's.
 
-``mixlight tune`` writes ``output_dir``, ``mixlight demo`` writes ``--out``, and
+``mixlight tune`` writes ``output_dir``, ``mixlight demo`` writes ``--output-dir``, and
 ``mixlight demo --build-base`` (like the demo's base cache) writes a base checkpoint. Each may
 write into a folder that is missing, empty, or its own; a folder holding anything else is
 refused before any work, naming what is there, so the user's files (a model, data, notes)

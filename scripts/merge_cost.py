@@ -2,7 +2,7 @@
 
 A MoV or MoLoRA adapter routes every token its own way; ``mixlight.merge_and_unload`` folds
 it into the base weights at one fixed routing. This script takes the adapters a demo run
-saved (``mixlight demo --out DIR`` writes ``DIR/adapters/<method>-seed<N>``), merges each at
+saved (``mixlight demo --output-dir DIR`` writes ``DIR/adapters/<method>-seed<N>``), merges each at
 two fixed routings measured on held-in training data, and scores tables A and B as the demo
 does (rank classification), beside the unmerged adapter:
 

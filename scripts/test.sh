@@ -20,6 +20,6 @@ echo "== full suite"
 .venv/bin/python -m pytest tests -q
 echo "== main job smoke test: mixlight demo --quick"
 smoke=$(mktemp -d)
-.venv/bin/mixlight demo --quick --no-progress --out "$smoke/out" --cache-dir "$smoke/cache"
+.venv/bin/mixlight demo --quick --no-progress --output-dir "$smoke/out" --cache-dir "$smoke/cache"
 test -s "$smoke/out/results.json"
 rm -rf "$smoke"

@@ -115,7 +115,7 @@ def test_own_and_older_run_folders_are_accepted(tmp_path):
     with pytest.raises(tune_cli.DemoError, match=r"did not write \(config.json\)"):
         kind.check(only_config, "output_dir")
     demo_marked = tmp_path / "demo"
-    experiment.DEMO_OUTPUT.claim(demo_marked, "--out")
+    experiment.DEMO_OUTPUT.claim(demo_marked, "--output-dir")
     (demo_marked / "results.json").write_text("{}")
     with pytest.raises(tune_cli.DemoError, match="holds files mixlight tune did not write"):
         kind.check(demo_marked, "output_dir")
@@ -127,9 +127,9 @@ def test_demo_out_holding_other_files_is_refused_before_anything_loads(
     out = tmp_path / "home"
     out.mkdir()
     (out / "config.json").write_text("mine")
-    assert demo_cli.main(["--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert demo_cli.main(["--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("mixlight demo: error: --out ")
+    assert err.startswith("mixlight demo: error: --output-dir ")
     assert "holds files mixlight demo did not write (config.json)" in err
     assert _snapshot(out) == {"config.json": b"mine"}
 
@@ -140,7 +140,7 @@ def test_an_older_demo_out_folder_is_still_accepted(tmp_path):
     for name in ("results.json", "results.md", "config.json", "routing_mov.png"):
         (out / name).write_text("x")
     (out / "adapters").mkdir()
-    experiment.DEMO_OUTPUT.check(out, "--out")
+    experiment.DEMO_OUTPUT.check(out, "--output-dir")
 
 
 def test_demo_os_errors_are_one_line(tmp_path, capsys, monkeypatch):
@@ -148,7 +148,7 @@ def test_demo_os_errors_are_one_line(tmp_path, capsys, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(demo_cli, "run", full_disk)
-    assert demo_cli.main(["--out", str(tmp_path / "out")]) == 2
+    assert demo_cli.main(["--output-dir", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err == "mixlight demo: error: [Errno 28] No space left on device\n"
 
 

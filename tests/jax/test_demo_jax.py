@@ -22,7 +22,7 @@ def cache_dir(tmp_path_factory):
 def test_quick_run_writes_results(tmp_path, cache_dir):
     out = tmp_path / "out"
     argv = ["--quick", "--backend", "jax", "--methods", "ia3,mov", "--steps", "3"]
-    argv += ["--out", str(out), "--cache-dir", str(cache_dir), "--no-progress"]
+    argv += ["--output-dir", str(out), "--cache-dir", str(cache_dir), "--no-progress"]
     assert cli.main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["methods_info"]) == {"ia3", "mov"}

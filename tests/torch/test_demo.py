@@ -231,7 +231,7 @@ def test_quick_cli_data_file_and_eval_data(tmp_path, monkeypatch, capsys):
     extra.write_text(json.dumps({**rows[0], "task": "outside"}) + "\n")
     args = ["--quick", "--methods", "mov,ia3", "--data", str(data), "--no-progress"]
     args += ["--eval-data", str(extra)]
-    args += ["--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    args += ["--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
     assert cli.main(args) == 0
     tables = json.loads((tmp_path / "out" / "results.json").read_text())["tables"]
     assert list(tables) == ["A", "D"]
@@ -254,7 +254,7 @@ def test_interrupted_run_keeps_finished_methods(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(instruct, "tune", tune_then_interrupt)
     monkeypatch.setattr(cli, "QUICK", MICRO)
     out = tmp_path / "out"
-    args = ["--quick", "--methods", "ia3,mov", "--out", str(out)]
+    args = ["--quick", "--methods", "ia3,mov", "--output-dir", str(out)]
     assert cli.main([*args, "--cache-dir", str(tmp_path / "cache"), "--no-progress"]) == 130
     assert "interrupted" in capsys.readouterr().err
     tables = json.loads((out / "results.json").read_text())["tables"]
@@ -321,7 +321,7 @@ BAD_INPUTS = {
     "no tokenizer": (lambda p: ["--model", str(_t5_without_tokenizer(p))], "no tokenizer"),
     "malformed data": (lambda p: ["--data", str(_bad_jsonl(p))], "bad.jsonl:2: bad JSON"),
     "missing data": (lambda p: ["--data", str(p / "none.jsonl")], "no data file"),
-    "out not writable": (lambda p: ["--out", str(_bad_jsonl(p) / "sub")], "not writable"),
+    "out not writable": (lambda p: ["--output-dir", str(_bad_jsonl(p) / "sub")], "not writable"),
     "bad steps": (lambda p: ["--steps", "0"], "--steps must be at least 1"),
     "bad full steps": (lambda p: ["--full-steps", "-1"], "--full-steps must be at least 1"),
     "zero threads": (lambda p: ["--threads", "0"], "--threads must be at least 1"),
@@ -344,8 +344,8 @@ def test_bad_input_is_a_clear_error_before_training(case, tmp_path, monkeypatch,
     monkeypatch.setattr(instruct, "prepare", no_training)
     make_args, message = BAD_INPUTS[case]
     args = make_args(tmp_path)
-    if "--out" not in args:
-        args += ["--out", str(tmp_path / "out")]
+    if "--output-dir" not in args:
+        args += ["--output-dir", str(tmp_path / "out")]
     assert cli.main([*args, "--cache-dir", str(tmp_path / "cache")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mixlight demo: error: ") and message in err

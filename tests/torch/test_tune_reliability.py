@@ -136,7 +136,8 @@ def test_a_model_that_cannot_load_is_one_line(case, tmp_path, capsys):
 def test_the_demo_names_a_model_that_cannot_load(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(demo_cli, "QUICK", MICRO)
     model = tmp_path / _base_copy(tmp_path, BROKEN_MODELS["weights not safetensors"])
-    args = ["--quick", "--methods", "ia3", "--model", str(model), "--out", str(tmp_path / "o")]
+    args = ["--quick", "--methods", "ia3", "--model", str(model)]
+    args += ["--output-dir", str(tmp_path / "o")]
     err = _error("demo", [*args, "--cache-dir", str(tmp_path / "cache")], capsys)
     assert f"--model {model}: could not load the checkpoint (" in err
 
@@ -159,7 +160,7 @@ def test_a_diverged_run_is_one_line_and_saves_nothing(tmp_path, capsys):
 def test_a_diverged_demo_run_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(demo_cli, "QUICK", dataclasses.replace(MICRO, steps=1))
     args = ["--quick", "--methods", "ia3", "--optimizer", "adamw", "--lr", "1e308"]
-    args += ["--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache")]
+    args += ["--output-dir", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache")]
     err = _error("demo", args, capsys)
     assert "non-finite values (NaN/inf)" in err and "lower the learning rate" in err
 
