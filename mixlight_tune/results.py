@@ -38,10 +38,11 @@ def run_row(metrics: Mapping[str, Any], run: str) -> dict[str, Any]:
         raise ValueError(f"{run}: its {METRICS} holds no evaluation (no eval_data or eval_suite)")
     columns = scores.get("columns") or {t: s["median"] for t, s in scores["tasks"].items()}
     config = metrics.get("config") or {}
-    adapter = (config.get("adapter") or {}).get("config") or {}
+    adapter = config.get("adapter") or {}
+    method = "Full FT" if adapter == "full" else (adapter.get("config") or {}).get("method", "?")
     return {
         "run": run,
-        "method": adapter.get("method", "?"),
+        "method": method,
         "backend": config.get("backend"),
         "trainable_percent": metrics.get("trainable_percent"),
         "columns": dict(columns),

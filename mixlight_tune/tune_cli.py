@@ -120,7 +120,7 @@ def settings(cfg: TuneConfig) -> TuneSettings:
         max_input_tokens=cfg.max_input_tokens,
         max_target_tokens=cfg.max_target_tokens,
         progress=cfg.progress,
-        label=f"tune {cfg.adapter.method} ({cfg.backend})",
+        label=f"tune {'full' if cfg.adapter is None else cfg.adapter.method} ({cfg.backend})",
         resume=run_dir(cfg),
         grad_accum_steps=cfg.grad_accum_steps,
         lr_schedule=cfg.lr_schedule,

@@ -45,6 +45,7 @@ MESH_AXES = ("data", "model")
 # the residual, attention and FFN-intermediate dropouts); the demo keeps its own 0.
 DEFAULT_DROPOUT = 0.1
 DEFAULT_ADAPTER: dict[str, Any] = {"preset": "mov", "num_experts": 10}
+FULL = "full"  # adapter = "full": every weight of the model trains
 MAX_SEED = 2**32 - 1  # every RNG the backends seed (numpy's, torch's, JAX's) takes these
 
 
@@ -71,7 +72,7 @@ class TuneConfig:
     data: tuple[DataSource, ...] | None = None
     eval_data: tuple[DataSource, ...] | None = None
     eval_suite: SuiteRef | None = None
-    adapter: ml.AdapterConfig = field(default_factory=lambda: ml.MoV(10))
+    adapter: ml.AdapterConfig | None = field(default_factory=lambda: ml.MoV(10))
     optimizer: str = "adafactor"
     lr: float = 3e-2
     steps: int = 100
@@ -111,7 +112,7 @@ class TuneConfig:
         and ``metrics.json`` records it). ``adapter`` is ``{"config": <full AdapterConfig>}``
         and paths are absolute, so the result reads back as a config file from anywhere."""
         out = asdict(self)
-        out["adapter"] = {"config": self.adapter.to_dict()}
+        out["adapter"] = FULL if self.adapter is None else {"config": self.adapter.to_dict()}
         for key in ("model", "output_dir"):
             out[key] = None if out[key] is None else str(out[key])
         out["data"] = sources.resolved(self.data)
@@ -209,6 +210,11 @@ def parse(raw: dict[str, Any], base_dir: Path = Path("."), where: str = "config"
     values["adapter"] = make_adapter(raw.get("adapter", DEFAULT_ADAPTER))
     values |= _scale_keys(raw, default)
     values |= _loop_keys(raw, default, values)
+    if values["adapter"] is None and values["distributed"] == "fsdp":
+        raise TuneConfigError(
+            'adapter = "full" with distributed = "fsdp": FSDP2 here shards the frozen base of '
+            'an adapter run; full fine-tuning runs with distributed = "ddp" (or in JAX)'
+        )
     return TuneConfig(**values)
 
 
@@ -279,10 +285,13 @@ def _loop_keys(raw: dict[str, Any], default: TuneConfig, values: dict[str, Any])
     return out
 
 
-def make_adapter(source: Any) -> ml.AdapterConfig:
+def make_adapter(source: Any) -> ml.AdapterConfig | None:
     """``adapter``: a preset name (``"mov"``), a table ``{preset = "mov", num_experts = 4}``
-    (the preset's keyword arguments), or ``{config = {...}}`` holding a full
-    ``AdapterConfig`` as ``AdapterConfig.to_dict()`` / a ``mixlight_config.json`` writes it."""
+    (the preset's keyword arguments), ``{config = {...}}`` holding a full ``AdapterConfig``
+    as ``AdapterConfig.to_dict()`` / a ``mixlight_config.json`` writes it, or ``"full"``
+    (``None``: every weight trains, the paper's full fine-tuning baseline)."""
+    if source == FULL or source == {"preset": FULL}:
+        return None
     if isinstance(source, str):
         source = {"preset": source}
     if not isinstance(source, dict):
@@ -304,8 +313,8 @@ def make_adapter(source: Any) -> ml.AdapterConfig:
     preset = args.pop("preset", None)
     if not isinstance(preset, str) or preset not in PRESETS:
         raise TuneConfigError(
-            f"adapter.preset is {preset!r}; valid: {', '.join(PRESETS)} "
-            "(or give adapter.config, a full AdapterConfig)"
+            f"adapter.preset is {preset!r}; valid: {', '.join(PRESETS)}, or {FULL!r} (full "
+            "fine-tuning), or give adapter.config, a full AdapterConfig"
         )
     try:
         return PRESETS[preset](**args)

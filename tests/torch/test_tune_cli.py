@@ -44,3 +44,23 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, capsys):
     config = write_case(tmp_path, "torch", optimizer="lion")
     assert main(["tune", str(config)]) == 2
     assert 'optimizer must be "adafactor" or "adamw" or "sgd"' in capsys.readouterr().err
+
+
+def test_full_fine_tuning_is_adapter_full(tmp_path):
+    """``adapter = "full"``: every weight trains (the paper's baseline row), the run reports
+    100% trainable and its evaluation, saves no adapter, and its resolved config reads back
+    as the same config; FSDP2 is refused before loading."""
+    from mixlight_tune.results import run_row
+    from mixlight_tune.tune_cli import run
+    from mixlight_tune.tune_config import TuneConfigError, read_config
+
+    cfg = read_config(write_case(tmp_path, "torch", adapter="full"))
+    assert cfg.adapter is None and cfg.resolved()["adapter"] == "full"
+    metrics = run(cfg, lambda _: None)
+    assert metrics["trainable_percent"] == 100.0 and metrics["adapter"] is None
+    assert len(metrics["losses"]) == 3 and metrics["eval"]["average"] >= 0
+    saved = json.loads((tmp_path / "out-torch" / "config.json").read_text())
+    assert saved["adapter"] == "full" and read_config(tmp_path / "out-torch" / "config.json")
+    assert run_row(metrics, "full")["method"] == "Full FT"
+    with pytest.raises(TuneConfigError, match='adapter = "full" with distributed = "fsdp"'):
+        read_config(write_case(tmp_path, "torch", adapter="full", distributed="fsdp"))
