@@ -224,6 +224,7 @@ def test_an_uncached_hub_dataset_offline_is_one_line_naming_id_and_fix(tmp_path,
 
 
 def test_a_hub_model_resolves_from_the_cache_and_an_uncached_one_is_refused(tmp_path, hub_cache):
+    pytest.importorskip("huggingface_hub")
     source = tmp_path / "t5"
     source.mkdir()
     (source / "config.json").write_text(json.dumps({"model_type": "t5"}))
