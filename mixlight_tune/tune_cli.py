@@ -493,6 +493,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--output-dir", type=Path, help="override the config's output_dir (relative: to here)"
     )
     parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key of the config (repeatable; adapter.num_experts=2 sets a key "
+        "of [adapter]; values as in TOML)",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="print the resolved config, the trainable share and the estimated peak memory "
@@ -503,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output_dir is not None:
         overrides["output_dir"] = str(args.output_dir.resolve())
     try:
-        cfg = read_config(args.config, **overrides)
+        cfg = read_config(args.config, args.set, **overrides)
         if args.dry_run:
             dry_run(cfg)
         else:

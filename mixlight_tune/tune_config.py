@@ -16,7 +16,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,10 +171,49 @@ def _toml_module() -> Any:
         ) from None
 
 
-def read_config(path: str | Path, **overrides: Any) -> TuneConfig:
-    """Validate the file at ``path`` (``overrides`` replace its keys) into a TuneConfig."""
+def read_config(path: str | Path, settings: Sequence[str] = (), **overrides: Any) -> TuneConfig:
+    """Validate the file at ``path`` into a TuneConfig: ``settings`` (``--set KEY=VALUE``,
+    :func:`with_settings`) and then ``overrides`` replace its keys."""
     path = Path(path)
-    return parse(load_file(path) | overrides, base_dir=path.absolute().parent, where=str(path))
+    raw = with_settings(load_file(path), settings) | overrides
+    return parse(raw, base_dir=path.absolute().parent, where=str(path))
+
+
+PATH_KEYS = ("model", "data", "eval_data", "output_dir")
+
+
+def with_settings(raw: dict[str, Any], settings: Sequence[str]) -> dict[str, Any]:
+    """``raw`` with each ``KEY=VALUE`` applied: VALUE read as a TOML value (``3``, ``1e-3``,
+    ``true``, ``"text"``, ``[1, 2]``), else taken as text; a dotted KEY sets a key of a
+    table (``adapter.num_experts=2``). A relative path in ``model``/``data``/``eval_data``
+    that exists here, and any ``output_dir``, is taken from the current folder, as a
+    command line's paths are."""
+    out = dict(raw)
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        if not sep or not key.strip():
+            raise TuneConfigError(f"--set {setting!r}: expected KEY=VALUE, e.g. --set steps=3")
+        value = _setting_value(text.strip())
+        *tables, last = key.strip().split(".")
+        target = out
+        for name in tables:
+            inner = target.get(name, DEFAULT_ADAPTER if name == "adapter" else {})
+            inner = {"preset": inner} if isinstance(inner, str) else dict(inner)
+            target[name] = inner
+            target = inner
+        if not tables and last in PATH_KEYS and isinstance(value, str):
+            here = Path(value).expanduser()
+            if last == "output_dir" or (not here.is_absolute() and here.exists()):
+                value = str(here.resolve())
+        target[last] = value
+    return out
+
+
+def _setting_value(text: str) -> Any:
+    try:
+        return _toml_module().loads(f"value = {text}")["value"]
+    except ValueError:  # TOMLDecodeError: a bare word or path
+        return text
 
 
 def parse(raw: dict[str, Any], base_dir: Path = Path("."), where: str = "config") -> TuneConfig:

@@ -134,3 +134,28 @@ def test_model_directory_is_checked_before_anything_loads(tmp_path):
         with pytest.raises(TuneConfigError, match=r"^model = .*ckpt: no config.json"):
             command(cfg)
     assert not (tmp_path / "runs").exists()
+
+
+def test_set_overrides_keys_tables_and_paths(tmp_path, monkeypatch):
+    """``--set KEY=VALUE``: TOML values, dotted keys into [adapter] (a preset name becomes
+    its table), paths from the current folder; the resolved config records the result."""
+    from mixlight_tune.tune_config import with_settings
+
+    config = tmp_path / "c.toml"
+    config.write_text('adapter = "mov"\nsteps = 100\n')
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "rows.jsonl").write_text('{"inputs": "a", "targets": "b"}\n')
+    monkeypatch.chdir(tmp_path / "here")
+    settings = ["steps=3", "lr=1e-3", "adapter.num_experts=2", "data=rows.jsonl", "seed = 7"]
+    cfg = read_config(config, settings, progress=False)
+    assert (cfg.steps, cfg.lr, cfg.seed) == (3, 1e-3, 7)
+    assert cfg.adapter.num_experts == 2 and cfg.adapter.method.startswith("MoV")
+    assert cfg.resolved()["data"] == str(tmp_path / "here" / "rows.jsonl")
+    assert with_settings({}, ["adapter=full", "model=google/t5-xl-lm-adapt"]) == {
+        "adapter": "full",
+        "model": "google/t5-xl-lm-adapt",  # not a local path: a Hub id, kept as written
+    }
+    with pytest.raises(TuneConfigError, match="expected KEY=VALUE"):
+        with_settings({}, ["steps"])
+    with pytest.raises(TuneConfigError, match="unknown key"):
+        read_config(config, ["stpes=3"])
