@@ -431,11 +431,33 @@ def _nothing() -> None:
     pass
 
 
-def dry_run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+
+
+def config_only(folder: Path) -> bool:
+    """A model folder with a ``config.json`` and no weights: enough for a dry run."""
+    if not (folder / "config.json").is_file():
+        return False
+    return not any(any(folder.glob(pattern)) for pattern in WEIGHT_FILES)
+
+
+def dry_run(
+    cfg: TuneConfig, log: Callable[[str], None] = print, processes: int | None = None
+) -> dict[str, Any]:
     """Validate everything, load the base and inject the adapter; train and write nothing.
     Returns the resolved config with the trainable share, the parallel layout and the
-    estimated peak memory per device (:mod:`mixlight_tune.memory`)."""
+    estimated peak memory per device (:mod:`mixlight_tune.memory`), for ``processes``
+    data-parallel processes when given (the intended layout; default: this launch's).
+
+    A ``model`` folder holding only a ``config.json`` (no weights, no tokenizer) is enough:
+    the model is built on the meta device (torch) and the estimate taken at the
+    ``max_input_tokens``/``max_target_tokens`` limits, without reading the data."""
     check_output_dir(cfg)
+    folder = cfg.model if isinstance(cfg.model, Path) else None
+    if processes is not None and processes < 1:
+        raise TuneConfigError(f"--processes must be at least 1, got {processes}")
+    if folder is not None and config_only(folder):
+        return _shapes_dry_run(cfg, folder, log, processes)
     _check_model(cfg)
     check_available(cfg.log)
     train, _ = load_data(cfg)
@@ -446,33 +468,72 @@ def dry_run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, An
     parallel = base.parallel
     percent = steps.trainable_percent(model)
     resolved = cfg.resolved() | {"trainable_percent": percent, "parallel": parallel.record()}
-    inputs = getattr(steps, "memory_inputs", None)
-    if inputs is not None:
-        pairs = [base.codec.pair(e.inputs, e.targets, None, None) for e in train]
-        source = min(max(len(p[0]) for p in pairs), cfg.max_input_tokens)
-        target = min(max(len(p[1]) for p in pairs), cfg.max_target_tokens)
-        if cfg.backend == "jax":
-            source = min(-(-source // BUCKET) * BUCKET, cfg.max_input_tokens)
-            target = min(-(-target // BUCKET) * BUCKET, cfg.max_target_tokens)
-        layout = Layout(
-            parallel.processes, parallel.data, parallel.model, parallel.layout == "fsdp"
-        )
-        memory = estimate(
-            inputs(model),
-            optimizer=cfg.optimizer,
-            precision=cfg.precision,
-            micro_batch=cfg.batch_size // cfg.grad_accum_steps,
-            source=source,
-            target=target,
-            checkpointing=cfg.gradient_checkpointing,
-            layout=layout,
-        )
-        resolved["memory_per_device_mib"] = {k: round(v / MIB, 1) for k, v in memory.items()}
-        resolved["memory_lengths"] = {"source": source, "target": target}
+    pairs = [base.codec.pair(e.inputs, e.targets, None, None) for e in train]
+    source = min(max(len(p[0]) for p in pairs), cfg.max_input_tokens)
+    target = min(max(len(p[1]) for p in pairs), cfg.max_target_tokens)
+    if cfg.backend == "jax":
+        source = min(-(-source // BUCKET) * BUCKET, cfg.max_input_tokens)
+        target = min(-(-target // BUCKET) * BUCKET, cfg.max_target_tokens)
+    layout = Layout(parallel.processes, parallel.data, parallel.model, parallel.layout == "fsdp")
+    if processes is not None:
+        layout = _intended(cfg, processes)
+    memory = _estimate(cfg, steps.memory_inputs(model), layout, source, target, resolved)
     if parallel.writer:
         log(json.dumps(resolved, indent=2))
-        if "memory_per_device_mib" in resolved:  # beside the JSON, which stays parseable
-            print(format_estimate(memory, percent), file=sys.stderr)
+        print(format_estimate(memory, percent), file=sys.stderr)  # beside the parseable JSON
+    return resolved
+
+
+def _intended(cfg: TuneConfig, processes: int) -> Layout:
+    """The layout of ``processes`` data-parallel processes running ``cfg``."""
+    return Layout(processes, processes, 1, cfg.distributed == "fsdp" and processes > 1)
+
+
+def _estimate(
+    cfg: TuneConfig,
+    inputs: dict[str, Any],
+    layout: Layout,
+    source: int,
+    target: int,
+    resolved: dict[str, Any],
+) -> dict[str, int]:
+    """:func:`memory.estimate` for ``cfg``, recorded in ``resolved`` (MiB)."""
+    memory = estimate(
+        inputs,
+        optimizer=cfg.optimizer,
+        precision=cfg.precision,
+        micro_batch=cfg.batch_size // cfg.grad_accum_steps,
+        source=source,
+        target=target,
+        checkpointing=cfg.gradient_checkpointing,
+        layout=layout,
+    )
+    resolved["memory_per_device_mib"] = {k: round(v / MIB, 1) for k, v in memory.items()}
+    resolved["memory_lengths"] = {"source": source, "target": target}
+    resolved["memory_layout"] = dataclasses.asdict(layout)
+    return memory
+
+
+def _shapes_dry_run(
+    cfg: TuneConfig, folder: Path, log: Callable[[str], None], processes: int | None
+) -> dict[str, Any]:
+    """The dry run of a config-only model folder (see :func:`dry_run`)."""
+    if cfg.backend != "torch":
+        raise TuneConfigError(
+            f"model = {folder} holds a config.json and no weights: such a dry run builds the "
+            "model on torch's meta device; run it with --backend torch (the estimate is the "
+            "same arithmetic for JAX)"
+        )
+    from .backends import torch_steps as steps
+
+    model = steps.shape_model(folder, cfg.adapter, cfg.precision)
+    percent = steps.trainable_percent(model)
+    layout = _intended(cfg, processes or 1)
+    resolved = cfg.resolved() | {"trainable_percent": percent, "shapes_only": True}
+    source, target = cfg.max_input_tokens, cfg.max_target_tokens
+    memory = _estimate(cfg, steps.memory_inputs(model), layout, source, target, resolved)
+    log(json.dumps(resolved, indent=2))
+    print(format_estimate(memory, percent), file=sys.stderr)
     return resolved
 
 
@@ -506,6 +567,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="print the resolved config, the trainable share and the estimated peak memory "
         "per device; train nothing",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        help="with --dry-run: estimate the memory per device for this many data-parallel "
+        "processes (the intended launch) instead of this one",
+    )
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {} if args.backend is None else {"backend": args.backend}
     if args.output_dir is not None:
@@ -513,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = read_config(args.config, args.set, **overrides)
         if args.dry_run:
-            dry_run(cfg)
+            dry_run(cfg, processes=args.processes)
         else:
             run(cfg)
     except (DemoError, AdapterFileError, OSError) as err:

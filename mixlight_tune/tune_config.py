@@ -180,6 +180,7 @@ def read_config(path: str | Path, settings: Sequence[str] = (), **overrides: Any
 
 
 PATH_KEYS = ("model", "data", "eval_data", "output_dir")
+NAMED_BY = {"adapter": "preset"}  # the key a table's one-word form names (else "name")
 
 
 def with_settings(raw: dict[str, Any], settings: Sequence[str]) -> dict[str, Any]:
@@ -198,7 +199,9 @@ def with_settings(raw: dict[str, Any], settings: Sequence[str]) -> dict[str, Any
         target = out
         for name in tables:
             inner = target.get(name, DEFAULT_ADAPTER if name == "adapter" else {})
-            inner = {"preset": inner} if isinstance(inner, str) else dict(inner)
+            if isinstance(inner, str):  # adapter = "mov", eval_suite = "t0_held_out"
+                inner = {NAMED_BY.get(name, "name"): inner}
+            inner = dict(inner)
             target[name] = inner
             target = inner
         if not tables and last in PATH_KEYS and isinstance(value, str):

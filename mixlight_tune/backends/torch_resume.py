@@ -19,13 +19,21 @@ def _names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
     return [by_id[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
 
+def _array(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor as numpy; bfloat16 (which numpy lacks) as its exact float32 values, cast back
+    to the parameter's dtype on restore (``copy_``, and the optimiser's own state loading)."""
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    return tensor.cpu().numpy()
+
+
 def train_state(
     model: nn.Module, optimizer: torch.optim.Optimizer
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """``(arrays, scalars)`` of the model's trainable weights, the optimiser and the RNG."""
     names = _names(model, optimizer)
     arrays = {
-        f"model/{n}": p.detach().cpu().numpy()
+        f"model/{n}": _array(p.detach())
         for n, p in model.named_parameters()
         if p.requires_grad
     }
@@ -33,7 +41,7 @@ def train_state(
     for index, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
             if torch.is_tensor(value):
-                arrays[f"optimizer/{names[index]}/{key}"] = value.detach().cpu().numpy()
+                arrays[f"optimizer/{names[index]}/{key}"] = _array(value.detach())
             else:
                 scalars[f"{names[index]}/{key}"] = value
     arrays["rng/torch"] = torch.get_rng_state().numpy()
@@ -82,7 +90,7 @@ def train_state_sharded(
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     arrays = {
-        f"model/{n}": _whole(p).cpu().numpy()
+        f"model/{n}": _array(_whole(p))
         for n, p in model.named_parameters()
         if p.requires_grad
     }
@@ -92,7 +100,7 @@ def train_state_sharded(
     ].items():
         for key, value in state.items():
             if torch.is_tensor(value):
-                arrays[f"optimizer/{name}/{key}"] = _whole(value).cpu().numpy()
+                arrays[f"optimizer/{name}/{key}"] = _array(_whole(value))
             else:
                 scalars[f"{name}/{key}"] = value
     arrays["rng/torch"] = torch.get_rng_state().numpy()

@@ -694,6 +694,18 @@ def _merged_routing(parts: list[tuple[dict[str, Any], dict[str, Any]]]) -> Routi
     }
 
 
+def shape_model(folder: Path, adapter: ml.AdapterConfig | None, precision: str) -> nn.Module:
+    """The model of ``folder``'s ``config.json`` on the meta device (shapes, no weights)
+    with ``adapter`` injected: what a dry run without weights counts and estimates."""
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    model = sharded_load.empty_model(folder, dtype)
+    model.requires_grad_(adapter is None)
+    if adapter is not None:
+        with adapter_fits(adapter):
+            ml.inject(model, adapter, seed=0)
+    return model
+
+
 def trainable_percent(model: nn.Module) -> float:
     """% of the model's parameters that train (``ml.trainable_parameters`` when injected)."""
     if "mixlight_state" in model.__dict__:
@@ -733,14 +745,12 @@ def save(model: nn.Module, directory: Path) -> Path | None:
 
 def memory_inputs(model: nn.Module) -> dict[str, Any]:
     """Base parameter count and bytes, trainable shapes and the model config (its dimensions)."""
-    import mixlight.extend as mlx
-
     frozen = [p for p in model.parameters() if not p.requires_grad]
-    arrays = mlx.load_backend("torch").adapter_state(model)[2]
+    trainable = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
     return {
         "base_params": sum(p.numel() for p in frozen),
         "base_bytes": sum(p.numel() * p.element_size() for p in frozen),
-        "trainable": {name: tuple(a.shape) for name, a in arrays.items()},
+        "trainable": trainable,  # shapes only: a model on the meta device has no values
         "config": model.config.to_dict(),
     }
 
