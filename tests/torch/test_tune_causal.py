@@ -31,6 +31,7 @@ from mixlight_tune.schema import Example  # noqa: E402
 from mixlight_tune.text_codec import codec_for, joined  # noqa: E402
 from mixlight_tune.tune_cli import dry_run, run  # noqa: E402
 from mixlight_tune.tune_config import TuneConfigError, read_config  # noqa: E402
+from tests.torch.decoder_models import tiny  # noqa: E402
 from tests.tune_case import ROWS  # noqa: E402
 
 TEXTS = [f"Is {n} an even number? {'yes' if n % 2 == 0 else 'no'}" for n in range(40)]
@@ -61,23 +62,10 @@ def byte_level_tokenizer() -> transformers.PreTrainedTokenizerFast:
 
 
 def tiny_llama(vocab: int, seed: int = 0) -> transformers.LlamaForCausalLM:
-    config = transformers.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-        # HF's 0.02 leaves a random 32-wide LM head unable to reach confident logits (the
-        # loss floors near log(vocab) whatever trains below it)
-        initializer_range=0.2,
-    )
-    torch.manual_seed(seed)
-    return transformers.LlamaForCausalLM(config).eval()
+    """:func:`tests.torch.decoder_models.tiny`'s Llama (GQA) for ``vocab`` tokens. HF's
+    initializer range 0.02 leaves a random 32-wide LM head unable to reach confident
+    logits (the loss floors near log(vocab) whatever trains below it): 0.2 here."""
+    return tiny("llama", seed, vocab_size=vocab, tie_word_embeddings=False, initializer_range=0.2)
 
 
 @pytest.fixture(scope="module")
