@@ -48,7 +48,7 @@ def test_trained_adapters_give_the_same_logits_in_both_backends(tmp_path, preset
     metrics = {b: run(cfg, lambda _: None) for b, cfg in configs.items()}
     np.testing.assert_allclose(metrics["torch"]["losses"], metrics["jax"]["losses"], rtol=1e-5)
     base = prepare(demo_config(configs["torch"]))
-    inputs = _inputs(configs["torch"], base.encode)
+    inputs = _inputs(configs["torch"], base.codec.encode)
     torch_model = ml.load_model(base.path, backend="torch")
     jax_model = ml.load_model(base.path, backend="jax")
     ml.load_adapter(torch_model, tmp_path / "out-torch/adapter")
