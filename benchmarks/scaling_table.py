@@ -4,7 +4,7 @@ Adapter sizes come from the presets and ``SiteSpec.param_specs()`` planned again
 modules of a T5 v1.1 stack (no weights are built). Router and mixing costs are counted per
 token from the same specs. The memory kept for backward is measured with torch's
 saved-tensor hooks on one site of each distinct shape (16 tokens), for the fused ops and for
-the plain autograd graph of the core math (``mixlight.apply_site``), and scaled to a batch.
+the plain autograd graph of the core math (``mixlight.extend.apply_site``), and scaled to a batch.
 
 Run: ``python benchmarks/scaling_table.py`` (a few seconds on a CPU).
 """
@@ -80,8 +80,7 @@ def tokens(path: str) -> int:
 
 
 def specs(config: ml.AdapterConfig, shape: T5Shape) -> list[SiteSpec]:
-    modules = shape.modules()
-    return plan_sites(config, list(modules), lambda path, site: modules[path])
+    return plan_sites(config, shape.modules())
 
 
 def n_params(site_specs: list[SiteSpec]) -> int:

@@ -8,9 +8,6 @@ The core is numpy + einops + attrs; torch and JAX backends are plugins loaded on
 Importing ``mixlight`` imports neither framework.
 """
 
-import warnings
-from typing import Any
-
 from mixlight import extend
 from mixlight._hub import push_to_hub
 from mixlight._peft import load_peft_adapter, save_peft_adapter
@@ -70,16 +67,3 @@ __all__ = [
     "set_adapter",
     "trainable_parameters",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    """Names that moved to :mod:`mixlight.extend` in 0.2 still resolve here, with a warning."""
-    if name in extend.__all__:
-        warnings.warn(
-            f"mixlight.{name} moved to mixlight.extend.{name} (the extension surface); "
-            "import it from there",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(extend, name)
-    raise AttributeError(f"module 'mixlight' has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """Replace files in a directory so that a crash, a kill or a second writer never leaves a
-mixture: the commit protocol behind :func:`mixlight.write_adapter`.
+mixture: the commit protocol behind :func:`mixlight.extend.write_adapter`.
 
 Invariants this module keeps (POSIX file systems; see ``docs/reliability.md``):
 
@@ -20,7 +20,6 @@ import contextlib
 import errno
 import os
 import secrets
-import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,14 +120,11 @@ def locked_writer(root: Path) -> Iterator[DirectoryWriter]:
 
 
 def _clear_staging(root: Path) -> None:
-    """Remove staging entries (files, or the directories mixlight 1.0 staged in)."""
+    """Remove the staging files dead writers left (a directory of that name is not ours)."""
     for entry in root.iterdir():
-        if entry.name.startswith(STAGING_PREFIX):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    entry.unlink()
+        if entry.name.startswith(STAGING_PREFIX) and (entry.is_symlink() or not entry.is_dir()):
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -166,7 +166,7 @@ def _discover() -> None:
         if not isinstance(plugin, BackendPlugin):
             warnings.warn(
                 f"skipping entry point {ep.name!r} = {ep.value!r} in group {ENTRY_POINT_GROUP!r}: "
-                "it must name a mixlight.BackendPlugin",
+                "it must name a mixlight.extend.BackendPlugin",
                 stacklevel=3,
             )
             continue

@@ -17,20 +17,18 @@ from mixlight._model_card import retarget
 from mixlight.adapter_file import (
     CARD_FILE,
     CONFIG_FILE,
-    LEGACY_CONFIG_FILE,
-    LEGACY_WEIGHTS_FILE,
+    PEFT_CONFIG_FILE,
     WEIGHTS_FILE,
     AdapterFileError,
 )
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-# What an adapter repo may hold that mixlight reads: its own layouts and PEFT's.
+# What an adapter repo may hold that mixlight reads: its own files and PEFT's.
 ADAPTER_FILES = [
     WEIGHTS_FILE,
     CONFIG_FILE,
     CARD_FILE,
-    LEGACY_WEIGHTS_FILE,
-    LEGACY_CONFIG_FILE,
+    PEFT_CONFIG_FILE,
     "adapter_model.safetensors",
 ]
 

@@ -4,9 +4,10 @@ A card is YAML front matter the Hub reads (``library_name: mixlight``, ``tags``,
 ``base_model`` when the base is a Hub id), then Markdown: method, experts, sites, trainable
 share, base model, a routing summary when the model has run, how to load the adapter in
 torch and in JAX, and the paper's citation. It is rendered from the adapter's config and
-sites (what :func:`mixlight.write_adapter` always knows) plus :class:`CardFacts` (what only the
-model can tell). Rendering is pure; a failure skips the card with a warning and never costs
-the adapter. A ``README.md`` without :data:`MARKER` was written by someone else and is kept.
+sites (what :func:`mixlight.extend.write_adapter` always knows) plus :class:`CardFacts`
+(what only the model can tell). Rendering is pure; a failure skips the card with a warning
+and never costs the adapter. A ``README.md`` without :data:`MARKER` was written by someone
+else and is kept.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-__version__ = "0.1.0"
+__version__ = "1.0.0"  # the first published version (adapter file format 1.0)

@@ -8,27 +8,24 @@ base model's adapted-module shapes with their fingerprint, which of the config's
 adapted module path took, what is known of the base model's identity, a sha256 of the arrays
 and a sha256 of the metadata itself. One ``os.replace`` of this file commits a save. Reading
 never evaluates a regular expression from the file: the recorded module paths are taken as
-they are (files before 2.1 did not record them; their patterns are matched only once
-:func:`mixlight._pattern_bounds.check_bounded` has shown the match ends in bounded time).
+they are (a load that injects the file's config matches its patterns against the model only
+once :func:`check_patterns` has shown the match ends in bounded time).
 ``mixlight_config.json`` is a human-readable copy of the same metadata (plus the file's
 sha256), rewritten right after the commit; when the two disagree (a save killed between its
 renames) the weights file wins. ``README.md`` is a Hugging Face Hub model card, written last
 (see :mod:`mixlight._model_card`); it is documentation, never read back.
 
-Format 2.0 renamed the files: 1.x wrote ``adapter.safetensors`` + ``adapter_config.json``, and
-PEFT and transformers take any directory holding ``adapter_config.json`` for a PEFT adapter.
-The metadata schema is unchanged, so directories of both layouts are read: 1.1 (metadata in
-the weights file) and 1.0 (no metadata in the weights file; the JSON is the authority and its
-``weights_sha256`` guards the weights). A save over a 1.x directory removes the old-named
-files after its commit. A PEFT directory is recognised and refused with the function that
-imports it. No pickle anywhere. This module is backend-neutral: it reads and writes numpy
-dicts.
+The format is 1.0, the first published one (mixlight 1.0). A newer minor version (1.1, ...)
+may only add keys, which this reader ignores with a warning; a file of any other major
+version is refused, naming the version it holds and the one this mixlight reads. The file
+names carry the library's name because PEFT and transformers take any directory holding
+``adapter_config.json`` for a PEFT adapter; a PEFT directory is recognised and refused with
+the function that imports it. No pickle anywhere. This module is backend-neutral: it reads
+and writes numpy dicts.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -53,21 +50,16 @@ from mixlight._model_card import CardFacts, card_or_none, is_replaceable
 from mixlight._pattern_bounds import check_bounded
 from mixlight._version import __version__
 from mixlight.config import AdapterConfig
-from mixlight.site_spec import ModuleShape, SiteSpec, fingerprint, plan_recorded, plan_sites
+from mixlight.site_spec import ModuleShape, SiteSpec, fingerprint, plan_recorded
 
 FORMAT = "mixlight.adapter"
-FORMAT_VERSION = "2.1"  # 2.1 records the metadata's own sha256 and each module path's site
-READABLE_MAJORS = (1, 2)  # 1.x metadata is 2.0's, under the old file names
-WEIGHTS_FILE = "mixlight_adapter.safetensors"
-CONFIG_FILE = "mixlight_config.json"
+FORMAT_VERSION = "1.0"
+WEIGHTS_FILE = "mixlight_adapter.safetensors"  # the adapter (the commit point)
+CONFIG_FILE = "mixlight_config.json"  # a readable copy of its metadata, never read back
 CARD_FILE = "README.md"
-LEGACY_WEIGHTS_FILE = "adapter.safetensors"  # mixlight 1.x names (the config name is PEFT's)
-LEGACY_CONFIG_FILE = "adapter_config.json"
-LAYOUTS = ((WEIGHTS_FILE, CONFIG_FILE), (LEGACY_WEIGHTS_FILE, LEGACY_CONFIG_FILE))
+PEFT_CONFIG_FILE = "adapter_config.json"  # PEFT's: a directory holding it is PEFT's
 _META_KEY = "mixlight.adapter"  # safetensors metadata key holding the JSON metadata
-_READ_ATTEMPTS = 3  # a 1.0-layout read that races a save is retried
 _VERSION = re.compile(r"(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})", re.ASCII)
-_CHECKED_SINCE = (2, 1)  # files from this version on must carry metadata_sha256
 _OURS = tuple(int(p) for p in FORMAT_VERSION.split("."))
 
 
@@ -192,7 +184,6 @@ def write_adapter(
                 writer.stage(CARD_FILE, card_text.encode())  # type: ignore[union-attr]
             writer.commit(WEIGHTS_FILE)  # the commit point
             writer.commit(CONFIG_FILE)  # the readable copy
-            _remove_legacy(out)
             if with_card:
                 writer.commit(CARD_FILE)
     except OSError as err:
@@ -218,67 +209,14 @@ def _check_replaceable(out: Path) -> None:
 
 
 def read_adapter(directory: str | os.PathLike) -> AdapterFile:
-    """Read and verify an adapter directory (format, version, checksum, names, shapes,
-    finite values). A save running at the same time yields the old or the new adapter."""
+    """Read and verify an adapter directory (format, version, checksums, names, shapes,
+    finite values). The weights file is read once, whole, and is the adapter: a save
+    running at the same time (one rename commits it) yields the old or the new adapter."""
     root = as_directory(directory, "read_adapter")
     _check_layout(root)
-    weights_name, config_name = WEIGHTS_FILE, CONFIG_FILE
-    for attempt in range(_READ_ATTEMPTS):
-        try:
-            weights_name, config_name = _layout(root)
-            data = read_once(root / weights_name)
-            meta = _embedded_meta(data, root / weights_name)
-            if meta is not None:
-                return _decode(meta, data, root / weights_name, root / weights_name)
-            upgraded = weights_name != WEIGHTS_FILE and (root / WEIGHTS_FILE).is_file()
-            if upgraded and attempt + 1 < _READ_ATTEMPTS:
-                continue  # a save upgraded this 1.x directory meanwhile: read the new files
-            meta = _read_json(root / config_name, weights_name)  # a mixlight 1.0 directory
-        except FileNotFoundError:
-            if attempt + 1 < _READ_ATTEMPTS:
-                continue  # a save upgraded a 1.x directory meanwhile: read the new files
-            raise
-        if meta.get("weights_sha256") == hashlib.sha256(data).hexdigest():
-            return _decode(meta, data, root / config_name, root / weights_name)
-        if attempt + 1 < _READ_ATTEMPTS and _newer_weights(root):
-            continue  # a save replaced the weights meanwhile: read the new ones
-        break
-    raise AdapterFileError(
-        f"{root / weights_name} does not match the checksum in {config_name} "
-        "(truncated, replaced, or an interrupted save); save the adapter again"
-    )
-
-
-def _layout(root: Path) -> tuple[str, str]:
-    """(weights, config) file names of the layout ``root`` holds, the current one first."""
-    for weights, config in LAYOUTS:
-        if (root / weights).is_file():
-            return weights, config
-    raise FileNotFoundError(errno.ENOENT, f"no adapter weights in {root}")
-
-
-def _newer_weights(root: Path) -> bool:
-    """Whether the weights ``root`` holds now carry 1.1+ metadata (a save replaced them)."""
-    try:
-        weights = _layout(root)[0]
-        return _embedded_meta(read_once(root / weights), root / weights) is not None
-    except (FileNotFoundError, AdapterFileError):
-        return False
-
-
-def _remove_legacy(root: Path) -> None:
-    """After a commit, delete a 1.x layout's files that mixlight wrote (the new files are the
-    adapter now, and ``adapter_config.json`` would make PEFT take the directory for its own);
-    files of the same names that mixlight did not write stay."""
-    weights, config = root / LEGACY_WEIGHTS_FILE, root / LEGACY_CONFIG_FILE
-    with contextlib.suppress(OSError, AdapterFileError):  # absent, not a regular file, foreign
-        metadata = _header_metadata(_safetensors_header(read_once(weights), weights), weights)
-        if metadata.get("format") == FORMAT or _META_KEY in metadata:
-            weights.unlink()
-    with contextlib.suppress(OSError, AdapterFileError):
-        meta = parse_json(read_once(config), config)
-        if isinstance(meta, dict) and meta.get("format") == FORMAT:
-            config.unlink()
+    weights = root / WEIGHTS_FILE
+    data = read_once(weights)
+    return _decode(_embedded_meta(data, weights), data, weights)
 
 
 def _check_layout(root: Path) -> None:
@@ -286,7 +224,7 @@ def _check_layout(root: Path) -> None:
         raise AdapterFileError(
             f"adapter directory {root} does not exist; pass the directory save_adapter wrote"
         )
-    names = {WEIGHTS_FILE, CONFIG_FILE, LEGACY_WEIGHTS_FILE, LEGACY_CONFIG_FILE, CARD_FILE}
+    names = {WEIGHTS_FILE, CONFIG_FILE, CARD_FILE}
     if not root.is_dir():
         hint = (
             f"; pass its directory {root.parent}"
@@ -294,7 +232,7 @@ def _check_layout(root: Path) -> None:
             else f"; pass the directory that holds {WEIGHTS_FILE} and {CONFIG_FILE}"
         )
         raise AdapterFileError(f"{root} is a file, not an adapter directory{hint}")
-    if not any((root / weights).is_file() for weights, _ in LAYOUTS):
+    if not (root / WEIGHTS_FILE).is_file():
         peft = peft_description(root)
         if peft is not None:
             raise AdapterFileError(
@@ -304,33 +242,36 @@ def _check_layout(root: Path) -> None:
             )
         raise AdapterFileError(
             f"{root / WEIGHTS_FILE} is missing; an adapter directory needs {WEIGHTS_FILE} "
-            f"(and {CONFIG_FILE}; mixlight 1.x wrote {LEGACY_WEIGHTS_FILE}); point at the "
+            f"(beside it, {CONFIG_FILE} is a readable copy of its metadata); point at the "
             "directory save_adapter wrote"
         )
 
 
 def peft_description(root: Path) -> str | None:
     """``"adapter_config.json with peft_type 'IA3'"`` when ``root`` looks like a PEFT adapter
-    directory (PEFT's config or weights file names and no mixlight format), else None."""
-    config = root / LEGACY_CONFIG_FILE
+    directory (PEFT's config with its ``peft_type``, or PEFT's weights file), else None."""
+    config = root / PEFT_CONFIG_FILE
     if config.is_file():
         try:
             meta = parse_json(read_once(config), config)
         except (OSError, AdapterFileError):
             meta = None
-        if isinstance(meta, dict) and meta.get("format") != FORMAT and "peft_type" in meta:
-            return f"{LEGACY_CONFIG_FILE} with peft_type {meta['peft_type']!r}"
+        if isinstance(meta, dict) and "peft_type" in meta:
+            return f"{PEFT_CONFIG_FILE} with peft_type {meta['peft_type']!r}"
     for name in ("adapter_model.safetensors", "adapter_model.bin"):
         if (root / name).is_file():
             return f"it holds {name}"
     return None
 
 
-def _embedded_meta(data: bytes, path: Path) -> dict[str, Any] | None:
-    """The metadata a 1.1 weights file carries; None for a 1.0 file."""
+def _embedded_meta(data: bytes, path: Path) -> dict[str, Any]:
+    """The metadata the weights file carries in its safetensors header."""
     embedded = _header_metadata(_safetensors_header(data, path), path).get(_META_KEY)
     if embedded is None:
-        return None
+        raise AdapterFileError(
+            f"{path} carries no mixlight metadata (a safetensors file that save_adapter did "
+            "not write, or a damaged one); save the adapter again with mixlight.save_adapter"
+        )
     meta = parse_json(embedded.encode(), path, "its embedded metadata")
     if not isinstance(meta, dict):
         raise AdapterFileError(f"{path}: its embedded metadata is not a JSON object")
@@ -378,39 +319,25 @@ def parse_json(raw: bytes, path: Path, what: str | None = None) -> Any:
     raise AdapterFileError(f"{where} {problem}; the file is damaged, save the adapter again")
 
 
-def _read_json(path: Path, weights_name: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise AdapterFileError(
-            f"{path} is missing and {weights_name} carries no metadata (a mixlight 1.0 "
-            "adapter needs both files); copy the whole directory save_adapter wrote"
-        )
-    meta = parse_json(read_once(path), path)
-    if not isinstance(meta, dict):
-        raise AdapterFileError(f"{path} is not a mixlight adapter (not a JSON object)")
-    return meta
-
-
-def _decode(meta: dict[str, Any], data: bytes, where: Path, weights: Path) -> AdapterFile:
-    """Check ``meta`` (read from ``where``) and the arrays in ``data`` (the bytes of
-    ``weights``) against each other; build the result."""
+def _decode(meta: dict[str, Any], data: bytes, where: Path) -> AdapterFile:
+    """Check ``meta`` and the arrays in ``data`` (both from the bytes of the weights file
+    ``where``) against each other; build the result."""
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
     if meta.get("format") != FORMAT:
         raise AdapterFileError(f"{where} is not a mixlight adapter (format != {FORMAT!r})")
-    parsed = _check_version(meta.get("format_version"), where)
-    newer_minor = parsed[0] == _OURS[0] and parsed[1] > _OURS[1]  # unknown keys only warn
-    version = str(meta["format_version"])
-    _check_metadata_sha256(meta, parsed >= _CHECKED_SINCE, where)
+    newer_minor = _check_version(meta, where)[1] > _OURS[1]  # unknown keys only warn
+    _check_metadata_sha256(meta, where)
     try:
         arrays = load(data)
     except SafetensorError as err:
         raise AdapterFileError(
-            f"{weights} is not a readable safetensors file ({err}); save the adapter again"
+            f"{where} is not a readable safetensors file ({err}); save the adapter again"
         ) from None
-    if "arrays_sha256" in meta and meta["arrays_sha256"] != _arrays_sha256(arrays):
+    if meta.get("arrays_sha256") != _arrays_sha256(arrays):
         raise AdapterFileError(
-            f"{weights}: its arrays do not match the sha256 recorded when "
+            f"{where}: its arrays do not match the sha256 recorded when "
             "it was saved (the file was modified or damaged); save the adapter again"
         )
     try:
@@ -418,7 +345,7 @@ def _decode(meta: dict[str, Any], data: bytes, where: Path, weights: Path) -> Ad
         base = meta["base_model"]
         entries = base["sites"]
         shapes = {p: _module_shape(p, e, where) for p, e in entries.items()}
-        specs = _recorded_sites(config, shapes, meta.get("site_index"), where)
+        specs = _recorded_sites(config, shapes, meta["site_index"], where)
         recorded = str(base["fingerprint"])
         if recorded != fingerprint(specs)[1]:
             raise AdapterFileError(
@@ -434,10 +361,10 @@ def _decode(meta: dict[str, Any], data: bytes, where: Path, weights: Path) -> Ad
         ) from None
     except ValueError as err:
         raise AdapterFileError(f"{where}: {err}") from None
-    check_arrays(specs, arrays, str(weights))
+    check_arrays(specs, arrays, str(where))
     check_finite(
         arrays,
-        str(weights),
+        str(where),
         "the adapter was saved from a diverged run; retrain it or use an earlier save",
     )
     return AdapterFile(
@@ -446,7 +373,7 @@ def _decode(meta: dict[str, Any], data: bytes, where: Path, weights: Path) -> Ad
         dict(arrays),
         entries,
         recorded,
-        version,
+        str(meta["format_version"]),
         str(meta.get("mixlight_version", "?")),
         BaseIdentity.from_dict(base.get("identity")),
     )
@@ -517,11 +444,8 @@ def check_patterns(config: AdapterConfig, where: str) -> None:
 def _recorded_sites(
     config: AdapterConfig, shapes: dict[str, ModuleShape], site_index: Any, where: Path
 ) -> list[SiteSpec]:
-    """The file's sites from its recorded ``{path: index into config.sites}``; a file before
-    2.1 recorded none, so its patterns are matched against its paths once proved bounded."""
-    if site_index is None:
-        check_patterns(config, str(where))
-        return plan_sites(config, list(shapes), lambda path, site: shapes[path])
+    """The file's sites from its recorded ``{path: index into config.sites}`` (no pattern
+    of the file is matched: they are data)."""
     count = len(config.sites)
     if (
         not isinstance(site_index, dict)
@@ -535,13 +459,11 @@ def _recorded_sites(
     return plan_recorded(config, {p: (config.sites[i], shapes[p]) for p, i in site_index.items()})
 
 
-def _check_metadata_sha256(meta: dict[str, Any], required: bool, where: Path) -> None:
-    """Refuse metadata that differs from the sha256 recorded over it (a flipped bit in the
-    config, the sites or the base record would otherwise load and compute something else);
-    ``required``: the file's version records it, so its absence is refused too."""
+def _check_metadata_sha256(meta: dict[str, Any], where: Path) -> None:
+    """Refuse metadata that differs from the sha256 recorded over it, or lacks it (a flipped
+    bit in the config, the sites or the base record would otherwise load and compute
+    something else)."""
     recorded = meta.get("metadata_sha256")
-    if recorded is None and not required:
-        return  # written before mixlight recorded it
     try:
         matches = recorded == _metadata_sha256(meta)
     except ValueError:  # NaN or inf in the metadata: never written by mixlight
@@ -562,9 +484,10 @@ def _metadata_sha256(meta: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _check_version(version: Any, path: Path) -> tuple[int, int]:
-    """``(major, minor)`` of a version this mixlight reads. The version is a string
-    ``MAJOR.MINOR`` of plain decimal numbers, nothing else."""
+def _check_version(meta: dict[str, Any], path: Path) -> tuple[int, int]:
+    """``(major, minor)`` of the file's format version, which this mixlight must read: a
+    string ``MAJOR.MINOR`` of plain decimal numbers, nothing else, of our major version."""
+    version = meta.get("format_version")
     parsed = _VERSION.fullmatch(version) if isinstance(version, str) else None
     if parsed is None:
         raise AdapterFileError(
@@ -572,11 +495,12 @@ def _check_version(version: Any, path: Path) -> tuple[int, int]:
             f"{FORMAT_VERSION!r}); the file was edited or damaged: save the adapter again"
         )
     major, minor = (int(p) for p in parsed.groups())
-    if major not in READABLE_MAJORS:
-        readable = " and ".join(f"{m}.x" for m in READABLE_MAJORS)
+    if major != _OURS[0]:
+        writer = meta.get("mixlight_version", "an unknown version")
         raise AdapterFileError(
-            f"{path}: format version {version} is not readable by this mixlight "
-            f"(reads {readable}); upgrade or downgrade mixlight"
+            f"{path}: adapter format {version} (written by mixlight {writer}) is not readable "
+            f"by this mixlight {__version__}, which reads format {_OURS[0]}.x; load it with "
+            "a mixlight that reads that format, or save the adapter again with this one"
         )
     return major, minor
 

@@ -1,7 +1,7 @@
 """The ``mixlight`` command: ``info``, ``inspect DIR``, ``tune CONFIG``, ``demo``, ``bench``,
 ``check``.
 
-``inspect`` describes a mixlight adapter directory (any format version), a PEFT adapter
+``inspect`` describes a mixlight adapter directory, a PEFT adapter
 directory (as mixlight would import it), or a Hub repo id holding either.
 
 Heavy subcommands import their backend only when they run.
@@ -22,7 +22,7 @@ import mixlight as ml
 import mixlight.extend as mlx
 from mixlight._hub import resolve
 from mixlight._peft import read_peft
-from mixlight.adapter_file import LAYOUTS, peft_description
+from mixlight.adapter_file import WEIGHTS_FILE, peft_description
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -43,7 +43,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     root = resolve(args.directory, "inspect")
-    if root.is_dir() and not any((root / w).is_file() for w, _ in LAYOUTS):
+    if root.is_dir() and not (root / WEIGHTS_FILE).is_file():
         if peft_description(root) is not None:
             return _inspect_peft(args.directory, root)
     adapter = ml.read_adapter(root)

@@ -120,7 +120,8 @@ class Site:
     Attributes:
       pattern: regular expression matched against the *full* module path
         (``encoder.block.0.layer.0.SelfAttention.k``).
-      expert: the expert kind (:class:`~mixlight.Vectors`, :class:`~mixlight.LowRank`, ...).
+      expert: the expert kind (:class:`~mixlight.extend.Vectors`,
+        :class:`~mixlight.extend.LowRank`, ...).
       router_input: ``"output"`` routes on the adapted tensor (MoV), ``"input"`` on the
         module's input (MoLoRA); None takes the expert kind's default.
       heads: per-head routing (router kernel ``[d_head, E]`` shared by all heads,
@@ -132,7 +133,7 @@ class Site:
         default: the module's output) or ``"input"`` (its input, before the module runs, as
         PEFT's (IA)³ ``feedforward_modules`` scale the input of a feed-forward layer's down
         projection). An input site needs a width-preserving expert kind (one that
-        ``fits_activations``, such as :class:`~mixlight.Vectors`) on a linear module; its
+        ``fits_activations``, such as :class:`~mixlight.extend.Vectors`) on a linear module; its
         parameters have the module's input width, and its router reads that input.
       width: the width of a parameterless activation module the site adapts, for one whose
         parent holds no linear layer that consumes its output (``wo``, ``fc2``,
@@ -142,7 +143,7 @@ class Site:
 
     pattern: str = attrs.field(validator=v.regex)
     expert: ExpertKind = attrs.field(
-        validator=v.instance_of(ExpertKind, what="an expert kind such as mixlight.Vectors()")
+        validator=v.instance_of(ExpertKind, what="an expert kind such as mixlight.extend.Vectors()")
     )
     router_input: str | None = attrs.field(
         default=None, validator=v.one_of((None, "output", "input"))
@@ -162,7 +163,7 @@ class Site:
                 f"Site(pattern={self.pattern!r}, tensor='input'): expert kind "
                 f"{self.expert.kind!r} is not width-preserving (its fits_activations is "
                 "False), so it cannot adapt a module's input; use a kind such as "
-                "mixlight.Vectors(), or tensor='output'"
+                "mixlight.extend.Vectors(), or tensor='output'"
             )
 
     @property

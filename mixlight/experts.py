@@ -100,7 +100,7 @@ class ExpertKind(abc.ABC):
         error."""
         raise TypeError(
             f"expert kind {self.kind!r} has no merge rule: keep the adapter unmerged, or give "
-            f"{type(self).__name__} a merged(params, probs, heads) returning mixlight.Merged"
+            f"{type(self).__name__} a merged(params, probs, heads) returning mixlight.extend.Merged"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,7 +119,8 @@ def register_expert(cls: type[ExpertKind]) -> type[ExpertKind]:
     is_attrs_class = attrs.has(cls)  # (a plain bool: attrs.has would narrow cls for mypy)
     if not (isinstance(cls, type) and issubclass(cls, ExpertKind) and is_attrs_class):
         raise TypeError(
-            f"register_expert({cls!r}): expected an attrs class subclassing mixlight.ExpertKind"
+            f"register_expert({cls!r}): expected an attrs class subclassing "
+            "mixlight.extend.ExpertKind"
         )
     if not cls.kind or not cls.kind.isidentifier():
         raise ValueError(f"{cls.__name__}.kind={cls.kind!r}: must be a non-empty identifier")
@@ -148,7 +149,7 @@ def expert_from_dict(data: Mapping[str, Any]) -> ExpertKind:
     if name not in _EXPERTS:
         raise ValueError(
             f"unknown expert kind {name!r}; registered kinds: {sorted(_EXPERTS)} "
-            "(register a custom kind with mixlight.register_expert before loading)"
+            "(register a custom kind with mixlight.extend.register_expert before loading)"
         )
     return _EXPERTS[name](**fields)
 

@@ -1,13 +1,13 @@
 """Which fast op serves a site: decided once, here, from the site alone.
 
 Each backend keeps one table from op name to its implementation. A site that no op serves,
-or whose op a backend does not implement, runs the core math (:func:`mixlight.apply_site`),
+or whose op a backend does not implement, runs the core math (:func:`mixlight.extend.apply_site`),
 so a table only ever speeds a site up and never changes its result. Ops are tried in order
 and the first that applies wins, as PEFT's ordered dispatchers. A custom expert kind adds
 its own op with :func:`register_fast_op` and gives each backend an implementation
 (``mixlight_torch.implement_fast_op``, ``mixlight_jax.implement_fast_op``); an
 implementation takes ``(spec, params, x, h)`` and returns ``(out, probs, logits)`` as
-:func:`mixlight.apply_site` does (``probs``/``logits`` None without a router).
+:func:`mixlight.extend.apply_site` does (``probs``/``logits`` None without a router).
 """
 
 from __future__ import annotations

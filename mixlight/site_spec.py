@@ -1,13 +1,12 @@
 """Sites resolved against a model: one :class:`SiteSpec` per adapted module.
 
-Backends list their modules and describe each matched one (:class:`ModuleShape`); the core
-matches patterns, checks shapes, builds parameter specs and applies the math
-(:func:`apply_site`), so every backend shares one implementation of the rules.
+Backends list their modules once, as plain data (:class:`ModuleRecord`); the core matches
+patterns, checks shapes, builds parameter specs and applies the math (:func:`apply_site`), so
+every backend shares one implementation of the rules.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import re
@@ -251,8 +250,7 @@ class SiteSpec:
 
 def plan_sites(
     config: AdapterConfig,
-    modules: Mapping[str, ModuleRecord | ModuleShape] | Iterable[str],
-    describe: Callable[[str, Site], ModuleShape] | None = None,
+    modules: Mapping[str, ModuleRecord | ModuleShape],
     *,
     input_sites: bool = False,
 ) -> list[SiteSpec]:
@@ -260,18 +258,18 @@ def plan_sites(
 
     ``modules`` maps every module path to its :class:`ModuleRecord` (or its
     :class:`ModuleShape`): the backend lists its model once, as data, and planning needs
-    nothing more from it. The older form, module paths plus a ``describe(path, site)``
-    callback that reports a matched module's shape, is still accepted.
-    A backend that applies ``Site(tensor="input")`` (the expert runs on the module's input,
-    before the module) passes ``input_sites=True``; for any other such a site is refused,
-    rather than applied to the output.
+    nothing more from it. A backend that applies ``Site(tensor="input")`` (the expert runs on
+    the module's input, before the module) passes ``input_sites=True``; for any other such a
+    site is refused, rather than applied to the output.
     Raises ``ValueError`` when a pattern matches nothing (listing sample paths) or a module
     matches two sites, and ``TypeError`` when a matched module cannot take its site.
     """
-    if describe is None:
-        if not isinstance(modules, Mapping):
-            raise TypeError("plan_sites: give {path: ModuleRecord} or paths and a describe")
-        describe = functools.partial(_shape_of_record, modules)
+    if not isinstance(modules, Mapping):
+        raise TypeError(
+            f"plan_sites: modules must map each module path to its ModuleRecord (or "
+            f"ModuleShape), got {type(modules).__name__}; list them with "
+            "mixlight.extend.record_module"
+        )
     paths = list(modules)
     if not input_sites and any(site.tensor == "input" for site in config.sites):
         pattern = next(site.pattern for site in config.sites if site.tensor == "input")
@@ -305,7 +303,7 @@ def plan_sites(
             config,
             path,
             matched[path],
-            describe(path, matched[path]),
+            _shape_of_record(modules, path, matched[path]),
             sequence_side(path, encoders),
         )
         for path in sorted(matched, key=_natural_key)

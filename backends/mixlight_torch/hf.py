@@ -96,7 +96,7 @@ def _load(model: nn.Module, directory: str) -> None:
 
 
 def holds_adapter(directory: str | os.PathLike) -> bool:
-    """Whether ``directory`` holds a mixlight adapter (any format version's file names)."""
-    from mixlight.adapter_file import LAYOUTS
+    """Whether ``directory`` holds a mixlight adapter (its weights file)."""
+    from mixlight.adapter_file import WEIGHTS_FILE
 
-    return any((Path(directory) / weights).is_file() for weights, _ in LAYOUTS)
+    return (Path(directory) / WEIGHTS_FILE).is_file()

@@ -258,12 +258,8 @@ def _base_keys_unprefixed(module: AdapterLayer, state: dict, prefix: str, meta: 
 
 
 def _base_keys_prefixed(module: AdapterLayer, state: dict, prefix: str, *args: Any) -> None:
-    """``load_state_dict`` pre-hook, the inverse of :func:`_base_keys_unprefixed`. Keys of
-    mixlight < 1.2 checkpoints are read too: ``base.*`` as they are, and the one adapter's
-    ``adapter.*`` as the active adapter's."""
-    old_adapter = prefix + "adapter."
-    for key in [k for k in state if k.startswith(old_adapter)]:
-        state[f"{prefix}adapters.{module.switch.active}.{key[len(old_adapter) :]}"] = state.pop(key)
+    """``load_state_dict`` pre-hook, the inverse of :func:`_base_keys_unprefixed` (keys
+    under ``base.`` or ``adapters.`` are in the layer's own layout already)."""
     ours = (prefix + "base.", prefix + "adapters.")
     for key in [k for k in state if k.startswith(prefix) and not k.startswith(ours)]:
         state[prefix + "base." + key[len(prefix) :]] = state.pop(key)

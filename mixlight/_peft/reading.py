@@ -19,9 +19,8 @@ import numpy as np
 from mixlight._atomic_dir import as_directory, read_once
 from mixlight._pattern_bounds import check_bounded
 from mixlight._safetensors_floats import read_float32, short_repr
-from mixlight.adapter_file import AdapterFileError, check_finite
+from mixlight.adapter_file import PEFT_CONFIG_FILE, WEIGHTS_FILE, AdapterFileError, check_finite
 
-PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 T5_FFN_INPUT = re.compile(r"(?P<ffn>(?:.*\.)?DenseReluDense)\.wo")
@@ -134,6 +133,11 @@ def _read_bytes(path: Path) -> bytes:
 
 def _read_config(path: Path) -> dict[str, Any]:
     """``adapter_config.json`` as a JSON object that has a ``peft_type``."""
+    if not path.is_file() and (path.parent / WEIGHTS_FILE).is_file():
+        raise AdapterFileError(
+            f"{path.parent} is a mixlight adapter directory (it holds {WEIGHTS_FILE}), not a "
+            "PEFT one; load it with mixlight.load_adapter"
+        )
     if not path.is_file():
         raise AdapterFileError(
             f"{path} is missing; a PEFT adapter directory holds {PEFT_CONFIG_FILE} and "
@@ -159,13 +163,10 @@ def _read_config(path: Path) -> dict[str, Any]:
             f"config; {_RESAVE}"
         )
     if "peft_type" not in config:
-        hint = (
-            "it is a mixlight 1.x adapter: load it with mixlight.load_adapter"
-            if config.get("format") == "mixlight.adapter"
-            else 'not a PEFT adapter config (PEFT writes e.g. "peft_type": "LORA"); point '
-            "at the directory PeftModel.save_pretrained wrote"
+        raise AdapterFileError(
+            f'{path} has no peft_type: not a PEFT adapter config (PEFT writes e.g. "peft_type": '
+            '"LORA"); point at the directory PeftModel.save_pretrained wrote'
         )
-        raise AdapterFileError(f"{path} has no peft_type: {hint}")
     return config
 
 

@@ -65,7 +65,7 @@ def check_site(
       case: a :class:`SiteCase`.
       to_backend / to_numpy: array conversions of the backend under test.
       run: ``run(spec, params, x, h, mask) -> SiteResult`` — a backend's fast path (default:
-        :func:`mixlight.apply_site` on the backend's arrays).
+        :func:`mixlight.extend.apply_site` on the backend's arrays).
       grads: ``grads(case, g_out) -> {"x": .., "h": .., <param>: ..}``, the backend's
         gradients of ``sum(g_out * out)`` (``g_out`` from :func:`upstream`).
       rtol / atol: for outputs (atol is scaled by the output's size); probabilities and

@@ -1,7 +1,7 @@
 """An independent reference for one site: plain Python loops over tokens, heads and experts.
 
 Nothing here calls the code it checks: no einops, no :mod:`mixlight.math`, no
-:mod:`mixlight.primitives`, no :func:`mixlight.apply_site`. Only the site's *description*
+:mod:`mixlight.primitives`, no :func:`mixlight.extend.apply_site`. Only the site's *description*
 (expert count, router options, widths, heads) is read from the :class:`SiteSpec`; every
 number is recomputed in float64 from the definitions in the paper (§1.2, §2.2, §3.2):
 

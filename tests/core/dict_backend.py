@@ -36,7 +36,7 @@ class DictBackend:
         return model.state is not None
 
     def plan(self, model, config):
-        return mlx.plan_sites(config, list(model.shapes), lambda p, s: model.shapes[p])
+        return mlx.plan_sites(config, model.shapes)
 
     def inject(self, model, config, seed=None):
         specs = self.plan(model, config)

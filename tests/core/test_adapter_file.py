@@ -1,6 +1,5 @@
 """The adapter file format: round trips, atomic writes, and every refusal."""
 
-import hashlib
 import json
 import os
 import warnings
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from safetensors.numpy import load, save_file
+from safetensors.numpy import save_file
 
 import mixlight as ml
 import mixlight.extend as mlx
@@ -20,12 +19,11 @@ from mixlight.site_spec import fingerprint
 PATHS = ["enc.0.attn.k", "enc.0.attn.v", "enc.0.mlp.act", "enc.0.mlp.wo"]
 
 
-def shapes(path, site):
-    return mlx.ModuleShape(8, 8, heads=2) if "attn" in path else mlx.ModuleShape(8, 16)
+SHAPES = {p: mlx.ModuleShape(8, 8, 2) if "attn" in p else mlx.ModuleShape(8, 16) for p in PATHS}
 
 
 def make(config, seed=0):
-    specs = mlx.plan_sites(config, PATHS, shapes)
+    specs = mlx.plan_sites(config, SHAPES)
     rng = np.random.default_rng(seed)
     arrays = {
         s.canonical_name(n): a + rng.standard_normal(a.shape).astype(np.float32)
@@ -62,7 +60,7 @@ def test_round_trip_is_bit_exact(tmp_path_factory, config, seed):
         assert back.arrays[name].dtype == np.float32
         np.testing.assert_array_equal(back.arrays[name], arr)
     meta = json.loads((out / "mixlight_config.json").read_text())
-    assert meta["format"] == "mixlight.adapter" and meta["format_version"] == "2.1"
+    assert meta["format"] == "mixlight.adapter" and meta["format_version"] == "1.0"
     assert meta["base_model"]["fingerprint"] == fingerprint(specs)[1]
 
 
@@ -94,34 +92,21 @@ def test_failed_write_leaves_old_adapter_intact(tmp_path, monkeypatch):
     ml.read_adapter(tmp_path)
 
 
-def rewrite_meta(out, **changes):
-    """Rewrite the metadata embedded in the weights file (and its readable copy)."""
+def forge(out, config, specs, arrays, changes=None):
+    """A directory whose weights file holds ``arrays`` and the metadata a save writes, with
+    ``changes``, both sha256s recomputed: what another tool (or a forger) could write."""
+    mlx.write_adapter(out, config, specs, {n: np.zeros_like(a) for n, a in arrays.items()})
+    arrays = {n: np.ascontiguousarray(a, np.float32) for n, a in arrays.items()}
     data = (out / "mixlight_adapter.safetensors").read_bytes()
     header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-    meta = {**json.loads(header["__metadata__"]["mixlight.adapter"]), **changes}
-    arrays = load(data)
+    meta = {**json.loads(header["__metadata__"]["mixlight.adapter"]), **(changes or {})}
+    meta["arrays_sha256"] = adapter_file._arrays_sha256(arrays)
+    meta["metadata_sha256"] = adapter_file._metadata_sha256(meta)
     save_file(
         arrays,
         out / "mixlight_adapter.safetensors",
         metadata={"mixlight.adapter": json.dumps(meta)},
     )
-    (out / "mixlight_config.json").write_text(json.dumps(meta))
-
-
-def write_v1_0(out, config, specs, arrays):
-    """An adapter directory as mixlight 1.0 wrote it: plain safetensors + authoritative JSON."""
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(arrays, out / "adapter.safetensors", metadata={"format": "mixlight.adapter"})
-    entries, digest = fingerprint(specs)
-    meta = {
-        "format": "mixlight.adapter",
-        "format_version": "1.0",
-        "mixlight_version": "0.1.0",
-        "config": config.to_dict(),
-        "base_model": {"sites": entries, "fingerprint": digest},
-        "weights_sha256": hashlib.sha256((out / "adapter.safetensors").read_bytes()).hexdigest(),
-    }
-    (out / "adapter_config.json").write_text(json.dumps(meta, indent=2))
 
 
 def test_weights_file_is_the_commit_point(tmp_path):
@@ -138,23 +123,6 @@ def test_weights_file_is_the_commit_point(tmp_path):
         np.testing.assert_array_equal(back.arrays[name], arr)
     (tmp_path / "mixlight_config.json").unlink()  # the weights file alone is the adapter
     assert set(ml.read_adapter(tmp_path).arrays) == set(other)
-
-
-def test_reads_1_0_directories_and_detects_their_torn_state(tmp_path):
-    specs, arrays = make(MOV)
-    write_v1_0(tmp_path, MOV, specs, arrays)
-    back = ml.read_adapter(tmp_path)
-    assert back.format_version == "1.0" and back.config == MOV
-    for name, arr in arrays.items():
-        np.testing.assert_array_equal(back.arrays[name], arr)
-    _, other = make(MOV, seed=1)
-    save_file(other, tmp_path / "adapter.safetensors", metadata={"format": "mixlight.adapter"})
-    with pytest.raises(ml.AdapterFileError, match="does not match the checksum"):
-        ml.read_adapter(tmp_path)
-    mlx.write_adapter(tmp_path, MOV, specs, other)  # a 2.0 save over a 1.0 directory
-    assert ml.read_adapter(tmp_path).format_version == "2.1"
-    assert not (tmp_path / "adapter_config.json").exists(), "PEFT would take the dir for its own"
-    assert not (tmp_path / "adapter.safetensors").exists()
 
 
 def test_file_modes_follow_the_umask(tmp_path):
@@ -179,7 +147,7 @@ def test_non_finite_arrays_are_refused_on_save_and_load(tmp_path):
     with pytest.raises(ml.AdapterFileError, match=r"NaN/inf\) in enc.0.attn.k.vectors"):
         mlx.write_adapter(tmp_path, MOV, specs, bad)
     assert not any(tmp_path.iterdir())
-    write_v1_0(tmp_path, MOV, specs, bad)  # a file written by another tool
+    forge(tmp_path, MOV, specs, bad)  # a file written by another tool
     with pytest.raises(ml.AdapterFileError, match="non-finite .* diverged run"):
         ml.read_adapter(tmp_path)
 
@@ -216,7 +184,7 @@ def test_fingerprint_mismatch_lists_differences(tmp_path):
     specs, arrays = make(MOV)
     mlx.write_adapter(tmp_path, MOV, specs, arrays)
     loaded = ml.read_adapter(tmp_path)
-    other = mlx.plan_sites(MOV, PATHS, lambda p, s: mlx.ModuleShape(12, 12, heads=2))
+    other = mlx.plan_sites(MOV, {p: mlx.ModuleShape(12, 12, heads=2) for p in PATHS})
     with pytest.raises(
         ml.AdapterFileError, match=r"different base model .*enc.0.attn.k: adapter has"
     ):
@@ -246,43 +214,38 @@ def test_the_same_adapter_gives_the_same_bytes_in_every_process(tmp_path):
     assert files[0] == files[1] == files[2]
 
 
-def test_a_read_racing_the_upgrade_of_a_1_0_directory_gets_the_new_adapter(tmp_path, monkeypatch):
-    """The reader opens the 1.0 weights; before it reads the 1.0 JSON, a 2.0 save commits and
-    removes the 1.x files. The read starts again on the new files."""
+def test_the_format_is_1_0_and_other_majors_are_refused_naming_both(tmp_path):
     specs, arrays = make(MOV)
-    write_v1_0(tmp_path, MOV, specs, arrays)
-    _, other = make(MOV, seed=1)
-    real_read_once = adapter_file.read_once
-    raced = []
-
-    def racing(path):
-        data = real_read_once(path)
-        if path.name == "adapter.safetensors" and not raced:
-            raced.append(path)  # once: the save itself reads the 1.x files it removes
-            mlx.write_adapter(tmp_path, MOV, specs, other)
-        return data
-
-    monkeypatch.setattr(adapter_file, "read_once", racing)
-    back = ml.read_adapter(tmp_path)
-    assert raced and back.format_version == "2.1"
-    for name, arr in other.items():
-        np.testing.assert_array_equal(back.arrays[name], arr)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "README.md",
-        "mixlight_adapter.safetensors",
-        "mixlight_config.json",
-    ]
+    mlx.write_adapter(tmp_path / "ours", MOV, specs, arrays)
+    assert ml.read_adapter(tmp_path / "ours").format_version == adapter_file.FORMAT_VERSION == "1.0"
+    for version in ("0.9", "2.1"):
+        forge(tmp_path / version, MOV, specs, arrays, {"format_version": version})
+        with pytest.raises(
+            ml.AdapterFileError,
+            match=rf"adapter format {version} \(written by mixlight {ml.__version__}\) is not "
+            rf"readable by this mixlight {ml.__version__}, which reads format 1\.x",
+        ):
+            ml.read_adapter(tmp_path / version)
 
 
-def test_a_1_1_directory_under_the_old_names_still_loads(tmp_path):
+def test_a_newer_minor_version_loads_without_the_keys_it_added(tmp_path):
     specs, arrays = make(MOV)
-    mlx.write_adapter(tmp_path, MOV, specs, arrays)
-    (tmp_path / "mixlight_adapter.safetensors").rename(tmp_path / "adapter.safetensors")
-    (tmp_path / "mixlight_config.json").rename(tmp_path / "adapter_config.json")
-    back = ml.read_adapter(tmp_path)
-    for name, arr in arrays.items():
-        np.testing.assert_array_equal(back.arrays[name], arr)
-    (tmp_path / "notes").mkdir()
-    (tmp_path / "notes" / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    newer = {**MOV.to_dict(), "colour": "blue"}
+    forge(tmp_path, MOV, specs, arrays, {"format_version": "1.7", "config": newer})
+    with pytest.warns(UserWarning, match=r"ignoring AdapterConfig keys \['colour'\]"):
+        back = ml.read_adapter(tmp_path)
+    assert back.format_version == "1.7" and back.config == MOV
+
+
+def test_weights_without_mixlight_metadata_are_refused(tmp_path):
+    specs, arrays = make(MOV)
+    tmp_path.mkdir(exist_ok=True)
+    save_file(arrays, tmp_path / "mixlight_adapter.safetensors")
+    with pytest.raises(ml.AdapterFileError, match="carries no mixlight metadata.*save_adapter"):
+        ml.read_adapter(tmp_path)
+
+
+def test_a_peft_directory_is_named_as_such(tmp_path):
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": "LORA"}')
     with pytest.raises(ml.AdapterFileError, match="PEFT adapter directory"):
-        ml.read_adapter(tmp_path / "notes")
+        ml.read_adapter(tmp_path)

@@ -34,9 +34,7 @@ def test_every_public_name_is_documented_with_a_docstring():
     assert generator.undocumented() == []
 
 
-def test_the_user_api_is_small_and_the_extension_names_moved_with_a_warning():
-    import pytest
-
-    assert len(ml.__all__) <= 32 and "plan_sites" not in ml.__all__
-    with pytest.warns(DeprecationWarning, match="mixlight.extend.plan_sites"):
-        assert ml.plan_sites is ml.extend.plan_sites
+def test_the_user_api_is_small_and_the_extension_names_live_in_extend_only():
+    assert len(ml.__all__) <= 32
+    for name in ml.extend.__all__:
+        assert name in ml.__all__ or not hasattr(ml, name), f"mixlight.{name} is an alias"

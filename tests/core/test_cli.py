@@ -13,7 +13,7 @@ def test_info_lists_backends_and_kinds(capsys):
 
 def test_inspect_prints_sites(tmp_path, capsys):
     cfg = ml.MoV(3, targets=["a"])
-    specs = mlx.plan_sites(cfg, ["a"], lambda p, s: mlx.ModuleShape(4, 4))
+    specs = mlx.plan_sites(cfg, {"a": mlx.ModuleShape(4, 4)})
     arrays = {
         s.canonical_name(n): a
         for s in specs
@@ -22,7 +22,7 @@ def test_inspect_prints_sites(tmp_path, capsys):
     mlx.write_adapter(tmp_path, cfg, specs, arrays)
     assert main(["inspect", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "MoV-3" in out and "format 2.1" in out and "params=24" in out
+    assert "MoV-3" in out and "format 1.0" in out and "params=24" in out
 
 
 def test_inspect_missing_dir_is_a_clean_error(tmp_path, capsys):

@@ -129,12 +129,12 @@ def test_unknown_keys_warn_when_allowed():
 def test_plan_sites_errors():
     cfg = ml.MoV(2, targets=["x\\.k"])
     with pytest.raises(ValueError, match=r"matched no module .*Sample of this model's module"):
-        mlx.plan_sites(cfg, ["a.q", "a.v"], lambda p, s: mlx.ModuleShape(4, 4))
+        mlx.plan_sites(cfg, {"a.q": mlx.ModuleShape(4, 4), "a.v": mlx.ModuleShape(4, 4)})
     two = ml.AdapterConfig([ml.Site("a.*", mlx.Vectors()), ml.Site(".*k", mlx.Vectors())], 2)
     with pytest.raises(ValueError, match="matches two sites"):
-        mlx.plan_sites(two, ["a.k"], lambda p, s: mlx.ModuleShape(4, 4))
+        mlx.plan_sites(two, {"a.k": mlx.ModuleShape(4, 4)})
     auto = ml.MoV(2)
     with pytest.raises(ValueError, match="heads='auto'.*give heads=<int>"):
-        mlx.plan_sites(auto, T5_PATHS, lambda p, s: mlx.ModuleShape(4, 4))
+        mlx.plan_sites(auto, {p: mlx.ModuleShape(4, 4) for p in T5_PATHS})
     with pytest.raises(ValueError, match="not divisible by heads=3"):
-        mlx.plan_sites(auto, T5_PATHS, lambda p, s: mlx.ModuleShape(4, 4, heads=3))
+        mlx.plan_sites(auto, {p: mlx.ModuleShape(4, 4, heads=3) for p in T5_PATHS})

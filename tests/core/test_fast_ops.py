@@ -14,7 +14,7 @@ SHAPES = {
 
 
 def ops(config):
-    specs = plan_sites(config, PATHS, lambda p, s: SHAPES[p])
+    specs = plan_sites(config, SHAPES)
     return {s.path.rsplit(".", 1)[1]: fast_ops.fast_op(s) for s in specs}
 
 

@@ -123,7 +123,7 @@ def test_fresh_adapter_is_identity(case):
 
 def test_unrenormalised_top1_shrinks_fresh_mov_by_its_probability():
     spec_case = ml.AdapterConfig([ml.Site("a", mlx.Vectors())], 10, ml.TopK(1, renormalize=False))
-    spec = mlx.plan_sites(spec_case, ["a"], lambda p, s: mlx.ModuleShape(4, 4))[0]
+    spec = mlx.plan_sites(spec_case, {"a": mlx.ModuleShape(4, 4)})[0]
     params = spec.init_params(np.random.default_rng(0))
     h = np.random.default_rng(1).standard_normal((2, 3, 4)).astype(np.float32)
     res = mlx.apply_site(spec, params, h, h)

@@ -17,7 +17,7 @@ PATHS = ["enc.k", "dec.k"]
 
 
 def specs_and_arrays():
-    specs = mlx.plan_sites(CONFIG, PATHS, lambda p, s: mlx.ModuleShape(8, 8))
+    specs = mlx.plan_sites(CONFIG, {p: mlx.ModuleShape(8, 8) for p in PATHS})
     rng = np.random.default_rng(0)
     return specs, {s.canonical_name(n): a for s in specs for n, a in s.init_params(rng).items()}
 

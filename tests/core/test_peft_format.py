@@ -182,12 +182,15 @@ def test_a_pickled_peft_adapter_is_refused_with_the_fix(tmp_path):
         ml.read_adapter(tmp_path)
 
 
-def test_a_mixlight_1x_directory_is_not_taken_for_peft(tmp_path):
-    (tmp_path / "adapter_config.json").write_text(json.dumps({"format": "mixlight.adapter"}))
-    with pytest.raises(
-        ml.AdapterFileError, match="mixlight 1.x adapter: load it with mixlight.load_adapter"
-    ):
-        ml.load_peft_adapter(t5_like(), tmp_path)
+def test_a_mixlight_directory_given_as_peft_names_the_function_that_loads_it(tmp_path):
+    with dict_backend():
+        model = ml.inject(t5_like(), ml.IA3())
+        ml.save_adapter(model, tmp_path)
+        with pytest.raises(
+            ml.AdapterFileError,
+            match="is a mixlight adapter directory .*load it with mixlight.load_adapter",
+        ):
+            ml.load_peft_adapter(t5_like(), tmp_path)
 
 
 def test_mixlight_inspect_describes_a_peft_directory(tmp_path, capsys):

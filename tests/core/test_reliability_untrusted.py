@@ -14,6 +14,7 @@ import pytest
 import mixlight as ml
 import mixlight.adapter_file
 import mixlight.extend as mlx
+import mixlight.site_spec
 from tests.core.test_reliability_catalogue import (
     CONFIG,
     metadata_sha256,
@@ -32,7 +33,7 @@ def embedded_meta(directory: Path) -> dict:
 
 def test_the_metadata_sha256_covers_config_sites_and_base_record(tmp_path):
     meta = embedded_meta(saved(tmp_path))
-    assert meta["format_version"] == "2.1"
+    assert meta["format_version"] == "1.0"
     assert meta["metadata_sha256"] == metadata_sha256(meta).hexdigest()
     assert {"config", "base_model", "site_index", "arrays_sha256"} <= set(meta)
     assert meta["site_index"] == {"dec.k": 0, "enc.k": 0}
@@ -47,7 +48,8 @@ def test_reading_a_file_never_evaluates_its_patterns(tmp_path, monkeypatch):
     def no_matching(config, *args):
         raise AssertionError(f"the file's patterns were matched: {config.sites}")
 
-    monkeypatch.setattr(mixlight.adapter_file, "plan_sites", no_matching)
+    assert not hasattr(mixlight.adapter_file, "plan_sites")  # reading plans nothing
+    monkeypatch.setattr(mixlight.site_spec, "plan_sites", no_matching)
     adapter = ml.read_adapter(out)
     assert [s.path for s in adapter.specs] == ["dec.k", "enc.k"]
     assert adapter.config.sites[0].pattern == "(a|a)+b"
@@ -72,10 +74,10 @@ def _finishes(action, seconds: float = 30.0) -> bool:
     return done.is_set()
 
 
-@pytest.mark.parametrize("name", ["README.md", "adapter_config.json", "adapter.safetensors"])
+@pytest.mark.parametrize("name", ["README.md", "adapter_config.json"])
 def test_a_fifo_beside_the_adapter_never_blocks_a_save(tmp_path, name):
-    """A FIFO where the card goes (or where a 1.x file would be) is left alone: opening it
-    to read would wait for a writer forever, while holding the directory's lock."""
+    """A FIFO where the card goes (or where PEFT's config would be) is left alone: opening
+    it to read would wait for a writer forever, while holding the directory's lock."""
     out = saved(tmp_path)
     (out / name).unlink(missing_ok=True)
     os.mkfifo(out / name)
