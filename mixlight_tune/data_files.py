@@ -139,15 +139,20 @@ def _jsonl_rows(path: Path) -> Iterator[Located]:
         if not line.strip():
             continue
         where = f"{path}:{number}"
-        try:
-            yield where, json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: bad JSON ({err.msg})") from None
-        except RecursionError:
-            raise ValueError(
-                f"{where}: JSON nested too deeply to read; each line must be one flat object "
-                "with string fields inputs and targets"
-            ) from None
+        yield where, json_line(line, where)
+
+
+def json_line(line: str, where: str) -> Any:
+    """One JSONL line's value; ``ValueError`` naming ``where`` when it is not JSON."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: bad JSON ({err.msg})") from None
+    except RecursionError:
+        raise ValueError(
+            f"{where}: JSON nested too deeply to read; each line must be one flat object "
+            "with string fields inputs and targets"
+        ) from None
 
 
 def load_examples(

@@ -7,6 +7,11 @@ name) and a Hub dataset id. A Hub id is read from the Hub cache when offline
 (``HF_HUB_OFFLINE=1``: the snapshot ``datasets`` or ``hf download`` left there, else
 ``datasets``' own cache), else through ``datasets.load_dataset`` (which downloads into the Hub
 cache). Errors are one line naming the source: a missing split lists the splits there are.
+
+:func:`folder_table` and :func:`hub_table` give the ``datasets.Dataset`` itself: Arrow files
+memory-mapped from disk (``load_dataset`` converts a repository's parquet or JSONL into the
+datasets cache once), so a mixture reads rows by index (:mod:`mixlight_tune.row_tables`)
+and never holds a source in memory.
 """
 
 from __future__ import annotations
@@ -43,13 +48,26 @@ def require(what: str) -> Any:
 
 def folder_rows(path: Path, split: str | None, name: str | None, label: str) -> Iterator[Located]:
     """The rows of a local folder: ``save_to_disk`` output, or a repository's layout."""
+    return _located(folder_table(path, split, name, label), label)
+
+
+def hub_rows(
+    repo_id: str, name: str | None, split: str | None, revision: str | None, label: str
+) -> Iterator[Located]:
+    """The rows of Hub dataset ``repo_id`` (configuration ``name``, ``split``)."""
+    return _located(hub_table(repo_id, name, split, revision, label), label)
+
+
+def folder_table(path: Path, split: str | None, name: str | None, label: str) -> Any:
+    """The ``datasets.Dataset`` of a local folder (memory-mapped Arrow: rows are read when
+    indexed, never all at once), its columns those an example uses."""
     if any((path / m).is_file() for m in SAVED_MARKERS):
         datasets = require(f"{path} looks like a saved Hugging Face dataset")
-        return _located(pick_split(datasets.load_from_disk(str(path)), split, label), label)
+        return example_columns(pick_split(datasets.load_from_disk(str(path)), split, label))
     if (path / "README.md").is_file() or any(
         p.suffix in DATA_SUFFIXES for p in path.rglob("*") if p.is_file()
     ):
-        return _located(_load_folder(path, split, name, label), label)
+        return example_columns(_load_folder(path, split, name, label))
     raise ValueError(
         f"{path} is a folder but not a saved Hugging Face dataset (none of "
         f"{', '.join(SAVED_MARKERS)}) nor data files; pass a .jsonl file or a save_to_disk "
@@ -57,15 +75,16 @@ def folder_rows(path: Path, split: str | None, name: str | None, label: str) -> 
     )
 
 
-def hub_rows(
+def hub_table(
     repo_id: str, name: str | None, split: str | None, revision: str | None, label: str
-) -> Iterator[Located]:
-    """The rows of Hub dataset ``repo_id`` (configuration ``name``, ``split``)."""
+) -> Any:
+    """The ``datasets.Dataset`` of Hub dataset ``repo_id`` (configuration ``name``,
+    ``split``): Arrow files in the datasets cache, memory-mapped like a folder's."""
     datasets = require(f"{label} is a Hub dataset")
     if hub.offline():
         folder = hub.cached_dataset(repo_id, revision)
         if folder is not None:
-            return _located(_load_folder(folder, split, name, label), label)
+            return example_columns(_load_folder(folder, split, name, label))
     try:
         data = datasets.load_dataset(
             repo_id, name, split=split, revision=revision, cache_dir=_datasets_cache()
@@ -80,7 +99,7 @@ def hub_rows(
         ) from None
     except (ValueError, RuntimeError, OSError) as err:
         raise ValueError(_reason(err, label, split, name)) from None
-    return _located(pick_split(data, split, label), label)
+    return example_columns(pick_split(data, split, label))
 
 
 def pick_split(data: Any, split: str | None, label: str) -> Any:
@@ -134,11 +153,16 @@ def _datasets_cache() -> str | None:
     return os.environ.get("HF_DATASETS_CACHE") or None
 
 
-def _located(data: Any, label: str) -> Iterator[Located]:
-    """``(where, row)`` pairs; of a ``datasets`` table only the columns an example uses."""
+def example_columns(data: Any) -> Any:
+    """Of a ``datasets`` table, only the columns an example uses."""
     names = getattr(data, "column_names", None)
-    if names is not None:
-        texts = [c for c in ("inputs", "targets") if f"{c}_pretokenized" not in names]
-        keep = [c for c in names if c in COLUMNS or c.endswith("_pretokenized") or c in texts]
-        data = data.select_columns(keep)
+    if names is None:
+        return data
+    texts = [c for c in ("inputs", "targets") if f"{c}_pretokenized" not in names]
+    keep = [c for c in names if c in COLUMNS or c.endswith("_pretokenized") or c in texts]
+    return data.select_columns(keep)
+
+
+def _located(data: Any, label: str) -> Iterator[Located]:
+    """``(where, row)`` pairs of a table."""
     return ((f"{label} row {n}", row) for n, row in enumerate(data, start=1))

@@ -27,6 +27,7 @@ from typing import Any
 from . import hub
 from ._files import sha256_of
 from .data_files import Naming, load_examples, rows_to_examples
+from .row_tables import ArrowTable, ExampleTable, JsonlTable
 from .schema import Example
 
 
@@ -79,6 +80,25 @@ class DataSource:
         rows = hub_rows(self.hub_id, self.name, self.split, self.revision, str(self))
         return rows_to_examples(rows, naming)
 
+    def indexed(self) -> ExampleTable:
+        """The source's examples read by index, none of them read yet (a mixture's:
+        :mod:`mixlight_tune.row_tables`)."""
+        naming = Naming(self.subset(), self.task, self.template, str(self))
+        path = self.path
+        if isinstance(path, str):  # a Hub id
+            from .hf_datasets import hub_table
+
+            data = hub_table(path, self.name, self.split, self.revision, str(self))
+            return ExampleTable(ArrowTable(data, str(self)), naming)
+        if path.is_dir():
+            from .hf_datasets import folder_table
+
+            data = folder_table(path, self.split, self.name, str(self))
+            return ExampleTable(ArrowTable(data, str(self)), naming)
+        if path.suffix != ".jsonl":
+            raise ValueError(f"{path}: expected a .jsonl file or a save_to_disk directory")
+        return ExampleTable(JsonlTable(path), naming)
+
     def digest(self) -> str:
         """What identifies the source's bytes: a local file's or folder's sha256; a Hub
         dataset's cached commit (``hub:<commit>``), else its revision as given."""
@@ -95,8 +115,8 @@ def parse_sources(value: Any, key: str, base_dir: Path) -> tuple[DataSource, ...
     if isinstance(value, list):
         if not value:
             raise SourceError(f"{key} is an empty list; give at least one source or omit {key}")
-        return tuple(_source(v, f"{key}[{i}]", base_dir) for i, v in enumerate(value))
-    return (_source(value, key, base_dir),)
+        return tuple(parse_source(v, f"{key}[{i}]", base_dir) for i, v in enumerate(value))
+    return (parse_source(value, key, base_dir),)
 
 
 def resolved(sources: Sequence[DataSource] | None) -> Any:
@@ -123,7 +143,8 @@ def local_paths(sources: Sequence[DataSource] | None) -> list[Path]:
     return [s.path for s in sources or () if isinstance(s.path, Path)]
 
 
-def _source(value: Any, key: str, base_dir: Path) -> DataSource:
+def parse_source(value: Any, key: str, base_dir: Path) -> DataSource:
+    """One source: a path or Hub id (a string), or a table of :class:`DataSource`'s keys."""
     if isinstance(value, str):
         return DataSource(_path(value, key, base_dir))
     if not isinstance(value, dict):

@@ -41,12 +41,14 @@ from .flops import row_flops, utilisation
 from .loop import Journal
 from .memory import MIB, Layout, estimate, format_estimate
 from .miniature.suite import build_suite
+from .mixture_data import Mixture, open_mixture
 from .output_dirs import OutputKind
 from .report import eval_scores
 from .run_logs import TENSORBOARD_DIR, WANDB_DIR, check_available, open_logs
 from .schema import Example
 from .steps import BackendSteps, DemoError, Pair, Runtime, TuneSettings, load_steps
 from .token_cache import FILE as TOKENS_FILE
+from .token_cache import SOURCES_DIR as TOKENS_DIR
 from .token_cache import cache_key, cached_pairs
 from .tune_config import TuneConfig, TuneConfigError, read_config
 
@@ -63,6 +65,7 @@ TUNE_OUTPUT = OutputKind(
         DATA_FILE,
         BEST_DIR,
         TOKENS_FILE,
+        TOKENS_DIR,
         TENSORBOARD_DIR,
         WANDB_DIR,
         results.RESULTS_MD,
@@ -154,15 +157,19 @@ def run_dir(cfg: TuneConfig) -> Resume:
     return Resume(cfg.output_dir, cfg.checkpoint_every, cfg.resolved())
 
 
-def load_data(cfg: TuneConfig) -> tuple[list[Example], list[Example]]:
-    """``(train, eval)``: the ``data`` sources, else the built-in mixture; eval holds the rows
-    with answer choices (rank classification) of ``eval_suite`` then ``eval_data`` (a source
-    with none is refused), and is empty without either."""
-    if cfg.data is None:
+def load_data(cfg: TuneConfig) -> tuple[Sequence[Example], list[Example]]:
+    """``(train, eval)``: the ``mixture``'s draws (a :class:`Mixture`, read when indexed),
+    else the ``data`` sources, else the built-in mixture; eval holds the rows with answer
+    choices (rank classification) of ``eval_suite`` then ``eval_data`` (a source with none is
+    refused), and is empty without either."""
+    train: Sequence[Example]
+    if cfg.mixture is not None:
+        train = _mixture(cfg)
+    elif cfg.data is None:
         train = build_suite(cfg.data_seed, cfg.builtin_per_task, 0).train
     else:
         train = _read(cfg.data, "data")
-    if not train:
+    if not train and cfg.mixture is None:
         raise TuneConfigError(f"data = {sources.resolved(cfg.data)}: no rows to train on")
     evals: list[Example] = []
     for key, source in eval_sources(cfg):
@@ -174,6 +181,15 @@ def load_data(cfg: TuneConfig) -> tuple[list[Example], list[Example]]:
             )
         evals += scored
     return train, evals
+
+
+def _mixture(cfg: TuneConfig) -> Mixture:
+    """The ``mixture``'s sources opened and its ``steps × batch_size`` draws planned."""
+    try:
+        total = cfg.steps * cfg.batch_size
+        return open_mixture(cfg.mixture or (), cfg.mixture_cap, total, cfg.data_seed)
+    except sources.SourceError as err:
+        raise TuneConfigError(str(err)) from None
 
 
 def eval_sources(cfg: TuneConfig) -> list[tuple[str, sources.DataSource]]:
@@ -191,7 +207,8 @@ def data_record(cfg: TuneConfig) -> DataRecord:
     """The sha256 of each training data source (a Hub dataset: its cached commit; none for
     the built-in mixture, which ``data_seed`` and ``builtin_per_task`` fix). ``eval_data`` is
     not recorded: it is scored afresh after training, so a resumed run may use a changed one."""
-    keys = {s: str(s.path) if s.hub_id is None else str(s) for s in cfg.data or ()}
+    feeds = [*(cfg.data or ()), *(e.source for e in cfg.mixture or ())]
+    keys = {s: str(s.path) if s.hub_id is None else str(s) for s in feeds}
     return DataRecord(cfg.output_dir, {key: s.digest() for s, key in keys.items()})
 
 
@@ -209,6 +226,8 @@ def check_output_dir(cfg: TuneConfig) -> None:
     inputs = [("model", cfg.model)] if isinstance(cfg.model, Path) else []
     for key in ("data", "eval_data"):
         inputs += [(key, path) for path in sources.local_paths(getattr(cfg, key))]
+    mixed = [e.source for e in cfg.mixture or ()]
+    inputs += [("mixture", path) for path in sources.local_paths(mixed)]
     for key, path in inputs:
         if path.is_dir() and _same_folder(path, cfg.output_dir):
             raise TuneConfigError(
@@ -258,9 +277,16 @@ def _check_model(cfg: TuneConfig) -> None:
             raise TuneConfigError(str(err).replace("--model", "model =", 1)) from None
 
 
-def tokenised(cfg: TuneConfig, base: Any, train: list[Example], writer: bool) -> list[Pair]:
+def tokenised(cfg: TuneConfig, base: Any, train: Sequence[Example], writer: bool) -> Sequence[Pair]:
     """The training rows as ids, tokenised once per data, tokenizer and limits
-    (:mod:`mixlight_tune.token_cache`)."""
+    (:mod:`mixlight_tune.token_cache`); a mixture's once per source, read when indexed."""
+    if isinstance(train, Mixture):
+        bounds = (cfg.max_input_tokens, cfg.max_target_tokens)
+        cache = cfg.output_dir / TOKENS_DIR
+        try:
+            return train.pairs(base.codec, Path(base.path), bounds, cache, writer)
+        except sources.SourceError as err:
+            raise TuneConfigError(str(err)) from None
     data: dict[str, Any] = {"builtin": [cfg.data_seed, cfg.builtin_per_task]}
     if cfg.data is not None:  # one plain file or folder keeps the key it always had
         digests = [s.digest() for s in cfg.data]
@@ -334,6 +360,8 @@ def run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     if not parallel.writer:
         log = _silent
     pairs = tokenised(cfg, base, train, parallel.writer)
+    if isinstance(train, Mixture):
+        log(train.describe())
     log(
         f"base: {base.description}; {len(train)} training examples; backend {cfg.backend}; "
         f"{parallel.processes} process(es), {parallel.devices} device(s) ({parallel.device}, "
@@ -383,6 +411,7 @@ def run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         "best": best,
         "adapter": None if adapter_dir is None else str(adapter_dir),
         "data_sha256": dict(record.digests),
+        "mixture": train.record() if isinstance(train, Mixture) else None,
     }
     if snapshot is not None:
         metrics["hub_model"] = {
@@ -468,9 +497,11 @@ def dry_run(
     parallel = base.parallel
     percent = steps.trainable_percent(model)
     resolved = cfg.resolved() | {"trainable_percent": percent, "parallel": parallel.record()}
-    pairs = [base.codec.pair(e.inputs, e.targets, None, None) for e in train]
-    source = min(max(len(p[0]) for p in pairs), cfg.max_input_tokens)
-    target = min(max(len(p[1]) for p in pairs), cfg.max_target_tokens)
+    source, target = cfg.max_input_tokens, cfg.max_target_tokens  # a mixture's: the limits
+    if not isinstance(train, Mixture):  # (its draws are read when trained on)
+        pairs = [base.codec.pair(e.inputs, e.targets, None, None) for e in train]
+        source = min(max(len(p[0]) for p in pairs), source)
+        target = min(max(len(p[1]) for p in pairs), target)
     if cfg.backend == "jax":
         source = min(-(-source // BUCKET) * BUCKET, cfg.max_input_tokens)
         target = min(-(-target // BUCKET) * BUCKET, cfg.max_target_tokens)

@@ -23,7 +23,8 @@ from typing import Any
 
 import mixlight as ml
 
-from . import hub, sources
+from . import hub, mixture, sources
+from .mixture import MixtureEntry
 from .sources import DataSource, SourceError
 from .steps import BACKENDS, DemoError
 from .suites import SuiteRef, parse_suite
@@ -63,7 +64,9 @@ class TuneConfig:
     ``model`` is a local folder (a ``Path``) or a Hub model id (a ``str``, at ``revision``;
     :mod:`mixlight_tune.hub`); ``data``/``eval_data`` are data sources
     (:mod:`mixlight_tune.sources`); ``eval_suite`` a named evaluation suite
-    (:mod:`mixlight_tune.suites`), scored before ``eval_data``.
+    (:mod:`mixlight_tune.suites`), scored before ``eval_data``. ``mixture`` (instead of
+    ``data``) is a weighted mixture of sources (:mod:`mixlight_tune.mixture`), capped by
+    ``mixture_cap``.
     """
 
     backend: str = "torch"
@@ -72,6 +75,8 @@ class TuneConfig:
     data: tuple[DataSource, ...] | None = None
     eval_data: tuple[DataSource, ...] | None = None
     eval_suite: SuiteRef | None = None
+    mixture: tuple[MixtureEntry, ...] | None = None
+    mixture_cap: int | None = None
     adapter: ml.AdapterConfig | None = field(default_factory=lambda: ml.MoV(10))
     optimizer: str = "adafactor"
     lr: float = 3e-2
@@ -118,6 +123,7 @@ class TuneConfig:
         out["data"] = sources.resolved(self.data)
         out["eval_data"] = sources.resolved(self.eval_data)
         out["eval_suite"] = None if self.eval_suite is None else self.eval_suite.resolved()
+        out["mixture"] = mixture.resolved(self.mixture)
         out["log"] = list(self.log)
         out["mesh"] = None if self.mesh is None else dict(self.mesh)
         return out
@@ -243,8 +249,16 @@ def parse(raw: dict[str, Any], base_dir: Path = Path("."), where: str = "config"
         values["data"] = sources.parse_sources(raw.get("data"), "data", base_dir)
         values["eval_data"] = sources.parse_sources(raw.get("eval_data"), "eval_data", base_dir)
         values["eval_suite"] = parse_suite(raw.get("eval_suite"), base_dir)
+        values["mixture"], values["mixture_cap"] = mixture.parse_mixture(
+            raw.get("mixture"), raw.get("mixture_cap"), base_dir
+        )
     except SourceError as err:
         raise TuneConfigError(str(err)) from None
+    if values["mixture"] is not None and values["data"] is not None:
+        raise TuneConfigError(
+            "mixture and data are both set: data is read whole, mixture draws from weighted "
+            "sources; keep one (on the command line --set data= or --set mixture= removes one)"
+        )
     out = raw.get("output_dir", str(default.output_dir))
     if not isinstance(out, str) or not out:
         raise TuneConfigError(f"output_dir must be a folder path (a string), got {out!r}")
