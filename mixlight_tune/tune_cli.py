@@ -3,7 +3,8 @@
 The run stands on the demo's pipeline: the backend's :class:`~mixlight_tune.steps.BackendSteps`
 (``prepare``, ``tune``, ``evaluate``, ``save``), :class:`~mixlight_tune.steps.TuneSettings`
 and :func:`~mixlight_tune.report.score_table`. What it writes to ``output_dir`` is the same
-for both backends: ``adapter/`` (the portable adapter format), ``metrics.json`` (the
+for both backends: ``adapter/`` (the portable adapter format; with ``adapter = "full"``,
+``model/``, the whole tuned model: :mod:`~mixlight_tune.full_model`), ``metrics.json`` (the
 resolved config, the loss of every step, the trainable share and the eval scores) and
 ``config.json`` (the resolved config, which ``mixlight tune`` accepts back, from any folder).
 
@@ -32,7 +33,7 @@ from typing import Any
 
 from mixlight import AdapterFileError
 
-from . import hub, results, sources
+from . import full_model, hub, model_shapes, results, sources
 from ._files import atomic_write
 from .checkpoint import DATA_FILE, DataRecord, Resume
 from .checkpoint import FILE as CHECKPOINT_FILE
@@ -59,6 +60,7 @@ TUNE_OUTPUT = OutputKind(
     "mixlight tune",
     names=(
         "adapter",
+        full_model.DIR,
         METRICS_FILE,
         RESOLVED_FILE,
         CHECKPOINT_FILE,
@@ -367,7 +369,7 @@ def run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         f"{parallel.processes} process(es), {parallel.devices} device(s) ({parallel.device}, "
         f"{parallel.layout})"
     )
-    for note in parallel.notes:
+    for note in [*parallel.notes, *config_notes(cfg)]:
         log(f"note: {note}")
     if saved is not None:
         log(f"resuming {cfg.output_dir} from step {saved.step} of {cfg.steps}")
@@ -388,6 +390,9 @@ def run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     parallel = base.parallel  # placement may have added notes
     adapter_dir = steps.save(model, cfg.output_dir / "adapter")
+    model_dir_out = None  # full fine-tuning saves the whole model (mixlight_tune.full_model)
+    if cfg.adapter is None and cfg.steps > 0:
+        model_dir_out = full_model.save(cfg.backend, model, base, cfg.output_dir)
     scores = None
     if evals:
         if scorer is not None and scorer.last is not None and scorer.last[0] == cfg.steps:
@@ -410,6 +415,7 @@ def run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         "eval_history": journal.evals,
         "best": best,
         "adapter": None if adapter_dir is None else str(adapter_dir),
+        "model": None if model_dir_out is None else str(model_dir_out),
         "data_sha256": dict(record.digests),
         "mixture": train.record() if isinstance(train, Mixture) else None,
     }
@@ -433,7 +439,8 @@ def run(cfg: TuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     speed = (
         "" if journal.tokens_per_second is None else f", {journal.tokens_per_second:,.0f} tokens/s"
     )
-    log(f"{final}{accuracy}{speed}; adapter and {METRICS_FILE} in {cfg.output_dir}")
+    saved_as = "adapter" if model_dir_out is None else f"{full_model.DIR}/"
+    log(f"{final}{accuracy}{speed}; {saved_as} and {METRICS_FILE} in {cfg.output_dir}")
     return metrics
 
 
@@ -460,16 +467,6 @@ def _nothing() -> None:
     pass
 
 
-WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
-
-
-def config_only(folder: Path) -> bool:
-    """A model folder with a ``config.json`` and no weights: enough for a dry run."""
-    if not (folder / "config.json").is_file():
-        return False
-    return not any(any(folder.glob(pattern)) for pattern in WEIGHT_FILES)
-
-
 def dry_run(
     cfg: TuneConfig, log: Callable[[str], None] = print, processes: int | None = None
 ) -> dict[str, Any]:
@@ -478,15 +475,18 @@ def dry_run(
     estimated peak memory per device (:mod:`mixlight_tune.memory`), for ``processes``
     data-parallel processes when given (the intended layout; default: this launch's).
 
-    A ``model`` folder holding only a ``config.json`` (no weights, no tokenizer) is enough:
-    the model is built on the meta device (torch) and the estimate taken at the
+    A ``model`` folder holding only a ``config.json`` (no weights, no tokenizer) is enough,
+    and a Hub model id is read as its ``config.json`` alone (:mod:`.model_shapes`): the
+    model is built on the meta device (torch) and the estimate taken at the
     ``max_input_tokens``/``max_target_tokens`` limits, without reading the data."""
     check_output_dir(cfg)
-    folder = cfg.model if isinstance(cfg.model, Path) else None
     if processes is not None and processes < 1:
         raise TuneConfigError(f"--processes must be at least 1, got {processes}")
-    if folder is not None and config_only(folder):
+    if isinstance(cfg.model, str):  # a Hub id: its config.json, never its weights
+        folder = model_shapes.hub_config_folder(cfg.model, cfg.revision)
         return _shapes_dry_run(cfg, folder, log, processes)
+    if cfg.model is not None and model_shapes.config_only(cfg.model):
+        return _shapes_dry_run(cfg, cfg.model, log, processes)
     _check_model(cfg)
     check_available(cfg.log)
     train, _ = load_data(cfg)
@@ -507,17 +507,25 @@ def dry_run(
         target = min(-(-target // BUCKET) * BUCKET, cfg.max_target_tokens)
     layout = Layout(parallel.processes, parallel.data, parallel.model, parallel.layout == "fsdp")
     if processes is not None:
-        layout = _intended(cfg, processes)
+        layout = model_shapes.intended_layout(cfg, processes)
     memory = _estimate(cfg, steps.memory_inputs(model), layout, source, target, resolved)
     if parallel.writer:
         log(json.dumps(resolved, indent=2))
         print(format_estimate(memory, percent), file=sys.stderr)  # beside the parseable JSON
+        for note in config_notes(cfg):
+            print(f"note: {note}", file=sys.stderr)
     return resolved
 
 
-def _intended(cfg: TuneConfig, processes: int) -> Layout:
-    """The layout of ``processes`` data-parallel processes running ``cfg``."""
-    return Layout(processes, processes, 1, cfg.distributed == "fsdp" and processes > 1)
+def config_notes(cfg: TuneConfig) -> list[str]:
+    """Warnings about a config that runs but may not do what it means."""
+    if cfg.adapter is None and cfg.precision == "bf16":
+        return [
+            'adapter = "full" with precision = "bf16" trains bfloat16 weights: an optimiser '
+            "step smaller than a weight's rounding step (2^-8 of it; Adafactor's steps are "
+            'about lr times its size) is lost; precision = "fp32" trains them in float32'
+        ]
+    return []
 
 
 def _estimate(
@@ -548,23 +556,27 @@ def _estimate(
 def _shapes_dry_run(
     cfg: TuneConfig, folder: Path, log: Callable[[str], None], processes: int | None
 ) -> dict[str, Any]:
-    """The dry run of a config-only model folder (see :func:`dry_run`)."""
-    if cfg.backend != "torch":
+    """The dry run of a model's ``config.json`` alone (see :func:`dry_run`), for either
+    backend: the model is built on torch's meta device (the same shapes JAX's T5 has)."""
+    try:
+        from .backends import torch_meta
+        from .backends import torch_steps as steps
+    except ImportError:
         raise TuneConfigError(
-            f"model = {folder} holds a config.json and no weights: such a dry run builds the "
-            "model on torch's meta device; run it with --backend torch (the estimate is the "
-            "same arithmetic for JAX)"
-        )
-    from .backends import torch_steps as steps
-
-    model = steps.shape_model(folder, cfg.adapter, cfg.precision)
+            f"a dry run without the weights of {cfg.model} builds the model from its "
+            "config.json on torch's meta device, and torch (with transformers) is not "
+            "installed: pip install 'mixlight[torch,t5]', or give a model folder with weights"
+        ) from None
+    model = torch_meta.shape_model(folder, cfg.adapter, cfg.precision)
     percent = steps.trainable_percent(model)
-    layout = _intended(cfg, processes or 1)
+    layout = model_shapes.intended_layout(cfg, processes)
     resolved = cfg.resolved() | {"trainable_percent": percent, "shapes_only": True}
     source, target = cfg.max_input_tokens, cfg.max_target_tokens
     memory = _estimate(cfg, steps.memory_inputs(model), layout, source, target, resolved)
     log(json.dumps(resolved, indent=2))
     print(format_estimate(memory, percent), file=sys.stderr)
+    for note in config_notes(cfg):
+        print(f"note: {note}", file=sys.stderr)
     return resolved
 
 
@@ -602,7 +614,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--processes",
         type=int,
         help="with --dry-run: estimate the memory per device for this many data-parallel "
-        "processes (the intended launch) instead of this one",
+        "processes (the intended launch; a JAX config's mesh sets its own axes) instead of "
+        "this one",
     )
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {} if args.backend is None else {"backend": args.backend}

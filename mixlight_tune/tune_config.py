@@ -192,15 +192,16 @@ NAMED_BY = {"adapter": "preset"}  # the key a table's one-word form names (else 
 def with_settings(raw: dict[str, Any], settings: Sequence[str]) -> dict[str, Any]:
     """``raw`` with each ``KEY=VALUE`` applied: VALUE read as a TOML value (``3``, ``1e-3``,
     ``true``, ``"text"``, ``[1, 2]``), else taken as text; a dotted KEY sets a key of a
-    table (``adapter.num_experts=2``). A relative path in ``model``/``data``/``eval_data``
-    that exists here, and any ``output_dir``, is taken from the current folder, as a
-    command line's paths are."""
+    table (``adapter.num_experts=2``); ``KEY=`` with nothing after ``=`` removes the key
+    (its default: ``model=`` is the shipped base, ``eval_suite=`` no suite). A relative
+    path in ``model``/``data``/``eval_data`` that exists here, and any ``output_dir``, is
+    taken from the current folder, as a command line's paths are."""
     out = dict(raw)
     for setting in settings:
         key, sep, text = setting.partition("=")
         if not sep or not key.strip():
             raise TuneConfigError(f"--set {setting!r}: expected KEY=VALUE, e.g. --set steps=3")
-        value = _setting_value(text.strip())
+        value = None if not text.strip() else _setting_value(text.strip())
         *tables, last = key.strip().split(".")
         target = out
         for name in tables:
@@ -210,6 +211,9 @@ def with_settings(raw: dict[str, Any], settings: Sequence[str]) -> dict[str, Any
             inner = dict(inner)
             target[name] = inner
             target = inner
+        if value is None:
+            target.pop(last, None)
+            continue
         if not tables and last in PATH_KEYS and isinstance(value, str):
             here = Path(value).expanduser()
             if last == "output_dir" or (not here.is_absolute() and here.exists()):
