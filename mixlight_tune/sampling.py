@@ -15,13 +15,15 @@ def batches(n: int, batch_size: int, steps: int, seed: int) -> Iterator[list[int
     method (and every backend) sees the same data order for the same seed."""
     rng = random.Random(f"mixlight-demo-order:{seed}")
     order: list[int] = []
+    at = 0  # the next index of ``order`` (not sliced off each step: an epoch may be millions)
     for _ in range(steps):
-        while len(order) < batch_size:
+        while len(order) - at < batch_size:
+            order, at = order[at:], 0
             epoch = list(range(n))
             rng.shuffle(epoch)
             order += epoch
-        yield order[:batch_size]
-        order = order[batch_size:]
+        yield order[at : at + batch_size]
+        at += batch_size
 
 
 def routing_sites(routed_paths: Iterable[str]) -> list[str]:

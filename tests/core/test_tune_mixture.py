@@ -12,7 +12,7 @@ import random
 import numpy as np
 import pytest
 
-from mixlight_tune import mixture_draws, row_tables
+from mixlight_tune import mixture_draws, row_tables, sampling
 from mixlight_tune.mixture import weights
 from mixlight_tune.mixture_data import DrawnPair
 from mixlight_tune.text_codec import TextCodec
@@ -142,6 +142,27 @@ def test_shares_match_the_weights_within_sampling_error():
     counts = mixture_draws.plan(probabilities, [50, 50, 50], total, data_seed=1).counts(3)
     for p, count in zip(probabilities, counts, strict=True):
         assert abs(count - p * total) < 4 * math.sqrt(total * p * (1 - p)), (p, count)
+
+
+def test_the_loop_order_over_the_draws_is_the_one_it_always_was():
+    """``sampling.batches`` walks an index through its order instead of slicing the rest off
+    every step (a mixture's epoch is ``steps × batch_size`` draws): the same batches."""
+
+    def sliced(n, batch_size, steps, seed):  # the implementation it replaced
+        rng = random.Random(f"mixlight-demo-order:{seed}")
+        order = []
+        for _ in range(steps):
+            while len(order) < batch_size:
+                epoch = list(range(n))
+                rng.shuffle(epoch)
+                order += epoch
+            yield order[:batch_size]
+            order = order[batch_size:]
+
+    for n, batch_size, steps in [(1, 3, 4), (7, 2, 9), (12, 5, 11), (20, 4, 5), (100, 13, 17)]:
+        for seed in (0, 7):
+            expected = list(sliced(n, batch_size, steps, seed))
+            assert list(sampling.batches(n, batch_size, steps, seed)) == expected
 
 
 # --- reading by index, caching per source ----------------------------------------------------
