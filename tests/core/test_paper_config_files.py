@@ -1,7 +1,8 @@
 """``configs/paper/``: the Table 1 configs are what ``generate.py`` writes, each reads as a
-valid config with the paper's recipe (paper.md §4), trains on the P3 subsets of T0's training
-mixture by Hub id (none of them a held-out dataset) and evaluates on ``t0_held_out``; and
-``--set KEY=`` removes a key (the stand-in's ``model=``, ``eval_suite=``)."""
+valid config with the paper's recipe (paper.md §4), trains on T0's training mixture (a
+``[[mixture]]`` of the P3 subsets by Hub id, none of them a held-out dataset, with T0's caps)
+and evaluates on ``t0_held_out``; and ``--set KEY=`` removes a key (the stand-in's
+``model=``, ``eval_suite=``)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def test_the_configs_are_what_generate_py_writes():
 
 
 def test_t0_train_lists_every_template_of_the_38_training_datasets():
-    subsets = generator().subsets()
+    subsets = [name for name, _ in generator().subsets()]
     assert len(subsets) == len(set(subsets)) == 313
     held_out = {task for column in SUITES["t0_held_out_all"] for task in column.tasks}
     tasks = {p3.split_name(s)[0] for s in subsets}
@@ -64,10 +65,20 @@ def test_each_config_is_the_papers_recipe(name, tmp_path):
     else:  # lr 3e-4, batch 32, 500K steps; bfloat16 base, float32 adapters
         assert (cfg.lr, cfg.batch_size, cfg.steps, cfg.precision) == (3e-4, 32, 500_000, "bf16")
         assert cfg.checkpoint_every == (10_000 if row.startswith("mo") else 50_000)
-    assert len(cfg.data) == 313
-    for source in cfg.data:
+    assert cfg.data is None and cfg.mixture_cap is None and len(cfg.mixture) == 313
+    caps = {}
+    for entry in cfg.mixture:
+        source = entry.source
         assert (source.hub_id, source.split) == ("bigscience/P3", "train")
-        assert source.revision == "refs/convert/parquet"
+        assert source.revision == "refs/convert/parquet" and entry.rate is None
+        caps[source.name] = entry.cap
+    # T0's rule: templates of a dataset over 500K examples capped at 500,000 / its templates
+    capped = {p3.split_name(name)[0]: cap for name, cap in caps.items() if cap is not None}
+    assert capped == {
+        "amazon_polarity": 55_555, "gigaword": 55_555, "yelp_review_full": 71_428,
+        "dbpedia_14": 125_000, "wiki_bio": 100_000,
+    }  # fmt: skip
+    assert sum(cap is not None for cap in caps.values()) == 9 + 9 + 7 + 4 + 5
 
 
 EXPECTED = {

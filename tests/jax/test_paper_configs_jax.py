@@ -34,7 +34,8 @@ def test_full_fine_tuning_saves_the_trained_model(tmp_path):
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     out = tmp_path / "out"
-    settings = ["model=", "eval_suite=", f"data={rows}", f"eval_data={rows}", f"output_dir={out}"]
+    settings = ["model=", "eval_suite=", "mixture=", f"data={rows}", f"eval_data={rows}"]
+    settings += [f"output_dir={out}"]
     settings += ["steps=2", "batch_size=4", "max_input_tokens=32", "max_target_tokens=8"]
     args = ["tune", str(CONFIGS / "xl-full.toml"), "--backend", "jax"]
     for setting in settings + ["progress=false"]:

@@ -2,8 +2,8 @@
 model built on the meta device from the shipped ``config.json``, or from a Hub cache holding
 that file alone), with the trainable share of paper.md §5.1 and a plausible memory estimate
 per GPU for the intended 8-process launch; and every config runs end to end through
-``--set`` overrides on the shipped tiny T5, with P3-layout data and the ``t0_held_out`` suite
-read from a local folder of its ``_score_eval`` subsets."""
+``--set`` overrides on the shipped tiny T5, its ``[[mixture]]`` over P3-layout subsets and the
+``t0_held_out`` suite read from a local folder of its ``_score_eval`` subsets."""
 
 from __future__ import annotations
 
@@ -166,10 +166,11 @@ def p3_data(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_each_config_runs_end_to_end_on_a_tiny_stand_in(name, p3_data, tmp_path, capsys):
-    data = "[" + ", ".join(f'"{p}"' for p in p3_data["train"]) + "]"
+    choices, summaries = p3_data["train"]  # the config's [[mixture]], on local P3 subsets
+    mixture = f'[{{ path = "{choices}" }}, {{ path = "{summaries}", cap = 4 }}]'
     settings = [
         "model=",  # the shipped tiny T5
-        f"data={data}",
+        f"mixture={mixture}",
         f"eval_suite.path={p3_data['suite']}",
         f"output_dir={tmp_path / 'out'}",
         "steps=2",
@@ -189,7 +190,7 @@ def test_each_config_runs_end_to_end_on_a_tiny_stand_in(name, p3_data, tmp_path,
     metrics = json.loads((out / "metrics.json").read_text())
     config = metrics["config"]
     assert len(metrics["losses"]) == 2 and config["steps"] == 2 and config["model"] is None
-    assert config["data"] == [str(p) for p in p3_data["train"]]  # the overrides are recorded
+    assert config["mixture"] == [{"path": str(choices)}, {"path": str(summaries), "cap": 4}]
     assert config["precision"] == ("fp32" if name.endswith("full") else "bf16")  # the recipe
     table = json.loads((out / "results.json").read_text())
     assert table["columns"] == [c.label for c in SUITES["t0_held_out"]]
