@@ -18,7 +18,7 @@ from mixlight_tune.mixture_data import DrawnPair
 from mixlight_tune.text_codec import TextCodec
 from mixlight_tune.tune_cli import data_record, load_data
 from mixlight_tune.tune_config import TuneConfigError, parse
-from tests.p3_fixtures import score_eval_rows, write_jsonl
+from tests.p3_fixtures import COMMIT, hub_dataset, score_eval_rows, write_jsonl
 
 CODEC = TextCodec(lambda text: [2 + ord(c) % 90 for c in text] + [1])
 
@@ -243,6 +243,24 @@ def test_a_saved_dataset_is_read_by_index(tmp_path):
     for k in range(len(train)):
         source, row = int(train.plan.sources[k]), int(train.plan.rows[k])
         assert train[k].inputs == (data if source == 0 else rows("j", 4))[row]["inputs"]
+
+
+def test_a_cached_hub_dataset_is_a_mixture_source(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    configs = {"glue_mrpc_equivalent": {"train": rows("mrpc", 9)}}
+    hub_dataset(cache, "owner/p3mini", configs)
+    entry = {"path": "owner/p3mini", "name": "glue_mrpc_equivalent", "split": "train"}
+    cfg = parse({"mixture": [entry], "steps": 3, "batch_size": 4}, base_dir=tmp_path)
+    train, _ = load_data(cfg)
+    assert {e.task for e in train} == {"mrpc"} and {e.template for e in train} == {"equivalent"}
+    assert sorted(e.inputs for e in train[:9]) == sorted(r["inputs"] for r in rows("mrpc", 9))
+    assert data_record(cfg).digests == {
+        "owner/p3mini (glue_mrpc_equivalent, train)": f"hub:{COMMIT}"
+    }
 
 
 # --- bad input -------------------------------------------------------------------------------
