@@ -32,11 +32,18 @@ def test_mixlight_has_no_aliases():
         ml.plan_sites  # noqa: B018 - in mixlight.extend only
 
 
+FRAMEWORKS = ("torch", "jax", "flax", "optax", "transformers", "peft", "datasets")
+
+
 def _resolve(dotted: str) -> object:
     parts = dotted.split(".")
     for i in range(len(parts), 0, -1):
         try:
             obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError as err:
+            if (err.name or "").split(".")[0] in FRAMEWORKS:
+                return None  # the module needs a framework this environment lacks
+            continue
         except ImportError:
             continue
         for name in parts[i:]:
