@@ -28,11 +28,11 @@ def untied_in_file(folder: Path) -> bool:
     return raw.get("tie_word_embeddings") is False
 
 
-def shape_model(folder: Path, adapter: ml.AdapterConfig | None, precision: str) -> nn.Module:
-    """``folder``'s model on the meta device (bfloat16 for ``precision = "bf16"``) with
-    ``adapter`` injected (``None``: every weight trains)."""
+def meta_model(folder: Path, dtype: torch.dtype | None) -> transformers.PreTrainedModel:
+    """``folder``'s architecture on the meta device, its LM head untied when the file says
+    so: the parameters its checkpoint loads into (also FSDP2's non-zero ranks' model,
+    :mod:`.torch_sharded_load`)."""
     config = transformers.AutoConfig.from_pretrained(str(folder))
-    dtype = torch.bfloat16 if precision == "bf16" else None
     with torch.device("meta"):
         if config.is_encoder_decoder:
             model = transformers.T5ForConditionalGeneration._from_config(config, dtype=dtype)
@@ -41,6 +41,13 @@ def shape_model(folder: Path, adapter: ml.AdapterConfig | None, precision: str) 
         head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
         if head is not None and head.weight is embedding.weight and untied_in_file(folder):
             head.weight = nn.Parameter(torch.empty_like(embedding.weight))
+    return model
+
+
+def shape_model(folder: Path, adapter: ml.AdapterConfig | None, precision: str) -> nn.Module:
+    """``folder``'s model on the meta device (bfloat16 for ``precision = "bf16"``) with
+    ``adapter`` injected (``None``: every weight trains)."""
+    model = meta_model(folder, torch.bfloat16 if precision == "bf16" else None)
     model.requires_grad_(adapter is None)
     if adapter is not None:
         with adapter_fits(adapter):

@@ -9,7 +9,6 @@ the broadcast ends.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -20,15 +19,11 @@ from mixlight_torch.model import adapter_layers
 
 
 def empty_model(path: Path, dtype: torch.dtype | None) -> transformers.PreTrainedModel:
-    """The checkpoint's architecture on the meta device: shapes, no weights."""
-    config = transformers.AutoConfig.from_pretrained(str(path))
-    build: Any = (
-        transformers.T5ForConditionalGeneration._from_config
-        if config.is_encoder_decoder
-        else transformers.AutoModelForCausalLM.from_config
-    )
-    with torch.device("meta"):
-        return build(config, dtype=dtype)
+    """The checkpoint's architecture on the meta device: shapes, no weights, its LM head
+    tied or not as rank 0's loaded model (:func:`.torch_meta.meta_model`)."""
+    from mixlight_tune.backends.torch_meta import meta_model
+
+    return meta_model(path, dtype)
 
 
 def full_weights(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -694,18 +694,6 @@ def _merged_routing(parts: list[tuple[dict[str, Any], dict[str, Any]]]) -> Routi
     }
 
 
-def shape_model(folder: Path, adapter: ml.AdapterConfig | None, precision: str) -> nn.Module:
-    """The model of ``folder``'s ``config.json`` on the meta device (shapes, no weights)
-    with ``adapter`` injected: what a dry run without weights counts and estimates."""
-    dtype = torch.bfloat16 if precision == "bf16" else None
-    model = sharded_load.empty_model(folder, dtype)
-    model.requires_grad_(adapter is None)
-    if adapter is not None:
-        with adapter_fits(adapter):
-            ml.inject(model, adapter, seed=0)
-    return model
-
-
 def trainable_percent(model: nn.Module) -> float:
     """% of the model's parameters that train (``ml.trainable_parameters`` when injected)."""
     if "mixlight_state" in model.__dict__:

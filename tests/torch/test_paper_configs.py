@@ -127,12 +127,6 @@ def test_full_fine_tuning_in_bfloat16_is_flagged(tmp_path, capsys):
     assert code == 0 and 'adapter = "full" with precision = "bf16" trains bfloat16' in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backend: torch_sharded_load.empty_model builds T5 v1.1 with its head tied "
-    "(transformers 5 forces tie_word_embeddings) while rank 0 loads it untied, so FSDP2 ranks "
-    "disagree (a gloo size mismatch at the first collective); the paper configs use DDP",
-)
 def test_fsdp_ranks_build_the_untied_head_rank_0_loads():
     from mixlight_tune.backends import torch_sharded_load
 
