@@ -39,7 +39,8 @@ GROUPS = {
         "register_expert", "register_fast_op", "fast_op", "primitives_for", "Primitives",
     ]),
     "Extension surface: backends": (EXTEND, [
-        "Backend", "BackendPlugin", "installed_backends", "load_backend", "register_backend",
+        "Backend", "ArrayBackend", "ModelBackend", "NotSupported", "BackendPlugin",
+        "installed_backends", "load_backend", "register_backend",
     ]),
     "Extension surface: sites and files": (EXTEND, [
         "SiteSpec", "ModuleRecord", "ModuleShape", "SiteResult", "record_module", "shape_for",

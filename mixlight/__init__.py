@@ -9,12 +9,12 @@ Importing ``mixlight`` imports neither framework.
 """
 
 from mixlight import extend
+from mixlight._backend_contract import ParameterCount
 from mixlight._hub import push_to_hub
 from mixlight._peft import load_peft_adapter, save_peft_adapter
 from mixlight._version import __version__
 from mixlight.adapter_file import AdapterFileError, read_adapter
 from mixlight.api import (
-    ParameterCount,
     adapter_names,
     adapter_per_example,
     aux_losses,

@@ -1,9 +1,11 @@
 """Backend plugins: registry, discovery through entry points, and selection.
 
 A backend ships a light :class:`BackendPlugin` under the ``mixlight.backends`` entry-point
-group. The plugin names its framework module but does not import it; the heavy
-:class:`Backend` is loaded only when asked for by name or when an array or model of that
-framework shows up (the framework is then already in ``sys.modules``), as einops does.
+group. The plugin names its framework module but does not import it; the heavy backend (a
+:class:`~mixlight._backend_contract.Backend`, or for arrays alone an
+:class:`~mixlight._backend_contract.ArrayBackend`) is loaded only when asked for by name or
+when an array or model of that framework shows up (the framework is then already in
+``sys.modules``), as einops does. What a plugin loads is checked against the contract.
 """
 
 from __future__ import annotations
@@ -13,82 +15,20 @@ import importlib
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from importlib import metadata
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import attrs
 import numpy as np
 
+from mixlight._backend_contract import ArrayBackend, ModelBackend
 from mixlight.primitives import NUMPY_PRIMITIVES, Primitives
+
+AnyModelBackend = ModelBackend[Any, Any]
 
 ENTRY_POINT_GROUP = "mixlight.backends"
 ENV_VAR = "MIXLIGHT_BACKEND"
-
-
-@runtime_checkable
-class Backend(Protocol):
-    """What a backend provides. Model methods take the framework's module type."""
-
-    name: str
-    primitives: Primitives
-    # Optional: ``array_types``, exact array types registered for fast lookup when loaded.
-
-    def owns_array(self, x: Any) -> bool: ...
-
-    def owns_model(self, model: Any) -> bool: ...
-
-    def is_injected(self, model: Any) -> bool: ...
-
-    def inject(
-        self, model: Any, config: Any, seed: int | None = None, name: str = "default"
-    ) -> Any:
-        """Add adapter ``name``; the model's first adapter is the active one."""
-        ...
-
-    def plan(self, model: Any, config: Any) -> list[Any]:
-        """The :class:`~mixlight.extend.SiteSpec` list ``inject(model, config)`` would give,
-        with ``inject``'s errors, and the model unchanged (loads check a file against it
-        before they touch the model)."""
-        ...
-
-    def adapter_names(self, model: Any) -> list[str]:
-        """The model's adapter names, the active one first."""
-        ...
-
-    def set_adapter(self, model: Any, name: str) -> None: ...
-
-    def delete_adapter(self, model: Any, name: str) -> None: ...
-
-    def remove_adapters(self, model: Any) -> Any:
-        """Put the original modules back and forget every adapter."""
-        ...
-
-    def adapter_specs(self, model: Any, name: str | None = None) -> Any:
-        """``(AdapterConfig, [SiteSpec])`` of adapter ``name`` (default: the active one)."""
-        ...
-
-    def adapter_state(self, model: Any, name: str | None = None) -> Any:
-        """``(AdapterConfig, [SiteSpec], {canonical name: np.ndarray})`` of adapter ``name``."""
-        ...
-
-    def load_adapter_state(
-        self, model: Any, arrays: Mapping[str, np.ndarray], name: str | None = None
-    ) -> None: ...
-
-    def merge_and_unload(self, model: Any, routing: Any = None) -> Any:
-        """Fold the active adapter into the base weights (see :mod:`mixlight.merging`)."""
-        ...
-
-    def mean_routing(self, model: Any, batches: Any) -> dict[str, np.ndarray]: ...
-
-    def trainable_parameters(self, model: Any) -> Any: ...
-
-    def aux_losses(self, model: Any) -> Any: ...
-
-    def routing_stats(self, model: Any) -> Any: ...
-
-    def disable_adapters(self, model: Any) -> contextlib.AbstractContextManager: ...
 
 
 @attrs.frozen
@@ -99,44 +39,33 @@ class BackendPlugin:
       name: backend name used in configs, ``backend=`` and ``MIXLIGHT_BACKEND``.
       framework: top-level module of the framework (``"torch"``, ``"jax"``).
       extra: the pip extra that installs it (``"torch"`` for ``mixlight[torch]``).
-      load: returns the :class:`Backend`; imports the framework.
+      load: returns the backend (a :class:`~mixlight._backend_contract.Backend` for a
+        framework with models); imports the framework.
     """
 
     name: str
     framework: str
     extra: str
-    load: Callable[[], Backend]
+    load: Callable[[], ArrayBackend]
 
 
-class NumpyBackend:
-    """The reference backend: numpy arrays only; it has no models."""
+class NumpyBackend(ArrayBackend):
+    """The reference backend: numpy arrays only. It has no models: it is an
+    :class:`ArrayBackend` and no :class:`ModelBackend`."""
 
     name = "numpy"
     primitives = NUMPY_PRIMITIVES
+    array_types = (np.ndarray,)
 
-    def owns_array(self, x: Any) -> bool:
+    def owns_array(self, x: object) -> bool:
         return isinstance(x, (np.ndarray, np.generic))
-
-    def owns_model(self, model: Any) -> bool:
-        return False
-
-    def _no_models(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError(
-            "the numpy backend evaluates the reference math on arrays and has no models; "
-            "pass a torch nn.Module (mixlight[torch]) or a flax nnx.Module (mixlight[jax])"
-        )
-
-    is_injected = inject = adapter_specs = adapter_state = load_adapter_state = _no_models
-    trainable_parameters = aux_losses = routing_stats = disable_adapters = _no_models
-    adapter_names = set_adapter = delete_adapter = merge_and_unload = mean_routing = _no_models
-    remove_adapters = plan = _no_models
 
 
 _NUMPY = NumpyBackend()
 _PLUGINS: dict[str, BackendPlugin] = {
     "numpy": BackendPlugin("numpy", "numpy", "", lambda: _NUMPY),
 }
-_LOADED: dict[str, Backend] = {"numpy": _NUMPY}
+_LOADED: dict[str, ArrayBackend] = {"numpy": _NUMPY}
 _BY_TYPE: dict[type, Primitives] = {np.ndarray: NUMPY_PRIMITIVES}
 _DISCOVERED = False
 
@@ -179,8 +108,10 @@ def installed_backends() -> dict[str, BackendPlugin]:
     return dict(_PLUGINS)
 
 
-def load_backend(name: str) -> Backend:
-    """The backend called ``name``; errors name the installed ones or the extra to install."""
+def load_backend(name: str) -> ArrayBackend:
+    """The backend called ``name`` (a framework's is a
+    :class:`~mixlight._backend_contract.Backend`); errors name the installed ones or the extra
+    to install."""
     _discover()
     if name in _LOADED:
         return _LOADED[name]
@@ -196,13 +127,31 @@ def load_backend(name: str) -> Backend:
             f"the {name!r} backend needs {plugin.framework!r}, which is not installed: "
             f'pip install "mixlight[{plugin.extra}]"'
         ) from None
-    backend = _LOADED[name] = plugin.load()
-    for array_type in getattr(backend, "array_types", ()):
+    backend = plugin.load()
+    if not isinstance(backend, ArrayBackend):
+        raise TypeError(
+            f"the {name!r} backend plugin loaded a {_type_name(backend)}, which is not a "
+            "mixlight.extend.ArrayBackend; a framework's backend subclasses "
+            "mixlight.extend.Backend (array primitives and model lifecycle)"
+        )
+    _LOADED[name] = backend
+    for array_type in backend.array_types:
         _BY_TYPE[array_type] = backend.primitives
     return backend
 
 
-def _candidates() -> Iterator[Backend]:
+def model_backend(name: str) -> AnyModelBackend:
+    """The backend called ``name``, which must handle models (numpy's does not)."""
+    backend = load_backend(name)
+    if not isinstance(backend, ModelBackend):
+        raise TypeError(
+            f"the {name} backend evaluates the reference math on arrays and has no models; "
+            "pass a torch nn.Module (mixlight[torch]) or a flax nnx.Module (mixlight[jax])"
+        )
+    return backend
+
+
+def _candidates() -> Iterator[ArrayBackend]:
     """Loaded backends, then those whose framework is already imported."""
     _discover()
     yield from list(_LOADED.values())
@@ -230,7 +179,13 @@ def primitives_for(x: Any) -> Primitives:
     )
 
 
-def backend_for_model(model: Any, backend: str | None = None, config: Any = None) -> Backend:
+def _model_candidates() -> Iterator[AnyModelBackend]:
+    return (b for b in _candidates() if isinstance(b, ModelBackend))
+
+
+def backend_for_model(
+    model: object, backend: str | None = None, config: Any = None
+) -> AnyModelBackend:
     """Select the backend that runs ``model``.
 
     An explicit choice (the ``backend`` argument, else ``config.backend``) must own the
@@ -242,12 +197,12 @@ def backend_for_model(model: Any, backend: str | None = None, config: Any = None
     explicit = backend or getattr(config, "backend", None) or None
     if explicit is not None:
         chosen = load_backend(explicit)
-        if not chosen.owns_model(model):
+        if not isinstance(chosen, ModelBackend) or not chosen.owns_model(model):
             raise TypeError(
                 _foreign_model_message(model, explicit, "argument" if backend else "config.backend")
             )
         return chosen
-    owners = [candidate for candidate in _candidates() if candidate.owns_model(model)]
+    owners = [candidate for candidate in _model_candidates() if candidate.owns_model(model)]
     if len(owners) > 1:
         default = os.environ.get(ENV_VAR)
         for owner in owners:
@@ -262,7 +217,7 @@ def backend_for_model(model: Any, backend: str | None = None, config: Any = None
     )
 
 
-def _type_name(model: Any) -> str:
+def _type_name(model: object) -> str:
     return f"{type(model).__module__}.{type(model).__name__}"
 
 
@@ -273,9 +228,9 @@ _T5_LOADERS = {
 """How each shipped backend loads a T5 checkpoint, for the foreign-model error's advice."""
 
 
-def _foreign_model_message(model: Any, name: str, chosen_by: str) -> str:
+def _foreign_model_message(model: object, name: str, chosen_by: str) -> str:
     """Why backend ``name`` cannot run ``model``, and how to run the experiment in ``name``."""
-    owner = next((c.name for c in _candidates() if c.owns_model(model)), None)
+    owner = next((c.name for c in _model_candidates() if c.owns_model(model)), None)
     belongs = f"it is a {owner} model" if owner else "no installed backend owns it"
     loader = f" (a T5: {_T5_LOADERS[name]})" if name in _T5_LOADERS else ""
     return (

@@ -17,7 +17,7 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
@@ -26,6 +26,9 @@ from mixlight._atomic_dir import read_once
 from mixlight._base_identity import BaseIdentity
 from mixlight.config import AdapterConfig
 from mixlight.site_spec import SiteSpec
+
+if TYPE_CHECKING:  # the registry imports the file format, which imports this module
+    from mixlight._backends import AnyModelBackend
 
 MARKER = "<!-- model card written by mixlight; edits are replaced on the next save -->"
 MAX_ROUTING_ROWS = 12
@@ -60,10 +63,10 @@ class CardFacts:
     routing: Mapping[str, Mapping[str, Any]] | None = None
 
 
-def facts_of(backend: Any, model: Any) -> CardFacts:
+def facts_of(backend: AnyModelBackend, model: Any) -> CardFacts:
     """What ``backend`` can tell of ``model`` for its card; parts it cannot tell stay None."""
     total = routing = None
-    with contextlib.suppress(Exception):  # optional facts: a backend may lack either
+    with contextlib.suppress(Exception):  # optional facts: a failure leaves them out
         total = int(backend.trainable_parameters(model).total)
     with contextlib.suppress(Exception):
         routing = backend.routing_stats(model) or None

@@ -14,8 +14,8 @@ try:  # Python >= 3.11
     import re._constants as _c
     import re._parser as _parser
 except ImportError:  # pragma: no cover - Python 3.10
-    import sre_constants as _c  # type: ignore[no-redef]
-    import sre_parse as _parser  # type: ignore[no-redef]
+    import sre_constants as _c  # type: ignore[no-redef, unused-ignore]
+    import sre_parse as _parser  # type: ignore[no-redef, unused-ignore]
 
 import re
 from typing import Any

@@ -8,9 +8,15 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from mixlight._backends import AnyModelBackend
+from mixlight.config import AdapterConfig
+from mixlight.named_adapters import DEFAULT
+
 
 @contextlib.contextmanager
-def undone_on_failure(backend: Any, model: Any, adapter_name: str | None) -> Iterator[None]:
+def undone_on_failure(
+    backend: AnyModelBackend, model: Any, adapter_name: str | None
+) -> Iterator[None]:
     """On any exception in the block, take back what a load into ``model`` added: every
     adapter when the model had none before (un-injected), else the adapter ``adapter_name``
     when it is new; and the parameters' trainable flags (torch's ``requires_grad``, which
@@ -43,7 +49,7 @@ def _trainable_flags(model: Any) -> list[tuple[Any, bool]]:
     return [(p, bool(p.requires_grad)) for p in parameters() if hasattr(p, "requires_grad_")]
 
 
-def adds_adapter(backend: Any, model: Any, adapter_name: str | None) -> bool:
+def adds_adapter(backend: AnyModelBackend, model: Any, adapter_name: str | None) -> bool:
     """Whether loading into adapter ``adapter_name`` (None: the active one) adds it."""
     if not backend.is_injected(model):
         return True
@@ -52,12 +58,16 @@ def adds_adapter(backend: Any, model: Any, adapter_name: str | None) -> bool:
 
 @contextlib.contextmanager
 def adapter_for_loading(
-    backend: Any, model: Any, config: Any, adapter_name: str | None, seed: int | None = 0
+    backend: AnyModelBackend,
+    model: Any,
+    config: AdapterConfig,
+    adapter_name: str | None,
+    seed: int | None = 0,
 ) -> Iterator[None]:
     """Inject ``config`` as adapter ``adapter_name`` where the model lacks it, for the block
     to fill; all of it :func:`undone_on_failure`. ``seed`` 0 by default: a load replaces the
     values, so the framework's RNG is not drawn from."""
     with undone_on_failure(backend, model, adapter_name):
         if adds_adapter(backend, model, adapter_name):
-            backend.inject(model, config, seed, *(() if adapter_name is None else (adapter_name,)))
+            backend.inject(model, config, seed, adapter_name or DEFAULT)
         yield

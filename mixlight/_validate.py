@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
+
+Validator = Callable[[Any, Any, Any], None]  # attrs: (instance, attribute, value)
 
 
 def _owner(inst: Any, attribute: Any) -> str:
     return f"{type(inst).__name__}.{attribute.name}"
 
 
-def int_at_least(minimum: int):
+def int_at_least(minimum: int) -> Validator:
     def check(inst: Any, attribute: Any, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(
@@ -39,7 +41,7 @@ def positive_float(inst: Any, attribute: Any, value: Any) -> None:
         raise ValueError(f"{_owner(inst, attribute)}={value!r}: must be a finite number > 0")
 
 
-def one_of(allowed: Collection[Any]):
+def one_of(allowed: Collection[Any]) -> Validator:
     def check(inst: Any, attribute: Any, value: Any) -> None:
         if value not in allowed:
             raise ValueError(
@@ -64,7 +66,7 @@ def regex(inst: Any, attribute: Any, value: Any) -> None:
         ) from None
 
 
-def instance_of(*types: type, what: str):
+def instance_of(*types: type, what: str) -> Validator:
     def check(inst: Any, attribute: Any, value: Any) -> None:
         if not isinstance(value, types):
             raise ValueError(

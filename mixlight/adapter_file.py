@@ -116,7 +116,7 @@ def check_finite(arrays: Mapping[str, np.ndarray], where: str, fix: str) -> None
 
 
 def write_adapter(
-    directory: str | os.PathLike,
+    directory: str | os.PathLike[str],
     config: AdapterConfig,
     specs: list[SiteSpec],
     arrays: Mapping[str, np.ndarray],
@@ -208,7 +208,7 @@ def _check_replaceable(out: Path) -> None:
             )
 
 
-def read_adapter(directory: str | os.PathLike) -> AdapterFile:
+def read_adapter(directory: str | os.PathLike[str]) -> AdapterFile:
     """Read and verify an adapter directory (format, version, checksums, names, shapes,
     finite values). The weights file is read once, whole, and is the adapter: a save
     running at the same time (one rename commits it) yields the old or the new adapter."""

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
+import numpy as np
 
 from mixlight._atomic_dir import as_directory
-from mixlight._backends import ENV_VAR, Backend, backend_for_model, load_backend
+from mixlight._backend_contract import ParameterCount, RoutingStats
+from mixlight._backends import ENV_VAR, AnyModelBackend, backend_for_model, model_backend
 from mixlight._base_identity import BaseIdentity
 from mixlight._hub import resolve
 from mixlight._model_card import facts_of
@@ -56,13 +58,12 @@ def inject(
             f"inject(model, config): config must be a mixlight.AdapterConfig (e.g. "
             f"mixlight.MoV()), got {type(config).__name__}"
         )
-    named = () if adapter_name == "default" else (adapter_name,)  # backends without names
-    return backend_for_model(model, backend, config).inject(model, config, seed, *named)
+    return backend_for_model(model, backend, config).inject(model, config, seed, adapter_name)
 
 
 def save_adapter(
     model: Any,
-    directory: str | os.PathLike,
+    directory: str | os.PathLike[str],
     *,
     backend: str | None = None,
     adapter_name: str | None = None,
@@ -73,7 +74,7 @@ def save_adapter(
     ``adapter_name`` picks one of the model's named adapters (default: the active one)."""
     as_directory(directory, "save_adapter")
     chosen = backend_for_model(model, backend)
-    config, specs, arrays = chosen.adapter_state(model, *_named(adapter_name))
+    config, specs, arrays = chosen.adapter_state(model, adapter_name)
     card = facts_of(chosen, model)
     if adapter_name is not None and adapter_name != adapter_names(model, backend=backend)[0]:
         card = attrs.evolve(card, routing=None)  # the last pass ran another adapter
@@ -83,7 +84,7 @@ def save_adapter(
 
 def load_adapter(
     model: Any,
-    directory: str | os.PathLike,
+    directory: str | os.PathLike[str],
     *,
     backend: str | None = None,
     adapter_name: str | None = None,
@@ -104,7 +105,7 @@ def load_adapter(
         check_patterns(config, str(directory))  # a file's patterns are data
         specs = chosen.plan(model, config)
     else:
-        current, specs = chosen.adapter_specs(model, *_named(adapter_name))
+        current, specs = chosen.adapter_specs(model, adapter_name)
         if attrs.evolve(current, backend=None) != config:
             raise ValueError(
                 f"the model already carries a different adapter ({current.method}) than "
@@ -115,13 +116,8 @@ def load_adapter(
     check_fits(adapter, specs, str(directory))  # before the model changes
     with adapter_for_loading(chosen, model, config, adapter_name):
         warn_other_base(adapter, _identity(chosen, model, adapter_name), str(directory))
-        chosen.load_adapter_state(model, adapter.arrays, *_named(adapter_name))
+        chosen.load_adapter_state(model, adapter.arrays, adapter_name)
     return model
-
-
-def _named(adapter_name: str | None) -> tuple[str, ...]:
-    """The trailing adapter-name argument of a backend call (none: the active adapter)."""
-    return () if adapter_name is None else (adapter_name,)
 
 
 def adapter_names(model: Any, *, backend: str | None = None) -> list[str]:
@@ -141,19 +137,13 @@ def delete_adapter(model: Any, adapter_name: str, *, backend: str | None = None)
 
 
 def adapter_per_example(
-    model: Any, adapter_names: list[str], *, backend: str | None = None
-) -> contextlib.AbstractContextManager:
+    model: Any, adapter_names: Sequence[str], *, backend: str | None = None
+) -> contextlib.AbstractContextManager[Any]:
     """Context manager in which example ``i`` of each batch runs adapter
     ``adapter_names[i]`` (``"__base__"``: the base model), as PEFT's mixed-batch inference;
-    works under HF ``generate`` (beams repeat their example's adapter). Torch only."""
-    chosen = backend_for_model(model, backend)
-    per_example = getattr(chosen, "adapter_per_example", None)
-    if per_example is None:
-        raise TypeError(
-            f"the {chosen.name} backend runs one adapter per batch; switch between batches "
-            "with mixlight.set_adapter(model, name)"
-        )
-    return per_example(model, adapter_names)
+    works under HF ``generate`` (beams repeat their example's adapter). Torch only (other
+    backends raise ``NotSupported``, a ``TypeError``)."""
+    return backend_for_model(model, backend).adapter_per_example(model, adapter_names)
 
 
 def remove_adapters(model: Any, *, backend: str | None = None) -> Any:
@@ -163,7 +153,7 @@ def remove_adapters(model: Any, *, backend: str | None = None) -> Any:
 
 
 def merge_and_unload(
-    model: Any, *, routing: Mapping[str, Any] | None = None, backend: str | None = None
+    model: Any, *, routing: Mapping[str, np.ndarray] | None = None, backend: str | None = None
 ) -> Any:
     """Fold the active adapter into the base weights, remove every adapter and return the
     plain model, for deployment without mixlight (as PEFT's ``merge_and_unload``).
@@ -178,7 +168,7 @@ def merge_and_unload(
 
 def mean_routing(
     model: Any, batches: Iterable[Mapping[str, Any]], *, backend: str | None = None
-) -> dict[str, Any]:
+) -> dict[str, np.ndarray]:
     """Each routed site's mean routing probability (numpy ``[E]``, ``[H, E]`` per head) over
     the real tokens of ``batches``: dicts of keyword arguments for ``model(**batch)``, whose
     ``attention_mask`` / ``decoder_attention_mask`` (torch also ``labels != -100``) mark the
@@ -186,7 +176,7 @@ def mean_routing(
     return backend_for_model(model, backend).mean_routing(model, batches)
 
 
-def load_model(path: str | os.PathLike, *, backend: str | None = None) -> Any:
+def load_model(path: str | os.PathLike[str], *, backend: str | None = None) -> Any:
     """The base model of a Hugging Face T5 checkpoint directory in ``backend``'s framework
     (torch: transformers' T5; jax: ``mixlight_jax.t5``), so swapping frameworks in a script
     is one argument. ``backend=None`` takes ``$MIXLIGHT_BACKEND`` (there is no model yet
@@ -197,20 +187,14 @@ def load_model(path: str | os.PathLike, *, backend: str | None = None) -> Any:
             f'load_model({str(path)!r}) needs a backend: pass backend="torch" or "jax" '
             f"(or set ${ENV_VAR})"
         )
-    loader = getattr(load_backend(name), "load_model", None)
-    if loader is None:
-        raise TypeError(
-            f"backend {name!r} has no model loader; load the model with its framework's own "
-            "tools and pass it to ml.inject"
-        )
-    return loader(str(as_directory(path, "load_model")))
+    directory = str(as_directory(path, "load_model"))
+    return model_backend(name).load_model(directory)
 
 
-def _identity(chosen: Backend, model: Any, adapter_name: str | None = None) -> BaseIdentity:
+def _identity(chosen: AnyModelBackend, model: Any, adapter_name: str | None = None) -> BaseIdentity:
     """What the backend can tell of the base model's identity, sampled at the modules that
-    adapter ``adapter_name`` adapts (nothing when the backend has no hook)."""
-    hook = getattr(chosen, "base_identity", None)
-    return hook(model, *_named(adapter_name)) if hook is not None else BaseIdentity()
+    adapter ``adapter_name`` adapts."""
+    return chosen.base_identity(model, adapter_name)
 
 
 def _differences(model_config: AdapterConfig, file_config: AdapterConfig) -> str:
@@ -223,7 +207,7 @@ def _differences(model_config: AdapterConfig, file_config: AdapterConfig) -> str
     )
 
 
-def trainable_parameters(model: Any, *, backend: str | None = None) -> Any:
+def trainable_parameters(model: Any, *, backend: str | None = None) -> ParameterCount:
     """Trainable and total parameter counts (and percent) of an injected model."""
     return backend_for_model(model, backend).trainable_parameters(model)
 
@@ -234,31 +218,13 @@ def aux_losses(model: Any, *, backend: str | None = None) -> Any:
     return backend_for_model(model, backend).aux_losses(model)
 
 
-def routing_stats(model: Any, *, backend: str | None = None) -> dict[str, dict[str, Any]]:
+def routing_stats(model: Any, *, backend: str | None = None) -> RoutingStats:
     """Per-site routing statistics (numpy) from the model's last forward pass."""
     return backend_for_model(model, backend).routing_stats(model)
 
 
 def disable_adapters(
     model: Any, *, backend: str | None = None
-) -> contextlib.AbstractContextManager:
+) -> contextlib.AbstractContextManager[Any]:
     """Context manager that runs the frozen base model."""
     return backend_for_model(model, backend).disable_adapters(model)
-
-
-@attrs.frozen
-class ParameterCount:
-    """Counts returned by :func:`trainable_parameters`."""
-
-    trainable: int
-    total: int
-
-    @property
-    def percent(self) -> float:
-        return 100.0 * self.trainable / max(self.total, 1)
-
-    def __str__(self) -> str:
-        return (
-            f"trainable params: {self.trainable:,} || all params: {self.total:,} || "
-            f"trainable%: {self.percent:.4f}"
-        )

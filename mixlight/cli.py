@@ -116,7 +116,7 @@ def _bench(args: argparse.Namespace, rest: Sequence[str]) -> int:
     sys.path.insert(0, here)
     from benchmarks.cli import main as bench_main
 
-    return bench_main(list(rest))
+    return int(bench_main(list(rest)))
 
 
 CHECK_HELP = """Check, on this machine's devices, what a model runs there against mixlight's

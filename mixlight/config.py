@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 
@@ -81,7 +81,10 @@ def _mapping(data: Any, what: str) -> Mapping[str, Any]:
     return data
 
 
-def _construct(cls: type, fields: dict[str, Any], what: str) -> Any:
+T = TypeVar("T", bound=attrs.AttrsInstance)
+
+
+def _construct(cls: type[T], fields: dict[str, Any], what: str) -> T:
     """``cls(**fields)``, with missing or unknown keys reported as a ValueError naming them."""
     names = {f.name for f in attrs.fields(cls)}
     required = {f.name for f in attrs.fields(cls) if f.default is attrs.NOTHING}

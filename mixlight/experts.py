@@ -167,10 +167,12 @@ class Vectors(ExpertKind):
     def param_specs(self, num_experts: int, d_in: int, d_out: int) -> dict[str, ParamSpec]:
         return {"vectors": ParamSpec((num_experts, d_out), "ones", axes=("expert", "embed"))}
 
-    def mix(self, params, probs, x, h, heads):
+    def mix(
+        self, params: Mapping[str, Any], probs: Any | None, x: Any, h: Any, heads: int | None
+    ) -> Any:
         return mix_vectors(h, probs, params["vectors"], heads)
 
-    def merged(self, params, probs, heads):
+    def merged(self, params: Mapping[str, Any], probs: Any | None, heads: int | None) -> Merged:
         return Merged(scale=np.asarray(merge_vectors(probs, params["vectors"], heads)))
 
 
@@ -202,10 +204,12 @@ class LowRank(ExpertKind):
             ),
         }
 
-    def mix(self, params, probs, x, h, heads):
+    def mix(
+        self, params: Mapping[str, Any], probs: Any | None, x: Any, h: Any, heads: int | None
+    ) -> Any:
         return h + lowrank_mixture(x, probs, params["lora_A"], params["lora_B"], self.scale, h)
 
-    def merged(self, params, probs, heads):
+    def merged(self, params: Mapping[str, Any], probs: Any | None, heads: int | None) -> Merged:
         lora_A, lora_B = np.asarray(params["lora_A"]), np.asarray(params["lora_B"])
         identity = np.eye(lora_A.shape[1], dtype=np.float32)  # x = I: the rows of delta
         return Merged(delta=lowrank_mixture(identity, probs, lora_A, lora_B, self.scale))

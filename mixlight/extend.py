@@ -7,7 +7,9 @@ it, in two groups (as optax and equinox keep their building blocks apart from th
   mixing rule with the core's einops math, arrays cast through :func:`primitives_for`),
   register it with :func:`register_expert`, optionally give it a merge rule
   (:class:`Merged`) and a fast op (:func:`register_fast_op`). It then runs in every backend.
-* **Backends**: implement :class:`Backend` and ship a :class:`BackendPlugin` under the
+* **Backends**: subclass :class:`Backend` (the array primitives of :class:`ArrayBackend`
+  and the model lifecycle of :class:`ModelBackend`; a capability it lacks raises
+  :class:`NotSupported`) and ship a :class:`BackendPlugin` under the
   ``mixlight.backends`` entry point; list the model's modules as data
   (:func:`record_module`, :class:`ModuleRecord`), plan the sites on that data with
   :func:`plan_sites`, run them with :func:`apply_site` (or :func:`route`,
@@ -16,8 +18,13 @@ it, in two groups (as optax and equinox keep their building blocks apart from th
 Names not exported here or at the top of :mod:`mixlight` are private.
 """
 
-from mixlight._backends import (
+from mixlight._backend_contract import (
+    ArrayBackend,
     Backend,
+    ModelBackend,
+    NotSupported,
+)
+from mixlight._backends import (
     BackendPlugin,
     installed_backends,
     load_backend,
@@ -53,13 +60,16 @@ from mixlight.site_spec import (
 )
 
 __all__ = [
+    "ArrayBackend",
     "Backend",
     "BackendPlugin",
     "ExpertKind",
     "LowRank",
     "Merged",
+    "ModelBackend",
     "ModuleRecord",
     "ModuleShape",
+    "NotSupported",
     "ParamSpec",
     "Primitives",
     "SiteResult",

@@ -6,10 +6,13 @@ a new one. The torch backend holds it beside its runtime parts (hooks, the layer
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 
-from mixlight.config import AdapterConfig
-from mixlight.site_spec import SiteSpec
+if TYPE_CHECKING:  # annotations only: the backend contract imports this module early
+    from mixlight.config import AdapterConfig
+    from mixlight.site_spec import SiteSpec
 
 DEFAULT = "default"
 """The name an adapter gets when none is given (PEFT's default name)."""

@@ -36,12 +36,14 @@ class Primitives:
 
 def _np_softmax(x: np.ndarray) -> np.ndarray:
     z = np.exp(x - x.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
+    out: np.ndarray = z / z.sum(axis=-1, keepdims=True)
+    return out
 
 
 def _np_logsumexp(x: np.ndarray) -> np.ndarray:
     m = x.max(axis=-1, keepdims=True)
-    return (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))[..., 0]
+    out: np.ndarray = (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))[..., 0]
+    return out
 
 
 def _np_top_k_mask(x: np.ndarray, k: int) -> np.ndarray:

@@ -407,7 +407,9 @@ class SiteResult(NamedTuple):
     logits: Array | None
 
 
-def route(spec: SiteSpec, router_weight: Array, route_in: Array, mask: Array | None = None):
+def route(
+    spec: SiteSpec, router_weight: Array, route_in: Array, mask: Array | None = None
+) -> tuple[Array, Array]:
     """Routing for one site: ``(probs, logits)``; see :class:`SiteResult` for shapes."""
     if spec.routing == "sequence":
         route_in = pool_sequence(route_in, mask)

@@ -89,7 +89,7 @@ class Layout:
         lead = 0 if self.stack is None else 1
         order = (*range(lead), *(lead + a for a in self.kernel_order))
         permuted = tuple(shape[a] for a in order)
-        return jnp.transpose(jnp.reshape(flat, permuted), np.argsort(order))
+        return jnp.transpose(jnp.reshape(flat, permuted), tuple(np.argsort(order).tolist()))
 
     def native_index(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, ...]:
         """Index arrays into the per-layer kernel of canonical ``[d_in, d_out]`` positions

@@ -1,4 +1,5 @@
-"""The JAX (Flax NNX) implementation of the :class:`mixlight.extend.Backend` protocol."""
+"""The JAX (Flax NNX) implementation of :class:`mixlight.extend.Backend`. One capability of
+the contract it lacks: one adapter per example (it raises ``NotSupported``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from mixlight import AdapterConfig, ParameterCount
+from mixlight._backend_contract import Backend, RoutingStats
 from mixlight._base_identity import BaseIdentity
 from mixlight.adapter_file import check_arrays
 from mixlight.math import routing_summary
@@ -27,14 +29,14 @@ def _size(state: nnx.State) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
 
 
-class JaxBackend:
+class JaxBackend(Backend[nnx.Module, jax.Array]):
     name = "jax"
     primitives = JAX_PRIMITIVES
 
-    def owns_array(self, x: Any) -> bool:
+    def owns_array(self, x: object) -> bool:
         return isinstance(x, jax.Array)
 
-    def owns_model(self, model: Any) -> bool:
+    def owns_model(self, model: object) -> bool:
         return isinstance(model, nnx.Module)
 
     def is_injected(self, model: nnx.Module) -> bool:
@@ -52,6 +54,11 @@ class JaxBackend:
     def plan(self, model: nnx.Module, config: AdapterConfig) -> list[SiteSpec]:
         return _model.plan(model, config)
 
+    def resolve_config(self, model: nnx.Module, config: AdapterConfig) -> AdapterConfig:
+        """``config`` with the sites it gets in ``model`` (a preset's family defaults made
+        concrete from the model's type)."""
+        return _model.resolve_config(model, config)
+
     def adapter_names(self, model: nnx.Module) -> list[str]:
         return _model.state_of(model).names()
 
@@ -64,10 +71,14 @@ class JaxBackend:
     def delete_adapter(self, model: nnx.Module, name: str) -> None:
         _model.delete_adapter(model, name)
 
-    def adapter_specs(self, model: nnx.Module, name: str | None = None):
+    def adapter_specs(
+        self, model: nnx.Module, name: str | None = None
+    ) -> tuple[AdapterConfig, list[SiteSpec]]:
         return _model.state_of(model).get(name)
 
-    def adapter_state(self, model: nnx.Module, name: str | None = None):
+    def adapter_state(
+        self, model: nnx.Module, name: str | None = None
+    ) -> tuple[AdapterConfig, list[SiteSpec], dict[str, np.ndarray]]:
         config, specs = self.adapter_specs(model, name)
         return config, specs, _model.adapter_arrays(model, name)
 
@@ -118,7 +129,7 @@ class JaxBackend:
                     total = total + term
         return total
 
-    def routing_stats(self, model: nnx.Module) -> dict[str, dict[str, Any]]:
+    def routing_stats(self, model: nnx.Module) -> RoutingStats:
         _model.state_of(model)
         stats = {}
         for path, layer in _model.adapter_layers(model).items():
@@ -132,5 +143,5 @@ class JaxBackend:
                 stats[layer_path] = routing_summary(probs[i])
         return stats
 
-    def disable_adapters(self, model: nnx.Module) -> contextlib.AbstractContextManager:
+    def disable_adapters(self, model: nnx.Module) -> contextlib.AbstractContextManager[nnx.Module]:
         return _model.disable_adapters(model)

@@ -47,7 +47,8 @@ def mix(
     """One site's output on jax arrays: its fast op where the core assigns one that this
     backend implements (:mod:`mixlight.fast_ops`, :mod:`mixlight_jax._sites`), else the
     core's :func:`mixlight.extend.apply_site`. Same signature and result as ``apply_site``."""
-    op = FAST_OPS.get(fast_op(spec))
+    name = fast_op(spec)
+    op = None if name is None else FAST_OPS.get(name)
     if op is not None:
         return SiteResult(*op(spec, params, x, h))
     return apply_site(spec, params, x, h, mask)
@@ -113,7 +114,8 @@ class AdapterLayer(nnx.Module):
     def site_specs(self, name: str | None = None) -> tuple[SiteSpec, ...]:
         """Adapter ``name``'s site here (default: the active adapter's), one per layer of a
         stacked module; empty when that adapter does not target this module."""
-        spec = dict(self.specs).get(self.active if name is None else name)
+        name = self.active if name is None else name
+        spec = None if name is None else dict(self.specs).get(name)
         if spec is None:
             return ()
         if not self.layer_paths:

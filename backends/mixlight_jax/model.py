@@ -443,7 +443,8 @@ def base_identity(model: nnx.Module, name: str | None = None) -> BaseIdentity:
         found = layout(layer.base)
         if isinstance(found, Layout):
             for i, p in enumerate(layer.layer_paths or (path,)):
-                kernels[p] = (layer.base.kernel, found, i if layer.layer_paths else None)
+                kernel = layer.base.kernel  # type: ignore[attr-defined]  # layout() found it
+                kernels[p] = (kernel, found, i if layer.layer_paths else None)
 
     def gather(point: SamplePoint) -> np.ndarray:
         kernel, found, layer = kernels[point.path]

@@ -1,9 +1,10 @@
-"""The torch implementation of the :class:`mixlight.extend.Backend` protocol."""
+"""The torch implementation of :class:`mixlight.extend.Backend`: every hook of the contract,
+including the optional capabilities (one adapter per example, the T5 loader)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from mixlight import AdapterConfig, ParameterCount
+from mixlight._backend_contract import Backend, RoutingStats
 from mixlight._base_identity import BaseIdentity
 from mixlight.adapter_file import check_arrays
 from mixlight.math import routing_summary
@@ -20,15 +22,15 @@ from mixlight_torch import model as _model
 from mixlight_torch.primitives import TORCH_PRIMITIVES
 
 
-class TorchBackend:
+class TorchBackend(Backend[nn.Module, torch.Tensor]):
     name = "torch"
     primitives = TORCH_PRIMITIVES
     array_types = (torch.Tensor, nn.Parameter)
 
-    def owns_array(self, x: Any) -> bool:
+    def owns_array(self, x: object) -> bool:
         return isinstance(x, torch.Tensor)
 
-    def owns_model(self, model: Any) -> bool:
+    def owns_model(self, model: object) -> bool:
         return isinstance(model, nn.Module)
 
     def is_injected(self, model: nn.Module) -> bool:
@@ -63,13 +65,19 @@ class TorchBackend:
     def remove_adapters(self, model: nn.Module) -> nn.Module:
         return _model.remove_adapters(_model.unwrap(model))
 
-    def adapter_per_example(self, model: nn.Module, names: list[str]):
-        return _model.adapter_per_example(_model.unwrap(model), names)
+    def adapter_per_example(
+        self, model: nn.Module, names: Sequence[str]
+    ) -> contextlib.AbstractContextManager[nn.Module]:
+        return _model.adapter_per_example(_model.unwrap(model), list(names))
 
-    def adapter_specs(self, model: nn.Module, name: str | None = None):
+    def adapter_specs(
+        self, model: nn.Module, name: str | None = None
+    ) -> tuple[AdapterConfig, list[SiteSpec]]:
         return _model.state_of(_model.unwrap(model)).adapters.get(name)
 
-    def adapter_state(self, model: nn.Module, name: str | None = None):
+    def adapter_state(
+        self, model: nn.Module, name: str | None = None
+    ) -> tuple[AdapterConfig, list[SiteSpec], dict[str, np.ndarray]]:
         model = _model.unwrap(model)
         config, specs = self.adapter_specs(model, name)
         _model.materialize(model, "save the adapter", name)
@@ -93,16 +101,20 @@ class TorchBackend:
         for layer in _model.adapter_layers(model, adapter).values():
             spec = layer.specs[adapter]
             values = {
-                s: np.asarray(arrays[spec.canonical_name(s)]) for s in layer.adapters[adapter]
+                s: np.asarray(arrays[spec.canonical_name(s)]) for s in layer.params_of(adapter)
             }
             if not layer.load_later(adapter, values):  # meta: written on ``to_empty``
-                _copy_into(layer.adapters[adapter], values)
+                _copy_into(layer.params_of(adapter), values)
                 layer.mark_loaded(adapter)
 
-    def merge_and_unload(self, model: nn.Module, routing: Any = None) -> nn.Module:
+    def merge_and_unload(
+        self, model: nn.Module, routing: Mapping[str, np.ndarray] | None = None
+    ) -> nn.Module:
         return _merge.merge_and_unload(model, routing)
 
-    def mean_routing(self, model: nn.Module, batches: Any) -> dict[str, np.ndarray]:
+    def mean_routing(
+        self, model: nn.Module, batches: Iterable[Mapping[str, Any]]
+    ) -> dict[str, np.ndarray]:
         return _merge.mean_routing(model, batches)
 
     def base_identity(self, model: nn.Module, name: str | None = None) -> BaseIdentity:
@@ -127,7 +139,7 @@ class TorchBackend:
         _model.state_of(model)
         return _model.aux_loss(model)
 
-    def routing_stats(self, model: nn.Module) -> dict[str, dict[str, Any]]:
+    def routing_stats(self, model: nn.Module) -> RoutingStats:
         model = _model.unwrap(model)
         _model.state_of(model)
         return {

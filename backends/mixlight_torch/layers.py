@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -98,7 +98,11 @@ class AdapterLayer(nn.Module):
     @property
     def adapter(self) -> nn.ParameterDict:
         """The active adapter's parameters by short name."""
-        return self.adapters[self.switch.active]  # type: ignore[return-value]
+        return self.params_of(self.switch.active)
+
+    def params_of(self, name: str) -> nn.ParameterDict:
+        """Adapter ``name``'s parameters by short name."""
+        return cast(nn.ParameterDict, self.adapters[name])  # add() puts only these there
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -113,7 +117,7 @@ class AdapterLayer(nn.Module):
         once they have storage (after ``to_empty``); a no-op otherwise."""
         pending = self.__dict__["pending_init"]
         for name in list(pending):
-            params = self.adapters[name]
+            params = self.params_of(name)
             if any(p.is_meta for p in params.values()):
                 continue
             with torch.no_grad():
@@ -128,7 +132,7 @@ class AdapterLayer(nn.Module):
     def load_later(self, name: str, values: dict[str, np.ndarray]) -> bool:
         """While adapter ``name`` is on the meta device, keep ``values`` (by short name) to
         write once it has storage, as initial values are kept; False when it has storage."""
-        if not any(p.is_meta for p in self.adapters[name].values()):
+        if not any(p.is_meta for p in self.params_of(name).values()):
             return False
         self.__dict__["pending_init"][name] = values
         return True
@@ -230,10 +234,10 @@ class AdapterLayer(nn.Module):
         """``(out, probs, logits)`` of adapter ``name``: its fast op where the core assigns
         one that this backend implements (:mod:`mixlight.fast_ops`), else the core math;
         ``masks`` by side, for sequence routing (:func:`mixlight.extend.pooling_mask`)."""
-        spec, params = self.specs[name], self.adapters[name]
+        spec, params = self.specs[name], self.params_of(name)
         op = FAST_OPS.get(self.__dict__["ops"][name])
-        if op is not None:
-            return op(spec, params, x, h)
+        if op is not None:  # (a ParameterDict reads as a Mapping of its parameters)
+            return op(spec, cast(Mapping[str, torch.Tensor], params), x, h)
         mask = pooling_mask(spec, masks or {}, h if spec.reads == "output" else x)
         result = apply_site(spec, dict(params.items()), x, h, mask)
         return result.out, result.probs, result.logits

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -364,7 +364,7 @@ def _capture_source_mask(switch: AdapterSwitch):
     return hook
 
 
-def _is_mask(mask: Any) -> bool:
+def _is_mask(mask: object) -> TypeGuard[torch.Tensor]:
     """Whether a call's mask argument is a ``[batch, seq]`` padding mask (HF models also take
     ready-made 4-D attention masks, which are not)."""
     return isinstance(mask, torch.Tensor) and mask.ndim == 2
@@ -401,7 +401,7 @@ def materialize(model: nn.Module, action: str, name: str | None = None) -> None:
     saying what to do, while adapter ``name``'s parameters are still on the meta device."""
     for path, layer in adapter_layers(model, name).items():
         layer.materialize()
-        if any(p.is_meta for p in layer.adapters[name or layer.switch.active].values()):
+        if any(p.is_meta for p in layer.params_of(name or layer.switch.active).values()):
             raise ValueError(
                 f"cannot {action}: the adapter at {path} is on the meta device (no values). "
                 "Give the model storage first, model.to_empty(device='cpu') (or 'cuda'), then "
@@ -415,7 +415,7 @@ def adapter_parameters(
     """``(canonical name, parameter)`` pairs of adapter ``name`` (default: the active one),
     canonical names as in adapter files."""
     for path, layer in adapter_layers(model, name).items():
-        for short, param in layer.adapters[name or layer.switch.active].items():
+        for short, param in layer.params_of(name or layer.switch.active).items():
             yield f"{path}.{short}", param
 
 

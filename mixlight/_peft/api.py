@@ -11,19 +11,18 @@ from typing import Any
 
 import attrs
 
-from mixlight._backends import backend_for_model
+from mixlight._backends import AnyModelBackend, backend_for_model
 from mixlight._hub import resolve
 from mixlight._peft.exporting import peft_state, write_peft
 from mixlight._peft.importing import check_upcycle, fill_experts, one_expert_config
 from mixlight._peft.reading import read_peft
 from mixlight._rollback import adapter_for_loading
 from mixlight.config import AdapterConfig
-from mixlight.presets import resolve_targets
 
 
 def load_peft_adapter(
     model: Any,
-    source: str | os.PathLike,
+    source: str | os.PathLike[str],
     *,
     upcycle: AdapterConfig | None = None,
     seed: int | None = None,
@@ -62,33 +61,28 @@ def load_peft_adapter(
     else:
         config = one_expert_config(peft)
         chosen = backend_for_model(model, backend, config)
-    named = () if adapter_name is None else (adapter_name,)
     with adapter_for_loading(chosen, model, config, adapter_name, seed):
-        current, _ = chosen.adapter_specs(model, *named)
+        current, _ = chosen.adapter_specs(model, adapter_name)
         if attrs.evolve(current, backend=None) != attrs.evolve(config, backend=None):
             raise ValueError(
                 f"the model already carries an adapter ({current.method}) other than the one "
                 f"importing {source} needs ({config.method}); import into a fresh model, or "
                 "pass upcycle= the config the model carries"
             )
-        _, specs, arrays = chosen.adapter_state(model, *named)
-        chosen.load_adapter_state(model, fill_experts(peft, specs, arrays), *named)
+        _, specs, arrays = chosen.adapter_state(model, adapter_name)
+        chosen.load_adapter_state(model, fill_experts(peft, specs, arrays), adapter_name)
     return model
 
 
-def _concrete(chosen: Any, model: Any, config: AdapterConfig) -> AdapterConfig:
+def _concrete(chosen: AnyModelBackend, model: Any, config: AdapterConfig) -> AdapterConfig:
     """``config`` with the sites it gets in ``model``: a preset's family defaults (made
-    without ``targets=``) resolved by the backend from the model's type, where the backend
-    can; else the T5 layout they carry."""
-    resolve_config = getattr(chosen, "resolve_config", None)
-    if resolve_config is not None:
-        return resolve_config(model, config)
-    return resolve_targets(config, None)
+    without ``targets=``) resolved by the backend from the model's type."""
+    return chosen.resolve_config(model, config)
 
 
 def save_peft_adapter(
     model: Any,
-    directory: str | os.PathLike,
+    directory: str | os.PathLike[str],
     *,
     task_type: str | None = None,
     backend: str | None = None,
@@ -102,8 +96,7 @@ def save_peft_adapter(
     from mixlight.api import _identity
 
     chosen = backend_for_model(model, backend)
-    named = () if adapter_name is None else (adapter_name,)
-    config, specs, arrays = chosen.adapter_state(model, *named)
+    config, specs, arrays = chosen.adapter_state(model, adapter_name)
     base = _identity(chosen, model, adapter_name).name
     peft_config, tensors = peft_state(config, specs, arrays, base_model=base, task_type=task_type)
     return write_peft(directory, peft_config, tensors)

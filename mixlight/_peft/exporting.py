@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from mixlight._atomic_dir import as_directory, explain_os_error, locked_writer
-from mixlight._peft.reading import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, PREFIX, T5_FFN_ACT
-from mixlight.adapter_file import AdapterFileError, check_finite
+from mixlight._peft.reading import PEFT_WEIGHTS_FILE, PREFIX, T5_FFN_ACT
+from mixlight.adapter_file import PEFT_CONFIG_FILE, AdapterFileError, check_finite
 from mixlight.config import AdapterConfig
 from mixlight.experts import LowRank
 from mixlight.site_spec import SiteSpec
@@ -185,7 +185,9 @@ def _number(x: float) -> float | int:
 
 
 def write_peft(
-    directory: str | os.PathLike, peft_config: Mapping[str, Any], tensors: Mapping[str, np.ndarray]
+    directory: str | os.PathLike[str],
+    peft_config: Mapping[str, Any],
+    tensors: Mapping[str, np.ndarray],
 ) -> Path:
     """Write PEFT's two files into ``directory``, each replaced atomically under mixlight's
     writer lock (weights first; PEFT has no single commit point of its own)."""

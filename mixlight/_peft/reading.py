@@ -90,7 +90,7 @@ _RESAVE = "re-save it with PeftModel.save_pretrained (or restore the original fi
 _IMPORTED_TYPES = ("IA3", "LORA")
 
 
-def read_peft(directory: str | os.PathLike) -> PeftAdapter:
+def read_peft(directory: str | os.PathLike[str]) -> PeftAdapter:
     """Read a PEFT (IA)³ or LoRA adapter directory; refuse, naming the file and the key or
     field, what mixlight cannot represent and what is not a well-formed PEFT adapter."""
     root = as_directory(directory, "load_peft_adapter")

@@ -31,10 +31,18 @@ def reference(case: Any) -> LoopResult:
 def upstream(case: Any) -> np.ndarray:
     """A fixed, case-seeded cotangent ``g_out [batch, seq, d_out]`` (float32 values)."""
     rng = np.random.default_rng(zlib.crc32(np.ascontiguousarray(case.h).tobytes()))
-    return rng.standard_normal(case.h.shape).astype(np.float32)
+    g_out: np.ndarray = rng.standard_normal(case.h.shape).astype(np.float32)
+    return g_out
 
 
-def _close(got: Any, want: np.ndarray, to_numpy, rtol: float, atol: float, what: str) -> None:
+def _close(
+    got: Any,
+    want: np.ndarray,
+    to_numpy: Callable[[Any], np.ndarray],
+    rtol: float,
+    atol: float,
+    what: str,
+) -> None:
     got = to_numpy(got).astype(np.float64)
     scale = 1.0 + float(np.abs(want).max(initial=0.0))
     np.testing.assert_allclose(got, want, rtol=rtol, atol=atol * scale, err_msg=what)

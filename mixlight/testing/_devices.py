@@ -186,7 +186,7 @@ class PathErrors:
                 self.ratio, self.worst = ratio, name
 
 
-class DeviceReport(list):
+class DeviceReport(list[str]):
     """The paths checked (``"<place>/<mode>:<op>"``, e.g. ``"jax:cpu:0/jit:fast:mov"``,
     ``"torch:cuda:0/eager:triton:mov"``), as a list, with ``places`` (the places visited)
     and ``errors`` (the largest errors per path, :class:`PathErrors`); :meth:`table`
@@ -582,7 +582,7 @@ def _hypothesis_check(
         phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
         print_blob=False,
         verbosity=Verbosity.quiet,  # the errors raised say what failed, on which case
-    )(given(strategy)(one))
+    )(given(strategy)(one))  # type: ignore[no-untyped-call]
 
 
 def _shrink_on(places: Sequence[Place], failing: Mapping[str, str]) -> list[tuple[Place, str]]:

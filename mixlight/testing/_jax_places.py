@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import jax
@@ -24,6 +24,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import mixlight as ml
 from mixlight.testing._devices import Outcome, Place, PlaceError, config_for, same_site
+
+_partition = cast(Callable[..., PartitionSpec], PartitionSpec)  # (its __init__ is untyped)
 
 DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
     ("expert", "model"),
@@ -213,12 +215,12 @@ def _mesh_place(
             target = table.get(axis)
             fits = target is not None and target in names and size % mesh.shape[target] == 0
             spec.append(target if fits else None)
-        return NamedSharding(mesh, PartitionSpec(*spec))
+        return NamedSharding(mesh, _partition(*spec))
 
     everywhere = ",".join(sorted(str(d) for d in devices))
     layout = _Layout(
-        NamedSharding(mesh, PartitionSpec("data")),
-        NamedSharding(mesh, PartitionSpec()),
+        NamedSharding(mesh, _partition("data")),
+        NamedSharding(mesh, _partition()),
         param,
         mesh,
         f"{everywhere} rows/{data}",

@@ -23,6 +23,7 @@ Central differences cost two loop calls per input element and token: keep such c
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,8 @@ from mixlight.testing._loops import (
     token_mixer,
 )
 
+Params = Mapping[str, np.ndarray]  # a site's parameters by short name
+Grads = dict[str, np.ndarray]  # gradients by short name (and "x", "h"), accumulated in place
 BUILT_IN = ("vectors", "low_rank")
 """The kinds whose gradients are derived by hand; every other kind's mixing gradients come
 from central differences (:func:`_numeric_token_grad`)."""
@@ -61,7 +64,15 @@ def _router_row_grad(
     return [keep[e] * soft[e] * float(g_probs[e]) - soft[e] * dot for e in range(n_experts)]
 
 
-def _vectors_token_grad(params, grads, probs, g_probs, h, g, heads) -> np.ndarray:
+def _vectors_token_grad(
+    params: Params,
+    grads: Grads,
+    probs: np.ndarray | None,
+    g_probs: np.ndarray | None,
+    h: np.ndarray,
+    g: np.ndarray,
+    heads: int | None,
+) -> np.ndarray:
     """Accumulate one MoV token's ``dv`` and ``dp`` (in place); return its ``dh``."""
     vectors = params["vectors"]
     g_h = np.zeros(h.shape)
@@ -82,7 +93,15 @@ def _vectors_token_grad(params, grads, probs, g_probs, h, g, heads) -> np.ndarra
     return g_h
 
 
-def _low_rank_token_grad(params, grads, probs, g_probs, x, g, scale) -> np.ndarray:
+def _low_rank_token_grad(
+    params: Params,
+    grads: Grads,
+    probs: np.ndarray | None,
+    g_probs: np.ndarray | None,
+    x: np.ndarray,
+    g: np.ndarray,
+    scale: float,
+) -> np.ndarray:
     """Accumulate one MoLoRA token's ``dA``, ``dB`` and ``dp`` (in place); return its ``dx``."""
     a_all, b_all = params["lora_A"], params["lora_B"]
     g_x = np.zeros(x.shape)
@@ -105,14 +124,24 @@ def _step(value: float) -> float:
     return 1e-5 * (1.0 + abs(value))
 
 
-def _numeric_token_grad(mixer, params, grads, probs, g_probs, x, h, g, heads):
+def _numeric_token_grad(
+    mixer: Callable[..., Any],
+    params: Params,
+    grads: Grads,
+    probs: np.ndarray | None,
+    g_probs: np.ndarray | None,
+    x: np.ndarray,
+    h: np.ndarray,
+    g: np.ndarray,
+    heads: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
     """One token's mixing gradients by float64 central differences of ``g . mixer(...)``:
     accumulate its parameters' and ``dp`` (in place); return ``(dx, dh)``."""
 
-    def phi(p, pr, xx, hh) -> float:
+    def phi(p: Params, pr: np.ndarray | None, xx: np.ndarray, hh: np.ndarray) -> float:
         return float(np.dot(g, np.asarray(mixer(p, pr, xx, hh, heads), np.float64)))
 
-    def diff(arr: np.ndarray, call) -> np.ndarray:
+    def diff(arr: np.ndarray, call: Callable[[], float]) -> np.ndarray:
         out = np.zeros(arr.shape)
         flat, grad = arr.reshape(-1), out.reshape(-1)
         for i in range(flat.size):
@@ -182,12 +211,20 @@ def loop_gradients(case: Any, g_out: np.ndarray, numeric: bool = False) -> dict[
                 grads["x"][b, s] += _low_rank_token_grad(
                     params, grads, p, gp, x[b, s], g_out[b, s], _low_rank_scale(spec.expert)
                 )
-    if routed:
+    if logits is not None and g_probs is not None:  # routed
         _router_backward(spec, params, route_in, case.mask, logits, g_probs, grads)
     return grads
 
 
-def _router_backward(spec, params, route_in, mask, logits, g_probs, grads) -> None:
+def _router_backward(
+    spec: Any,
+    params: Params,
+    route_in: np.ndarray,
+    mask: np.ndarray | None,
+    logits: np.ndarray,
+    g_probs: np.ndarray,
+    grads: Grads,
+) -> None:
     """Add the router's share: ``dL/drouter`` and ``dL/d(route_in)`` into ``grads``."""
     weight = params["router"]
     g_route_target = grads["h" if spec.reads == "output" else "x"]

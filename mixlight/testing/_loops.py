@@ -215,7 +215,7 @@ def token_mixer(expert: Any) -> Callable[..., np.ndarray]:
     if expert.kind == "low_rank":
         scale = _low_rank_scale(expert)
         return lambda params, probs, x, h, heads: loop_low_rank(params, probs, x, h, heads, scale)
-    declared = getattr(expert, "loop_reference", None)
+    declared: Callable[..., np.ndarray] | None = getattr(expert, "loop_reference", None)
     if declared is not None:
         return declared
     return lambda params, probs, x, h, heads: np.asarray(

@@ -40,7 +40,8 @@ class _Tiny(nn.Module):
     def forward(
         self, x: torch.Tensor, h: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return self.proj(x, h)
+        out: torch.Tensor = self.proj(x, h)
+        return out
 
 
 def _matmul(device: str) -> str:
@@ -88,7 +89,7 @@ def _run(
     if not same_site(layer.specs["default"], spec):
         raise PlaceError(f"inject gave the site {layer.specs['default']}, not the case's {spec}")
     with torch.no_grad():
-        for name, param in layer.adapters["default"].items():
+        for name, param in layer.params_of("default").items():
             param.copy_(torch.from_numpy(np.asarray(case.params[name], np.float32)))
     take = rows if rows is not None else slice(None)
     dtype = DTYPES[case.dtype]
@@ -124,7 +125,7 @@ def _run(
     found = None
     if grads:
         found = {n: _grad(t) for n, t in (("x", x), ("h", h))}
-        for name, param in layer.adapters["default"].items():
+        for name, param in layer.params_of("default").items():
             found[name] = _grad(param) * world  # DDP averages over processes: L is a sum
     return Outcome(
         op,

@@ -22,7 +22,10 @@ class DictModel:
         self.state: tuple | None = None
 
 
-class DictBackend:
+class DictBackend(mlx.Backend[DictModel, float]):
+    """Every required hook of the contract; no optional capability (merging, per-example
+    adapters, a model loader), so those raise ``NotSupported``."""
+
     name = "dict"
     primitives = mlx.primitives_for(np.zeros(1))
 
@@ -38,7 +41,7 @@ class DictBackend:
     def plan(self, model, config):
         return mlx.plan_sites(config, model.shapes)
 
-    def inject(self, model, config, seed=None):
+    def inject(self, model, config, seed=None, name="default"):
         specs = self.plan(model, config)
         rng = np.random.default_rng(seed or 0)
         arrays = {s.canonical_name(n): a for s in specs for n, a in s.init_params(rng).items()}
@@ -49,14 +52,23 @@ class DictBackend:
         model.state = None
         return model
 
-    def adapter_specs(self, model):
+    def adapter_names(self, model):
+        return ["default"]
+
+    def set_adapter(self, model, name):
+        pass
+
+    def delete_adapter(self, model, name):
+        model.state = None
+
+    def adapter_specs(self, model, name=None):
         return model.state[0], model.state[1]
 
-    def adapter_state(self, model):
+    def adapter_state(self, model, name=None):
         config, specs, arrays = model.state
         return config, specs, {n: a.copy() for n, a in arrays.items()}
 
-    def load_adapter_state(self, model, arrays):
+    def load_adapter_state(self, model, arrays, name=None):
         config, specs, _ = model.state
         model.state = (config, specs, {n: np.asarray(a).copy() for n, a in arrays.items()})
 

@@ -9,6 +9,7 @@ import pytest
 import mixlight as ml
 import mixlight.extend as mlx
 from mixlight import _backends
+from tests.core.dict_backend import DictBackend
 
 
 def test_import_mixlight_imports_no_framework():
@@ -44,13 +45,13 @@ class _Model:
     pass
 
 
-class _FakeBackend(_backends.NumpyBackend):
+class _FakeBackend(DictBackend):
     name = "fake"
 
     def owns_model(self, model):
         return isinstance(model, _Model)
 
-    def inject(self, model, config, seed=None):
+    def inject(self, model, config, seed=None, name="default"):
         model.injected = config
         return model
 
@@ -60,7 +61,7 @@ class _Twin(_FakeBackend):
 
     name = "twin"
 
-    def inject(self, model, config, seed=None):
+    def inject(self, model, config, seed=None, name="default"):
         model.injected_by = "twin"
         return model
 
@@ -142,9 +143,32 @@ def test_inject_rejects_non_config():
         ml.inject(_Model(), {"num_experts": 4})
 
 
-def test_numpy_backend_has_no_models():
-    with pytest.raises(TypeError, match="has no models"):
-        mlx.load_backend("numpy").inject(None, ml.MoV())
+def test_numpy_backend_has_arrays_and_no_models():
+    numpy = mlx.load_backend("numpy")
+    assert isinstance(numpy, mlx.ArrayBackend) and not isinstance(numpy, mlx.ModelBackend)
+    with pytest.raises(TypeError, match="numpy backend evaluates the reference math .*no models"):
+        ml.load_model("unused", backend="numpy")
+
+
+def test_a_plugin_that_loads_no_backend_is_refused():
+    with _backends._isolated_registry():
+        mlx.register_backend(mlx.BackendPlugin("odd", "numpy", "odd", object))
+        with pytest.raises(TypeError, match="loaded a builtins.object, which is not a mixlight"):
+            mlx.load_backend("odd")
+
+
+def test_a_capability_the_backend_lacks_says_so_by_name():
+    with _backends._isolated_registry():
+        mlx.register_backend(mlx.BackendPlugin("fake", "numpy", "fake", _FakeBackend))
+        model = _Model()
+        for call, capability in [
+            (lambda: ml.adapter_per_example(model, ["a"]), "run one adapter per example"),
+            (lambda: ml.merge_and_unload(model), "merge an adapter into the base weights"),
+            (lambda: ml.mean_routing(model, []), "measure mean routing"),
+            (lambda: ml.load_model("unused", backend="fake"), "load checkpoints"),
+        ]:
+            with pytest.raises(mlx.NotSupported, match=f"the 'fake' backend cannot {capability}"):
+                call()
 
 
 class _Loading(_FakeBackend):
@@ -161,7 +185,7 @@ def test_load_model_by_backend_name(tmp_path, monkeypatch):
         assert ml.load_model(tmp_path, backend="fake") == ("loaded", str(tmp_path))
         monkeypatch.setenv("MIXLIGHT_BACKEND", "fake")  # no model type yet: the env decides
         assert ml.load_model(tmp_path)[0] == "loaded"
-        with pytest.raises(TypeError, match="backend 'numpy' has no model loader"):
+        with pytest.raises(TypeError, match="the numpy backend .* has no models"):
             ml.load_model(tmp_path, backend="numpy")
         with pytest.raises(TypeError, match="load_model: the directory must be a str"):
             ml.load_model(3, backend="fake")

@@ -1,7 +1,5 @@
 """Greedy decoding with a fixed-size key/value cache, compiled with ``nnx.jit``."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,11 +25,12 @@ def greedy_generate(
     input_ids = jnp.asarray(input_ids)
     if attention_mask is None:
         attention_mask = jnp.ones_like(input_ids)
-    tokens, steps = _greedy_tokens(model, input_ids, jnp.asarray(attention_mask), max_new_tokens)
+    tokens, steps = _compiled_greedy_tokens(
+        model, input_ids, jnp.asarray(attention_mask), max_new_tokens
+    )
     return np.asarray(tokens)[:, : int(steps) + 1]
 
 
-@functools.partial(nnx.jit, static_argnames=("max_new_tokens",))
 def _greedy_tokens(
     model: T5ForConditionalGeneration,
     input_ids: jax.Array,
@@ -64,3 +63,6 @@ def _greedy_tokens(
         not_finished, decode_one, (jnp.int32(0), tokens, cache, done)
     )
     return tokens, steps
+
+
+_compiled_greedy_tokens = nnx.jit(_greedy_tokens, static_argnames=("max_new_tokens",))

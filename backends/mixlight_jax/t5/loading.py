@@ -36,6 +36,7 @@ def from_pretrained(
     state_dict = _with_single_embedding(read_state_dict(directory))
     if encoder_only is None:
         encoder_only = raw_config.get("architectures") == ["T5EncoderModel"]
+    model_class: type[T5EncoderModel | T5ForConditionalGeneration]
     if encoder_only:
         model_class = T5EncoderModel
     else:
@@ -45,7 +46,7 @@ def from_pretrained(
     graphdef, state = nnx.split(abstract_model)
     used_keys = set()
     for param_path, variable in nnx.to_flat_state(state):
-        key, transposed = hf_state_key(param_path)
+        key, transposed = hf_state_key(tuple(map(str, param_path)))
         variable.set_value(_converted(state_dict, key, variable.get_value(), transposed))
         used_keys.add(key)
     unused_keys = set(state_dict) - used_keys

@@ -39,6 +39,8 @@ def _own_masks(model: nnx.Module, **masks: jax.Array | None) -> Iterator[None]:
 class _T5Encoding(nnx.Module):
     """``shared`` token embedding and ``encoder`` stack, common to both models."""
 
+    name_or_path: str | None = None  # as HF's; ``from_pretrained`` sets the checkpoint path
+
     def __init__(self, config: T5Config, *, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
         self.config = config
         self.shared = nnx.Embed(config.vocab_size, config.d_model, param_dtype=dtype, rngs=rngs)
@@ -53,10 +55,9 @@ class _T5Encoding(nnx.Module):
     ) -> jax.Array:
         """``input_ids`` ``[batch, src_len]`` (``attention_mask`` same shape, 1 = token) ->
         encoder output ``[batch, src_len, d_model]``. ``dropout_rng``: train-mode dropout."""
-        drop = {} if dropout_rng is None else {"dropout_rng": dropout_rng}
         with _own_masks(self, attention_mask=attention_mask):
             hidden_states, _ = self.encoder(
-                self.shared(input_ids), _padding_bias(attention_mask), **drop
+                self.shared(input_ids), _padding_bias(attention_mask), dropout_rng=dropout_rng
             )
         return hidden_states
 
@@ -143,7 +144,7 @@ class T5ForConditionalGeneration(_T5Encoding):
                 mask_to_bias(allowed),
                 cross_bias=_padding_bias(attention_mask),
                 encoder_hidden_states=encoder_hidden_states,
-                **({} if dropout_rng is None else {"dropout_rng": dropout_rng}),
+                dropout_rng=dropout_rng,
             )
         return self.logits(hidden_states)
 
@@ -177,14 +178,15 @@ class T5ForConditionalGeneration(_T5Encoding):
         padding) -> logits ``[batch, vocab]`` and the cache with this step's keys/values written.
         """
         max_length = cache[0].self_key.shape[2]
-        hidden_states, cache = self.decoder(
+        hidden_states, new_cache = self.decoder(
             self.shared(decoder_token_ids[:, None]),
             mask_to_bias(causal_mask(1, max_length, cache_index)),
             cross_bias=_padding_bias(attention_mask),
             cache=cache,
             cache_index=cache_index,
         )
-        return self.logits(hidden_states)[:, 0], cache
+        assert new_cache is not None  # a call with a cache returns the updated one
+        return self.logits(hidden_states)[:, 0], new_cache
 
     def logits(self, hidden_states: jax.Array) -> jax.Array:
         """Decoder output ``[batch, tgt_len, d_model]`` -> logits ``[batch, tgt_len, vocab]``."""

@@ -1,12 +1,12 @@
 """T5 blocks and the encoder/decoder stack (``block.N.layer.M``, ``final_layer_norm``)."""
 
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .attention import T5LayerCrossAttention, T5LayerSelfAttention
+from .attention import T5Attention, T5LayerCrossAttention, T5LayerSelfAttention
 from .config import T5Config
 from .dropout import dropout, fold
 from .layers import T5LayerFF, T5LayerNorm
@@ -26,6 +26,7 @@ class LayerCache(NamedTuple):
 
 
 DecoderCache = tuple[LayerCache, ...]
+KeyValue = tuple[jax.Array, jax.Array]  # one attention's keys and values
 """One :class:`LayerCache` per decoder block."""
 
 
@@ -74,30 +75,36 @@ class T5Block(nnx.Module):
         keys/values are written at ``cache_index`` and the cached cross keys/values are used.
         ``dropout_rng`` turns the sub-layers' dropout on (training).
         """
-        drop = {} if dropout_rng is None else {"dropout_rng": fold(dropout_rng, 0)}
-        self_kv = None if cache is None else (cache.self_key, cache.self_value)
+        self_kv: KeyValue | None = None if cache is None else (cache.self_key, cache.self_value)
         hidden_states, self_kv = self.layer[0](
-            hidden_states, self_bias, kv=self_kv, cache_index=cache_index, **drop
+            hidden_states,
+            self_bias,
+            kv=self_kv,
+            cache_index=cache_index,
+            dropout_rng=fold(dropout_rng, 0),
         )
-        cross_kv = None
+        cross_kv: KeyValue | None = None
         if self.is_decoder:
             cross_kv = None if cache is None else (cache.cross_key, cache.cross_value)
-            drop = {} if dropout_rng is None else {"dropout_rng": fold(dropout_rng, 1)}
             hidden_states, cross_kv = self.layer[1](
                 hidden_states,
                 cross_bias,
                 key_value_states=encoder_hidden_states,
                 kv=cross_kv,
-                **drop,
+                dropout_rng=fold(dropout_rng, 1),
             )
-        drop = {} if dropout_rng is None else {"dropout_rng": fold(dropout_rng, 2)}
-        hidden_states = self.layer[-1](hidden_states, **drop)
-        return hidden_states, None if cache is None else LayerCache(*self_kv, *cross_kv)
+        hidden_states = self.layer[-1](hidden_states, dropout_rng=fold(dropout_rng, 2))
+        if cache is None:
+            return hidden_states, None
+        assert self_kv is not None and cross_kv is not None  # a cache is a decoder's
+        (self_key, self_value), (cross_key, cross_value) = self_kv, cross_kv
+        return hidden_states, LayerCache(self_key, self_value, cross_key, cross_value)
 
     def init_cache(self, encoder_hidden_states: jax.Array, max_length: int) -> LayerCache:
         """Cross keys/values from ``encoder_hidden_states`` ``[batch, src_len, d_model]`` and an
         all-zero self-attention cache of ``max_length`` positions with their dtype."""
-        cross_key, cross_value = self.layer[1].EncDecAttention.project_kv(encoder_hidden_states)
+        cross_attention = cast(T5LayerCrossAttention, self.layer[1]).EncDecAttention
+        cross_key, cross_value = cross_attention.project_kv(encoder_hidden_states)
         empty = jnp.zeros((*cross_key.shape[:2], max_length, cross_key.shape[3]), cross_key.dtype)
         return LayerCache(empty, empty, cross_key, cross_value)
 
@@ -109,7 +116,9 @@ class T5Stack(nnx.Module):
     """
 
     def __init__(self, config: T5Config, *, is_decoder: bool, dtype: jnp.dtype, rngs: nnx.Rngs):
-        num_layers = config.num_decoder_layers if is_decoder else config.num_layers
+        num_layers = config.num_layers
+        if is_decoder and config.num_decoder_layers is not None:
+            num_layers = config.num_decoder_layers
         self.block = nnx.List(
             [
                 T5Block(
@@ -152,12 +161,12 @@ class T5Stack(nnx.Module):
             ), None
         query_length = inputs_embeds.shape[1]
         key_length = query_length if cache is None else cache[0].self_key.shape[2]
-        first_attention = self.block[0].layer[0].SelfAttention
+        first_attention = self._first_self_attention()
         offset = 0 if cache_index is None else cache_index
         position_bias = first_attention.compute_bias(query_length, key_length, offset)
         self_bias = position_bias + mask_bias
         hidden_states = inputs_embeds
-        new_cache = []
+        new_cache: list[LayerCache] = []
         for i, block in enumerate(self.block):
             hidden_states, layer_cache = block(
                 hidden_states,
@@ -167,8 +176,14 @@ class T5Stack(nnx.Module):
                 cache=None if cache is None else cache[i],
                 cache_index=cache_index,
             )
-            new_cache.append(layer_cache)
+            if layer_cache is not None:
+                new_cache.append(layer_cache)
         return self.final_layer_norm(hidden_states), None if cache is None else tuple(new_cache)
+
+    def _first_self_attention(self) -> T5Attention:
+        """Block 0's self-attention: the one holding the relative position bias."""
+        first_layer = self.block[0].layer[0]
+        return cast(T5LayerSelfAttention, first_layer).SelfAttention
 
     def init_cache(self, encoder_hidden_states: jax.Array, max_length: int) -> DecoderCache:
         """Decoder cache for ``max_length`` steps over ``encoder_hidden_states``
@@ -185,7 +200,7 @@ class T5Stack(nnx.Module):
     ) -> jax.Array:
         """The uncached forward with dropout and/or per-block rematerialisation."""
         length = inputs_embeds.shape[1]
-        position_bias = self.block[0].layer[0].SelfAttention.compute_bias(length, length)
+        position_bias = self._first_self_attention().compute_bias(length, length)
         self_bias = position_bias + mask_bias
         hidden_states = dropout(inputs_embeds, self.dropout_rate, fold(dropout_rng, 0))
         run = nnx.remat(_run_block) if self.gradient_checkpointing else _run_block
@@ -211,12 +226,11 @@ def _run_block(
     dropout_rng: jax.Array | None,
 ) -> jax.Array:
     """One block's output (positional arguments, as ``nnx.remat`` takes them)."""
-    drop = {} if dropout_rng is None else {"dropout_rng": dropout_rng}
     hidden_states, _ = block(
         hidden_states,
         self_bias,
         cross_bias=cross_bias,
         encoder_hidden_states=encoder_hidden_states,
-        **drop,
+        dropout_rng=dropout_rng,
     )
     return hidden_states

@@ -6,9 +6,11 @@ See :mod:`mixlight_torch.ops` for what is saved and allocated.
 
 from __future__ import annotations
 
+from typing import Any  # ctx: torch's FunctionCtx, given the attributes forward sets
+
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import once_differentiable
 
 from mixlight._op_checks import check_molora, soft_if_all
 from mixlight_torch.ops._precision import compute_dtype, no_autocast, wants_grad
@@ -90,7 +92,7 @@ class FusedMoLoRA(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx,
+        ctx: Any,
         x: Tensor,
         base: Tensor | None,
         probs: Tensor | None,
@@ -115,7 +117,7 @@ class FusedMoLoRA(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(
-        ctx: FunctionCtx, g_out: Tensor | None, g_probs: Tensor | None, g_logits: Tensor | None
+        ctx: Any, g_out: Tensor | None, g_probs: Tensor | None, g_logits: Tensor | None
     ) -> tuple[Tensor | None, ...]:
         x, probs, router_weight, lora_A, lora_B = ctx.saved_tensors
         need_x, need_base, need_p, need_w, need_a, need_b = ctx.needs_input_grad[:6]
@@ -165,6 +167,7 @@ def _molora_backward(
     if g_out is None and router_weight is None:
         return None, None, None, None, None
     if g_out is None:  # only the router's outputs have gradients
+        assert probs is not None  # a router's probabilities are saved with it
         g_u0 = x.new_zeros((x2.shape[0], n_experts * rank))
         g_p = probs.new_zeros(probs.shape)
     else:
@@ -184,6 +187,7 @@ def _molora_backward(
         g_u0 = (g_u if p_rep is None else g_u * p_rep).reshape(-1, n_experts * rank)
     g_l = w = None
     if router_weight is not None:
+        assert probs is not None and g_p is not None  # both set above when there is a router
         cdt = probs.dtype
         xr = x2.to(cdt).view(-1, 1, d_in)
         probs3 = probs.reshape(-1, 1, n_experts)
@@ -207,7 +211,7 @@ def _molora_backward(
         g_kernels = weight_grad(g_u0, x2.view(-1, 1, d_in))  # [d_in, E*r (+ E)]
         g_a_cat = g_kernels[:, : n_experts * rank]
         g_a = g_a_cat.reshape(d_in, n_experts, rank).permute(1, 0, 2).to(lora_A.dtype)
-        if g_l is not None and g_w is None:
+        if router_weight is not None and g_l is not None and g_w is None:
             g_w = g_kernels[:, n_experts * rank :].to(router_weight.dtype)
     return g_x, g_p if need_p else None, g_w if need_w else None, g_a if need_a else None, g_b
 

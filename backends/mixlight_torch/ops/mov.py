@@ -10,10 +10,11 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+from typing import Any  # ctx: torch's FunctionCtx, given the attributes forward sets
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import once_differentiable
 
 from mixlight._op_checks import check_mov, soft_if_all
 from mixlight_torch.ops._precision import (
@@ -111,7 +112,7 @@ class FusedMoV(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx,
+        ctx: Any,
         h: Tensor,
         router_weight: Tensor,
         vectors: Tensor,
@@ -128,7 +129,7 @@ class FusedMoV(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(
-        ctx: FunctionCtx, g_out: Tensor | None, g_probs: Tensor | None, g_logits: Tensor | None
+        ctx: Any, g_out: Tensor | None, g_probs: Tensor | None, g_logits: Tensor | None
     ) -> tuple[Tensor | None, ...]:
         h, router_weight, vectors, probs = ctx.saved_tensors
         empty = no_token_grads((h, router_weight, vectors), ctx.needs_input_grad[:3])
@@ -181,7 +182,7 @@ def _mov_backward(
     if not need_h:
         return None, g_w, g_v
     w_t = router_weight.to(cdt).T
-    if g_merged is None:
+    if g_out is None or g_merged is None:  # (one is None exactly when the other is)
         return torch.mm(g_l, w_t).view(h.shape).to(h.dtype), g_w, g_v
     # g_h = g_out * merged + g_l @ W^T, built in place (in g_merged's buffer, consumed above,
     # when the merged vectors are not contiguous).

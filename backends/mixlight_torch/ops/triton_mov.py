@@ -20,11 +20,13 @@ on CPU tensors through Triton's interpreter (slow; that is how the tests check t
 
 from __future__ import annotations
 
+from typing import Any  # ctx: torch's FunctionCtx, given the attributes forward sets
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import once_differentiable
 
 from mixlight._op_checks import check_mov
 
@@ -164,7 +166,7 @@ class TritonMoV(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx, h: Tensor, router_weight: Tensor, vectors: Tensor, heads: int | None
+        ctx: Any, h: Tensor, router_weight: Tensor, vectors: Tensor, heads: int | None
     ) -> tuple[Tensor, Tensor, Tensor]:
         n_heads = heads or 1
         d, n_experts = h.shape[-1], vectors.shape[0]
@@ -189,7 +191,7 @@ class TritonMoV(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(
-        ctx: FunctionCtx, g_out: Tensor | None, g_probs: Tensor | None, g_logits: Tensor | None
+        ctx: Any, g_out: Tensor | None, g_probs: Tensor | None, g_logits: Tensor | None
     ) -> tuple[Tensor | None, ...]:
         h2, w, v, probs = ctx.saved_tensors
         h_shape, w_dtype, v_dtype = ctx.shapes
