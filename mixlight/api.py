@@ -9,7 +9,7 @@ import contextlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import attrs
 import numpy as np
@@ -30,15 +30,17 @@ from mixlight.adapter_file import (
 )
 from mixlight.config import AdapterConfig
 
+Model = TypeVar("Model")  # the framework's model type (nn.Module, nnx.Module, ...)
+
 
 def inject(
-    model: Any,
+    model: Model,
     config: AdapterConfig,
     *,
     backend: str | None = None,
     seed: int | None = None,
     adapter_name: str = "default",
-) -> Any:
+) -> Model:
     """Wrap the modules matched by ``config``'s sites in adapters, freeze everything else,
     and return the model (modified in place).
 
@@ -58,7 +60,8 @@ def inject(
             f"inject(model, config): config must be a mixlight.AdapterConfig (e.g. "
             f"mixlight.MoV()), got {type(config).__name__}"
         )
-    return backend_for_model(model, backend, config).inject(model, config, seed, adapter_name)
+    chosen = backend_for_model(model, backend, config)
+    return cast(Model, chosen.inject(model, config, seed, adapter_name))
 
 
 def save_adapter(
@@ -83,12 +86,12 @@ def save_adapter(
 
 
 def load_adapter(
-    model: Any,
+    model: Model,
     directory: str | os.PathLike[str],
     *,
     backend: str | None = None,
     adapter_name: str | None = None,
-) -> Any:
+) -> Model:
     """Load an adapter directory, or a Hugging Face Hub repo id (``"user/repo"``, when no such
     local path exists and huggingface_hub is installed), into ``model``.
 
@@ -137,19 +140,22 @@ def delete_adapter(model: Any, adapter_name: str, *, backend: str | None = None)
 
 
 def adapter_per_example(
-    model: Any, adapter_names: Sequence[str], *, backend: str | None = None
-) -> contextlib.AbstractContextManager[Any]:
+    model: Model, adapter_names: Sequence[str], *, backend: str | None = None
+) -> contextlib.AbstractContextManager[Model]:
     """Context manager in which example ``i`` of each batch runs adapter
     ``adapter_names[i]`` (``"__base__"``: the base model), as PEFT's mixed-batch inference;
     works under HF ``generate`` (beams repeat their example's adapter). Torch only (other
     backends raise ``NotSupported``, a ``TypeError``)."""
-    return backend_for_model(model, backend).adapter_per_example(model, adapter_names)
+    chosen = backend_for_model(model, backend)
+    return cast(
+        contextlib.AbstractContextManager[Model], chosen.adapter_per_example(model, adapter_names)
+    )
 
 
-def remove_adapters(model: Any, *, backend: str | None = None) -> Any:
+def remove_adapters(model: Model, *, backend: str | None = None) -> Model:
     """Put the original modules back and forget every adapter; returns the model (whose
     base parameters stay frozen, as they were)."""
-    return backend_for_model(model, backend).remove_adapters(model)
+    return cast(Model, backend_for_model(model, backend).remove_adapters(model))
 
 
 def merge_and_unload(
@@ -224,7 +230,8 @@ def routing_stats(model: Any, *, backend: str | None = None) -> RoutingStats:
 
 
 def disable_adapters(
-    model: Any, *, backend: str | None = None
-) -> contextlib.AbstractContextManager[Any]:
+    model: Model, *, backend: str | None = None
+) -> contextlib.AbstractContextManager[Model]:
     """Context manager that runs the frozen base model."""
-    return backend_for_model(model, backend).disable_adapters(model)
+    manager = backend_for_model(model, backend).disable_adapters(model)
+    return cast(contextlib.AbstractContextManager[Model], manager)
