@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import attrs
@@ -196,6 +196,12 @@ class ModelBackend(abc.ABC, Generic[ModelT, ScalarT]):
         """What is known of the base model's identity (name, revision, sampled weights at the
         modules adapter ``name`` adapts). Default: nothing, so no load warns of another base."""
         return BaseIdentity()
+
+    def snapshot_trainable(self, model: ModelT) -> Callable[[], None]:
+        """Record which of the model's parameters train; the function returned puts that back
+        (a failed load undoes what its injection froze). Default: nothing to record, for a
+        framework that selects trainable state by variable type (as NNX does)."""
+        return lambda: None
 
     def resolve_config(self, model: ModelT, config: AdapterConfig) -> AdapterConfig:
         """``config`` with the sites it gets in ``model`` (a preset's family defaults made

@@ -19,15 +19,16 @@ def undone_on_failure(
 ) -> Iterator[None]:
     """On any exception in the block, take back what a load into ``model`` added: every
     adapter when the model had none before (un-injected), else the adapter ``adapter_name``
-    when it is new; and the parameters' trainable flags (torch's ``requires_grad``, which
-    injection turns off for the base model). Adapters the model had before stay as they
-    were; the block must validate values before it writes them into an existing adapter
-    (the backends' ``load_adapter_state`` checks every array before it copies any)."""
+    when it is new; and which parameters train (the backend's ``snapshot_trainable``: torch's
+    ``requires_grad``, which injection turns off for the base model). Adapters the model had
+    before stay as they were; the block must validate values before it writes them into an
+    existing adapter (the backends' ``load_adapter_state`` checks every array before it
+    copies any)."""
     was_injected = backend.is_injected(model)
     is_new_name = adapter_name is not None and (
         not was_injected or adapter_name not in backend.adapter_names(model)
     )
-    flags = _trainable_flags(model)
+    restore_trainable = backend.snapshot_trainable(model)
     try:
         yield
     except BaseException:
@@ -35,18 +36,8 @@ def undone_on_failure(
             backend.remove_adapters(model)
         elif is_new_name and adapter_name in backend.adapter_names(model):
             backend.delete_adapter(model, adapter_name)
-        for parameter, trainable in flags:
-            parameter.requires_grad_(trainable)
+        restore_trainable()
         raise
-
-
-def _trainable_flags(model: Any) -> list[tuple[Any, bool]]:
-    """Each parameter with its ``requires_grad``, for models whose parameters carry one
-    (torch); empty for the others (JAX adapters are trainable by variable type)."""
-    parameters = getattr(model, "parameters", None)
-    if not callable(parameters):
-        return []
-    return [(p, bool(p.requires_grad)) for p in parameters() if hasattr(p, "requires_grad_")]
 
 
 def adds_adapter(backend: AnyModelBackend, model: Any, adapter_name: str | None) -> bool:

@@ -4,7 +4,7 @@ including the optional capabilities (one adapter per example, the T5 loader)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -129,6 +129,16 @@ class TorchBackend(Backend[nn.Module, torch.Tensor]):
                 'loading a T5 checkpoint in torch needs transformers: pip install "mixlight[t5]"'
             ) from None
         return transformers.T5ForConditionalGeneration.from_pretrained(path).eval()
+
+    def snapshot_trainable(self, model: nn.Module) -> Callable[[], None]:
+        """Each parameter's ``requires_grad`` now; the function returned puts them back."""
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+
+        def restore() -> None:
+            for parameter, trainable in flags:
+                parameter.requires_grad_(trainable)
+
+        return restore
 
     def trainable_parameters(self, model: nn.Module) -> ParameterCount:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
