@@ -33,9 +33,7 @@ def train_state(
     """``(arrays, scalars)`` of the model's trainable weights, the optimiser and the RNG."""
     names = _names(model, optimizer)
     arrays = {
-        f"model/{n}": _array(p.detach())
-        for n, p in model.named_parameters()
-        if p.requires_grad
+        f"model/{n}": _array(p.detach()) for n, p in model.named_parameters() if p.requires_grad
     }
     scalars: dict[str, Any] = {}
     for index, state in optimizer.state_dict()["state"].items():
@@ -90,9 +88,7 @@ def train_state_sharded(
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     arrays = {
-        f"model/{n}": _array(_whole(p))
-        for n, p in model.named_parameters()
-        if p.requires_grad
+        f"model/{n}": _array(_whole(p)) for n, p in model.named_parameters() if p.requires_grad
     }
     scalars: dict[str, Any] = {}
     for name, state in get_optimizer_state_dict(model, optimizer, options=_options())[
