@@ -285,7 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     heavy = {"tune": _tune, "demo": _demo, "bench": _bench, "check": _check}
     if args.command in heavy:
-        return heavy[args.command](args, rest)
+        from mixlight._torch_group import end_launched_process
+
+        return end_launched_process(heavy[args.command](args, rest))
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     try:

@@ -641,4 +641,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mixlight._torch_group import end_launched_process
+
+    sys.exit(end_launched_process(main()))

@@ -26,6 +26,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("sentencepiece")
 
 import mixlight as ml  # noqa: E402
+from mixlight._torch_group import end_launched_process  # noqa: E402
 from mixlight.cli import main  # noqa: E402
 from mixlight_tune.tune_cli import run  # noqa: E402
 from mixlight_tune.tune_config import read_config  # noqa: E402
@@ -272,7 +273,7 @@ def _ranks_main(root: Path) -> None:
     """Under torchrun: every config below ``root`` (each a rank's share of the same run)."""
     for name in [*RANK_CASES, CAUSAL_CASE]:
         run(read_config(root / name / "torch.json"), print)
-    torch.distributed.destroy_process_group()
+    end_launched_process(0)
 
 
 if __name__ == "__main__":
