@@ -49,7 +49,7 @@ class JaxBackend(Backend[nnx.Module, jax.Array]):
         seed: int | None = None,
         name: str = _model.DEFAULT,
     ) -> nnx.Module:
-        return _model.inject(model, config, rngs=seed, name=name)
+        return _model.inject(model, config, seed=seed, name=name)
 
     def plan(self, model: nnx.Module, config: AdapterConfig) -> list[SiteSpec]:
         return _model.plan(model, config)

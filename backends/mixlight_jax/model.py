@@ -158,12 +158,19 @@ def _records(model: nnx.Module, entries: dict[str, Entry]) -> dict[str, ModuleRe
     return records
 
 
-def _seed(rngs: nnx.Rngs | int | None) -> int:
-    if rngs is None:
-        return 0
-    if isinstance(rngs, nnx.Rngs):
+def _seed(seed: int | None, rngs: nnx.Rngs | None) -> int:
+    """The numpy seed of :func:`inject`: ``seed``, else one drawn from ``rngs.params()``,
+    else 0."""
+    if rngs is not None and not isinstance(rngs, nnx.Rngs):
+        raise TypeError(
+            f"inject(..., rngs=) takes an nnx.Rngs, got {type(rngs).__name__}; give an int "
+            "as seed= (as mixlight.inject(..., seed=) does)"
+        )
+    if seed is not None and rngs is not None:
+        raise TypeError("inject takes seed= or rngs=, not both: one seed fixes the adapters")
+    if rngs is not None:
         return int(jax.random.randint(rngs.params(), (), 0, _SEED_RANGE))
-    return int(rngs)
+    return 0 if seed is None else int(seed)
 
 
 def plan(model: nnx.Module, config: AdapterConfig) -> list[SiteSpec]:
@@ -219,7 +226,8 @@ def inject(
     model: nnx.Module,
     config: AdapterConfig,
     *,
-    rngs: nnx.Rngs | int | None = None,
+    seed: int | None = None,
+    rngs: nnx.Rngs | None = None,
     name: str = DEFAULT,
 ) -> nnx.Module:
     """Give the modules matched by ``config``'s sites the adapter ``name`` (wrapping them in
@@ -227,8 +235,9 @@ def inject(
 
     The first adapter of a model becomes the active one; a further name adds an inactive
     adapter beside it (switch with :func:`set_adapter`), as PEFT's ``add_adapter`` does.
-    Adapter parameters are drawn with numpy from a seed: ``rngs`` (an ``nnx.Rngs``, whose
-    ``params`` stream is advanced, or an int; default 0), so injection is reproducible.
+    Adapter parameters are drawn with numpy from a seed, so injection is reproducible:
+    ``seed`` (an int, as in :func:`mixlight.inject`), or one drawn from ``rngs`` (an
+    ``nnx.Rngs``, whose ``params`` stream is advanced, as NNX constructors take it); default 0.
 
     Nothing is frozen: JAX has no ``requires_grad``, so the base model's parameters stay
     ``nnx.Param`` and an optimizer built on all ``nnx.Param`` would train them too. Train only
@@ -242,13 +251,13 @@ def inject(
     per layer, see :mod:`mixlight_jax._modules`). Any other matched module is refused with
     its path, type and kernel shape.
     """
+    rng = np.random.default_rng(_seed(seed, rngs))
     state = vars(model).get(_STATE) or NamedAdapters()
     state.check_new(name, "or call mixlight_jax.remove_adapters(model) first, or use a fresh model")
     specs = plan(model, config)
     entries = _entries(model)
     groups = _stacks(specs, entries)
     state = state.added(name, resolve_config(model, config), specs)
-    rng = np.random.default_rng(_seed(rngs))
     drawn = {spec.path: spec.init_params(rng) for spec in specs}  # in the plan's order
     for path, group in groups.items():
         layer = _get(model, path)

@@ -357,7 +357,7 @@ def test_user_patterns_on_an_mlp(config):
 
 
 def test_initialisation_is_the_site_specs_from_a_seed():
-    model = inject(MLP(), MLP_MOLORA, rngs=7)
+    model = inject(MLP(), MLP_MOLORA, seed=7)
     _, specs, arrays = mlx.load_backend("jax").adapter_state(model)
     rng = np.random.default_rng(7)
     want = {s.canonical_name(n): a for s in specs for n, a in s.init_params(rng).items()}
@@ -366,6 +366,16 @@ def test_initialisation_is_the_site_specs_from_a_seed():
         np.testing.assert_array_equal(arrays[name], value)
     first, second = (_adapter_values(inject(MLP(), MLP_MOV, rngs=nnx.Rngs(1))) for _ in range(2))
     assert all(np.array_equal(first[k], second[k]) for k in first)
+
+
+def test_inject_takes_the_cores_seed_and_an_nnx_rngs_only():
+    """``mixlight_jax.inject(seed=)`` is ``ml.inject(seed=)``; ``rngs=`` takes an nnx.Rngs."""
+    by_seed = _adapter_values(inject(MLP(), MLP_MOV, seed=3))
+    np.testing.assert_equal(by_seed, _adapter_values(ml.inject(MLP(), MLP_MOV, seed=3)))
+    with pytest.raises(TypeError, match=r"takes an nnx.Rngs, got int; give an int as seed="):
+        inject(MLP(), MLP_MOV, rngs=3)
+    with pytest.raises(TypeError, match="seed= or rngs=, not both"):
+        inject(MLP(), MLP_MOV, seed=3, rngs=nnx.Rngs(3))
 
 
 def test_bfloat16_model_keeps_float32_adapters_and_routers():
