@@ -18,6 +18,7 @@ from mixlight import AdapterFileError
 
 from .experiment import (
     BACKENDS,
+    BASE_SIZES,
     DEFAULT_METHODS,
     LEARNING_RATES,
     METHODS,
@@ -89,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="regenerate the built-in base model into DIR from its seed and exit (torch)",
     )
+    p.add_argument(
+        "--base-size",
+        choices=BASE_SIZES,
+        help="the built-in base's size (default small: 0.33M parameters; medium 0.78M and "
+        "large 1.33M are the scaling run's, docs/demo/scaling)",
+    )
     p.add_argument("--backend", choices=BACKENDS, help="default torch")
     p.add_argument(
         "--threads",
@@ -122,6 +129,8 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
     changes = {f: getattr(args, a) for a, f in _OVERRIDES.items() if getattr(args, a) is not None}
     changes["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     changes["progress"] = not args.no_progress
+    if args.base_size is not None:
+        changes["base"] = BASE_SIZES[args.base_size]
     return dataclasses.replace(QUICK if args.quick else DemoConfig(), **changes)
 
 

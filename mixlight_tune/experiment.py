@@ -123,6 +123,16 @@ class BaseSpec:
     tokenizer_examples_per_task: int = 200
 
 
+# The miniature's base sizes (``mixlight demo --base-size``): the same world, tokenizer and
+# pre-training recipe, wider models. The paper's figure is a trend over 770M -> 3B -> 11B;
+# these span 0.33M -> 0.78M -> 1.33M, as far as a 2-core CPU runs three seeds of every method.
+BASE_SIZES: dict[str, BaseSpec] = {
+    "small": BaseSpec(),
+    "medium": BaseSpec(d_model=96, d_kv=24, d_ff=192),
+    "large": BaseSpec(d_model=128, d_kv=32, d_ff=256),
+}
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     """Everything one ``mixlight demo`` run depends on."""
@@ -183,6 +193,8 @@ QUICK = DemoConfig(
 # --- the base model -----------------------------------------------------------------------
 
 SHIPPED_BASE = Path(__file__).parent / "miniature" / "base"
+# Every shipped base, the default's first: ``base`` is the small one, ``base-<size>`` the others.
+SHIPPED_BASES = (SHIPPED_BASE, *(SHIPPED_BASE.with_name(f"base-{s}") for s in ("medium", "large")))
 BUILT_BASE = OutputKind(
     "mixlight demo --build-base",
     names=(
@@ -229,14 +241,20 @@ def base_key(cfg: DemoConfig) -> str:
 
 
 def base_checkpoint(cfg: DemoConfig) -> Path:
-    """Where the run's base lives: ``--model``, else the shipped base when ``cfg.base`` is
-    what it was built from, else ``cache_dir/base-<hash>`` (built on first use)."""
+    """Where the run's base lives: ``--model``, else the shipped base that ``cfg.base`` built,
+    else ``cache_dir/base-<hash>`` (built on first use)."""
     if cfg.model_path is not None:
         return cfg.model_path
-    info = SHIPPED_BASE / "pretraining.json"
-    if info.is_file() and json.loads(info.read_text())["key"] == base_key(cfg):
-        return SHIPPED_BASE
-    return cfg.cache_dir / base_key(cfg)
+    return shipped_base(cfg) or cfg.cache_dir / base_key(cfg)
+
+
+def shipped_base(cfg: DemoConfig) -> Path | None:
+    """The shipped base built from ``cfg.base``, if one is."""
+    for folder in SHIPPED_BASES:
+        info = folder / "pretraining.json"
+        if info.is_file() and json.loads(info.read_text())["key"] == base_key(cfg):
+            return folder
+    return None
 
 
 # --- validation and data ----------------------------------------------------------------
@@ -386,7 +404,7 @@ def validate(cfg: DemoConfig) -> Plan:
         check_t5_dir(cfg.model_path)
     train, tables, probes = _load_data(cfg)
     DEMO_OUTPUT.claim(cfg.out_dir, "--output-dir")
-    if base_checkpoint(cfg) not in (cfg.model_path, SHIPPED_BASE):
+    if cfg.model_path is None and shipped_base(cfg) is None:
         _check_writable(cfg.cache_dir, "cache directory")
     return Plan(load_steps(cfg.backend), train, tables, probes)
 

@@ -90,7 +90,7 @@ def eval_scores(
     return table
 
 
-def _spread(values: Sequence[float]) -> dict[str, Any]:
+def spread(values: Sequence[float]) -> dict[str, Any]:
     """Mean, sample std (0 for a single value), min, max and the values themselves."""
     return {
         "mean": statistics.fmean(values),
@@ -120,9 +120,9 @@ def aggregate_seeds(list_of_results: Sequence[Mapping[str, Mapping[str, Any]]]) 
         task_names = dict.fromkeys(t for run in runs for t in run["tasks"])
         aggregated[method] = {
             "n_seeds": len(runs),
-            "average": _spread([run["average"] for run in runs]),
+            "average": spread([run["average"] for run in runs]),
             "tasks": {
-                t: _spread([run["tasks"][t]["median"] for run in runs if t in run["tasks"]])
+                t: spread([run["tasks"][t]["median"] for run in runs if t in run["tasks"]])
                 for t in task_names
             },
         }

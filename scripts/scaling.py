@@ -1,0 +1,83 @@
+"""The scale trend in miniature: the demo's comparison at every base size, and the gap plot.
+
+Runs ``mixlight demo --base-size SIZE --seeds 3 --threads 1`` with the second held-out prompt
+set as table D, for each size whose run folder holds no ``results.json`` yet, then writes
+``scaling.md``, ``scaling.json`` and ``gap_vs_size.png`` to ``--out`` and copies each size's
+``results.md``/``results.json`` beside them::
+
+    python scripts/scaling.py --runs runs/scaling --out docs/demo/scaling
+
+``--reuse small=docs/demo/held_out_prompts`` takes a size's finished run from a folder (the
+committed small run is the same command). The bases are the shipped ones
+(``mixlight_tune/miniature/base*``); ``mixlight demo --base-size SIZE --build-base DIR``
+regenerates one from its seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from mixlight_tune.experiment import BASE_SIZES, TABLE_TITLES, DemoConfig, base_checkpoint
+from mixlight_tune.scaling import (
+    SizePoint,
+    count_parameters,
+    format_scaling,
+    plot_gap_vs_size,
+    scaling_summary,
+)
+
+HELD_OUT = Path("docs/demo/held_out_prompts.jsonl")
+
+
+def run_size(size: str, folder: Path, seeds: int) -> None:
+    command = [
+        *(sys.executable, "-m", "mixlight.cli", "demo", "--base-size", size),
+        *("--seeds", str(seeds), "--threads", "1", "--no-progress"),
+        *("--eval-data", str(HELD_OUT), "--output-dir", str(folder)),
+    ]
+    print("running:", " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--runs", type=Path, default=Path("runs/scaling"))
+    p.add_argument("--out", type=Path, default=Path("docs/demo/scaling"))
+    p.add_argument("--sizes", default=",".join(BASE_SIZES))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--reuse", action="append", default=[], metavar="SIZE=DIR")
+    args = p.parse_args()
+    reused = dict(item.split("=", 1) for item in args.reuse)
+    points = []
+    for size in args.sizes.split(","):
+        folder = Path(reused.get(size, args.runs / size))
+        if not (folder / "results.json").is_file():
+            run_size(size, folder, args.seeds)
+        base = base_checkpoint(DemoConfig(base=BASE_SIZES[size]))
+        results = json.loads((folder / "results.json").read_text())
+        points.append(SizePoint(size, count_parameters(base), results))
+        (args.out / size).mkdir(parents=True, exist_ok=True)
+        for name in ("results.md", "results.json"):
+            shutil.copyfile(folder / name, args.out / size / name)
+    summary = scaling_summary(points)
+    titles = {
+        **TABLE_TITLES,
+        "D": "D. The second held-out prompt set (docs/demo/held_out_prompts.jsonl)",
+    }
+    (args.out / "scaling.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (args.out / "scaling.md").write_text(
+        "# The scale trend in miniature\n\n" + format_scaling(summary, titles)
+    )
+    plot_gap_vs_size(
+        summary, args.out / "gap_vs_size.png", [t for t in ("B", "D") if t in summary["tables"]]
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
