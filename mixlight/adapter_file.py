@@ -31,7 +31,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,8 @@ from mixlight._model_card import CardFacts, card_or_none, is_replaceable
 from mixlight._pattern_bounds import check_bounded
 from mixlight._version import __version__
 from mixlight.config import AdapterConfig
-from mixlight.site_spec import ModuleShape, SiteSpec, fingerprint, plan_recorded
+from mixlight.site_planning import ModuleShape, plan_recorded
+from mixlight.site_spec import SiteSpec
 
 FORMAT = "mixlight.adapter"
 FORMAT_VERSION = "1.0"
@@ -79,6 +80,13 @@ class AdapterFile:
     format_version: str
     mixlight_version: str
     base_identity: BaseIdentity = BaseIdentity()
+
+
+def fingerprint(specs: Iterable[SiteSpec]) -> tuple[dict[str, dict[str, Any]], str]:
+    """The adapted-module shapes of a base model (recorded in the file) and their sha256."""
+    entries = {s.path: s.shape_entry() for s in specs}
+    digest = hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
+    return entries, digest
 
 
 def expected_shapes(specs: list[SiteSpec]) -> dict[str, tuple[int, ...]]:

@@ -44,20 +44,16 @@ from mixlight.experts import (
 from mixlight.fast_ops import fast_op, register_fast_op
 from mixlight.math import routing_summary
 from mixlight.primitives import Primitives
-from mixlight.site_spec import (
+from mixlight.site_math import SiteResult, apply_site, aux_loss_terms, pooling_mask, route
+from mixlight.site_planning import (
     ModuleRecord,
     ModuleShape,
-    SiteResult,
-    SiteSpec,
-    apply_site,
-    aux_loss_terms,
     describe_module,
     plan_sites,
-    pooling_mask,
     record_module,
-    route,
     shape_for,
 )
+from mixlight.site_spec import SiteSpec
 
 __all__ = [
     "ArrayBackend",

@@ -13,7 +13,9 @@ from typing import Any
 
 import jax
 
-from mixlight.site_spec import SiteSpec, route
+from mixlight.site_math import route
+
+from mixlight.site_spec import SiteSpec
 from mixlight_jax.fused import fused_molora, fused_mov, fused_routed_molora
 
 SiteOp = Callable[

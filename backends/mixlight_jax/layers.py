@@ -14,7 +14,7 @@ from flax import errors, nnx
 
 from mixlight.extend import SiteResult, SiteSpec, apply_site
 from mixlight.fast_ops import fast_op
-from mixlight.site_spec import pooling_mask
+from mixlight.site_math import pooling_mask
 from mixlight_jax._sites import FAST_OPS
 from mixlight_jax.params import AdapterParam, sharding_metadata
 

@@ -17,7 +17,8 @@ from mixlight._base_identity import BaseIdentity, SamplePoint, sample_weights
 from mixlight.extend import plan_sites
 from mixlight.named_adapters import NamedAdapters
 from mixlight.presets import model_type_of, resolve_targets
-from mixlight.site_spec import SOURCE, TARGET, ModuleRecord, SiteSpec, record_module
+from mixlight.site_planning import ModuleRecord, record_module
+from mixlight.site_spec import SOURCE, TARGET, SiteSpec
 from mixlight_jax._modules import (
     SUPPORTED,
     Entry,

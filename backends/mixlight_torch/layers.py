@@ -11,7 +11,7 @@ from torch import nn
 
 from mixlight.extend import SiteSpec, apply_site
 from mixlight.fast_ops import fast_op
-from mixlight.site_spec import pooling_mask
+from mixlight.site_math import pooling_mask
 from mixlight_torch.ops._precision import no_autocast
 from mixlight_torch.ops._sites import FAST_OPS
 

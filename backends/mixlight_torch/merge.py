@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from mixlight.experts import Merged
 from mixlight.merging import Routing, RoutingMeans, site_update
-from mixlight.site_spec import ACTIVATION_CONSUMERS
+from mixlight.site_planning import ACTIVATION_CONSUMERS
 from mixlight_torch.model import (
     adapter_layers,
     canonical_weight,

@@ -16,7 +16,9 @@ from mixlight._cache_safety import cache_unsafe_sites, refuse_cached_sequence_ro
 from mixlight.extend import SiteSpec, plan_sites
 from mixlight.named_adapters import BASE, DEFAULT, NamedAdapters
 from mixlight.presets import model_type_of, resolve_targets
-from mixlight.site_spec import MASK_NAMES, SOURCE, ModuleRecord, aux_loss_terms, record_module
+from mixlight.site_math import aux_loss_terms
+from mixlight.site_planning import ModuleRecord, record_module
+from mixlight.site_spec import MASK_NAMES, SOURCE
 from mixlight_torch import hf as _hf
 from mixlight_torch.layers import AdapterLayer, AdapterSwitch
 

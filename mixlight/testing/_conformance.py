@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mixlight.site_spec import apply_site
+from mixlight.site_math import apply_site
 from mixlight.testing._loop_grads import loop_gradients
 from mixlight.testing._loops import NEAR_TIE, LoopResult, loop_reference, top_k_margin
 

@@ -14,7 +14,7 @@ import mixlight as ml
 import mixlight.extend as mlx
 from mixlight import adapter_file
 from mixlight._base_identity import BaseIdentity
-from mixlight.site_spec import fingerprint
+from mixlight.adapter_file import fingerprint
 
 PATHS = ["enc.0.attn.k", "enc.0.attn.v", "enc.0.mlp.act", "enc.0.mlp.wo"]
 

@@ -4,7 +4,7 @@ backend."""
 import mixlight as ml
 import mixlight.extend as mlx
 from mixlight import fast_ops
-from mixlight.site_spec import ModuleShape, plan_sites
+from mixlight.site_planning import ModuleShape, plan_sites
 
 PATHS = ["encoder.block.0.layer.0.SelfAttention.k", "encoder.block.0.layer.1.DenseReluDense.act"]
 SHAPES = {

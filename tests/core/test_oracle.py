@@ -141,6 +141,8 @@ FORBIDDEN = (
     "mixlight.math",
     "mixlight.primitives",
     "mixlight.site_spec",
+    "mixlight.site_math",
+    "mixlight.site_planning",
     "mixlight._backends",
 )
 

@@ -7,7 +7,7 @@ import pytest
 import mixlight as ml
 import mixlight.extend as mlx
 from mixlight import presets
-from mixlight.site_spec import ModuleRecord, plan_sites, record_module, shape_for
+from mixlight.site_planning import ModuleRecord, plan_sites, record_module, shape_for
 
 LLAMA_PATHS = [
     "model.layers.0.self_attn.q_proj",

@@ -14,7 +14,7 @@ import pytest
 import mixlight as ml
 import mixlight.adapter_file
 import mixlight.extend as mlx
-import mixlight.site_spec
+import mixlight.site_planning
 from tests.core.test_reliability_catalogue import (
     CONFIG,
     metadata_sha256,
@@ -49,7 +49,7 @@ def test_reading_a_file_never_evaluates_its_patterns(tmp_path, monkeypatch):
         raise AssertionError(f"the file's patterns were matched: {config.sites}")
 
     assert not hasattr(mixlight.adapter_file, "plan_sites")  # reading plans nothing
-    monkeypatch.setattr(mixlight.site_spec, "plan_sites", no_matching)
+    monkeypatch.setattr(mixlight.site_planning, "plan_sites", no_matching)
     adapter = ml.read_adapter(out)
     assert [s.path for s in adapter.specs] == ["dec.k", "enc.k"]
     assert adapter.config.sites[0].pattern == "(a|a)+b"

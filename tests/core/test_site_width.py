@@ -5,7 +5,7 @@ import pytest
 
 import mixlight as ml
 import mixlight.extend as mlx
-from mixlight.site_spec import ModuleRecord, shape_for
+from mixlight.site_planning import ModuleRecord, shape_for
 
 
 def test_width_round_trips_and_is_written_only_when_set():

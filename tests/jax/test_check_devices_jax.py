@@ -36,7 +36,7 @@ def main() -> dict:
     import mixlight_jax
     from mixlight import fast_ops
     from mixlight.math import merge_vectors
-    from mixlight.site_spec import route
+    from mixlight.site_math import route
     from mixlight.testing import (
         ConformanceError,
         PlaceError,

@@ -10,7 +10,7 @@ import torch
 
 import mixlight.extend as mlx
 from mixlight.math import merge_vectors
-from mixlight.site_spec import route
+from mixlight.site_math import route
 from mixlight_torch import implement_fast_op
 
 

@@ -14,7 +14,7 @@ import torch
 import mixlight.extend as mlx
 from mixlight import fast_ops
 from mixlight.math import merge_vectors
-from mixlight.site_spec import route
+from mixlight.site_math import route
 from mixlight.testing import (
     ConformanceError,
     PlaceError,

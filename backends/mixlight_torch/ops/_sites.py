@@ -11,7 +11,9 @@ from typing import Any
 
 from torch import Tensor
 
-from mixlight.site_spec import SiteSpec, route
+from mixlight.site_math import route
+
+from mixlight.site_spec import SiteSpec
 from mixlight_torch.ops.molora import fused_molora, fused_routed_molora
 from mixlight_torch.ops.mov import fused_mov
 
