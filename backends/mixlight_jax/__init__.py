@@ -27,6 +27,7 @@ _EXPORTS = {
     "inject": "mixlight_jax.model",
     "mean_routing": "mixlight_jax.merge",
     "merge_and_unload": "mixlight_jax.merge",
+    "no_routing_trace": "mixlight_jax.model",
     "remove_adapters": "mixlight_jax.model",
     "sequence_masks": "mixlight_jax.model",
     "set_adapter": "mixlight_jax.model",

@@ -17,8 +17,7 @@ from mixlight._backend_contract import Backend, RoutingStats
 from mixlight._base_identity import BaseIdentity
 from mixlight.adapter_file import check_arrays
 from mixlight.math import routing_summary
-from mixlight.site_math import aux_loss_terms
-from mixlight.site_spec import SiteSpec
+from mixlight.site_spec import SiteSpec, aux_loss_terms
 from mixlight_jax import merge as _merge
 from mixlight_jax import model as _model
 from mixlight_jax.layers import StoredAdapter
@@ -120,7 +119,7 @@ class JaxBackend(Backend[nnx.Module, jax.Array]):
         _model.state_of(model)
         total = jnp.zeros((), jnp.float32)
         for layer in _model.adapter_layers(model).values():
-            logits, specs = layer.last_logits.get_value(), layer.site_specs()
+            logits, specs = layer.routing()[1], layer.site_specs()
             if logits is None:
                 continue
             for i, spec in enumerate(specs):  # a stack's logits: [layers, ...]
@@ -134,10 +133,10 @@ class JaxBackend(Backend[nnx.Module, jax.Array]):
         _model.state_of(model)
         stats = {}
         for path, layer in _model.adapter_layers(model).items():
-            probs = layer.last_probs.get_value()
-            if probs is None:
+            traced = layer.routing()[0]
+            if traced is None:
                 continue
-            probs = np.asarray(jax.device_get(probs), np.float32)
+            probs = np.asarray(jax.device_get(traced), np.float32)
             if not layer.layer_paths:
                 stats[path] = routing_summary(probs)
             for i, layer_path in enumerate(layer.layer_paths):  # a stack's: [layers, ...]

@@ -19,9 +19,12 @@ from mixlight_jax._sites import FAST_OPS
 from mixlight_jax.params import AdapterParam, sharding_metadata
 
 
-class RoutingTrace(nnx.Variable):
+class RoutingTrace(nnx.Intermediate):
     """The last forward's routing probabilities or logits (float32, ``[..., E]`` or
-    ``[..., H, E]``), None before the first call. Model state, so it survives ``nnx.jit``."""
+    ``[..., H, E]``), None before the first call. An NNX intermediate:
+    ``nnx.state(model, nnx.Intermediate)`` selects the traces and
+    ``nnx.pop(model, nnx.Intermediate)`` takes them out (the next call records anew). Model
+    state, so it survives ``nnx.jit`` and comes out of ``nnx.scan`` stacked."""
 
 
 class StoredAdapter(nnx.Variable):
@@ -83,9 +86,14 @@ class AdapterLayer(nnx.Module):
     the order they were added (a tuple: static NNX metadata).
     Attributes the base module has (``kernel``, ``in_features``, ...) stay readable through the
     layer. The last forward's routing is kept in ``last_probs`` / ``last_logits``
-    (:class:`RoutingTrace`) for :func:`mixlight.aux_losses` and :func:`mixlight.routing_stats`;
-    inside a raw JAX loop (``lax.while_loop`` over the model, as in greedy decoding) it is not
-    recorded, since NNX state cannot change there.
+    (:class:`RoutingTrace`, read with :meth:`routing`) for :func:`mixlight.aux_losses` and
+    :func:`mixlight.routing_stats`, under ``nnx.jit`` and ``nnx.scan`` as eagerly; inside
+    ``nnx.capture(f, nnx.Intermediate)`` each call's routing is also sown as
+    ``routing_probs`` / ``routing_logits``. A raw JAX loop (``jax.lax.fori_loop`` /
+    ``while_loop`` / ``scan`` closing over the model) cannot change NNX state, so a call there
+    raises a ``RuntimeError`` saying what works instead: NNX's loops with the model in the carry,
+    or :func:`mixlight_jax.no_routing_trace`, which records nothing (``recording`` False, static
+    NNX metadata) and leaves no stale trace.
     """
 
     def __init__(
@@ -98,6 +106,7 @@ class AdapterLayer(nnx.Module):
         self.shapes = shapes  # None: [..., d_in] -> [..., d_out] as the site says
         self.layer_paths = tuple(layer_paths)
         self.enabled = True
+        self.recording = True
         self.specs: tuple[tuple[str, SiteSpec], ...] = ()
         self.active: str | None = None
         self.adapter: nnx.Dict = nnx.Dict({})
@@ -183,7 +192,9 @@ class AdapterLayer(nnx.Module):
         if not self.enabled or spec is None:  # no routing ran: no statistics from this pass
             self._record(None, None)
             return self.base(x, *args, **kwargs)
-        params = {name: p[...] for name, p in self.adapter.items()}
+        params = {  # nnx.capture gives every module, this nnx.Dict too, its __captures__
+            name: p[...] for name, p in self.adapter.items() if isinstance(p, nnx.Variable)
+        }
         self._check_call(spec, params, args, kwargs)
         xs = self._flat(x, 0, spec.d_in)
         if spec.site.tensor == "input":  # adapt the input; the module runs on the result
@@ -242,12 +253,42 @@ class AdapterLayer(nnx.Module):
                     f"it was called with {given!r}: call it with its own equation"
                 )
 
+    def routing(self) -> tuple[jax.Array | None, jax.Array | None]:
+        """The last forward's ``(probs, logits)`` (None where none was recorded, or where
+        ``nnx.pop(model, nnx.Intermediate)`` took them)."""
+        return self._trace("last_probs"), self._trace("last_logits")
+
+    def _trace(self, name: str) -> jax.Array | None:
+        trace = vars(self).get(name)
+        return trace.get_value() if isinstance(trace, RoutingTrace) else None
+
     def _record(self, probs: jax.Array | None, logits: jax.Array | None) -> None:
+        """Keep this call's routing (and sow it into an enclosing ``nnx.capture``)."""
+        if not self.recording:
+            return
         try:
-            self.last_probs.set_value(probs)
-            self.last_logits.set_value(logits)
-        except errors.TraceContextError:
-            pass
+            if probs is not None and hasattr(self, "__captures__"):  # inside nnx.capture
+                self.sow(nnx.Intermediate, "routing_probs", probs)
+                if logits is not None:
+                    self.sow(nnx.Intermediate, "routing_logits", logits)
+            for name, value in (("last_probs", probs), ("last_logits", logits)):
+                trace = vars(self).get(name)
+                if not isinstance(trace, RoutingTrace):  # popped by nnx.pop: record anew
+                    setattr(self, name, RoutingTrace(value))
+                elif value is not None or trace.get_value() is not None:
+                    trace.set_value(value)
+        except errors.TraceContextError as error:
+            where = self.spec.path if self.spec is not None else type(self.base).__name__
+            raise RuntimeError(
+                f"mixlight cannot record the routing of {where} here: the model was called "
+                "inside a raw JAX loop (jax.lax.fori_loop, while_loop or scan closing over the "
+                "model), where NNX state cannot change, so mixlight.routing_stats and "
+                "mixlight.aux_losses would report an earlier call. Loop with nnx.fori_loop, "
+                "nnx.while_loop or nnx.scan and pass the model in the carry (its traces must "
+                "already hold arrays of the loop's shapes: call the model once before the "
+                "loop), or run the loop inside `with mixlight_jax.no_routing_trace(model):`, "
+                "which records no routing (as mixlight_jax.t5.greedy_generate does)"
+            ) from error
 
 
 def _axes(spec: SiteSpec, short: str) -> tuple[str, ...]:

@@ -19,8 +19,7 @@ from flax import nnx
 
 from mixlight.experts import Merged
 from mixlight.merging import Routing, RoutingMeans, site_update
-from mixlight.site_planning import ACTIVATION_CONSUMERS
-from mixlight.site_spec import SiteSpec
+from mixlight.site_spec import ACTIVATION_CONSUMERS, SiteSpec
 from mixlight_jax._modules import Layout, layout
 from mixlight_jax.layers import AdapterLayer
 from mixlight_jax.model import adapter_layers, remove_adapters, sequence_masks, state_of
@@ -186,10 +185,10 @@ def mean_routing(model: nnx.Module, batches: Iterable[Mapping[str, Any]]) -> dic
         _forward(model, dict(batch))
         source, target = (_mask(batch.get(k)) for k in MASK_KEYS)
         for _, layer, spec in _sites(model):
-            probs = layer.last_probs.get_value()
-            if probs is None:
+            traced = layer.routing()[0]
+            if traced is None:
                 continue
-            probs = np.asarray(jax.device_get(probs), np.float32)
+            probs = np.asarray(jax.device_get(traced), np.float32)
             if not layer.layer_paths:
                 means.add(spec, probs, source, target)
             for i, layer_spec in enumerate(layer.site_specs()):  # a stack's: [layers, ...]

@@ -428,6 +428,29 @@ def sequence_masks(
 
 
 @contextlib.contextmanager
+def no_routing_trace(model: nnx.Module) -> Iterator[nnx.Module]:
+    """Run the model inside the block without recording its routing: every adapter layer's
+    trace is cleared (None) on entry, so :func:`mixlight.routing_stats` and
+    :func:`mixlight.aux_losses` report nothing from these calls rather than an earlier one's.
+    What a raw JAX loop over the model needs (``jax.lax.fori_loop`` / ``while_loop``, as
+    :func:`mixlight_jax.t5.greedy_generate` decodes), where NNX state cannot change and an
+    adapter layer that records raises instead; enter it outside the loop, inside a jitted
+    function or not. Each layer's ``recording`` flag is static NNX metadata, so ``nnx.jit``
+    compiles the unrecorded model separately. A model without adapters runs unchanged."""
+    layers = list(_all_layers(model).values())
+    previous = [layer.recording for layer in layers]
+    for layer in layers:
+        layer.recording = True
+        layer._record(None, None)
+        layer.recording = False
+    try:
+        yield model
+    finally:
+        for layer, recording in zip(layers, previous, strict=True):
+            layer.recording = recording
+
+
+@contextlib.contextmanager
 def disable_adapters(model: nnx.Module) -> Iterator[nnx.Module]:
     """Run the frozen base model inside the block. Each layer's ``enabled`` flag is static NNX
     metadata, so ``nnx.jit`` compiles the disabled model separately (once) and never mixes

@@ -36,6 +36,7 @@ from mixlight_jax import (  # noqa: E402
     fused_mov,
     fused_routed_molora,
     inject,
+    no_routing_trace,
     remove_adapters,
     sequence_masks,
     t5,
@@ -440,20 +441,59 @@ def test_sequence_routing_ignores_padding():
     assert model.layers[0].act.masks.get_value() == {}
 
 
-def test_routing_is_not_recorded_inside_a_raw_jax_loop():
-    """NNX state cannot change inside ``lax.fori_loop`` / ``while_loop`` bodies (greedy decoding
-    runs the decoder there): the adapter still applies, the trace keeps its last value."""
+def test_a_raw_jax_loop_refuses_to_record_and_says_what_records():
+    """NNX state cannot change inside ``lax.fori_loop`` / ``while_loop`` bodies: a call there
+    raises naming the ways that work, never leaving an earlier call's routing to be read."""
     model = _perturb(ml.inject(MLP(), MLP_MOV))
     once = _forward(model, X)
-    recorded = np.array(model.layers[0].act.last_probs.get_value())
 
     @nnx.jit
     def twice(model, x):
         return jax.lax.fori_loop(0, 2, lambda i, x: model(x), x)
 
-    looped = twice(model, X)  # would record the routing of `once` if it recorded anything
-    np.testing.assert_array_equal(model.layers[0].act.last_probs.get_value(), recorded)
+    with pytest.raises(RuntimeError, match=r"raw JAX loop.*nnx.fori_loop.*no_routing_trace"):
+        twice(model, X)
+    with no_routing_trace(model):  # records nothing, and clears what an earlier call left
+        looped = twice(model, X)
     np.testing.assert_allclose(looped, _forward(model, once), atol=1e-5)
+    with no_routing_trace(model):
+        assert ml.routing_stats(model) == {} and float(ml.aux_losses(model)) == 0.0
+    _forward(model, X)  # recording again after the block
+    assert set(ml.routing_stats(model)) == {"layers.0.act", "layers.1.act"}
+
+
+def test_an_nnx_loop_records_the_last_iterations_routing():
+    """``nnx.fori_loop`` with the model in its carry records like a plain call (the traces
+    hold arrays of the loop's shapes from a call before it)."""
+    model = _perturb(ml.inject(MLP(), MLP_MOV))
+    once = _forward(model, X)
+
+    @nnx.jit
+    def twice(model, x):
+        return nnx.fori_loop(0, 2, lambda i, carry: (carry[0], carry[0](carry[1])), (model, x))[1]
+
+    twice(model, X)
+    looped = np.array(model.layers[0].act.last_probs.get_value())
+    _forward(model, once)  # the second iteration's input
+    np.testing.assert_allclose(looped, model.layers[0].act.last_probs.get_value(), atol=1e-6)
+
+
+def test_routing_traces_are_nnx_intermediates():
+    """``nnx.pop(model, nnx.Intermediate)`` takes the traces (the next call records anew) and
+    ``nnx.capture(f, nnx.Intermediate)`` returns each call's routing, under ``nnx.jit``."""
+    model = _perturb(ml.inject(MLP(), MLP_MOV))
+    _forward(model, X)
+    probs = np.array(model.layers[0].act.last_probs.get_value())
+    popped = nnx.pop(model, nnx.Intermediate)
+    np.testing.assert_array_equal(popped["layers"][0]["act"]["last_probs"].get_value(), probs)
+    assert ml.routing_stats(model) == {}
+    jitted = nnx.jit(lambda model, x: model(x))
+    jitted(model, X)
+    np.testing.assert_allclose(model.layers[0].act.last_probs.get_value(), probs, atol=1e-6)
+    _, captured = nnx.capture(jitted, nnx.Intermediate)(model, X)
+    (sown,) = captured["layers"][0]["act"]["routing_probs"].get_value()
+    np.testing.assert_allclose(sown, probs, atol=1e-6)
+    assert set(captured["layers"][1]["act"]) == {"routing_probs", "routing_logits"}
 
 
 def test_sharding_metadata_names_logical_axes():

@@ -14,7 +14,7 @@ from flax import nnx  # noqa: E402
 
 import mixlight as ml  # noqa: E402
 import mixlight.extend as mlx  # noqa: E402
-from mixlight_jax import sequence_masks, t5  # noqa: E402
+from mixlight_jax import no_routing_trace, sequence_masks, t5  # noqa: E402
 
 TINY = dict(
     vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
@@ -60,7 +60,8 @@ def _cached_logits(model, input_ids, mask):
         tokens = tokens.at[:, step + 1].set(step_logits.argmax(-1).astype(jnp.int32))
         return tokens, cache, logits.at[:, step].set(step_logits)
 
-    tokens, _, logits = jax.lax.fori_loop(0, STEPS, one_step, (tokens, cache, logits))
+    with no_routing_trace(model):  # a raw lax loop cannot record routing
+        tokens, _, logits = jax.lax.fori_loop(0, STEPS, one_step, (tokens, cache, logits))
     return tokens, logits
 
 

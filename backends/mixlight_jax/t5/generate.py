@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mixlight_jax.model import no_routing_trace
+
 from .model import T5ForConditionalGeneration
 
 
@@ -21,13 +23,17 @@ def greedy_generate(
     ``pad_token_id``, and decoding stops once every row has finished (so ``n`` can be shorter).
     The encoder runs once; cross-attention keys/values are computed once from its output and
     self-attention keys/values are cached per step (both as returned by the ``k``/``v`` submodules).
+    The decoder runs in a ``jax.lax.while_loop``, where NNX state cannot change, so an adapted
+    model's routing is not recorded (:func:`mixlight_jax.no_routing_trace`): its traces are
+    empty afterwards; a forward pass of the generated ids gives the routing statistics.
     """
     input_ids = jnp.asarray(input_ids)
     if attention_mask is None:
         attention_mask = jnp.ones_like(input_ids)
-    tokens, steps = _compiled_greedy_tokens(
-        model, input_ids, jnp.asarray(attention_mask), max_new_tokens
-    )
+    with no_routing_trace(model):
+        tokens, steps = _compiled_greedy_tokens(
+            model, input_ids, jnp.asarray(attention_mask), max_new_tokens
+        )
     return np.asarray(tokens)[:, : int(steps) + 1]
 
 
