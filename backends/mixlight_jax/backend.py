@@ -17,7 +17,8 @@ from mixlight._backend_contract import Backend, RoutingStats
 from mixlight._base_identity import BaseIdentity
 from mixlight.adapter_file import check_arrays
 from mixlight.math import routing_summary
-from mixlight.site_spec import SiteSpec, aux_loss_terms
+from mixlight.site_math import aux_loss_terms
+from mixlight.site_spec import SiteSpec
 from mixlight_jax import merge as _merge
 from mixlight_jax import model as _model
 from mixlight_jax.layers import StoredAdapter

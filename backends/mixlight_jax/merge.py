@@ -19,7 +19,8 @@ from flax import nnx
 
 from mixlight.experts import Merged
 from mixlight.merging import Routing, RoutingMeans, site_update
-from mixlight.site_spec import ACTIVATION_CONSUMERS, SiteSpec
+from mixlight.site_planning import ACTIVATION_CONSUMERS
+from mixlight.site_spec import SiteSpec
 from mixlight_jax._modules import Layout, layout
 from mixlight_jax.layers import AdapterLayer
 from mixlight_jax.model import adapter_layers, remove_adapters, sequence_masks, state_of
