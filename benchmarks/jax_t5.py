@@ -4,9 +4,8 @@ One random-weight t5-v1_1-layout model (:mod:`mixlight_jax.t5`, dropout off); ea
 adapts its own clone with :func:`mixlight.inject` (seed 0, so equal configs start equal). A
 step is one compiled ``value_and_grad`` of the mean token cross-entropy with respect to the
 adapter parameters only (``nnx.split`` on :class:`mixlight_jax.AdapterParam`). ``naive-mov-10``
-is the same MoV-10 traced with the backend's fast ops off
-(:func:`mixlight_jax._sites.core_math_only`): the core math under plain autodiff, no
-``custom_vjp``, what writing MoV in JAX by hand gives.
+is the same MoV-10 injected with the fast ops off (:func:`mixlight.fast_ops.core_math_only`):
+the core math under plain autodiff, no ``custom_vjp``, what writing MoV in JAX by hand gives.
 """
 
 from __future__ import annotations
@@ -24,8 +23,8 @@ import mixlight as ml
 from benchmarks.impl import Group, Pairs
 from benchmarks.jax_sites import residual_bytes
 from benchmarks.t5 import T5Shape
+from mixlight.fast_ops import core_math_only
 from mixlight_jax import AdapterParam, t5
-from mixlight_jax._sites import core_math_only
 
 Batch = dict[str, jax.Array]
 
@@ -58,24 +57,18 @@ def _loss(model: Any, batch: Batch) -> jax.Array:
 
 class JaxTrainStep:
     """One adapted model's step: ``loss, grads = value_and_grad(loss)(adapter params)``,
-    compiled ahead of time (inside ``trace_in``, e.g. :func:`core_math_only`)."""
+    compiled ahead of time."""
 
-    def __init__(
-        self,
-        model: Any,
-        batch: Batch,
-        trace_in: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-    ):
+    def __init__(self, model: Any, batch: Batch):
         graphdef, params, rest = nnx.split(model, AdapterParam, ...)
         self._params, self._rest, self._batch = params, rest, batch
 
         def loss_of(params, rest, batch):
             return _loss(nnx.merge(graphdef, params, rest), batch)
 
-        with trace_in():
-            self._step = jax.jit(jax.value_and_grad(loss_of)).lower(params, rest, batch).compile()
-            self._forward = jax.jit(loss_of)  # traced on first use, below
-            self._saved = self._count_saved()
+        self._step = jax.jit(jax.value_and_grad(loss_of)).lower(params, rest, batch).compile()
+        self._forward = jax.jit(loss_of)  # traced on first use, below
+        self._saved = self._count_saved()
 
     def step(self) -> dict[str, object]:
         loss, grads = jax.block_until_ready(self._step(self._params, self._rest, self._batch))
@@ -93,7 +86,7 @@ class JaxTrainStep:
 
 
 def training_methods() -> dict[str, tuple[Callable[[], ml.AdapterConfig], Callable[[], Any]]]:
-    """Case 8's methods: name -> (adapter config, the context its step is traced in)."""
+    """Case 8's methods: name -> (adapter config, the context it is injected in)."""
     plain = contextlib.nullcontext
     return {
         "ia3": (ml.IA3, plain),
@@ -110,9 +103,10 @@ def training_group(shape: T5Shape) -> Group:
     base = base_model(shape)
     batch = make_batch(shape, base.config)
     impls = {}
-    for name, (config, trace_in) in training_methods().items():
+    for name, (config, added_in) in training_methods().items():
         model = nnx.clone(base)
-        ml.inject(model, config(), seed=0)
-        impls[name] = JaxTrainStep(model, batch, trace_in)
+        with added_in():
+            ml.inject(model, config(), seed=0)
+        impls[name] = JaxTrainStep(model, batch)
     same: Pairs = [("mov-10", "naive-mov-10", tuple(impls["mov-10"].step()))]
     return Group("train step", "ia3", impls, same)

@@ -15,15 +15,18 @@ import importlib
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
 
 from mixlight._backend_contract import ArrayBackend, ModelBackend
 from mixlight.primitives import NUMPY_PRIMITIVES, Primitives
+
+if TYPE_CHECKING:  # annotations only: mixlight.fast_ops imports this module
+    from mixlight.fast_ops import SiteRunner
 
 AnyModelBackend = ModelBackend[Any, Any]
 
@@ -41,12 +44,16 @@ class BackendPlugin:
       extra: the pip extra that installs it (``"torch"`` for ``mixlight[torch]``).
       load: returns the backend (a :class:`~mixlight._backend_contract.Backend` for a
         framework with models); imports the framework.
+      fast_ops: returns the backend's own fast-op implementations by the op names
+        :func:`mixlight.extend.fast_op` assigns to sites (:mod:`mixlight.fast_ops`); imports
+        the framework. None (the default): it has none, its sites run the core math.
     """
 
     name: str
     framework: str
     extra: str
     load: Callable[[], ArrayBackend]
+    fast_ops: Callable[[], Mapping[str, SiteRunner]] | None = None
 
 
 class NumpyBackend(ArrayBackend):

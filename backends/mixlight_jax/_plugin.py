@@ -9,4 +9,10 @@ def _load():
     return JaxBackend()
 
 
-plugin = BackendPlugin(name="jax", framework="jax", extra="jax", load=_load)
+def _fast_ops():
+    from mixlight_jax._sites import BUILTIN_OPS
+
+    return BUILTIN_OPS
+
+
+plugin = BackendPlugin(name="jax", framework="jax", extra="jax", load=_load, fast_ops=_fast_ops)

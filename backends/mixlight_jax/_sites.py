@@ -1,4 +1,5 @@
-"""This backend's table of fast ops by the names :mod:`mixlight.fast_ops` assigns to sites.
+"""This backend's own fast ops by the names :mod:`mixlight.fast_ops` assigns to sites,
+declared on its plugin (:mod:`mixlight_jax._plugin`).
 
 Each entry runs one site: ``(spec, params, x [..., d_in], h [..., d_out]) -> (out [...,
 d_out], probs, logits)``, with ``probs``/``logits`` ``[..., (H,) E]`` or None. The JAX
@@ -7,15 +8,16 @@ backend has no ``scale`` entry: XLA fuses the core math of a one-vector site by 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Mapping
+import types
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 
+from mixlight import fast_ops
 from mixlight.site_math import route
-
 from mixlight.site_spec import SiteSpec
+from mixlight_jax._plugin import plugin
 from mixlight_jax.fused import fused_molora, fused_mov, fused_routed_molora
 
 SiteOp = Callable[
@@ -45,22 +47,14 @@ def _molora(spec: SiteSpec, p: Mapping[str, jax.Array], x: jax.Array, h: jax.Arr
     return h + delta.astype(h.dtype), probs, logits
 
 
-FAST_OPS: dict[str, SiteOp] = {"mov": _mov, "routed_molora": _routed_molora, "molora": _molora}
+BUILTIN_OPS: Mapping[str, SiteOp] = types.MappingProxyType(
+    {"mov": _mov, "routed_molora": _routed_molora, "molora": _molora}
+)
+"""Read-only: ops a user adds go to the core's registry (:func:`implement_fast_op`)."""
 
 
 def implement_fast_op(name: str, op: SiteOp) -> None:
-    """Run sites that :func:`mixlight.fast_ops.fast_op` assigns ``name`` with ``op`` in JAX
-    (for a custom expert kind's op; see :func:`mixlight.extend.register_fast_op`)."""
-    FAST_OPS[name] = op
-
-
-@contextlib.contextmanager
-def core_math_only() -> Iterator[None]:
-    """Within the block, sites that JAX traces run the core math with plain autodiff, as if
-    this backend had no fast ops (for comparisons; a function jitted inside keeps that)."""
-    saved = dict(FAST_OPS)
-    FAST_OPS.clear()
-    try:
-        yield
-    finally:
-        FAST_OPS.update(saved)
+    """Run sites that :func:`mixlight.extend.fast_op` assigns ``name`` with ``op`` in JAX
+    (for a custom expert kind's op; see :func:`mixlight.extend.register_fast_op`). Adapters
+    added afterwards run it."""
+    fast_ops.implement_fast_op(plugin.name, name, op)

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from mixlight.fast_ops import fast_op
-from mixlight.site_spec import SiteSpec
-from mixlight_jax._sites import FAST_OPS, SiteOp
+from mixlight_jax.layers import AdapterLayer
 
 
-def serving_op(spec: SiteSpec) -> SiteOp | None:
-    """The fast op :func:`mixlight_jax.layers.mix` runs for ``spec``; None for the core math."""
-    name = fast_op(spec)
-    return None if name is None else FAST_OPS.get(name)
-
-
-def op_label(spec: SiteSpec) -> str:
-    """What the adapter layer runs for ``spec``: ``"fast:<op>"`` for an op of this backend's
-    table, ``"core"`` for the core math."""
-    return "core" if serving_op(spec) is None else f"fast:{fast_op(spec)}"
+def op_label(layer: AdapterLayer) -> str:
+    """What ``layer`` runs for its active adapter: ``"fast:<op>"`` for the fast op resolved
+    when the adapter was added (:mod:`mixlight.fast_ops`), ``"core"`` for the core math."""
+    variant = layer.variant
+    return "core" if variant is None else f"fast:{variant.name}"

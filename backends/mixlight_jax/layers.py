@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import errors, nnx
 
-from mixlight.extend import SiteResult, SiteSpec, apply_site
-from mixlight.fast_ops import fast_op
+from mixlight.extend import SiteResult, SiteSpec
+from mixlight.fast_ops import FastOpVariant, resolve_fast_op, run_site
 from mixlight.site_math import pooling_mask
-from mixlight_jax._sites import FAST_OPS
+from mixlight_jax._plugin import plugin
 from mixlight_jax.params import AdapterParam, sharding_metadata
 
 
@@ -47,14 +47,10 @@ def mix(
     h: jax.Array,
     mask: jax.Array | None = None,
 ) -> SiteResult:
-    """One site's output on jax arrays: its fast op where the core assigns one that this
-    backend implements (:mod:`mixlight.fast_ops`, :mod:`mixlight_jax._sites`), else the
+    """One site's output on jax arrays, as an adapter added now runs it: its fast op where
+    the core assigns one that this backend implements (:mod:`mixlight.fast_ops`), else the
     core's :func:`mixlight.extend.apply_site`. Same signature and result as ``apply_site``."""
-    name = fast_op(spec)
-    op = None if name is None else FAST_OPS.get(name)
-    if op is not None:
-        return SiteResult(*op(spec, params, x, h))
-    return apply_site(spec, params, x, h, mask)
+    return run_site(resolve_fast_op(spec, plugin.name), spec, params, x, h, mask)
 
 
 class AdapterLayer(nnx.Module):
@@ -83,7 +79,9 @@ class AdapterLayer(nnx.Module):
     target this module); every other adapter's are in ``self.stored[name]``, as
     :class:`StoredAdapter` variables that ``nnx.Optimizer(..., wrt=AdapterParam)`` neither
     trains nor decays. ``self.specs`` holds ``(name, SiteSpec)`` for every adapter here, in
-    the order they were added (a tuple: static NNX metadata).
+    the order they were added (a tuple: static NNX metadata), and ``self.variants`` ``(name,
+    FastOpVariant | None)``: what each runs, its fast op or the core math (None), resolved
+    once, when it was added (:func:`mixlight.fast_ops.resolve_fast_op`).
     Attributes the base module has (``kernel``, ``in_features``, ...) stay readable through the
     layer. The last forward's routing is kept in ``last_probs`` / ``last_logits``
     (:class:`RoutingTrace`, read with :meth:`routing`) for :func:`mixlight.aux_losses` and
@@ -108,6 +106,7 @@ class AdapterLayer(nnx.Module):
         self.enabled = True
         self.recording = True
         self.specs: tuple[tuple[str, SiteSpec], ...] = ()
+        self.variants: tuple[tuple[str, FastOpVariant | None], ...] = ()
         self.active: str | None = None
         self.adapter: nnx.Dict = nnx.Dict({})
         self.stored: nnx.Dict = nnx.Dict({})
@@ -119,6 +118,12 @@ class AdapterLayer(nnx.Module):
     def spec(self) -> SiteSpec | None:
         """The active adapter's site here; None when it does not target this module."""
         return dict(self.specs).get(self.active) if self.active is not None else None
+
+    @property
+    def variant(self) -> FastOpVariant | None:
+        """What the active adapter runs here: its fast op, or None for the core math (and
+        when it does not target this module)."""
+        return dict(self.variants).get(self.active) if self.active is not None else None
 
     def site_specs(self, name: str | None = None) -> tuple[SiteSpec, ...]:
         """Adapter ``name``'s site here (default: the active adapter's), one per layer of a
@@ -147,6 +152,7 @@ class AdapterLayer(nnx.Module):
             raise ValueError(f"{spec.path} already carries the mixlight adapter {name!r}")
         stacked = ("layers",) if self.layer_paths else ()
         self.specs = (*self.specs, (name, spec))
+        self.variants = (*self.variants, (name, resolve_fast_op(spec, plugin.name)))
         self.stored[name] = nnx.Dict(
             {
                 n: StoredAdapter(
@@ -180,6 +186,7 @@ class AdapterLayer(nnx.Module):
         else:
             del self.stored[name]
         self.specs = tuple((n, s) for n, s in self.specs if n != name)
+        self.variants = tuple((n, v) for n, v in self.variants if n != name)
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names the layer lacks: fall back to the wrapped module.
@@ -209,7 +216,7 @@ class AdapterLayer(nnx.Module):
         """The site on flat ``x [..., d_in]`` and ``h [..., d_out]`` (the adapted tensor),
         its routing recorded."""
         mask = pooling_mask(spec, self.masks.get_value(), h if spec.reads == "output" else x)
-        result = mix(spec, params, x, h, mask)
+        result = run_site(self.variant, spec, params, x, h, mask)
         if result.probs is not None and result.probs.size == 0:  # 0 tokens: nothing routed
             self._record(None, None)
         else:

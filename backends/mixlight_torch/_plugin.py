@@ -9,4 +9,12 @@ def _load():
     return TorchBackend()
 
 
-plugin = BackendPlugin(name="torch", framework="torch", extra="torch", load=_load)
+def _fast_ops():
+    from mixlight_torch.ops._sites import BUILTIN_OPS
+
+    return BUILTIN_OPS
+
+
+plugin = BackendPlugin(
+    name="torch", framework="torch", extra="torch", load=_load, fast_ops=_fast_ops
+)

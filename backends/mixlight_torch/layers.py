@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from mixlight.extend import SiteSpec, apply_site
-from mixlight.fast_ops import fast_op
+from mixlight.extend import SiteSpec
+from mixlight.fast_ops import FastOpVariant, resolve_fast_op, run_site
 from mixlight.site_math import pooling_mask
+from mixlight_torch._plugin import plugin
 from mixlight_torch.ops._precision import no_autocast
-from mixlight_torch.ops._sites import FAST_OPS
 
 
 class AdapterSwitch:
@@ -45,7 +45,9 @@ class AdapterLayer(nn.Module):
     as unexpected keys). Attributes the base module has (``weight``, ``in_features``, ...)
     stay readable through the layer, as model code expects. The last forward's routing
     probabilities and logits are kept in ``last_probs`` and ``last_logits`` for
-    :func:`mixlight.aux_losses` and :func:`mixlight.routing_stats`.
+    :func:`mixlight.aux_losses` and :func:`mixlight.routing_stats`. What each adapter runs
+    (its fast op's :class:`~mixlight.fast_ops.FastOpVariant`, None for the core math) is
+    resolved once, when it is added, and kept in ``variants``.
     """
 
     def __init__(self, base: nn.Module, switch: AdapterSwitch) -> None:
@@ -57,7 +59,7 @@ class AdapterLayer(nn.Module):
         # On the meta device the initial values have nowhere to live: they are kept here and
         # written once the parameters get storage (``model.to_empty(device=...)``).
         self.__dict__["pending_init"] = {}
-        self.__dict__["ops"] = {}  # adapter name -> its fast op's name (mixlight.fast_ops)
+        self.__dict__["variants"] = {}  # adapter name -> FastOpVariant | None (core math)
         self.last_probs: torch.Tensor | None = None
         self.last_logits: torch.Tensor | None = None
         self.register_state_dict_post_hook(_base_keys_unprefixed)
@@ -80,15 +82,17 @@ class AdapterLayer(nn.Module):
             {n: nn.Parameter(torch.from_numpy(a).to(device)) for n, a in params.items()}
         )
         self.specs[name] = spec
-        self.__dict__["ops"][name] = fast_op(spec)
+        self.variants[name] = resolve_fast_op(spec, plugin.name)
         if device.type == "meta":
             self.__dict__["pending_init"][name] = params
 
     def remove(self, name: str) -> None:
         del self.adapters[name]
         del self.specs[name]
-        del self.__dict__["ops"][name]
+        del self.variants[name]
         self.__dict__["pending_init"].pop(name, None)
+
+    variants: dict[str, FastOpVariant | None]  # (a plain attribute, kept out of nn.Module's)
 
     @property
     def spec(self) -> SiteSpec:
@@ -231,16 +235,13 @@ class AdapterLayer(nn.Module):
         h: torch.Tensor,
         masks: Mapping[str, torch.Tensor] | None = None,
     ):
-        """``(out, probs, logits)`` of adapter ``name``: its fast op where the core assigns
-        one that this backend implements (:mod:`mixlight.fast_ops`), else the core math;
+        """``(out, probs, logits)`` of adapter ``name``, as its variant resolved when it was
+        added runs it (:func:`mixlight.fast_ops.run_site`: its fast op, or the core math);
         ``masks`` by side, for sequence routing (:func:`mixlight.extend.pooling_mask`)."""
         spec, params = self.specs[name], self.params_of(name)
-        op = FAST_OPS.get(self.__dict__["ops"][name])
-        if op is not None:  # (a ParameterDict reads as a Mapping of its parameters)
-            return op(spec, cast(Mapping[str, torch.Tensor], params), x, h)
         mask = pooling_mask(spec, masks or {}, h if spec.reads == "output" else x)
-        result = apply_site(spec, dict(params.items()), x, h, mask)
-        return result.out, result.probs, result.logits
+        tensors = cast(Mapping[str, torch.Tensor], params)  # (a ParameterDict reads as one)
+        return run_site(self.variants[name], spec, tensors, x, h, mask)
 
     def extra_repr(self) -> str:
         def one(s: SiteSpec) -> str:

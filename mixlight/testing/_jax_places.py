@@ -3,7 +3,7 @@ mesh and a ``data x model`` mesh of all devices.
 
 At each, a case's site is injected (:func:`mixlight.inject`) into a tiny NNX module whose
 adapted ``proj`` returns the case's frozen output ``h``, so the adapter layer runs as in a
-model, with the fast op :mod:`mixlight.fast_ops` picks (``mixlight_jax.conformance``). The
+model, with the fast op it resolves (:mod:`mixlight.fast_ops`, ``mixlight_jax.conformance``). The
 forward and ``jax.vjp`` run eagerly or under ``jax.jit``; on a mesh, under ``jax.set_mesh``
 (ops that shard by hand see it), with the batch split over ``data`` and the adapter's
 parameters split by logical axis rules over ``model``.
@@ -121,7 +121,6 @@ def _to_numpy(a: Any) -> np.ndarray | None:
 def _both(
     graphdef: Any,
     sequence: bool,
-    op: Any,
     params: Any,
     rest: Any,
     x: Any,
@@ -130,8 +129,8 @@ def _both(
     g: Any,
 ) -> Any:
     """The injected module's output and routing and, with a cotangent ``g``, the vjp of its
-    adapter parameters, ``x`` and ``h``. ``op`` (the fast op the site runs, or None) only
-    keys the jit cache, so that an op swapped in the table is traced anew."""
+    adapter parameters, ``x`` and ``h``. The fast op the layer resolved is static metadata of
+    ``graphdef``, so a site that resolves another op is traced anew."""
     from mixlight_jax import sequence_masks
 
     def forward(params: Any, x: Any, h: Any) -> Any:
@@ -150,24 +149,27 @@ def _both(
     return out, routed, pull(g)
 
 
-_jitted = jax.jit(_both, static_argnums=(0, 1, 2))
+_jitted = jax.jit(_both, static_argnums=(0, 1))
 
 
 def _run_at(layout: _Layout) -> Callable[[Any, np.ndarray | None, str], Outcome]:
-    from mixlight_jax.conformance import op_label, serving_op
+    from mixlight_jax.conformance import op_label
 
     def run(case: Any, g_out: np.ndarray | None, mode: str) -> Outcome:
-        from mixlight_jax import AdapterParam
+        from mixlight_jax import AdapterLayer, AdapterParam
 
         if mode not in ("eager", "jit"):
             raise PlaceError(f"mode {mode!r}: JAX places run 'eager' or 'jit'")
-        graphdef, params, rest = nnx.split(_injected(case, layout), AdapterParam, ...)  # type: ignore[misc]
+        model = _injected(case, layout)
+        assert isinstance(model.proj, AdapterLayer)
+        label = op_label(model.proj)  # what the layer resolved when the adapter was added
+        graphdef, params, rest = nnx.split(model, AdapterParam, ...)  # type: ignore[misc]
         dtype = DTYPES[case.dtype]
         x = _put(np.asarray(case.x, dtype), layout.batch)
         h = _put(np.asarray(case.h, dtype), layout.batch)
         mask = _put(np.asarray(case.mask, np.float32), layout.batch)
         g = None if g_out is None else _put(np.asarray(g_out, dtype), layout.batch)
-        args = (graphdef, case.spec.routing == "sequence", serving_op(case.spec))
+        args = (graphdef, case.spec.routing == "sequence")
         fn = _jitted if mode == "jit" else _both
         with jax.set_mesh(layout.mesh) if layout.mesh is not None else contextlib.nullcontext():
             out, (probs, logits), pulled = fn(*args, params, rest, x, h, mask, g)
@@ -178,7 +180,7 @@ def _run_at(layout: _Layout) -> Callable[[Any, np.ndarray | None, str], Outcome]
             pairs = [(n, v.get_value()) for n, v in holder.proj.adapter.items()]
             grads = {n: _array(v) for n, v in [*pairs, ("x", g_x), ("h", g_h)]}
         return Outcome(
-            op_label(case.spec),
+            label,
             _array(out),
             _to_numpy(probs),
             _to_numpy(logits),

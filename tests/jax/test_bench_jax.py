@@ -11,8 +11,10 @@ pytest.importorskip("flax")
 torch = pytest.importorskip("torch")
 
 import benchmarks.cases as cases  # noqa: E402
+import mixlight as ml  # noqa: E402
+import mixlight.extend as mlx  # noqa: E402
 from benchmarks.impl import check_same  # noqa: E402
-from mixlight_jax import _sites  # noqa: E402
+from mixlight import fast_ops  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -49,15 +51,8 @@ def test_case_8_methods_start_from_the_same_loss(t5_group):
 
 def test_naive_mov_step_runs_without_the_fused_op(t5_group):
     """The naive step really is plain autodiff: it keeps the merged vectors (more residual
-    bytes than the fused op, which recomputes them), and the fast-op table is restored."""
+    bytes than the fused op, which recomputes them), and the fused op serves MoV after it."""
     impls = t5_group.impls
     assert impls["naive-mov-10"].saved_bytes() > impls["mov-10"].saved_bytes()
-    assert "mov" in _sites.FAST_OPS
-
-
-def test_core_math_only_restores_the_table_on_error():
-    before = dict(_sites.FAST_OPS)
-    with pytest.raises(RuntimeError), _sites.core_math_only():
-        assert not _sites.FAST_OPS
-        raise RuntimeError
-    assert _sites.FAST_OPS == before
+    (spec,) = mlx.plan_sites(ml.MoV(10), {"a.k": mlx.ModuleShape(8, 8)})
+    assert fast_ops.resolve_fast_op(spec, "jax").name == "mov"

@@ -27,6 +27,8 @@ MESHES = ["jax:mesh(data=4)", "jax:mesh(data=2,model=2)"]
 
 def main() -> dict:
     """Run in a process with 4 forced CPU devices; returns what it saw."""
+    import contextlib
+
     import attrs
     import jax
     import numpy as np
@@ -44,7 +46,7 @@ def main() -> dict:
         device_places,
         site_cases,
     )
-    from mixlight_jax._sites import FAST_OPS
+    from mixlight_jax._sites import BUILTIN_OPS
 
     @mlx.register_expert
     @attrs.frozen
@@ -83,18 +85,15 @@ def main() -> dict:
 
         return op
 
-    saved_ops, saved_table = list(fast_ops._OPS), dict(FAST_OPS)
-
-    def restore():
-        fast_ops._OPS[:] = saved_ops
-        FAST_OPS.clear()
-        FAST_OPS.update(saved_table)
-        fast_ops.fast_op.cache_clear()
-
-    def plant(name, applies, op):
-        restore()
-        mlx.register_fast_op(name, applies)
-        mixlight_jax.implement_fast_op(name, op)
+    @contextlib.contextmanager
+    def planted(name, applies, op):
+        """Within the block, sites for which ``applies`` holds run ``op`` (adapters added in
+        it: each check injects its own)."""
+        with fast_ops.registry_restored():
+            if applies is not None:
+                mlx.register_fast_op(name, applies)
+            mixlight_jax.implement_fast_op(name, op)
+            yield
 
     report: dict = {"places": [p.name for p in device_places("jax")]}
     token = dict(routings=("token",), dtypes=("float32",), batches=(4, 8), seqs=(1, 2))
@@ -102,23 +101,23 @@ def main() -> dict:
     is_kind = lambda s: isinstance(s.expert, JaxCheckBiases) and s.routing == "token"  # noqa: E731
 
     # 1. a wrong fused backward: caught on every place, each path named
-    plant("jax_check_op", is_kind, backward_times(1.5))
     start = time.perf_counter()
     try:
-        check_on_devices("jax", examples=10, cases=kind_cases, shrink_limit=5, show=False)
+        with planted("jax_check_op", is_kind, backward_times(1.5)):
+            check_on_devices("jax", examples=10, cases=kind_cases, shrink_limit=5, show=False)
     except ConformanceError as err:
         report["wrong_backward"] = {"paths": err.paths, "message": str(err)}
     report["wrong_backward_seconds"] = time.perf_counter() - start
 
     # 2. the same kind, op correct: passes with gradients everywhere; then on the core math
-    plant("jax_check_op", is_kind, backward_times(1.0))
-    report["custom_op"] = list(check_on_devices("jax", examples=3, cases=kind_cases, show=False))
-    restore()
+    with planted("jax_check_op", is_kind, backward_times(1.0)):
+        checked = check_on_devices("jax", examples=3, cases=kind_cases, show=False)
+    report["custom_op"] = list(checked)
     checked = check_on_devices("jax", examples=3, expert=JaxCheckBiases(), show=False)
     report["custom_core"] = list(checked)
 
     # 3. a wrong sharding rule: experts split over "model", softmax over each shard's experts
-    original = FAST_OPS["mov"]
+    original = BUILTIN_OPS["mov"]
 
     def sharded_mov(spec, params, x, h):
         mesh = jax.sharding.get_abstract_mesh()
@@ -139,17 +138,15 @@ def main() -> dict:
             out_specs=(P("data"), routed, routed),
         )(h, params["router"], params["vectors"])
 
-    restore()
-    FAST_OPS["mov"] = sharded_mov
     mov_cases = site_cases(
         expert=mlx.Vectors(), min_experts=2, max_experts=6, reads=("output",), heads=(None,),
         **token,
     )  # fmt: skip
     try:
-        check_on_devices("jax", examples=10, cases=mov_cases, shrink_limit=5, show=False)
+        with planted("mov", None, sharded_mov):  # before the backend's own "mov"
+            check_on_devices("jax", examples=10, cases=mov_cases, shrink_limit=5, show=False)
     except ConformanceError as err:
         report["wrong_sharding"] = {"paths": err.paths, "message": str(err)}
-    restore()
 
     # 4. failures that are not mismatches: raised at once, never shrunk
     drawn: list[int] = []
@@ -164,12 +161,11 @@ def main() -> dict:
         calls.append(1)
         raise ValueError("planted: this op refuses its site")
 
-    plant("jax_check_op", is_kind, raising)
     try:
-        check_on_devices("jax", examples=20, cases=kind_cases, show=False)
+        with planted("jax_check_op", is_kind, raising):
+            check_on_devices("jax", examples=20, cases=kind_cases, show=False)
     except PlaceError as err:
         report["raising"] = {"message": str(err), "calls": len(calls)}
-    restore()
     return report
 
 

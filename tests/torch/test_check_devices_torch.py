@@ -25,7 +25,6 @@ from mixlight.testing import (
 )
 from mixlight.testing.pytest_plugin import mixlight_check  # noqa: F401  (the fixture)
 from mixlight_torch import implement_fast_op
-from mixlight_torch.ops import FAST_OPS
 
 
 @mlx.register_expert
@@ -74,14 +73,9 @@ def fused_with_backward_times(factor):
 
 @pytest.fixture
 def registry():
-    """Restores the core's op list and torch's table after the test."""
-    ops, table = list(fast_ops._OPS), dict(FAST_OPS)
-    fast_ops.fast_op.cache_clear()
-    yield
-    fast_ops._OPS[:] = ops
-    FAST_OPS.clear()
-    FAST_OPS.update(table)
-    fast_ops.fast_op.cache_clear()
+    """Restores the core's fast-op registry after the test."""
+    with fast_ops.registry_restored():
+        yield
 
 
 def plant(op):

@@ -1,5 +1,5 @@
-"""A custom expert kind's fast op runs in torch when registered, and a site whose op the
-backend lacks runs the core math."""
+"""A custom expert kind's fast op runs in torch when registered, a site whose op the backend
+lacks runs the core math, and a layer resolves its op once, when an adapter is added."""
 
 from typing import ClassVar
 
@@ -11,8 +11,7 @@ import mixlight as ml
 import mixlight.extend as mlx
 from mixlight import fast_ops
 from mixlight.math import merge_vectors
-from mixlight_torch import implement_fast_op
-from mixlight_torch.ops import FAST_OPS
+from mixlight_torch import adapter_layers, implement_fast_op
 from tests.torch.conftest import batch, perturb, tiny_t5
 
 
@@ -35,14 +34,9 @@ CONFIG = ml.AdapterConfig([ml.Site(r".*SelfAttention\.v", OpTestBiases())], 3)
 
 @pytest.fixture
 def registry():
-    """Restores the core's op list and torch's table after the test."""
-    ops, table = list(fast_ops._OPS), dict(FAST_OPS)
-    fast_ops.fast_op.cache_clear()
-    yield
-    fast_ops._OPS[:] = ops
-    FAST_OPS.clear()
-    FAST_OPS.update(table)
-    fast_ops.fast_op.cache_clear()
+    """Restores the core's fast-op registry after the test."""
+    with fast_ops.registry_restored():
+        yield
 
 
 def logits(model):
@@ -72,3 +66,37 @@ def test_an_op_the_backend_lacks_runs_the_core_math(registry):
     mlx.register_fast_op("nowhere", lambda spec: True)  # no backend implements it
     got = logits(perturb(ml.inject(tiny_t5(), ml.MoV(4), seed=0)))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def variants(model, name="default"):
+    """The variants the model's layers resolved for adapter ``name``."""
+    return {layer.variants[name] for layer in adapter_layers(model).values()}
+
+
+def test_the_op_is_resolved_once_when_the_adapter_is_added(registry):
+    before = ml.inject(tiny_t5(), CONFIG, seed=0)
+    calls = []
+
+    def biases_op(spec, params, x, h):
+        calls.append(spec.path)
+        probs = torch.softmax(h.float() @ params["router"], -1)
+        return h + (probs @ params["biases"]).to(h.dtype), probs, None
+
+    mlx.register_fast_op("op_test_biases", lambda spec: isinstance(spec.expert, OpTestBiases))
+    implement_fast_op("op_test_biases", biases_op)
+    assert variants(before) == {None}  # added before the op existed: keeps the core math
+    logits(before)
+    assert calls == []
+    after = ml.inject(tiny_t5(), CONFIG, seed=0)
+    assert variants(after) == {fast_ops.FastOpVariant("op_test_biases", biases_op, False)}
+    logits(after)
+    assert len(calls) == 4
+
+
+def test_core_math_only_picks_the_core_math_for_adapters_added_in_it():
+    with fast_ops.core_math_only():
+        naive = ml.inject(tiny_t5(), ml.MoV(4), seed=0)
+    fused = ml.inject(tiny_t5(), ml.MoV(4), seed=0)
+    assert variants(naive) == {None}
+    assert {v.name for v in variants(fused)} == {"mov"} and all(v.builtin for v in variants(fused))
+    torch.testing.assert_close(logits(perturb(naive)), logits(perturb(fused)), atol=1e-5, rtol=1e-5)

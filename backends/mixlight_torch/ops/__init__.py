@@ -20,24 +20,23 @@ one matrix product each.
 The ops run with autocast disabled, so that forward and the backward recomputation see the
 same dtypes: the router is always computed in float32 (float64 for float64 inputs), the LoRA
 products in ``x``'s dtype. All are ``torch.compile(fullgraph=True)``-clean. On CUDA, with
-products in ``x``'s dtype. All are ``torch.compile(fullgraph=True)``-clean. On CUDA, with
 triton installed, the soft-merge MoV runs as one Triton kernel per pass instead
 (:mod:`mixlight_torch.ops.triton_mov`; ``MIXLIGHT_TRITON=0`` turns it off); the torch code
 runs on every device.
 
 Layout: :mod:`.mov` (MoV), :mod:`.molora` (MoLoRA), :mod:`.triton_mov` (the CUDA kernel,
-imported only when it runs), :mod:`._sites` (the table of site runners by the op names
-:mod:`mixlight.fast_ops` assigns), the token router they share in :mod:`._routing`, and the dtype,
-autocast and size policies in :mod:`._precision`. Argument checks are shape-only and live
-in the core (:mod:`mixlight._op_checks`), shared with the JAX backend.
+imported only when it runs), :mod:`._sites` (this backend's site runners by the op names
+:mod:`mixlight.fast_ops` assigns, declared on its plugin), the token router they share in
+:mod:`._routing`, and the dtype, autocast and size policies in :mod:`._precision`. Argument
+checks are shape-only and live in the core (:mod:`mixlight._op_checks`), shared with the JAX
+backend.
 """
 
-from mixlight_torch.ops._sites import FAST_OPS, implement_fast_op
+from mixlight_torch.ops._sites import implement_fast_op
 from mixlight_torch.ops.molora import FusedMoLoRA, fused_molora, fused_routed_molora
 from mixlight_torch.ops.mov import FusedMoV, fused_mov
 
 __all__ = [
-    "FAST_OPS",
     "FusedMoLoRA",
     "FusedMoV",
     "fused_molora",

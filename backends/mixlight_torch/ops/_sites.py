@@ -1,4 +1,5 @@
-"""This backend's table of fast ops by the names :mod:`mixlight.fast_ops` assigns to sites.
+"""This backend's own fast ops by the names :mod:`mixlight.fast_ops` assigns to sites,
+declared on its plugin (:mod:`mixlight_torch._plugin`).
 
 Each entry runs one site: ``(spec, params, x [..., d_in], h [..., d_out]) -> (out [...,
 d_out], probs, logits)``, with ``probs``/``logits`` ``[..., (H,) E]`` or None.
@@ -6,14 +7,16 @@ d_out], probs, logits)``, with ``probs``/``logits`` ``[..., (H,) E]`` or None.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor
 
+from mixlight import fast_ops
 from mixlight.site_math import route
-
 from mixlight.site_spec import SiteSpec
+from mixlight_torch._plugin import plugin
 from mixlight_torch.ops.molora import fused_molora, fused_routed_molora
 from mixlight_torch.ops.mov import fused_mov
 
@@ -44,15 +47,14 @@ def _molora(spec: SiteSpec, p: Mapping[str, Tensor], x: Tensor, h: Tensor):
     return fused_molora(x, probs, p["lora_A"], p["lora_B"], scale, base=h), probs, logits
 
 
-FAST_OPS: dict[str, SiteOp] = {
-    "scale": _scale,
-    "mov": _mov,
-    "routed_molora": _routed_molora,
-    "molora": _molora,
-}
+BUILTIN_OPS: Mapping[str, SiteOp] = types.MappingProxyType(
+    {"scale": _scale, "mov": _mov, "routed_molora": _routed_molora, "molora": _molora}
+)
+"""Read-only: ops a user adds go to the core's registry (:func:`implement_fast_op`)."""
 
 
 def implement_fast_op(name: str, op: SiteOp) -> None:
-    """Run sites that :func:`mixlight.fast_ops.fast_op` assigns ``name`` with ``op`` in
-    torch (for a custom expert kind's op; see :func:`mixlight.extend.register_fast_op`)."""
-    FAST_OPS[name] = op
+    """Run sites that :func:`mixlight.extend.fast_op` assigns ``name`` with ``op`` in torch
+    (for a custom expert kind's op; see :func:`mixlight.extend.register_fast_op`). Adapters
+    added afterwards run it."""
+    fast_ops.implement_fast_op(plugin.name, name, op)
