@@ -46,8 +46,8 @@ def inject(
 
     Freezing is torch's (``requires_grad`` off). JAX has no such flag: in a Flax NNX model
     the base parameters stay ``nnx.Param``, and training the adapter alone means selecting
-    it by type, ``nnx.Optimizer(model, tx, wrt=mixlight_jax.AdapterParam)`` and
-    ``nnx.DiffState(0, AdapterParam)`` (see :func:`mixlight_jax.model.inject`).
+    it, ``nnx.Optimizer(model, tx, wrt=mixlight_jax.trainable(model))`` and
+    ``nnx.DiffState(0, trainable(model))`` (see :func:`mixlight_jax.model.inject`).
 
     ``seed`` fixes the adapters' initial values (drawn with numpy from the canonical
     initialisers, so a seed gives the same adapter in every backend); None takes it from the
@@ -130,7 +130,8 @@ def adapter_names(model: Any, *, backend: str | None = None) -> list[str]:
 
 def set_adapter(model: Any, adapter_name: str, *, backend: str | None = None) -> None:
     """Make ``adapter_name`` the adapter that runs and trains; the others stay, frozen.
-    (JAX: build the ``nnx.Optimizer`` after switching, since the trainable state changed.)"""
+    (JAX: no variable changes; train each adapter with its own ``nnx.Optimizer(model, tx,
+    wrt=mixlight_jax.trainable(model, name))``, which stays valid across switches.)"""
     backend_for_model(model, backend).set_adapter(model, adapter_name)
 
 

@@ -2,9 +2,9 @@
 
 Use the framework-neutral functions (``mixlight.inject``, ``mixlight.save_adapter``, ...) on
 ``nnx.Module``s; this package adds JAX-specific pieces (a seeded :func:`inject`, the
-:class:`AdapterParam` filter for optimizers, which leaves inactive named adapters
-(:class:`StoredAdapter`) alone, sequence-routing masks, merging, the fused ops, and the NNX
-T5 in :mod:`mixlight_jax.t5`). Its names load lazily, so that the entry point
+:class:`AdapterParam` variable type and the :func:`trainable` filter of one adapter for
+optimizers, sequence-routing masks, merging, the fused ops, and the NNX T5 in
+:mod:`mixlight_jax.t5`). Its names load lazily, so that the entry point
 (:mod:`mixlight_jax._plugin`) can be discovered without importing jax."""
 
 import importlib
@@ -14,10 +14,10 @@ from mixlight_jax._plugin import plugin
 
 _EXPORTS = {
     "AdapterLayer": "mixlight_jax.layers",
+    "AdapterNamed": "mixlight_jax.params",
     "AdapterParam": "mixlight_jax.params",
     "JaxBackend": "mixlight_jax.backend",
     "RoutingTrace": "mixlight_jax.layers",
-    "StoredAdapter": "mixlight_jax.layers",
     "adapter_layers": "mixlight_jax.model",
     "delete_adapter": "mixlight_jax.model",
     "fused_molora": "mixlight_jax.fused",
@@ -31,6 +31,7 @@ _EXPORTS = {
     "remove_adapters": "mixlight_jax.model",
     "sequence_masks": "mixlight_jax.model",
     "set_adapter": "mixlight_jax.model",
+    "trainable": "mixlight_jax.model",
 }
 
 __all__ = ["plugin", *_EXPORTS]

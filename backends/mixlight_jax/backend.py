@@ -21,8 +21,6 @@ from mixlight.site_math import aux_loss_terms
 from mixlight.site_spec import SiteSpec
 from mixlight_jax import merge as _merge
 from mixlight_jax import model as _model
-from mixlight_jax.layers import StoredAdapter
-from mixlight_jax.params import AdapterParam
 from mixlight_jax.primitives import JAX_PRIMITIVES
 
 
@@ -112,8 +110,7 @@ class JaxBackend(Backend[nnx.Module, jax.Array]):
     def trainable_parameters(self, model: nnx.Module) -> ParameterCount:
         """The active adapter's parameters; the total counts inactive adapters too."""
         return ParameterCount(
-            _size(nnx.state(model, AdapterParam)),
-            _size(nnx.state(model, nnx.Param)) + _size(nnx.state(model, StoredAdapter)),
+            _size(nnx.state(model, _model.trainable(model))), _size(nnx.state(model, nnx.Param))
         )
 
     def aux_losses(self, model: nnx.Module) -> jax.Array:

@@ -27,13 +27,6 @@ class RoutingTrace(nnx.Intermediate):
     state, so it survives ``nnx.jit`` and comes out of ``nnx.scan`` stacked."""
 
 
-class StoredAdapter(nnx.Variable):
-    """An inactive named adapter's parameter (float32): kept with the model, saved and loaded
-    by name, but not an :class:`AdapterParam`, so optimizers built with
-    ``wrt=AdapterParam`` neither train nor decay it. :func:`mixlight.set_adapter` turns the
-    new active adapter's variables into ``AdapterParam`` (build the optimizer after it)."""
-
-
 class SequenceMasks(nnx.Variable):
     """``[batch, seq]`` padding masks for sequence routing by side, ``{"source": mask,
     "target": mask}`` (a side left out pools over every position; see
@@ -73,15 +66,17 @@ class AdapterLayer(nnx.Module):
     ``[layers, ...]``. ``spec`` is then the first layer's site (every layer's site is the
     same but for its path; :meth:`site_specs` lists them).
 
-    The active adapter's parameters live in ``self.adapter`` (an ``nnx.Dict`` of
+    Every adapter's parameters live in ``self.adapters[name]`` (an ``nnx.Dict`` of
     :class:`AdapterParam`, float32) under their short canonical names (``router``,
-    ``vectors``, ``lora_A``, ``lora_B``), its site in ``self.spec`` (None when it does not
-    target this module); every other adapter's are in ``self.stored[name]``, as
-    :class:`StoredAdapter` variables that ``nnx.Optimizer(..., wrt=AdapterParam)`` neither
-    trains nor decays. ``self.specs`` holds ``(name, SiteSpec)`` for every adapter here, in
-    the order they were added (a tuple: static NNX metadata), and ``self.variants`` ``(name,
-    FastOpVariant | None)``: what each runs, its fast op or the core math (None), resolved
-    once, when it was added (:func:`mixlight.fast_ops.resolve_fast_op`).
+    ``vectors``, ``lora_A``, ``lora_B``), whether it runs or not, so switching the active
+    adapter changes no variable and an optimizer built for one adapter
+    (``wrt=mixlight_jax.trainable(model, name)``) stays valid across switches. The active
+    adapter's are also ``self.adapter``, its site ``self.spec`` (None when it does not target
+    this module). ``self.specs`` holds ``(name, SiteSpec)`` for every adapter here, in the
+    order they were added (a tuple: static NNX metadata), ``self.active`` the active
+    adapter's name, and ``self.variants`` ``(name, FastOpVariant | None)``: what each runs,
+    its fast op or the core math (None), resolved once, when it was added
+    (:func:`mixlight.fast_ops.resolve_fast_op`).
     Attributes the base module has (``kernel``, ``in_features``, ...) stay readable through the
     layer. The last forward's routing is kept in ``last_probs`` / ``last_logits``
     (:class:`RoutingTrace`, read with :meth:`routing`) for :func:`mixlight.aux_losses` and
@@ -108,8 +103,7 @@ class AdapterLayer(nnx.Module):
         self.specs: tuple[tuple[str, SiteSpec], ...] = ()
         self.variants: tuple[tuple[str, FastOpVariant | None], ...] = ()
         self.active: str | None = None
-        self.adapter: nnx.Dict = nnx.Dict({})
-        self.stored: nnx.Dict = nnx.Dict({})
+        self.adapters: nnx.Dict = nnx.Dict({})
         self.last_probs = RoutingTrace(None)
         self.last_logits = RoutingTrace(None)
         self.masks = SequenceMasks({})
@@ -140,22 +134,27 @@ class AdapterLayer(nnx.Module):
         """The adapters that target this module, in the order they were added."""
         return [name for name, _ in self.specs]
 
+    @property
+    def adapter(self) -> nnx.Dict:
+        """The active adapter's variables by short name (empty when it does not target this
+        module)."""
+        return self.adapters[self.active] if self.active is not None else nnx.Dict({})
+
     def variables(self, name: str) -> nnx.Dict:
-        """Adapter ``name``'s variables by short name: :class:`AdapterParam` when it is the
-        active one, else :class:`StoredAdapter`."""
-        return self.adapter if name == self.active else self.stored[name]
+        """Adapter ``name``'s variables by short name."""
+        return self.adapters[name]
 
     def add(self, name: str, spec: SiteSpec, params: Mapping[str, np.ndarray]) -> None:
-        """Give this module the inactive adapter ``name`` with initial values ``params``
-        (each with a leading layer axis when the module is stacked)."""
+        """Give this module the adapter ``name`` with initial values ``params`` (each with a
+        leading layer axis when the module is stacked); :meth:`activate` runs it."""
         if name in self.names():
             raise ValueError(f"{spec.path} already carries the mixlight adapter {name!r}")
         stacked = ("layers",) if self.layer_paths else ()
         self.specs = (*self.specs, (name, spec))
         self.variants = (*self.variants, (name, resolve_fast_op(spec, plugin.name)))
-        self.stored[name] = nnx.Dict(
+        self.adapters[name] = nnx.Dict(
             {
-                n: StoredAdapter(
+                n: AdapterParam(
                     jnp.asarray(a, jnp.float32), **sharding_metadata(stacked + _axes(spec, n))
                 )
                 for n, a in params.items()
@@ -163,28 +162,15 @@ class AdapterLayer(nnx.Module):
         )
 
     def activate(self, name: str) -> None:
-        """Make ``name`` the adapter that runs here (its variables become
-        :class:`AdapterParam`, the previous active one's :class:`StoredAdapter`); a name that
-        does not target this module leaves it running as its base module."""
-        if name == self.active:
-            return
-        if self.active is not None:
-            self.stored[self.active] = _retyped(self.adapter, StoredAdapter)
-        if name in self.names():
-            self.adapter = _retyped(self.stored[name], AdapterParam)
-            del self.stored[name]
-            self.active = name
-        else:
-            self.adapter = nnx.Dict({})
-            self.active = None
+        """Make ``name`` the adapter that runs here (no variable changes); a name that does
+        not target this module leaves it running as its base module."""
+        self.active = name if name in self.names() else None
 
     def remove(self, name: str) -> None:
         """Forget adapter ``name`` here (the active one: the module then runs as its base)."""
+        del self.adapters[name]
         if name == self.active:
-            self.adapter = nnx.Dict({})
             self.active = None
-        else:
-            del self.stored[name]
         self.specs = tuple((n, s) for n, s in self.specs if n != name)
         self.variants = tuple((n, v) for n, v in self.variants if n != name)
 
@@ -301,8 +287,3 @@ class AdapterLayer(nnx.Module):
 def _axes(spec: SiteSpec, short: str) -> tuple[str, ...]:
     """The logical axis names of parameter ``short`` of ``spec``."""
     return spec.param_specs()[short].axes
-
-
-def _retyped(variables: nnx.Dict, kind: type[nnx.Variable]) -> nnx.Dict:
-    """The same arrays and metadata (sharding axes) as variables of type ``kind``."""
-    return nnx.Dict({n: kind(v.get_value(), **v.get_metadata()) for n, v in variables.items()})

@@ -29,6 +29,7 @@ from mixlight_jax._modules import (
     stack_roots,
 )
 from mixlight_jax.layers import AdapterLayer
+from mixlight_jax.params import AdapterNamed, AdapterParam
 
 _SEED_RANGE = 2**31 - 1
 _STATE = "mixlight_state"  # the attribute an injected model carries
@@ -242,9 +243,9 @@ def inject(
 
     Nothing is frozen: JAX has no ``requires_grad``, so the base model's parameters stay
     ``nnx.Param`` and an optimizer built on all ``nnx.Param`` would train them too. Train only
-    the active adapter with ``nnx.Optimizer(model, tx, wrt=mixlight_jax.AdapterParam)`` and
-    differentiate with ``nnx.DiffState(0, AdapterParam)`` (inactive adapters are
-    :class:`StoredAdapter` variables, which these leave alone).
+    the adapter with ``nnx.Optimizer(model, tx, wrt=mixlight_jax.trainable(model))`` and
+    differentiate with ``nnx.DiffState(0, trainable(model))`` (with a single adapter,
+    ``mixlight_jax.AdapterParam`` selects the same).
 
     Adaptable: ``nnx.Linear``, ``nnx.LinearGeneral`` (``nnx.MultiHeadAttention``'s query, key,
     value and out), ``nnx.Einsum``, parameterless activation modules, and these stacked by
@@ -277,10 +278,22 @@ def inject(
     return model
 
 
+def trainable(model: nnx.Module, name: str | None = None) -> nnx.filterlib.Filter:
+    """The NNX filter of adapter ``name``'s parameters (default: the active adapter's), for
+    ``nnx.Optimizer(model, tx, wrt=trainable(model))`` and
+    ``nnx.DiffState(0, trainable(model))``: ``nnx.All(AdapterParam, AdapterNamed(name))``.
+    It names the adapter, so an optimizer built with it trains (and decays) that adapter only,
+    whichever is active later: keep one optimizer per adapter across :func:`set_adapter`.
+    ``AdapterParam`` alone selects every adapter's parameters."""
+    state = state_of(model)
+    return nnx.All(AdapterParam, AdapterNamed(state.check_name(name or state.active)))
+
+
 def set_adapter(model: nnx.Module, name: str) -> None:
-    """Make adapter ``name`` the one that runs and trains: its variables become
-    :class:`AdapterParam`, every other adapter's :class:`StoredAdapter`. The trainable state
-    changes, so build the ``nnx.Optimizer`` (and re-jit) after switching."""
+    """Make adapter ``name`` the one that runs. No variable changes (every adapter's
+    parameters are :class:`AdapterParam` at their own path), so an optimizer built with
+    ``wrt=trainable(model, name)`` stays valid; ``nnx.jit`` retraces for the new active
+    adapter (static metadata)."""
     state = state_of(model).activated(name)
     for layer in _all_layers(model).values():
         layer.activate(name)
@@ -321,10 +334,9 @@ def adapter_parameters(
     model: nnx.Module, name: str | None = None
 ) -> Iterator[tuple[str, nnx.Variable, int | None]]:
     """``(canonical name, variable, layer)`` of adapter ``name`` (default: the active one),
-    canonical names as in adapter files; :class:`AdapterParam` for the active adapter,
-    :class:`StoredAdapter` for the others. ``layer`` is None, or, for a module stacked by
-    ``nnx.vmap``, the index along the variable's leading layer axis that the name stands for
-    (one variable then serves every layer's name)."""
+    canonical names as in adapter files (each an :class:`AdapterParam`). ``layer`` is None,
+    or, for a module stacked by ``nnx.vmap``, the index along the variable's leading layer
+    axis that the name stands for (one variable then serves every layer's name)."""
     name = name if name is not None else state_of(model).active
     for dotted, layer in adapter_layers(model, name).items():
         paths = layer.layer_paths or (dotted,)

@@ -22,9 +22,9 @@ import mixlight.extend as mlx  # noqa: E402
 from mixlight_jax import (  # noqa: E402
     AdapterLayer,
     AdapterParam,
-    StoredAdapter,
     adapter_layers,
     sequence_masks,
+    trainable,
 )
 from mixlight_jax.t5 import T5Config, T5ForConditionalGeneration  # noqa: E402
 
@@ -54,9 +54,9 @@ def logits(model) -> np.ndarray:
 
 
 def perturb(model, scale: float = 0.3, seed: int = 1):
-    """Move every adapter variable, active or stored, off its initial value."""
+    """Move every adapter variable, active or not, off its initial value."""
     rng = np.random.default_rng(seed)
-    state = nnx.state(model, nnx.Any(AdapterParam, StoredAdapter))
+    state = nnx.state(model, AdapterParam)
     nnx.update(model, jax.tree.map(lambda a: a + scale * rng.standard_normal(a.shape), state))
     return model
 
@@ -114,18 +114,41 @@ def test_a_second_name_is_added_inactive_and_switching_switches(tmp_path):
 def test_only_the_active_adapter_trains():
     model, _ = two_adapters()
     count = ml.trainable_parameters(model)
-    active = sum(v.size for v in values(model, AdapterParam).values())
-    stored = sum(v.size for v in values(model, StoredAdapter).values())
-    assert count.trainable == active and stored > 0 and count.total > active + stored
+    active = sum(v.size for v in values(model, trainable(model)).values())
+    every = sum(v.size for v in values(model, AdapterParam).values())
+    assert count.trainable == active and every > active and count.total > every
+    assert (
+        values(model, trainable(model)).keys() == values(model, trainable(model, "default")).keys()
+    )
 
     for name in ("default", "b"):
         ml.set_adapter(model, name)
-        optimizer = nnx.Optimizer(model, optax.adamw(1e-2, weight_decay=0.5), wrt=AdapterParam)
-        before = values(model, AdapterParam), values(model, StoredAdapter)
+        optimizer = nnx.Optimizer(model, optax.adamw(1e-2, weight_decay=0.5), wrt=trainable(model))
+        other = nnx.Not(trainable(model))
+        before = values(model, trainable(model)), values(model, nnx.All(AdapterParam, other))
         _step(model, optimizer)
-        after = values(model, AdapterParam), values(model, StoredAdapter)
-        assert all(not np.array_equal(v, after[0][k]) for k, v in before[0].items())
+        after = values(model, trainable(model)), values(model, nnx.All(AdapterParam, other))
+        assert before[1] and all(not np.array_equal(v, after[0][k]) for k, v in before[0].items())
         assert all(np.array_equal(v, after[1][k]) for k, v in before[1].items())
+
+
+def test_switching_adapters_keeps_each_adapters_optimizer():
+    """Every adapter's parameters stay ``AdapterParam`` at their own path: an optimizer built
+    for one adapter keeps training that adapter after ``set_adapter`` switches back and forth
+    (it never moves the other adapter), with no optimizer rebuilt."""
+    model, _ = two_adapters()
+    optimizers = {
+        name: nnx.Optimizer(model, optax.adam(1e-2), wrt=trainable(model, name))
+        for name in ("default", "b")
+    }
+    for name in ("default", "b", "default", "b"):
+        ml.set_adapter(model, name)
+        before = values(model, AdapterParam)
+        _step(model, optimizers[name])
+        after = values(model, AdapterParam)
+        for key, value in before.items():
+            assert np.array_equal(value, after[key]) == (key[-2] != name), key
+    assert {int(o.step[...]) for o in optimizers.values()} == {2}
 
 
 @nnx.jit
@@ -134,7 +157,7 @@ def _step(model, optimizer):
         out = model(*map(jnp.asarray, (IDS, MASK, DEC)))
         return (out**2).mean() + ml.aux_losses(model)
 
-    grads = nnx.grad(loss, argnums=nnx.DiffState(0, AdapterParam))(model)
+    grads = nnx.grad(loss, argnums=nnx.DiffState(0, optimizer.wrt))(model)
     optimizer.update(model, grads)
 
 
@@ -142,13 +165,14 @@ def test_delete_adapter():
     model, base = two_adapters()
     lora = ml.inject(nnx.clone(base), LORA, seed=2)
     ml.set_adapter(model, "b")
-    nnx.update(lora, nnx.state(model, AdapterParam))
+    backend = mlx.load_backend("jax")
+    backend.load_adapter_state(lora, backend.adapter_state(model)[2])
     ml.delete_adapter(model, "default")  # inactive: b keeps running
     assert ml.adapter_names(model) == ["b"]
     np.testing.assert_array_equal(logits(model), logits(lora))
     attention = model.encoder.block[0].layer[0].SelfAttention
     assert type(attention.k) is nnx.Linear and isinstance(attention.v, AdapterLayer)
-    assert not values(model, StoredAdapter)
+    assert values(model, AdapterParam).keys() == values(model, trainable(model)).keys()
 
     ml.inject(model, MOV, adapter_name="c")
     ml.delete_adapter(model, "b")  # the active one: the first remaining one takes over
