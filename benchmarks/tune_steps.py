@@ -3,7 +3,7 @@ and JAX, on one config. ``mov-1`` (one expert: a softmax over one logit is 1, so
 (IA)³'s) must give (IA)³'s losses step after step: the check that the rows run one pipeline.
 
 Each implementation is the tune pipeline's own trainer (``make_trainer`` of
-:mod:`mixlight_tune.backends.torch_steps` / ``jax_steps``): the config's base loaded by the
+:mod:`mixlight_tune.frameworks.torch_steps` / ``jax_steps``): the config's base loaded by the
 backend's ``prepare``, the adapter injected, the same built-in training mixture tokenised
 once, and one timed call is one whole optimiser step (AdamW, dropout 0, one micro-batch) on
 the next of the first 8 batches of the shared data order (each run once untimed first, so

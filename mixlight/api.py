@@ -29,6 +29,7 @@ from mixlight.adapter_file import (
     write_adapter,
 )
 from mixlight.config import AdapterConfig
+from mixlight.named_adapters import DEFAULT
 
 Model = TypeVar("Model")  # the framework's model type (nn.Module, nnx.Module, ...)
 
@@ -39,7 +40,7 @@ def inject(
     *,
     backend: str | None = None,
     seed: int | None = None,
-    adapter_name: str = "default",
+    adapter_name: str = DEFAULT,
 ) -> Model:
     """Wrap the modules matched by ``config``'s sites in adapters, freeze everything else,
     and return the model (modified in place).

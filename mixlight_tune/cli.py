@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = config_from_args(args)
     try:
         if args.build_base is not None:
-            from .backends.torch_steps import build_base
+            from .frameworks.torch_steps import build_base
 
             print(f"built {build_base(cfg, args.build_base)}")
         elif args.select:

@@ -10,7 +10,7 @@ are saved in the dtype they trained in.
 The folder is written whole under a temporary name in ``output_dir`` (``.model.<random>.tmp``,
 which ``mixlight tune`` counts as its own) and renamed into place; a folder saved before is
 moved aside first and deleted after, so a reader never finds a partial ``model``. Each backend
-provides ``save_model(model, base, directory)`` (``mixlight_tune.backends.<backend>_full``):
+provides ``save_model(model, base, directory)`` (``mixlight_tune.frameworks.<backend>_full``):
 every process calls it, the writing process alone writes.
 """
 
@@ -43,7 +43,7 @@ COPIED = (
 
 def save(backend: str, model: Any, base: Any, output_dir: Path) -> Path:
     """Save full fine-tuning's ``model`` to ``output_dir/model`` (every process calls it)."""
-    module = importlib.import_module(f"mixlight_tune.backends.{backend}_full")
+    module = importlib.import_module(f"mixlight_tune.frameworks.{backend}_full")
     return module.save_model(model, base, output_dir / DIR)  # type: ignore[no-any-return]
 
 

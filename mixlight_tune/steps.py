@@ -1,6 +1,6 @@
 """The one interface between the experiment and a framework: five steps per backend.
 
-``mixlight_tune.backends.<name>_steps`` modules implement :class:`BackendSteps` (a module
+``mixlight_tune.frameworks.<name>_steps`` modules implement :class:`BackendSteps` (a module
 satisfies the protocol by defining these functions). The experiment imports one by name only
 when a run starts, so nothing here imports torch or JAX.
 """
@@ -181,7 +181,7 @@ def load_steps(name: str) -> BackendSteps:
     """The ``name`` backend's steps, turning a missing framework into a clear DemoError."""
     if name not in BACKENDS:
         raise DemoError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
-    module = f"mixlight_tune.backends.{name}_steps"
+    module = f"mixlight_tune.frameworks.{name}_steps"
     try:
         return cast(BackendSteps, importlib.import_module(module))
     except ModuleNotFoundError as err:

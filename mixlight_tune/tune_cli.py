@@ -559,8 +559,8 @@ def _shapes_dry_run(
     """The dry run of a model's ``config.json`` alone (see :func:`dry_run`), for either
     backend: the model is built on torch's meta device (the same shapes JAX's T5 has)."""
     try:
-        from .backends import torch_meta
-        from .backends import torch_steps as steps
+        from .frameworks import torch_meta
+        from .frameworks import torch_steps as steps
     except ImportError:
         raise TuneConfigError(
             f"a dry run without the weights of {cfg.model} builds the model from its "

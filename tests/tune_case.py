@@ -54,7 +54,7 @@ def interrupted_then_resumed(root: Path, backend: str, monkeypatch, **overrides)
         (root / name).mkdir()
         configs[name] = read_config(write_case(root / name, backend, **case))
     whole = run(configs["whole"], lambda _: None)
-    steps = importlib.import_module(f"mixlight_tune.backends.{backend}_steps")
+    steps = importlib.import_module(f"mixlight_tune.frameworks.{backend}_steps")
     check = steps.check_finite_loss
 
     def killed_after_step_5(loss, step, settings):

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import mixlight as ml
+from mixlight.named_adapters import DEFAULT
 from mixlight.testing._devices import Outcome, Place, PlaceError, config_for, same_site
 from mixlight_torch.layers import AdapterLayer
 
@@ -86,10 +87,10 @@ def _run(
     ml.inject(model, config_for(spec), seed=0)
     layer = model.proj
     assert isinstance(layer, AdapterLayer)
-    if not same_site(layer.specs["default"], spec):
+    if not same_site(layer.specs[DEFAULT], spec):
         raise PlaceError(f"inject gave the site {layer.specs['default']}, not the case's {spec}")
     with torch.no_grad():
-        for name, param in layer.params_of("default").items():
+        for name, param in layer.params_of(DEFAULT).items():
             param.copy_(torch.from_numpy(np.asarray(case.params[name], np.float32)))
     take = rows if rows is not None else slice(None)
     dtype = DTYPES[case.dtype]
@@ -111,11 +112,11 @@ def _run(
         if compile_backend is None:
             raise PlaceError("mode 'compiled' needs a compile_backend")
         # this backend's fast ops promise fullgraph; the core math and registered ops may break
-        full = builtin_op(layer, "default")
+        full = builtin_op(layer, DEFAULT)
         runner = torch.compile(runner, backend=compile_backend, fullgraph=full)
     elif mode != "eager":
         raise PlaceError(f"mode {mode!r}: torch places run 'eager' or 'compiled'")
-    op = op_label(layer, "default", h, mode == "compiled")
+    op = op_label(layer, DEFAULT, h, mode == "compiled")
     with _recompiles():
         out = runner(x, h, attention_mask=mask)
         probs, logits = layer.last_probs, layer.last_logits
@@ -125,7 +126,7 @@ def _run(
     found = None
     if grads:
         found = {n: _grad(t) for n, t in (("x", x), ("h", h))}
-        for name, param in layer.params_of("default").items():
+        for name, param in layer.params_of(DEFAULT).items():
             found[name] = _grad(param) * world  # DDP averages over processes: L is a sum
     return Outcome(
         op,

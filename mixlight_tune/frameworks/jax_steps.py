@@ -1,5 +1,5 @@
 """The JAX train and score steps (:class:`mixlight_tune.steps.BackendSteps`), mirroring
-:mod:`mixlight_tune.backends.torch_steps`.
+:mod:`mixlight_tune.frameworks.torch_steps`.
 
 The base is a HF T5 checkpoint directory loaded with :func:`mixlight_jax.t5.from_pretrained`:
 ``--model PATH``, or the shipped tiny T5 (a base for another ``BaseSpec`` is pre-trained by
@@ -41,7 +41,7 @@ from mixlight.site_spec import SOURCE
 from mixlight_jax import AdapterParam, adapter_layers, t5
 from mixlight_jax.model import is_injected, state_of
 from mixlight_tune import loop
-from mixlight_tune.backends import jax_resume
+from mixlight_tune.frameworks import jax_resume
 from mixlight_tune.checkpoint import Checkpoint
 from mixlight_tune.experiment import DemoConfig, base_checkpoint
 from mixlight_tune.sampling import routing_sites
@@ -238,7 +238,7 @@ def prepare(cfg: DemoConfig, runtime: Runtime | None = None) -> Base:
     path = base_checkpoint(cfg)
     if cfg.model_path is None and not (path / "config.json").is_file():
         try:
-            from mixlight_tune.backends.torch_steps import build_base
+            from mixlight_tune.frameworks.torch_steps import build_base
         except ImportError as error:
             raise DemoError(
                 f"the base for this --base spec is not built yet ({path}); building it needs "

@@ -22,7 +22,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from mixlight.site_spec import SOURCE
 from mixlight_torch.model import adapter_layers
-from mixlight_tune.backends.torch_rows import collate, pad
+from mixlight_tune.frameworks.torch_rows import collate, pad
 from mixlight_tune.sampling import routing_sites
 from mixlight_tune.schema import Example
 from mixlight_tune.text_codec import Pair, codec_for

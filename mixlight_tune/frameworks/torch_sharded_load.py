@@ -21,7 +21,7 @@ from mixlight_torch.model import adapter_layers
 def empty_model(path: Path, dtype: torch.dtype | None) -> transformers.PreTrainedModel:
     """The checkpoint's architecture on the meta device: shapes, no weights, its LM head
     tied or not as rank 0's loaded model (:func:`.torch_meta.meta_model`)."""
-    from mixlight_tune.backends.torch_meta import meta_model
+    from mixlight_tune.frameworks.torch_meta import meta_model
 
     return meta_model(path, dtype)
 

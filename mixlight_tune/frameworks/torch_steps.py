@@ -39,10 +39,10 @@ from tqdm.auto import tqdm
 
 import mixlight as ml
 from mixlight_tune import loop
-from mixlight_tune.backends import torch_resume
-from mixlight_tune.backends import torch_sharded_load as sharded_load
-from mixlight_tune.backends.torch_rows import collate, pack, summed_token_loss, token_logits
-from mixlight_tune.backends.torch_scoring import rank_classification
+from mixlight_tune.frameworks import torch_resume
+from mixlight_tune.frameworks import torch_sharded_load as sharded_load
+from mixlight_tune.frameworks.torch_rows import collate, pack, summed_token_loss, token_logits
+from mixlight_tune.frameworks.torch_scoring import rank_classification
 from mixlight_tune.checkpoint import Checkpoint, resume_point
 from mixlight_tune.corruption import span_corruption
 from mixlight_tune.experiment import (

@@ -32,8 +32,8 @@ def test_quick_run_writes_results(tmp_path, cache_dir):
 
 
 def test_matches_torch_backend(tmp_path, cache_dir):
-    from mixlight_tune.backends import jax_steps as jax_instruct
-    from mixlight_tune.backends import torch_steps as torch_instruct
+    from mixlight_tune.frameworks import jax_steps as jax_instruct
+    from mixlight_tune.frameworks import torch_steps as torch_instruct
 
     cfg = dataclasses.replace(
         QUICK, methods=("full",), out_dir=tmp_path, cache_dir=cache_dir, progress=False
@@ -71,7 +71,7 @@ def test_matches_torch_backend(tmp_path, cache_dir):
 def test_dropout_is_applied_not_ignored(tmp_path):
     """The NNX T5 has HF's dropout: a run with dropout 0.1 trains and its losses differ
     from the same run without (it used to be refused)."""
-    from mixlight_tune.backends import jax_steps
+    from mixlight_tune.frameworks import jax_steps
 
     cfg = dataclasses.replace(QUICK, out_dir=tmp_path, progress=False)
     plan = validate(cfg)

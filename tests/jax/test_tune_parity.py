@@ -20,7 +20,7 @@ pytest.importorskip("transformers")
 def _inputs(cfg, encode) -> dict[str, np.ndarray]:
     """The training rows as model inputs ``[rows, len]``, right-padded with 0; the decoder
     reads the targets after the start token 0."""
-    from mixlight_tune.backends.jax_steps import pad_to
+    from mixlight_tune.frameworks.jax_steps import pad_to
 
     train, _ = load_data(cfg)
     inputs = [encode(e.inputs) for e in train]
@@ -37,7 +37,7 @@ def _torch_logits(model, inputs) -> np.ndarray:
 
 @pytest.mark.parametrize("preset", ["mov", "molora"])
 def test_trained_adapters_give_the_same_logits_in_both_backends(tmp_path, preset):
-    from mixlight_tune.backends.torch_steps import prepare
+    from mixlight_tune.frameworks.torch_steps import prepare
 
     adapter = {"preset": preset, "num_experts": 3} | ({"rank": 2} if preset == "molora" else {})
     case = {"optimizer": "sgd", "lr": 0.1 if preset == "mov" else 0.02, "steps": 5}

@@ -19,8 +19,8 @@ pytest.importorskip("matplotlib")
 
 import mixlight as ml  # noqa: E402
 from mixlight_tune import cli, experiment  # noqa: E402
-from mixlight_tune.backends import torch_steps as instruct  # noqa: E402
-from mixlight_tune.backends.torch_scoring import rank_classification  # noqa: E402
+from mixlight_tune.frameworks import torch_steps as instruct  # noqa: E402
+from mixlight_tune.frameworks.torch_scoring import rank_classification  # noqa: E402
 from mixlight_tune.schema import Example  # noqa: E402
 from tests.torch.conftest import perturb, tiny_t5  # noqa: E402
 

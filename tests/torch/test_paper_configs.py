@@ -128,7 +128,7 @@ def test_full_fine_tuning_in_bfloat16_is_flagged(tmp_path, capsys):
 
 
 def test_fsdp_ranks_build_the_untied_head_rank_0_loads():
-    from mixlight_tune.backends import torch_sharded_load
+    from mixlight_tune.frameworks import torch_sharded_load
 
     model = torch_sharded_load.empty_model(MODELS / "t5-xl-lm-adapt", None)
     assert model.lm_head.weight is not model.shared.weight

@@ -20,13 +20,13 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 import mixlight as ml  # noqa: E402
-from mixlight_tune.backends.torch_rows import (  # noqa: E402
+from mixlight_tune.frameworks.torch_rows import (  # noqa: E402
     collate,
     pack,
     summed_token_loss,
     token_logits,
 )
-from mixlight_tune.backends.torch_scoring import rank_classification  # noqa: E402
+from mixlight_tune.frameworks.torch_scoring import rank_classification  # noqa: E402
 from mixlight_tune.schema import Example  # noqa: E402
 from mixlight_tune.text_codec import codec_for, joined  # noqa: E402
 from mixlight_tune.tune_cli import dry_run, run  # noqa: E402
@@ -313,7 +313,7 @@ def test_the_shares_of_two_processes_combine_to_the_one_process_result(tokenizer
     routing means equal one process scoring everything."""
     from types import SimpleNamespace
 
-    from mixlight_tune.backends.torch_steps import combine_shares, score_share
+    from mixlight_tune.frameworks.torch_steps import combine_shares, score_share
 
     model = tiny_llama(len(tokenizer), seed=4)
     ml.inject(model, ml.MoV(3), seed=0)

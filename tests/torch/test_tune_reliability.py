@@ -20,7 +20,7 @@ pytest.importorskip("sentencepiece")
 from mixlight.cli import main  # noqa: E402
 from mixlight_tune import cli as demo_cli  # noqa: E402
 from mixlight_tune import experiment  # noqa: E402
-from mixlight_tune.backends import torch_steps  # noqa: E402
+from mixlight_tune.frameworks import torch_steps  # noqa: E402
 from tests.tune_case import write_case  # noqa: E402
 
 MICRO_BASE = experiment.BaseSpec(

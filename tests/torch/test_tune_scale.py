@@ -185,7 +185,7 @@ def test_accumulation_equals_one_big_step(tmp_path):
 def test_attention_dropout_follows_the_config(tmp_path):
     """HF's T5Attention drops attention weights from a float attribute, not an nn.Dropout:
     the config's dropout reaches it (and every nn.Dropout), whatever the checkpoint says."""
-    from mixlight_tune.backends.torch_steps import set_dropout
+    from mixlight_tune.frameworks.torch_steps import set_dropout
     from tests.torch.conftest import tiny_t5
 
     model = tiny_t5()
@@ -284,7 +284,7 @@ def test_under_fsdp_only_rank_0_reads_the_weights(monkeypatch):
     """The other ranks build the base on the meta device (no weights in memory); rank 0
     keeps the CPU copy it read until the shards are filled (the FSDP2 run above then
     trains the one-process adapter)."""
-    from mixlight_tune.backends import torch_steps
+    from mixlight_tune.frameworks import torch_steps
     from mixlight_tune.experiment import DemoConfig
     from mixlight_tune.steps import Parallel, Runtime
 
