@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mixlight_tune.cli import _parser, config_from_args
-from mixlight_tune.experiment import BASE_SIZES, DemoConfig, base_key
+from mixlight_tune.experiment import BASE_SIZES, DemoConfig, DemoError, base_key, validate
 from mixlight_tune.scaling import SizePoint, format_scaling, scaling_summary
 
 
@@ -56,3 +56,11 @@ def test_each_base_size_is_its_own_base_and_the_flag_selects_it():
     assert BASE_SIZES["small"] == DemoConfig().base
     cfg = config_from_args(_parser().parse_args(["--base-size", "large"]))
     assert cfg.base == BASE_SIZES["large"] and cfg.base.d_model == 128
+
+
+def test_a_model_and_a_base_size_together_are_refused(tmp_path):
+    cfg = config_from_args(
+        _parser().parse_args(["--base-size", "medium", "--model", str(tmp_path)])
+    )
+    with pytest.raises(DemoError, match="--model and --base-size"):
+        validate(cfg)
