@@ -490,6 +490,8 @@ def test_routing_traces_are_nnx_intermediates():
     jitted = nnx.jit(lambda model, x: model(x))
     jitted(model, X)
     np.testing.assert_allclose(model.layers[0].act.last_probs.get_value(), probs, atol=1e-6)
+    if not hasattr(nnx, "capture"):  # flax < 0.12: no nnx.capture to sow into
+        return
     _, captured = nnx.capture(jitted, nnx.Intermediate)(model, X)
     (sown,) = captured["layers"][0]["act"]["routing_probs"].get_value()
     np.testing.assert_allclose(sown, probs, atol=1e-6)
