@@ -7,10 +7,7 @@ refused before any work, naming what is there, so the user's files (a model, dat
 are never overwritten or deleted.
 
 A command claims a folder by writing :data:`MARKER`, a JSON object naming the command, before
-its other files; that first write is also the check that the folder is writable. A folder
-written before markers existed counts as the command's own when every entry in it is a name
-the command writes and one of them is a result only it writes (``metrics.json``,
-``results.json``, ``pretraining.json``...).
+its other files; that first write is also the check that the folder is writable.
 
 A base is written whole into a fresh sibling staging folder and renamed into place
 (:meth:`OutputKind.move_into_place`): the target is never half written, and the only folder
@@ -26,7 +23,6 @@ import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
-from fnmatch import fnmatch
 from pathlib import Path
 
 from ._files import atomic_write, umask
@@ -38,13 +34,9 @@ SHOWN = 5  # entries named in a refusal
 
 @dataclass(frozen=True)
 class OutputKind:
-    """What one command writes into its folder: ``command`` names it (in the marker and in
-    messages), ``names`` are glob patterns of the entries it writes, and ``results`` those
-    that mark an unmarked folder (written before markers existed) as its own."""
+    """The folders one command writes: ``command`` names it, in the marker and in messages."""
 
     command: str
-    names: tuple[str, ...]
-    results: tuple[str, ...]
 
     def check(self, folder: Path, setting: str) -> None:
         """Raise :class:`DemoError` unless ``folder`` (what the user called ``setting``, e.g.
@@ -61,27 +53,15 @@ class OutputKind:
 
     def foreign_entries(self, folder: Path) -> list[str]:
         """Every entry of ``folder`` when the folder is not this command's; none when it is
-        missing, empty, claimed or written before markers existed."""
+        missing, empty or claimed."""
         entries = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-        if not entries or self.claimed(folder) or self.written_before_markers(entries):
+        if not entries or self.claimed(folder):
             return []
         return entries
-
-    def written_before_markers(self, entries: list[str]) -> bool:
-        """Whether ``entries`` are all names this command writes, one of them a result."""
-        return all(self.writes(e) for e in entries) and any(
-            fnmatch(e, r) for e in entries for r in self.results
-        )
 
     def owns(self, folder: Path) -> bool:
         """Whether ``folder`` holds entries, all of them this command's."""
         return folder.is_dir() and any(folder.iterdir()) and not self.foreign_entries(folder)
-
-    def writes(self, name: str) -> bool:
-        """Whether this command writes an entry called ``name`` (also its temporary files,
-        ``.<name>.<random>.tmp``, left by a killed write)."""
-        patterns = (*self.names, MARKER)
-        return any(fnmatch(name, p) or fnmatch(name, f".{p}.*.tmp") for p in patterns)
 
     def claimed(self, folder: Path) -> bool:
         """Whether ``folder`` holds this command's marker."""

@@ -35,8 +35,7 @@ from mixlight import AdapterFileError
 
 from . import full_model, hub, model_shapes, results, sources
 from ._files import atomic_write
-from .checkpoint import DATA_FILE, DataRecord, Resume
-from .checkpoint import FILE as CHECKPOINT_FILE
+from .checkpoint import DataRecord, Resume
 from .experiment import DemoConfig, check_model_dir, prepare_base
 from .flops import row_flops, utilisation
 from .loop import Journal
@@ -45,7 +44,7 @@ from .miniature.suite import build_suite
 from .mixture_data import Mixture, open_mixture
 from .output_dirs import OutputKind
 from .report import eval_scores
-from .run_logs import TENSORBOARD_DIR, WANDB_DIR, check_available, open_logs
+from .run_logs import check_available, open_logs
 from .schema import Example
 from .steps import BackendSteps, DemoError, Pair, Runtime, TuneSettings, load_steps
 from .token_cache import FILE as TOKENS_FILE
@@ -56,25 +55,7 @@ from .tune_config import TuneConfig, TuneConfigError, read_config
 METRICS_FILE = "metrics.json"
 RESOLVED_FILE = "config.json"
 BEST_DIR = "best_adapter"
-TUNE_OUTPUT = OutputKind(
-    "mixlight tune",
-    names=(
-        "adapter",
-        full_model.DIR,
-        METRICS_FILE,
-        RESOLVED_FILE,
-        CHECKPOINT_FILE,
-        DATA_FILE,
-        BEST_DIR,
-        TOKENS_FILE,
-        TOKENS_DIR,
-        TENSORBOARD_DIR,
-        WANDB_DIR,
-        results.RESULTS_MD,
-        results.RESULTS_JSON,
-    ),
-    results=(METRICS_FILE, CHECKPOINT_FILE),
-)
+TUNE_OUTPUT = OutputKind("mixlight tune")
 # JAX pads each batch's rows up to a multiple of this many tokens: few distinct shapes (each
 # compiles once) without padding every batch to the data's longest row.
 BUCKET = 16

@@ -2,8 +2,7 @@
 the trainable weights and the ``nnx.Optimizer`` state, each leaf named by its pytree path.
 
 Dropout draws its masks from a key of the seed, the step and the micro-batch, so there is no
-RNG state; the adapters' last-forward routing traces are cleared before every step, so they
-are not state either (checkpoints written before kept them under ``cache/``: ignored). On a
+RNG state; the adapters' routing traces (``nnx.Intermediate``) are not saved. On a
 mesh the leaves are gathered whole (from every process) and put back with each leaf's own
 sharding."""
 

@@ -41,9 +41,9 @@ from mixlight.site_spec import SOURCE
 from mixlight_jax import AdapterParam, adapter_layers, t5
 from mixlight_jax.model import is_injected, state_of
 from mixlight_tune import loop
-from mixlight_tune.frameworks import jax_resume
 from mixlight_tune.checkpoint import Checkpoint
 from mixlight_tune.experiment import DemoConfig, base_checkpoint
+from mixlight_tune.frameworks import jax_resume
 from mixlight_tune.sampling import routing_sites
 from mixlight_tune.schema import Example
 from mixlight_tune.steps import (

@@ -39,10 +39,6 @@ from tqdm.auto import tqdm
 
 import mixlight as ml
 from mixlight_tune import loop
-from mixlight_tune.frameworks import torch_resume
-from mixlight_tune.frameworks import torch_sharded_load as sharded_load
-from mixlight_tune.frameworks.torch_rows import collate, pack, summed_token_loss, token_logits
-from mixlight_tune.frameworks.torch_scoring import rank_classification
 from mixlight_tune.checkpoint import Checkpoint, resume_point
 from mixlight_tune.corruption import span_corruption
 from mixlight_tune.experiment import (
@@ -53,6 +49,10 @@ from mixlight_tune.experiment import (
     base_key,
     pretraining_data,
 )
+from mixlight_tune.frameworks import torch_resume
+from mixlight_tune.frameworks import torch_sharded_load as sharded_load
+from mixlight_tune.frameworks.torch_rows import collate, pack, summed_token_loss, token_logits
+from mixlight_tune.frameworks.torch_scoring import rank_classification
 from mixlight_tune.sampling import batches
 from mixlight_tune.schema import Example
 from mixlight_tune.steps import (

@@ -92,28 +92,18 @@ def test_an_unwritable_output_dir_fails_before_the_model_loads(tmp_path, capsys,
     assert "output_dir" in err and "is not writable" in err
 
 
-def test_tune_recognises_its_own_folders():
-    kind = tune_cli.TUNE_OUTPUT
-    assert not kind.writes("notes.txt") and kind.writes(".metrics.json.abc123.tmp")
-
-
-def test_own_and_older_run_folders_are_accepted(tmp_path):
+def test_own_run_folders_are_accepted_and_no_other(tmp_path):
     kind = tune_cli.TUNE_OUTPUT
     marked = tmp_path / "marked"
     kind.claim(marked, "output_dir")
     (marked / "extra.txt").write_text("written by the user after the run")
     kind.check(marked, "output_dir")  # claimed: the user's later files are theirs to keep
-    older = tmp_path / "older"  # written before markers existed: only tune's names
-    older.mkdir()
+    unmarked = tmp_path / "unmarked"  # tune's names, but no marker: not tune's
+    unmarked.mkdir()
     for name in ("checkpoint.safetensors", "config.json", "metrics.json"):
-        (older / name).write_text("x")
-    (older / "adapter").mkdir()
-    kind.check(older, "output_dir")
-    only_config = tmp_path / "only-config"  # tune's name, but nothing only tune writes
-    only_config.mkdir()
-    (only_config / "config.json").write_text("{}")
-    with pytest.raises(tune_cli.DemoError, match=r"did not write \(config.json\)"):
-        kind.check(only_config, "output_dir")
+        (unmarked / name).write_text("x")
+    with pytest.raises(tune_cli.DemoError, match=r"did not write \(checkpoint.safetensors"):
+        kind.check(unmarked, "output_dir")
     demo_marked = tmp_path / "demo"
     experiment.DEMO_OUTPUT.claim(demo_marked, "--output-dir")
     (demo_marked / "results.json").write_text("{}")
@@ -134,13 +124,13 @@ def test_demo_out_holding_other_files_is_refused_before_anything_loads(
     assert _snapshot(out) == {"config.json": b"mine"}
 
 
-def test_an_older_demo_out_folder_is_still_accepted(tmp_path):
-    out = tmp_path / "runs-demo"
+def test_a_demo_out_folder_without_the_marker_is_refused(tmp_path):
+    out = tmp_path / "runs-demo"  # the demo's names, but no marker: a user's copy, say
     out.mkdir()
     for name in ("results.json", "results.md", "config.json", "routing_mov.png"):
         (out / name).write_text("x")
-    (out / "adapters").mkdir()
-    experiment.DEMO_OUTPUT.check(out, "--output-dir")
+    with pytest.raises(tune_cli.DemoError, match="holds files mixlight demo did not write"):
+        experiment.DEMO_OUTPUT.check(out, "--output-dir")
 
 
 def test_demo_os_errors_are_one_line(tmp_path, capsys, monkeypatch):
