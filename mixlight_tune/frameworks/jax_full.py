@@ -32,7 +32,7 @@ def save_model(model: Any, base: Any, directory: Path) -> Path:
     """Write ``model`` (every weight trained) to ``directory``; every process calls it."""
     tensors: dict[str, np.ndarray] = {}
     for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        key, transposed = hf_state_key(path)
+        key, transposed = hf_state_key(tuple(map(str, path)))  # as t5.loading does
         value = _value(variable.get_value())
         tensors[key] = np.ascontiguousarray(value.T if transposed else value)
     if jax.process_index() == 0:

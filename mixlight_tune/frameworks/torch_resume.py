@@ -4,13 +4,20 @@ Python numbers as JSON scalars) and torch's CPU RNG state."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from mixlight_tune.checkpoint import Checkpoint, ResumeError
+
+if TYPE_CHECKING:
+    from torch.distributed.checkpoint.state_dict import DictValueType
+
+# A full optimiser state dict's "state": each parameter's name -> its state (tensors and
+# numbers). torch types it as the union of every state-dict shape.
+_ParamStates = dict[str, dict[str, Any]]
 
 
 def _names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
@@ -91,9 +98,8 @@ def train_state_sharded(
         f"model/{n}": _array(_whole(p)) for n, p in model.named_parameters() if p.requires_grad
     }
     scalars: dict[str, Any] = {}
-    for name, state in get_optimizer_state_dict(model, optimizer, options=_options())[
-        "state"
-    ].items():
+    saved = get_optimizer_state_dict(model, optimizer, options=_options())["state"]
+    for name, state in cast(_ParamStates, saved).items():
         for key, value in state.items():
             if torch.is_tensor(value):
                 arrays[f"optimizer/{name}/{key}"] = _array(_whole(value))
@@ -127,7 +133,7 @@ def restore_sharded(
                     value, param.device_mesh, param.placements, src_data_rank=None
                 )
             param.copy_(value)
-    state: dict[str, dict[str, Any]] = {}
+    state: _ParamStates = {}
     for key, array in checkpoint.group("optimizer").items():
         name, item = key.rsplit("/", 1)
         state.setdefault(name, {})[item] = torch.from_numpy(array.copy())
@@ -135,7 +141,8 @@ def restore_sharded(
         name, item = key.rsplit("/", 1)
         state.setdefault(name, {})[item] = value
     groups = get_optimizer_state_dict(model, optimizer, options=_options())["param_groups"]
+    states = cast("DictValueType", state)  # (dict is invariant: see _ParamStates)
     set_optimizer_state_dict(
-        model, optimizer, {"state": state, "param_groups": groups}, options=_options()
+        model, optimizer, {"state": states, "param_groups": groups}, options=_options()
     )
     torch.set_rng_state(torch.from_numpy(checkpoint.arrays["rng/torch"].copy()))

@@ -9,6 +9,7 @@ the broadcast ends.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.distributed as dist
@@ -16,6 +17,9 @@ import transformers
 from torch import nn
 
 from mixlight_torch.model import adapter_layers
+
+if TYPE_CHECKING:
+    from torch.distributed.checkpoint.state_dict import ValueType
 
 
 def empty_model(path: Path, dtype: torch.dtype | None) -> transformers.PreTrainedModel:
@@ -29,7 +33,7 @@ def empty_model(path: Path, dtype: torch.dtype | None) -> transformers.PreTraine
 def full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and persistent buffer by its module path: the names the sharded load
     matches (``state_dict()``'s hooks rename an adapted module's ``base.weight``)."""
-    out = dict(model.named_parameters())
+    out: dict[str, torch.Tensor] = dict(model.named_parameters())
     for path, module in model.named_modules():
         for name, buffer in module.named_buffers(recurse=False):
             if name not in module._non_persistent_buffers_set:
@@ -50,7 +54,10 @@ def fill_shards(model: nn.Module, full: dict[str, torch.Tensor], device: torch.d
         model.to_empty(device=device)
     # not strict: a tied weight (T5's embeddings) is sent once, under its first name
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
-    missing, unexpected = set_model_state_dict(model, full, options=options)
+    # torch types the state dict as a dict of its whole value union, which a dict of
+    # tensors is not to mypy (dict is invariant)
+    state = cast("dict[str, ValueType]", full)
+    missing, unexpected = set_model_state_dict(model, state, options=options)
     aliases = set(dict(model.named_parameters(remove_duplicate=False))) - set(
         dict(model.named_parameters())
     )
