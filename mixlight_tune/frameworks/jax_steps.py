@@ -564,8 +564,8 @@ def evaluate(
         targets += [[]] * (rows - real)
         labels, label_mask = pad_to(targets, out_len, PAD_ID)
         dec_in = shift_right(labels, label_mask, start)
-        arrays = (ids, attn, np.asarray(owner, np.int32), dec_in, labels)
-        arrays += (label_mask.astype(np.float32),)
+        arrays: tuple[np.ndarray | jax.Array, ...] = (ids, attn, np.asarray(owner, np.int32))
+        arrays += (dec_in, labels, label_mask.astype(np.float32))
         if replicated is not None:
             arrays = tuple(to_global(a, replicated) for a in arrays)
         flat, probs = score(model, *arrays)
@@ -613,7 +613,7 @@ def save(model: Any, directory: Path) -> Path | None:
     import mixlight.extend as mlx
     from mixlight._model_card import facts_of
 
-    backend = mlx.load_backend("jax")
+    backend = _model_backend()
     config, specs, arrays = backend.adapter_state(model)
     identity = backend.base_identity(model)
     card = facts_of(backend, model)
@@ -623,14 +623,22 @@ def save(model: Any, directory: Path) -> Path | None:
     return Path(directory)
 
 
+def _model_backend() -> ml.extend.Backend[Any, Any]:
+    """mixlight's JAX backend (``load_backend`` types it as the array part of the contract;
+    a framework's backend is a whole :class:`~mixlight.extend.Backend`)."""
+    import mixlight.extend as mlx
+
+    backend = mlx.load_backend("jax")
+    assert isinstance(backend, mlx.Backend)
+    return backend
+
+
 def memory_inputs(model: Any) -> dict[str, Any]:
     """Base parameter count and bytes, trainable shapes and the model config (its dimensions)."""
     import dataclasses
 
-    import mixlight.extend as mlx
-
     frozen = jax.tree.leaves(nnx.state(model, nnx.All(nnx.Param, nnx.Not(AdapterParam))))
-    arrays = mlx.load_backend("jax").adapter_state(model)[2]
+    arrays = _model_backend().adapter_state(model)[2]
     return {
         "base_params": sum(int(x.size) for x in frozen),
         "base_bytes": sum(int(x.size) * x.dtype.itemsize for x in frozen),
