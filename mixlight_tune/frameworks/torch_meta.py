@@ -44,7 +44,9 @@ def meta_model(folder: Path, dtype: torch.dtype | None) -> transformers.PreTrain
     return model
 
 
-def shape_model(folder: Path, adapter: ml.AdapterConfig | None, precision: str) -> nn.Module:
+def shape_model(
+    folder: Path, adapter: ml.AdapterConfig | None, precision: str
+) -> transformers.PreTrainedModel:
     """``folder``'s model on the meta device (bfloat16 for ``precision = "bf16"``) with
     ``adapter`` injected (``None``: every weight trains)."""
     model = meta_model(folder, torch.bfloat16 if precision == "bf16" else None)

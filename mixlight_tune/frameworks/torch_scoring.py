@@ -12,7 +12,7 @@ injected, the mean routing probability per expert is collected per task at chose
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -78,6 +78,14 @@ class _RoutingTally:
         }
 
 
+@runtime_checkable
+class _EncoderDecoder(Protocol):
+    """What scoring a T5 calls beyond ``nn.Module`` (HF's seq2seq models have it, and so do
+    the tests' stand-ins)."""
+
+    def get_encoder(self) -> Any: ...
+
+
 def _device(model: nn.Module) -> torch.device:
     """Where the model's weights live (the CPU for a stand-in without parameters)."""
     first = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
@@ -128,6 +136,7 @@ def _score_batch(
     tasks: list[str],
 ) -> list[list[float]]:
     """Summed target log-likelihood of every choice of every example in the batch (T5)."""
+    assert isinstance(model, _EncoderDecoder)  # (its config says encoder-decoder)
     device = _device(model)
     input_ids, attention = (t.to(device) for t in pad(inputs, pad_id))
     hidden = model.get_encoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state

@@ -96,6 +96,9 @@ class Base:
 
 def t5_config(spec: BaseSpec, vocab_size: int) -> transformers.T5Config:
     """A T5 v1.1 config (gated-gelu, untied embeddings, no dropout) of ``spec``'s size."""
+    # PreTrainedConfig settings T5Config does not declare: its dataclass signature lists only
+    # the declared fields, though the config accepts further keywords
+    settings: dict[str, Any] = {"tie_word_embeddings": False, "decoder_start_token_id": PAD_ID}
     return transformers.T5Config(
         vocab_size=vocab_size,
         d_model=spec.d_model,
@@ -105,11 +108,10 @@ def t5_config(spec: BaseSpec, vocab_size: int) -> transformers.T5Config:
         num_layers=spec.num_layers,
         num_decoder_layers=spec.num_layers,
         feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
         dropout_rate=0.0,
         pad_token_id=PAD_ID,
         eos_token_id=EOS_ID,
-        decoder_start_token_id=PAD_ID,
+        **settings,
     )
 
 
@@ -354,7 +356,8 @@ def prepare(cfg: DemoConfig, runtime: Runtime | None = None) -> Base:
         model = sharded_load.empty_model(path, dtype)
     else:
         model = _load_model(path, dtype)
-        model = model if sharded else model.to(device)
+        if not sharded:
+            _move(model, device)
     model.eval().requires_grad_(False)
     n = sum(p.numel() for p in model.parameters())
     description = f"{origin} ({n / 1e6:.2f}M parameters)"
@@ -362,7 +365,14 @@ def prepare(cfg: DemoConfig, runtime: Runtime | None = None) -> Base:
     return Base(model, codec, path, description, parallel, runtime, device, sharded)
 
 
-def set_dropout(model: nn.Module, rate: float) -> None:
+def _move(model: nn.Module, device: torch.device) -> None:
+    """``model.to(device)`` (in place). Through ``nn.Module``'s type: transformers wraps its
+    ``to`` override in ``functools.wraps``, whose typeshed type mypy does not bind to the
+    model."""
+    model.to(device)
+
+
+def set_dropout(model: transformers.PreTrainedModel, rate: float) -> None:
     """Every dropout of the model at ``rate``: the ``nn.Dropout`` modules and the attention
     dropout HF's attention modules apply functionally from a float attribute (T5's
     ``dropout``, Llama's ``attention_dropout``: the checkpoint's), so the config, not the
@@ -377,7 +387,7 @@ def set_dropout(model: nn.Module, rate: float) -> None:
         model.config.dropout_rate = rate
 
 
-def _checkpoint_activations(model: nn.Module) -> None:
+def _checkpoint_activations(model: transformers.PreTrainedModel) -> None:
     """HF's per-block activation checkpointing (non-reentrant: frozen inputs, trainable
     adapters inside the blocks); its newer name when transformers has it."""
     kwargs = {"use_reentrant": False}
@@ -436,14 +446,14 @@ def make_trainer(
         with adapter_fits(adapter):
             ml.inject(model, adapter, seed=settings.seed)
     if not base.sharded_load:
-        model.to(base.device)  # adapters are created on the base's device; a no-op then
+        _move(model, base.device)  # adapters are created on the base's device; a no-op then
     set_dropout(model, settings.dropout)
     runtime = base.runtime
     if runtime is not None and runtime.gradient_checkpointing:
         _checkpoint_activations(model)
     pairs = _pairs(base, examples, settings)
     parallel = base.parallel
-    wrapped = model
+    wrapped: nn.Module = model
     if base.sharded_load:  # shard, then fill every rank's shards from rank 0's weights
         full = sharded_load.full_weights(model) if parallel.rank == 0 else {}
         wrapped = _wrap(model, parallel, base.device)
@@ -557,7 +567,10 @@ class TorchTrainer:
         world = self.parallel.data
         if world == 1 and parts == 1 and not self.bf16:
             return self.wrapped(**batch, **self.no_cache).loss  # mean over its tokens (+ routers)
-        shift = None if self.causal else self.model._shift_right
+        shift = None
+        if not self.causal:
+            assert isinstance(self.model, transformers.T5PreTrainedModel)  # (_load_model's)
+            shift = self.model._shift_right
         summed = summed_token_loss(*token_logits(self.wrapped, batch, self.causal, shift))
         loss = summed * (world / tokens)
         if self.injected:
@@ -731,7 +744,7 @@ def save(model: nn.Module, directory: Path) -> Path | None:
     return Path(directory)
 
 
-def memory_inputs(model: nn.Module) -> dict[str, Any]:
+def memory_inputs(model: transformers.PreTrainedModel) -> dict[str, Any]:
     """Base parameter count and bytes, trainable shapes and the model config (its dimensions)."""
     frozen = [p for p in model.parameters() if not p.requires_grad]
     trainable = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
