@@ -24,7 +24,7 @@ from benchmarks.impl import Group, Pairs
 from benchmarks.jax_sites import residual_bytes
 from benchmarks.t5 import T5Shape
 from mixlight.fast_ops import core_math_only
-from mixlight_jax import AdapterParam, t5
+from mixlight_jax import AdapterParam, no_routing_trace, t5
 
 Batch = dict[str, jax.Array]
 
@@ -57,10 +57,12 @@ def _loss(model: Any, batch: Batch) -> jax.Array:
 
 class JaxTrainStep:
     """One adapted model's step: ``loss, grads = value_and_grad(loss)(adapter params)``,
-    compiled ahead of time."""
+    compiled ahead of time. Split without routing traces (``jax.grad`` of a merged model
+    cannot record them; the step does not read them)."""
 
     def __init__(self, model: Any, batch: Batch):
-        graphdef, params, rest = nnx.split(model, AdapterParam, ...)
+        with no_routing_trace(model):
+            graphdef, params, rest = nnx.split(model, AdapterParam, ...)
         self._params, self._rest, self._batch = params, rest, batch
 
         def loss_of(params, rest, batch):

@@ -274,13 +274,14 @@ class AdapterLayer(nnx.Module):
             where = self.spec.path if self.spec is not None else type(self.base).__name__
             raise RuntimeError(
                 f"mixlight cannot record the routing of {where} here: the model was called "
-                "inside a raw JAX loop (jax.lax.fori_loop, while_loop or scan closing over the "
-                "model), where NNX state cannot change, so mixlight.routing_stats and "
-                "mixlight.aux_losses would report an earlier call. Loop with nnx.fori_loop, "
-                "nnx.while_loop or nnx.scan and pass the model in the carry (its traces must "
-                "already hold arrays of the loop's shapes: call the model once before the "
-                "loop), or run the loop inside `with mixlight_jax.no_routing_trace(model):`, "
-                "which records no routing (as mixlight_jax.t5.greedy_generate does)"
+                "under a raw JAX transform that NNX state cannot change in (jax.grad, jax.vjp "
+                "or jax.value_and_grad of a merged model; a jax.lax.fori_loop, while_loop or "
+                "scan closing over it), so mixlight.routing_stats and mixlight.aux_losses would "
+                "report an earlier call. Use NNX's transforms (nnx.grad, nnx.value_and_grad, "
+                "nnx.jit; nnx.fori_loop, nnx.while_loop or nnx.scan with the model in the "
+                "carry, after one call before the loop so its traces hold the loop's shapes), "
+                "or run it inside `with mixlight_jax.no_routing_trace(model):`, which records "
+                "no routing (as mixlight_jax.t5.greedy_generate does)"
             ) from error
 
 

@@ -451,13 +451,32 @@ def test_a_raw_jax_loop_refuses_to_record_and_says_what_records():
     def twice(model, x):
         return jax.lax.fori_loop(0, 2, lambda i, x: model(x), x)
 
-    with pytest.raises(RuntimeError, match=r"raw JAX loop.*nnx.fori_loop.*no_routing_trace"):
+    with pytest.raises(
+        RuntimeError, match=r"raw JAX transform.*fori_loop.*nnx.fori_loop.*no_routing_trace"
+    ):
         twice(model, X)
     with no_routing_trace(model):  # records nothing, and clears what an earlier call left
         looped = twice(model, X)
     np.testing.assert_allclose(looped, _forward(model, once), atol=1e-5)
     with no_routing_trace(model):
         assert ml.routing_stats(model) == {} and float(ml.aux_losses(model)) == 0.0
+
+
+def test_raw_jax_grad_of_a_merged_model_refuses_to_record_and_says_what_records():
+    """NNX's functional pattern under ``jax.grad`` cannot change state either (Flax refuses
+    any variable's update there): the message names nnx.grad and ``no_routing_trace``."""
+    model = ml.inject(MLP(), MLP_MOV)
+    graphdef, params, rest = nnx.split(model, AdapterParam, ...)
+
+    def loss(params, rest):
+        return nnx.merge(graphdef, params, rest)(X).sum()
+
+    with pytest.raises(RuntimeError, match=r"raw JAX transform.*jax.grad.*nnx.grad"):
+        jax.grad(loss)(params, rest)
+    with no_routing_trace(model):
+        graphdef, params, rest = nnx.split(model, AdapterParam, ...)
+    grads = jax.grad(loss)(params, rest)
+    assert any(np.abs(np.asarray(g)).sum() > 0 for g in jax.tree.leaves(grads))
     _forward(model, X)  # recording again after the block
     assert set(ml.routing_stats(model)) == {"layers.0.act", "layers.1.act"}
 
