@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 ORACLE_CORE = "tests/core/test_oracle.py::test_core_numpy_math_equals_loop_reference"
 ORACLE_TORCH = "tests/torch/test_oracle.py"
-ORACLE_JAX = "tests/jax/test_oracle_jax.py"
+ORACLE_JAX = "tests/jax/test_oracle.py"
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ MUTANTS = (
         (
             "tests/torch/test_decoding.py::"
             "test_sequence_routing_on_decoder_sites_is_refused_with_a_cache_or_correct",
-            "tests/jax/test_decoding_jax.py::"
+            "tests/jax/test_decoding.py::"
             "test_sequence_routing_on_decoder_sites_is_refused_with_a_cache_or_correct",
         ),
     ),

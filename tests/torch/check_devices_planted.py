@@ -1,6 +1,6 @@
 """A custom kind whose torch fast op has a backward off by a factor, planted on import: for
 ``mixlight check --kind tests.torch.check_devices_planted:PlantedBiases`` under torchrun (see
-test_check_devices_torch.py)."""
+test_check_devices.py)."""
 
 from typing import ClassVar
 

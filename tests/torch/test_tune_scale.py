@@ -284,8 +284,8 @@ def test_under_fsdp_only_rank_0_reads_the_weights(monkeypatch):
     """The other ranks build the base on the meta device (no weights in memory); rank 0
     keeps the CPU copy it read until the shards are filled (the FSDP2 run above then
     trains the one-process adapter)."""
-    from mixlight_tune.frameworks import torch_steps
     from mixlight_tune.experiment import DemoConfig
+    from mixlight_tune.frameworks import torch_steps
     from mixlight_tune.steps import Parallel, Runtime
 
     for rank, device in ((1, "meta"), (0, "cpu")):

@@ -19,7 +19,7 @@ from flax import nnx  # noqa: E402
 import mixlight as ml  # noqa: E402
 import mixlight.extend as mlx  # noqa: E402
 from mixlight_jax import AdapterParam  # noqa: E402
-from tests.jax.test_reliability_catalogue_jax import Model  # noqa: E402
+from tests.jax.test_reliability_catalogue import Model  # noqa: E402
 
 ROUTED = {
     "MoV": ml.MoV(3, targets=[r".*\.(k|v)"]),

@@ -13,7 +13,7 @@ from flax import nnx  # noqa: E402
 
 import mixlight as ml  # noqa: E402
 from mixlight_jax import sequence_masks, t5  # noqa: E402
-from tests.jax.test_named_adapters_jax import TINY, perturb  # noqa: E402
+from tests.jax.test_named_adapters import TINY, perturb  # noqa: E402
 
 LENGTH = 6  # source and target alike
 CONFIGS = {

@@ -19,7 +19,7 @@ from flax import nnx  # noqa: E402
 import mixlight as ml  # noqa: E402
 import mixlight.extend as mlx  # noqa: E402
 from mixlight_jax import t5  # noqa: E402
-from tests.jax.test_peft_interop_jax import (  # noqa: E402
+from tests.jax.test_peft_interop import (  # noqa: E402
     ATOL,
     DIMS,
     jax_logits,

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 import mixlight as ml  # noqa: E402
 import mixlight.extend as mlx  # noqa: E402
 from tests.torch.conftest import batch, perturb, tiny_t5, tiny_t5_config  # noqa: E402
-from tests.torch.test_reliability_catalogue_torch import model  # noqa: E402
+from tests.torch.test_reliability_catalogue import model  # noqa: E402
 
 ROUTED = {
     "MoV": ml.MoV(3, targets=[r".*\.(k|v)"]),

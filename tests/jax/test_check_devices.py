@@ -7,7 +7,7 @@ caught on every place and named; a fast op with a wrong sharding rule (experts s
 passes with gradients; a batch the mesh cannot split and an op that raises are reported at
 once, without shrinking (counted).
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/jax/test_check_devices_jax.py
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/jax/test_check_devices.py
 """
 
 import json

@@ -21,7 +21,7 @@ import mixlight as ml  # noqa: E402
 import mixlight.extend as mlx  # noqa: E402
 from mixlight_jax import AdapterLayer, AdapterParam, adapter_layers  # noqa: E402
 from mixlight_jax.model import state_of  # noqa: E402
-from tests.jax.test_named_adapters_jax import DEC, IDS, MASK, logits, perturb, tiny_t5  # noqa: E402
+from tests.jax.test_named_adapters import DEC, IDS, MASK, logits, perturb, tiny_t5  # noqa: E402
 
 JAX = mlx.load_backend("jax")
 IA3_WITH_LORA_ON_WO = attrs.evolve(
