@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 import mixlight as ml
+from mixlight_tune.experiment import DemoConfig, score_sets
 from mixlight_tune.frameworks import torch_steps
 from mixlight_tune.frameworks.torch_rows import collate
-from mixlight_tune.experiment import DemoConfig, score_sets
 from mixlight_tune.miniature.suite import build_suite
 from mixlight_tune.report import score_table
 from mixlight_tune.steps import load_steps
