@@ -9,7 +9,7 @@
   capability, or says plainly what the default means (:meth:`ModelBackend.base_identity`
   knows nothing, :meth:`ModelBackend.resolve_config` takes the T5 layout).
 
-A framework's backend is a :class:`Backend`: both. The registry (:mod:`mixlight._backends`)
+A framework's backend is a :class:`Backend`: both. The registry (:mod:`mixlight._backend_registry`)
 checks that what a plugin loads is one, and the core calls only what is declared here.
 """
 

@@ -28,7 +28,7 @@ from mixlight.config import AdapterConfig
 from mixlight.site_spec import SiteSpec
 
 if TYPE_CHECKING:  # the registry imports the file format, which imports this module
-    from mixlight._backends import AnyModelBackend
+    from mixlight._backend_registry import AnyModelBackend
 
 MARKER = "<!-- model card written by mixlight; edits are replaced on the next save -->"
 MAX_ROUTING_ROWS = 12

@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from mixlight._backends import AnyModelBackend
+from mixlight._backend_registry import AnyModelBackend
 from mixlight.config import AdapterConfig
 from mixlight.named_adapters import DEFAULT
 

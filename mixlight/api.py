@@ -1,7 +1,7 @@
 """The public model functions; each dispatches to the backend that owns the model.
 
 Every function takes ``backend=`` (a backend name); it must name the model's own framework
-(see :func:`mixlight._backends.backend_for_model` for the order of choices)."""
+(see :func:`mixlight._backend_registry.backend_for_model` for the order of choices)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from mixlight._atomic_dir import as_directory
 from mixlight._backend_contract import ParameterCount, RoutingStats
-from mixlight._backends import ENV_VAR, AnyModelBackend, backend_for_model, model_backend
+from mixlight._backend_registry import ENV_VAR, AnyModelBackend, backend_for_model, model_backend
 from mixlight._base_identity import BaseIdentity
 from mixlight._hub import resolve
 from mixlight._model_card import facts_of

@@ -24,7 +24,7 @@ from mixlight._backend_contract import (
     ModelBackend,
     NotSupported,
 )
-from mixlight._backends import (
+from mixlight._backend_registry import (
     BackendPlugin,
     installed_backends,
     load_backend,

@@ -27,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from mixlight._backends import installed_backends
+from mixlight._backend_registry import installed_backends
 from mixlight.experts import LowRank, Vectors
 from mixlight.site_math import SiteResult, apply_site
 from mixlight.site_spec import SiteSpec

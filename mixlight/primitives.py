@@ -1,7 +1,7 @@
 """The few array primitives einops lacks, one table per backend.
 
 The core math calls ``primitives_for(array)`` and never imports a framework; each backend
-hands its table to the registry (see :mod:`mixlight._backends`).
+hands its table to the registry (see :mod:`mixlight._backend_registry`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from mixlight._backends import AnyModelBackend, backend_for_model
+from mixlight._backend_registry import AnyModelBackend, backend_for_model
 from mixlight._hub import resolve
 from mixlight._peft.exporting import peft_state, write_peft
 from mixlight._peft.importing import check_upcycle, fill_experts, one_expert_config

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from einops import einsum, rearrange, reduce
 
-from mixlight._backends import primitives_for
+from mixlight._backend_registry import primitives_for
 
 Array = Any
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from einops import einsum, rearrange, repeat
 
-from mixlight._backends import primitives_for
+from mixlight._backend_registry import primitives_for
 
 Array = Any
 

@@ -11,7 +11,7 @@ import numpy as np
 
 import mixlight as ml
 import mixlight.extend as mlx
-from mixlight import _backends
+from mixlight import _backend_registry
 
 
 class DictModel:
@@ -91,8 +91,8 @@ class DictBackend(mlx.Backend[DictModel, float]):
 def dict_backend() -> Iterator[None]:
     # Discover the installed backends first: the registry snapshot restored on exit must
     # hold them, since discovery runs once per process.
-    _backends.installed_backends()
-    with _backends._isolated_registry():
+    _backend_registry.installed_backends()
+    with _backend_registry._isolated_registry():
         mlx.register_backend(mlx.BackendPlugin("dict", "numpy", "dict", DictBackend))
         mlx.load_backend("dict")
         yield

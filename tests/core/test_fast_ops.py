@@ -9,7 +9,7 @@ import pytest
 
 import mixlight as ml
 import mixlight.extend as mlx
-from mixlight import _backends, fast_ops
+from mixlight import _backend_registry, fast_ops
 from mixlight.site_planning import ModuleShape, plan_sites
 
 PATHS = ["encoder.block.0.layer.0.SelfAttention.k", "encoder.block.0.layer.1.DenseReluDense.act"]
@@ -51,7 +51,7 @@ def _plugin_mov(spec, params, x, h):
 def fake_backend():
     """A backend ``fake`` whose plugin declares one op, ``mov``; the registry restored."""
     plugin = mlx.BackendPlugin("fake", "numpy", "fake", lambda: None, lambda: {"mov": _plugin_mov})
-    with _backends._isolated_registry(), fast_ops.registry_restored():
+    with _backend_registry._isolated_registry(), fast_ops.registry_restored():
         mlx.register_backend(plugin)
         yield "fake"
 

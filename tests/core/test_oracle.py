@@ -143,7 +143,7 @@ FORBIDDEN = (
     "mixlight.site_spec",
     "mixlight.site_math",
     "mixlight.site_planning",
-    "mixlight._backends",
+    "mixlight._backend_registry",
 )
 
 

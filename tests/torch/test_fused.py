@@ -38,7 +38,7 @@ GRAD_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 
 def _core_math_on_torch() -> bool:
     """Whether ``mixlight.math`` runs on torch tensors (the torch backend is registered)."""
-    from mixlight._backends import primitives_for
+    from mixlight._backend_registry import primitives_for
 
     try:
         primitives_for(torch.zeros(1))

@@ -8,7 +8,7 @@ import pytest
 
 import mixlight as ml
 import mixlight.extend as mlx
-from mixlight import _backends
+from mixlight import _backend_registry
 from tests.core.dict_backend import DictBackend
 
 
@@ -35,7 +35,7 @@ def test_unknown_backend_lists_installed():
 
 def test_missing_framework_names_the_extra():
     plugin = mlx.BackendPlugin("fake", "no_such_framework_xyz", "fake", lambda: None)
-    with _backends._isolated_registry():
+    with _backend_registry._isolated_registry():
         mlx.register_backend(plugin)
         with pytest.raises(ImportError, match=r'pip install "mixlight\[fake\]"'):
             mlx.load_backend("fake")
@@ -70,7 +70,7 @@ class _Twin(_FakeBackend):
 
 
 def test_selection_order(monkeypatch):
-    with _backends._isolated_registry():
+    with _backend_registry._isolated_registry():
         mlx.register_backend(mlx.BackendPlugin("fake", "numpy", "fake", _FakeBackend))
         model = _Model()
         assert ml.inject(model, ml.MoV()) is model  # inferred from the model type
@@ -85,7 +85,7 @@ def test_selection_order(monkeypatch):
 
 
 def test_environment_decides_only_between_owners(monkeypatch):
-    with _backends._isolated_registry():
+    with _backend_registry._isolated_registry():
         mlx.register_backend(mlx.BackendPlugin("fake", "numpy", "fake", _FakeBackend))
         mlx.register_backend(mlx.BackendPlugin("twin", "numpy", "twin", _Twin))
         mlx.load_backend("fake"), mlx.load_backend("twin")
@@ -99,7 +99,7 @@ def test_environment_decides_only_between_owners(monkeypatch):
 
 def test_foreign_model_error_names_the_owner_and_the_fix(monkeypatch):
     monkeypatch.delenv("MIXLIGHT_BACKEND", raising=False)
-    with _backends._isolated_registry():
+    with _backend_registry._isolated_registry():
         mlx.register_backend(mlx.BackendPlugin("fake", "numpy", "fake", _FakeBackend))
         with pytest.raises(TypeError) as err:
             ml.inject(_Model(), ml.MoV(), backend="numpy")
@@ -126,7 +126,7 @@ def test_every_model_function_takes_backend(call, tmp_path, monkeypatch):
     the model is the clear foreign-model error, not an unexpected keyword."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "unused").mkdir()
-    with _backends._isolated_registry():
+    with _backend_registry._isolated_registry():
         mlx.register_backend(mlx.BackendPlugin("fake", "numpy", "fake", _FakeBackend))
         with pytest.raises(TypeError, match=r"backend 'numpy' \(chosen by argument\)"):
             call(_Model())
@@ -151,14 +151,14 @@ def test_numpy_backend_has_arrays_and_no_models():
 
 
 def test_a_plugin_that_loads_no_backend_is_refused():
-    with _backends._isolated_registry():
+    with _backend_registry._isolated_registry():
         mlx.register_backend(mlx.BackendPlugin("odd", "numpy", "odd", object))
         with pytest.raises(TypeError, match="loaded a builtins.object, which is not a mixlight"):
             mlx.load_backend("odd")
 
 
 def test_a_capability_the_backend_lacks_says_so_by_name():
-    with _backends._isolated_registry():
+    with _backend_registry._isolated_registry():
         mlx.register_backend(mlx.BackendPlugin("fake", "numpy", "fake", _FakeBackend))
         model = _Model()
         for call, capability in [
@@ -178,7 +178,7 @@ class _Loading(_FakeBackend):
 
 def test_load_model_by_backend_name(tmp_path, monkeypatch):
     monkeypatch.delenv("MIXLIGHT_BACKEND", raising=False)
-    with _backends._isolated_registry():
+    with _backend_registry._isolated_registry():
         mlx.register_backend(mlx.BackendPlugin("fake", "numpy", "fake", _Loading))
         with pytest.raises(ValueError, match=r'needs a backend: pass backend="torch" or "jax"'):
             ml.load_model(tmp_path)
