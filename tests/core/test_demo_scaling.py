@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from mixlight_tune.cli import _parser, config_from_args
-from mixlight_tune.experiment import BASE_SIZES, DemoConfig, DemoError, base_key, validate
+from mixlight_tune.experiment import (
+    BASE_SIZES,
+    SHIPPED_BASES,
+    DemoConfig,
+    DemoError,
+    base_key,
+    shipped_base,
+    validate,
+)
 from mixlight_tune.scaling import SizePoint, format_scaling, scaling_summary
 
 
@@ -64,3 +72,10 @@ def test_a_model_and_a_base_size_together_are_refused(tmp_path):
     )
     with pytest.raises(DemoError, match="--model and --base-size"):
         validate(cfg)
+
+
+def test_every_base_size_ships_built_from_its_spec():
+    """Each size runs on a committed base (no 40-minute pre-training first); each base's
+    ``pretraining.json`` records the spec it was built from."""
+    found = [shipped_base(DemoConfig(base=spec)) for spec in BASE_SIZES.values()]
+    assert found == list(SHIPPED_BASES)
