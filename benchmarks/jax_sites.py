@@ -23,7 +23,7 @@ import numpy as np
 from benchmarks.impl import Group, Pairs
 from benchmarks.sites import MOLORA_SCALE
 from mixlight.math import mix_vectors, router_logits, router_probs
-from mixlight_jax.fused import fused_mov, fused_routed_molora
+from mixlight_jax.ops import fused_mov, fused_routed_molora
 
 
 @dataclass

@@ -101,8 +101,8 @@ MUTANTS = (
     ),
     Mutant(
         "wrong JAX MoLoRA cotangent",
-        "backends/mixlight_jax/fused.py",
-        (("flat(x).T @ flat(g_u0)", "flat(x).T @ flat(g_u)"),),
+        "backends/mixlight_jax/ops/molora.py",
+        (("    return g_u * p_rep, g_p, g_b\n", "    return g_u, g_p, g_b\n"),),
         (ORACLE_JAX + "::test_jax_layer_mix_equals_loop_reference",),
     ),
     Mutant(
@@ -144,7 +144,7 @@ MUTANTS = (
     ),
     Mutant(
         "JAX MoV vector gradient x8",
-        "backends/mixlight_jax/fused.py",
+        "backends/mixlight_jax/ops/mov.py",
         (("g_v.astype(vectors.dtype)\n", "(8 * g_v).astype(vectors.dtype)\n"),),
         (
             ORACLE_JAX + "::test_jax_layer_mix_equals_loop_reference",

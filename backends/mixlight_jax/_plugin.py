@@ -10,7 +10,7 @@ def _load():
 
 
 def _fast_ops():
-    from mixlight_jax._sites import BUILTIN_OPS
+    from mixlight_jax.ops._sites import BUILTIN_OPS
 
     return BUILTIN_OPS
 

@@ -46,7 +46,7 @@ def main() -> dict:
         device_places,
         site_cases,
     )
-    from mixlight_jax._sites import BUILTIN_OPS
+    from mixlight_jax.ops._sites import BUILTIN_OPS
 
     @mlx.register_expert
     @attrs.frozen

@@ -18,7 +18,8 @@ from mixlight import fast_ops
 from mixlight.site_math import route
 from mixlight.site_spec import SiteSpec
 from mixlight_jax._plugin import plugin
-from mixlight_jax.fused import fused_molora, fused_mov, fused_routed_molora
+from mixlight_jax.ops.molora import fused_molora, fused_routed_molora
+from mixlight_jax.ops.mov import fused_mov
 
 SiteOp = Callable[
     [SiteSpec, Mapping[str, jax.Array], jax.Array, jax.Array], tuple[jax.Array, Any, Any]
