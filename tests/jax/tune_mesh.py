@@ -1,6 +1,6 @@
 """Run ``mixlight tune`` configs on the forced CPU devices of this process.
 
-``python tests/jax/tune_mesh.py CONFIG...``, started by ``test_tune_scale_jax.py`` with
+``python tests/jax/tune_mesh.py CONFIG...``, started by ``test_tune_scale.py`` with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4``: one process, several runs, each on
 the ``mesh`` its config names. Not collected by pytest (no ``test_`` prefix).
 """

@@ -9,6 +9,7 @@ import pytest
 
 import mixlight as ml
 from mixlight.cli import main
+from mixlight_tune.tune_cli import TUNE_OUTPUT
 from tests.tune_case import interrupted_then_resumed, write_case
 
 pytest.importorskip("transformers")
@@ -55,7 +56,7 @@ def test_a_changed_adapter_is_named_by_its_field(tmp_path, capsys):
 def test_a_damaged_checkpoint_is_refused_with_the_fix(tmp_path, capsys):
     config = write_case(tmp_path, "torch", steps=1, checkpoint_every=1, eval_data=None)
     checkpoint = tmp_path / "out-torch/checkpoint.safetensors"
-    checkpoint.parent.mkdir()
+    TUNE_OUTPUT.claim(checkpoint.parent, "output_dir")  # a run folder whose checkpoint broke
     checkpoint.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header")
     assert main(["tune", str(config)]) == 2
     err = capsys.readouterr().err
