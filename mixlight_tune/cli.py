@@ -93,8 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--base-size",
         choices=BASE_SIZES,
-        help="the built-in base's size (default small: 0.33M parameters; medium 0.78M and "
-        "large 1.33M are the scaling run's, docs/demo/scaling)",
+        help="the built-in base's size (default small: 0.33M parameters; medium 0.72M and "
+        "large 1.26M are the scaling run's, docs/demo/scaling)",
     )
     p.add_argument("--backend", choices=BACKENDS, help="default torch")
     p.add_argument(

@@ -125,7 +125,7 @@ class BaseSpec:
 
 # The miniature's base sizes (``mixlight demo --base-size``): the same world, tokenizer and
 # pre-training recipe, wider models. The paper's figure is a trend over 770M -> 3B -> 11B;
-# these span 0.33M -> 0.78M -> 1.33M, as far as a 2-core CPU runs three seeds of every method.
+# these span 0.33M -> 0.72M -> 1.26M, as far as a 2-core CPU runs three seeds of every method.
 BASE_SIZES: dict[str, BaseSpec] = {
     "small": BaseSpec(),
     "medium": BaseSpec(d_model=96, d_kv=24, d_ff=192),
