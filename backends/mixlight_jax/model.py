@@ -15,7 +15,7 @@ from flax import nnx
 from mixlight import AdapterConfig
 from mixlight._base_identity import BaseIdentity, SamplePoint, sample_weights
 from mixlight.extend import plan_sites
-from mixlight.named_adapters import NamedAdapters
+from mixlight.named_adapters import DEFAULT, NamedAdapters
 from mixlight.presets import model_type_of, resolve_targets
 from mixlight.site_planning import ModuleRecord, record_module
 from mixlight.site_spec import SOURCE, TARGET, SiteSpec
@@ -36,7 +36,7 @@ _STATE = "mixlight_state"  # the attribute an injected model carries
 
 Path = tuple[Any, ...]  # attribute names (str) and list indices (int)
 
-DEFAULT = "default"
+
 """The name an adapter gets when none is given (PEFT's default name)."""
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from mixlight.extend import SiteSpec
 from mixlight.fast_ops import FastOpVariant, resolve_fast_op, run_site
+from mixlight.named_adapters import DEFAULT
 from mixlight.site_math import pooling_mask
 from mixlight_torch._plugin import plugin
 from mixlight_torch.ops._precision import no_autocast
@@ -22,7 +23,7 @@ class AdapterSwitch:
     padding masks ``[batch, seq]`` captured from the model's last call for sequence routing,
     by side (``"source"``: ``attention_mask``, ``"target"``: ``decoder_attention_mask``)."""
 
-    def __init__(self, active: str = "default") -> None:
+    def __init__(self, active: str = DEFAULT) -> None:
         self.active = active
         self.enabled = True
         self.check_finite = False
