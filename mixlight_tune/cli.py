@@ -137,6 +137,13 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; 0 on success, 2 on bad input, 130 when interrupted."""
     args = _parser().parse_args(argv)
+    if args.base_size is not None and args.model is not None:
+        print(
+            "mixlight demo: error: --model and --base-size both pick the base: give --model "
+            "(your checkpoint) or --base-size (a built-in base), not both",
+            file=sys.stderr,
+        )
+        return 2
     cfg = config_from_args(args)
     try:
         if args.build_base is not None:

@@ -378,11 +378,6 @@ def validate(cfg: DemoConfig) -> Plan:
     if cfg.optimizer not in LEARNING_RATES:
         raise DemoError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(LEARNING_RATES)}")
     if cfg.model_path is not None:
-        if cfg.base != BaseSpec():
-            raise DemoError(
-                "--model and --base-size both pick the base: give --model (your checkpoint) "
-                "or --base-size (a built-in base), not both"
-            )
         check_t5_dir(cfg.model_path)
     train, tables, probes = _load_data(cfg)
     DEMO_OUTPUT.claim(cfg.out_dir, "--output-dir")

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from mixlight_tune.cli import _parser, config_from_args
+from mixlight_tune.cli import _parser, config_from_args, main
 from mixlight_tune.experiment import (
     BASE_SIZES,
     SHIPPED_BASES,
     DemoConfig,
-    DemoError,
     base_key,
     shipped_base,
-    validate,
 )
 from mixlight_tune.scaling import SizePoint, format_scaling, scaling_summary
 
@@ -66,12 +64,9 @@ def test_each_base_size_is_its_own_base_and_the_flag_selects_it():
     assert cfg.base == BASE_SIZES["large"] and cfg.base.d_model == 128
 
 
-def test_a_model_and_a_base_size_together_are_refused(tmp_path):
-    cfg = config_from_args(
-        _parser().parse_args(["--base-size", "medium", "--model", str(tmp_path)])
-    )
-    with pytest.raises(DemoError, match="--model and --base-size"):
-        validate(cfg)
+def test_a_model_and_a_base_size_together_are_refused(tmp_path, capsys):
+    assert main(["--base-size", "medium", "--model", str(tmp_path)]) == 2
+    assert "--model and --base-size both pick the base" in capsys.readouterr().err
 
 
 def test_every_base_size_ships_built_from_its_spec():
