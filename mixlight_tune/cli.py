@@ -28,6 +28,7 @@ from .experiment import (
     run,
     select,
 )
+from .miniature.suite import DEFAULT_MIXTURE, MIXTURES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the built-in base's size (default small: 0.33M parameters; medium 0.72M and "
         "large 1.26M are the scaling run's, docs/demo/scaling)",
     )
+    p.add_argument(
+        "--mixture",
+        choices=MIXTURES,
+        help=f"the built-in training mixture (default {DEFAULT_MIXTURE}; first: the ten "
+        "pick-one families with five prompts each, as before the two-way families; "
+        "docs/demo/README.md has the ablation)",
+    )
     p.add_argument("--backend", choices=BACKENDS, help="default torch")
     p.add_argument(
         "--threads",
@@ -120,6 +128,7 @@ _OVERRIDES = {
     "data": "data_path",
     "eval_data": "eval_data_path",
     "backend": "backend",
+    "mixture": "mixture",
     "threads": "threads",
 }
 

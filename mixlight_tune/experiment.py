@@ -44,7 +44,7 @@ from .claims import check_claims, format_claims
 from .data_files import load_examples
 from .miniature.corpus import pretraining_corpus
 from .miniature.probes import CHANCE as PROBE_CHANCE
-from .miniature.suite import build_suite
+from .miniature.suite import DEFAULT_MIXTURE, MIXTURES, TOKENIZER_MIXTURE, build_suite
 from .output_dirs import OutputKind
 from .report import aggregate_seeds, chance_table, format_table, score_table
 from .schema import Example
@@ -156,6 +156,7 @@ class DemoConfig:
     backend: str = "torch"
     base: BaseSpec = field(default_factory=BaseSpec)
     data_seed: int = 0
+    mixture: str = DEFAULT_MIXTURE
     train_per_task: int = 200
     eval_per_template: int = 100
     max_input_tokens: int = 256
@@ -203,9 +204,11 @@ LOAD_ERRORS = (ValueError, OSError, RuntimeError, KeyError, SafetensorError)
 
 
 def pretraining_data(cfg: DemoConfig) -> tuple[list[str], list[str]]:
-    """``(corpus sentences, tokenizer training texts)`` for the built-in base model."""
+    """``(corpus sentences, tokenizer training texts)`` for the built-in base model: the
+    tokenizer also saw the first mixture's prompts (never the tuning run's own mixture, so a
+    new prompt changes tuning, not the base)."""
     corpus = pretraining_corpus(cfg.base.seed, cfg.base.corpus_sentences)
-    suite = build_suite(cfg.base.seed, cfg.base.tokenizer_examples_per_task, 0)
+    suite = build_suite(cfg.base.seed, cfg.base.tokenizer_examples_per_task, 0, TOKENIZER_MIXTURE)
     return corpus, corpus + [t for e in suite.train for t in (e.inputs, e.targets)]
 
 
@@ -337,7 +340,7 @@ def _read(path: Path, flag: str) -> list[Example]:
 def _load_data(cfg: DemoConfig) -> tuple[list[Example], dict[str, list[Example]], list[Example]]:
     """``(train, {table: examples}, probes)`` from the suite or the user's files."""
     if cfg.data_path is None:
-        suite = build_suite(cfg.data_seed, cfg.train_per_task, cfg.eval_per_template)
+        suite = build_suite(cfg.data_seed, cfg.train_per_task, cfg.eval_per_template, cfg.mixture)
         train, tables, probes = suite.train, suite.eval_sets(), suite.probes
         del tables["probes"]
     else:
@@ -375,6 +378,8 @@ def validate(cfg: DemoConfig) -> Plan:
             raise DemoError(f"{name} must be at least 1, got {value}")
     if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise DemoError(f"--lr must be a positive finite number, got {cfg.lr}")
+    if cfg.mixture not in MIXTURES:
+        raise DemoError(f"unknown mixture {cfg.mixture!r}; valid: {', '.join(MIXTURES)}")
     if cfg.optimizer not in LEARNING_RATES:
         raise DemoError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(LEARNING_RATES)}")
     if cfg.model_path is not None:
@@ -679,7 +684,7 @@ def select(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any
     Writes ``selection.json`` and ``selection.md`` under ``cfg.out_dir``.
     """
     plan = validate(cfg)
-    validation = build_suite(cfg.data_seed + 1000, 0, cfg.eval_per_template).held_in
+    validation = build_suite(cfg.data_seed + 1000, 0, cfg.eval_per_template, cfg.mixture).held_in
     plan = dataclasses.replace(plan, tables={"validation": validation})
     base = prepare_base(plan.steps, cfg)
     runs: dict[str, dict[str, float]] = {}

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from ..schema import Task, Template
 from . import world
+from .binary_tasks import BINARY_TASKS
 from .held_out_tasks import HELD_OUT_TASKS
 from .probes import CHANCE
+from .suite import DEFAULT_MIXTURE, MIXTURES
 from .train_tasks import TRAIN_TASKS
 
 INTRO = """\
@@ -27,6 +29,18 @@ ranking the listed choices, so the choices should be words of this world (animal
 homes, colours, people, places, numbers 2-20, label words such as yes/no).
 """
 
+MIXTURE_NOTE = """## Training mixtures
+
+`mixlight demo --mixture NAME` picks what tuning sees (default `{default}`):
+
+| mixture | tasks | prompts per task |
+|---|---|---|
+{rows}
+
+`first` is the mixture of every run before the two-way tasks; the shipped bases' tokenizer
+was trained on the corpus and its prompts, so it stays reproducible whatever the mixture.
+"""
+
 WORLD_FACTS = """\
 ## Facts the corpus states
 
@@ -38,6 +52,13 @@ what, containers and their contents, product reviews ("The red cup I got at the 
 great. I love it."), topic sentences (animals, weather, food, travel), opposites, plurals,
 small sums and parity. The fact probes in the results ask the base model to continue such
 sentences before any tuning.
+"""
+
+TWO_WAY = """\
+Each item is a claim about a fact or a scene: `{claim}` is true half the time, and `{other}`
+is the alternative. A yes/no (or true/false) prompt asks whether the claim holds; a two-choice
+prompt asks for the right word of `{claim}` and `{other}`. Every method of the `first`
+mixture answered such prompts with one fixed label (docs/demo/README.md).
 """
 
 EVALUATION = """\
@@ -94,14 +115,29 @@ def _prompt(template: Template) -> str:
     return f"`{text}`{answers}"
 
 
-def _task_table(tasks: tuple[Task, ...], title: str, new: bool) -> str:
-    lines = [f"## {title}\n"]
+def _mixtures() -> str:
+    rows = "\n".join(
+        f"| `{name}` | {len(m.families)}: "
+        f"{'pick-one' if m.families == TRAIN_TASKS else 'pick-one + two-way'} | "
+        f"up to {m.templates} |"
+        for name, m in MIXTURES.items()
+    )
+    return MIXTURE_NOTE.format(default=DEFAULT_MIXTURE, rows=rows)
+
+
+def _task_table(
+    tasks: tuple[Task, ...], title: str, new: bool, first: int | None = None, intro: str = ""
+) -> str:
+    lines = [f"## {title}\n"] + ([intro] if intro else [])
     for task in tasks:
         lines.append(f"### `{task.name}` ({task.family})\n")
         doc = (task.generate.__doc__ or "").strip()
-        if doc:
+        if doc and task.held_out:
             lines.append(f"Combines: {doc}\n")
-        lines += [f"- {_prompt(t)}" for t in task.templates]
+        lines += [f"- {_prompt(t)}" for t in task.templates[:first]]
+        if first is not None and task.templates[first:]:
+            lines.append("\nMore prompts (not in the `first` mixture):\n")
+            lines += [f"- {_prompt(t)}" for t in task.templates[first:]]
         if new and task.new_templates:
             lines.append("\nNew prompts (table B, never trained on):\n")
             lines += [f"- {_prompt(t)}" for t in task.new_templates]
@@ -124,7 +160,16 @@ def describe() -> str:
             INTRO,
             _world(),
             WORLD_FACTS,
-            _task_table(TRAIN_TASKS, "Training mixture (templates; options in `{options}`)", True),
+            _mixtures(),
+            _task_table(
+                TRAIN_TASKS, "Pick-one tasks (templates; options in `{options}`)", True, first=5
+            ),
+            _task_table(
+                BINARY_TASKS,
+                "Two-way tasks (in the `formats` and `wide` mixtures)",
+                True,
+                intro=TWO_WAY,
+            ),
             _task_table(HELD_OUT_TASKS, "Held-out tasks (table C)", False),
             _probes(),
             EVALUATION,

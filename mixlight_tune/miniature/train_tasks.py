@@ -1,11 +1,13 @@
-"""The training mixture: ten task families, each with training templates and new prompts.
+"""Ten pick-one task families of the training mixture, with training templates and new prompts.
 
 Every task is a rank-classification task a tiny T5 can learn (full fine-tuning reaches
 >= 0.9 on fresh items; see docs/demo/README.md): a lookup of a world fact (habitat, size,
 ability), a reading of a scene (who, where, what colour, how many), or a classification of
 a sentence (sentiment, topic). ``templates`` are what tuning sees; ``new_templates`` are
 never trained on and make table B (T0's prompt generalisation): new wording, a new order of
-the listed options, and, for the label tasks, new label words.
+the listed options, and, for the label tasks, new label words. The first five templates of
+each family are the first mixture's (``suite.MIXTURES``): never edit or reorder them, since
+the shipped bases' tokenizer was trained on their texts.
 """
 
 from __future__ import annotations
@@ -112,6 +114,11 @@ TRAIN_TASKS: tuple[Task, ...] = (
         ("{review} Was the buyer happy or sad?", ("happy", "sad")),
         ("How does the writer feel about the {obj}, good or bad? {review}", ("good", "bad")),
         ("{review} Sentiment (positive/negative):", ("positive", "negative")),
+        ("{review} Did the writer like or dislike the {obj}?", ("like", "dislike")),
+        ("Customer review: {review} Positive or negative?", ("positive", "negative")),
+        ("{review} Is the buyer happy with it? yes or no", ("yes", "no")),
+        ("Is this a good or a bad review? {review}", ("good", "bad")),
+        ("{review} The buyer is happy or unhappy?", ("happy", "unhappy")),
     ), _sentiment, new_templates=new_prompts(
         ("A buyer wrote: {review} Does the buyer love or hate the {obj}?", ("love", "hate")),
         ("{review} Would you call this review great or awful?", ("great", "awful")),
@@ -126,6 +133,12 @@ TRAIN_TASKS: tuple[Task, ...] = (
         ("{sentence} Is this about an animal, the weather, food or a trip?",
          ("animal", "weather", "food", "trip")),
         ("Classify by topic: {sentence}", world.TOPICS),
+        ("{sentence} What is the topic: travel, weather, animals or food?", world.TOPICS),
+        ("Topic of this text (food, animals, travel, weather): {sentence}", world.TOPICS),
+        ("{sentence} Does this talk about animals, weather, food or travel?", world.TOPICS),
+        ("Which subject, weather, travel, food or animals? {sentence}", world.TOPICS),
+        ("{sentence} Subject: an animal, the weather, food or a trip?",
+         ("animal", "weather", "food", "trip")),
     ), _topic, new_templates=new_prompts(
         ("Read the sentence and name its theme, travel, food, weather or animals: {sentence}",
          world.TOPICS),
@@ -140,6 +153,11 @@ TRAIN_TASKS: tuple[Task, ...] = (
         (f"Home of the {{animal}} ({HOMES_LISTED}):", world.HOMES),
         (f"Pick the place where {{animals}} live: {HOMES_LISTED}.", world.HOMES),
         (f"Question: the {{animal}} lives where? {HOMES_LISTED}", world.HOMES),
+        ("Where do {animals} live: forest, house, sea or farm?", world.HOMES),
+        ("Home of {animals}? sea, farm, house or forest", world.HOMES),
+        ("A {animal} lives in the farm, forest, sea or house?", world.HOMES),
+        ("{animals} live where: house, sea, farm or forest?", world.HOMES),
+        ("Pick the home of the {animal} (forest, farm, house or sea).", world.HOMES),
     ), _habitat, new_templates=new_prompts(
         ("Which is the natural home of a {animal}: sea, forest, farm or house?", world.HOMES),
         ("You want to find some {animals}. Where do you look: forest, sea, house or farm?",
@@ -152,6 +170,11 @@ TRAIN_TASKS: tuple[Task, ...] = (
         "Biggest animal among {options}:",
         "Of {options}, pick the biggest.",
         "Name the biggest one: {options}",
+        "{options}: which one is the biggest?",
+        "Which is biggest, {options}?",
+        "Pick the biggest animal. {options}",
+        "Among {options}, which animal is biggest?",
+        "The biggest of {options} is which?",
     ), _biggest, new_templates=new_prompts(
         "Look at these animals: {options}. Which one is largest?",
         "If you lined up {options}, which would be the biggest of the three?",
@@ -163,6 +186,11 @@ TRAIN_TASKS: tuple[Task, ...] = (
         "Pick the animal that is able to {ability}: {options}.",
         "Only one of {options} can {ability}. Which?",
         "Animal that can {ability} ({options}):",
+        "Which of {options} can {ability}?",
+        "To {ability}: which animal can do it, {options}?",
+        "Pick the one that can {ability} from {options}.",
+        "Of {options}, which can {ability}?",
+        "Which one can {ability}? {options}",
     ), _ability, new_templates=new_prompts(
         "Among {options}, name the one that knows how to {ability}.",
         "{options}. One of these animals can {ability}; say which.",
@@ -174,6 +202,11 @@ TRAIN_TASKS: tuple[Task, ...] = (
         "Find the {colour} thing among {options}.",
         "Of {options}, which is {colour}?",
         "{colour} item ({options}):",
+        "Which of {options} is {colour}?",
+        "Pick the {colour} thing: {options}",
+        "{options}. Which one is {colour}?",
+        "The {colour} one among {options} is which?",
+        "Find the {colour} one: {options}.",
     ), _pick_colour, new_templates=new_prompts(
         "Here are three things: {options}. Which of them has the colour {colour}?",
         "I want the {colour} one. Options are {options}.",
@@ -185,6 +218,11 @@ TRAIN_TASKS: tuple[Task, ...] = (
         "{sentence} Giver ({options}):",
         "{sentence} Which of {options} gave the {obj} away?",
         "Read: {sentence} The {obj} came from whom: {options}?",
+        "{sentence} Who gave the {obj} away: {options}?",
+        "Read: {sentence} Who gave it? {options}",
+        "{sentence} Pick the giver from {options}.",
+        "{sentence} Gave the {obj}: {options}?",
+        "Who gave the {obj}, {options}? {sentence}",
     ), _giver, new_templates=new_prompts(
         "{sentence} Of {options}, who handed over the {obj}?",
         "Story: {sentence} Say who was the giver, {options}.",
@@ -196,6 +234,11 @@ TRAIN_TASKS: tuple[Task, ...] = (
         "{sentence} Place ({options}):",
         "{sentence} At which place was {name}: {options}?",
         "Read: {sentence} {name} was at the {options}?",
+        "{sentence} Where was {name}: {options}?",
+        "Read: {sentence} Which place, {options}?",
+        "{sentence} {name} was where? {options}",
+        "{sentence} Pick the place from {options}.",
+        "Where was {name}, {options}? {sentence}",
     ), _place, new_templates=new_prompts(
         "{sentence} Name the location, one of {options}.",
         "Story: {sentence} To which of these did {name} go: {options}?",
@@ -207,6 +250,11 @@ TRAIN_TASKS: tuple[Task, ...] = (
         "{sentence} The {obj} is which colour: {options}?",
         "{sentence} Colour of the {obj} ({options}):",
         "Read: {sentence} Is the {obj} {options}?",
+        "{sentence} The {obj}'s colour: {options}?",
+        "Read: {sentence} Colour, {options}?",
+        "{sentence} The {obj} was {options}?",
+        "{sentence} Pick the colour of the {obj} from {options}.",
+        "What colour is the {obj}, {options}? {sentence}",
     ), _colour, new_templates=new_prompts(
         "{sentence} Tell me the colour of that {obj}, {options}.",
         "Story: {sentence} The {obj} was painted which of {options}?",
@@ -218,6 +266,11 @@ TRAIN_TASKS: tuple[Task, ...] = (
         "{sentence} Number of {objs} ({options}):",
         "{sentence} {name} found how many {objs}: {options}?",
         "Read: {sentence} Count of {objs}, {options}?",
+        "{sentence} How many {objs}: {options}?",
+        "Read: {sentence} How many, {options}?",
+        "{sentence} Pick the number of {objs} from {options}.",
+        "How many {objs} did {name} find, {options}? {sentence}",
+        "{sentence} The number is {options}?",
     ), _number, new_templates=new_prompts(
         "{sentence} What number of {objs} were found, {options}?",
         "Story: {sentence} So {name} has found which amount of {objs}: {options}?",

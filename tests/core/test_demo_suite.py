@@ -24,16 +24,18 @@ from mixlight_tune.claims import check_claims, format_claims, table_scores
 from mixlight_tune.corruption import span_corruption
 from mixlight_tune.data_files import load_examples
 from mixlight_tune.miniature import world
+from mixlight_tune.miniature.binary_tasks import BINARY_TASKS
 from mixlight_tune.miniature.corpus import pretraining_corpus
 from mixlight_tune.miniature.held_out_tasks import HELD_OUT_TASKS
 from mixlight_tune.miniature.probes import CHANCE, fact_probes
-from mixlight_tune.miniature.suite import ALL_TASKS, build_suite
-from mixlight_tune.miniature.train_tasks import TRAIN_TASKS
+from mixlight_tune.miniature.suite import ALL_TASKS, DEFAULT_MIXTURE, MIXTURES, build_suite
 from mixlight_tune.report import aggregate_seeds, chance_table, format_table, score_table
 from mixlight_tune.schema import Example, Item
 
 SENTINELS = list(range(3, 23))
+TRAIN_TASKS = MIXTURES[DEFAULT_MIXTURE].tasks  # the default mixture's, cut to its templates
 TRAIN_NAMES = {t.name for t in TRAIN_TASKS}
+BINARY_NAMES = {t.name for t in BINARY_TASKS}
 HELD_OUT_NAMES = {t.name for t in HELD_OUT_TASKS}
 
 
@@ -177,7 +179,7 @@ def test_every_example_is_a_valid_rank_classification_item(suite):
 
 
 def test_three_or_more_choices_where_the_task_allows(suite):
-    two_way = {"sentiment", "recommend", "probe_size", "probe_feeling"}
+    two_way = {"sentiment", "recommend", "probe_size", "probe_feeling"} | BINARY_NAMES
     for e in suite.held_in + suite.new_prompts + suite.held_out + suite.probes:
         assert len(e.choices) >= (2 if e.task in two_way else 3), e
 
@@ -241,6 +243,19 @@ SEMANTIC_CHECKS = {
     "recommend": lambda it: any(
         a in it.fields["review"] for a in world.REVIEW_ADJECTIVES[it.answer == 0]
     ),
+    # two-way tasks: choices[answer] is the true word, the other one is false
+    "home_check": lambda it: (
+        [_animal(it.fields["animal"]).home == c for c in it.choices]
+        == [i == it.answer for i in range(2)]
+    ),
+    "ability_check": lambda it: _only_one(
+        it, lambda c: it.fields["ability"] in _animal(c).abilities
+    ),
+    "size_check": lambda it: _animal(_answer(it)).size > _animal(it.choices[1 - it.answer]).size,
+    "colour_check": lambda it: _only_one(
+        it, lambda c: f" {c} {it.fields['obj']} " in it.fields["sentence"]
+    ),
+    "place_check": lambda it: _only_one(it, lambda c: f"at the {c} on" in it.fields["sentence"]),
 }
 
 
@@ -251,6 +266,71 @@ def test_generated_answers_are_right(name):
     for _ in range(200):
         item = task.generate(rng)
         assert SEMANTIC_CHECKS[name](item), item
+
+
+@pytest.mark.parametrize("task", BINARY_TASKS, ids=lambda t: t.name)
+def test_a_two_way_item_reads_the_same_as_yes_no_and_as_a_choice(task):
+    """Label 0 of a yes/no template ("yes", "true") answers the claim; a two-choice
+    template's answer is the claim then, the other word otherwise; claims are true about
+    half the time."""
+    rng = random.Random(task.name)
+    yes_no = [t for t in task.templates + task.new_templates if t.choices]
+    choose = [t for t in task.templates + task.new_templates if not t.choices]
+    assert yes_no and choose
+    true_claims = 0
+    for _ in range(200):
+        item = task.generate(rng)
+        claim_true = item.answer == 0
+        true_claims += claim_true
+        for t in yes_no:
+            assert (task.render(item, t).targets in ("yes", "true")) == claim_true
+        for t in choose:
+            assert (task.render(item, t).targets == item.fields["claim"]) == claim_true
+            assert set(task.render(item, t).choices) == {item.fields["claim"], item.fields["other"]}
+    assert 70 < true_claims < 130
+
+
+def test_mixtures_extend_the_first_one():
+    """Every mixture keeps the first one's tasks and templates; a wider one adds prompts
+    (the first five of a task are the first mixture's) or two-way tasks."""
+    first = {t.name: t.templates for t in MIXTURES["first"].tasks}
+    assert len(first) == 10 and all(len(ts) == 5 for ts in first.values())
+    for name, mixture in MIXTURES.items():
+        tasks = {t.name: t.templates for t in mixture.tasks}
+        assert all(tasks[n][:5] == ts for n, ts in first.items()), name
+    assert set(t.name for t in MIXTURES["wide"].tasks) == set(first) | BINARY_NAMES
+    assert all(len(MIXTURES["wide"].tasks[i].templates) == 10 for i in range(10))
+    small = build_suite(0, 20, 2, "first")
+    assert {e.task for e in small.train} == set(first)
+    assert {e.task for e in small.new_prompts} == set(first)
+    with pytest.raises(ValueError, match="unknown mixture 'nope'; valid: first, "):
+        build_suite(0, 1, 1, "nope")
+
+
+def test_the_mixture_flag_reaches_the_config_and_a_bad_name_is_refused(tmp_path):
+    from mixlight_tune.cli import _parser, config_from_args
+    from mixlight_tune.experiment import DemoConfig, DemoError, validate
+
+    assert config_from_args(_parser().parse_args([])).mixture == DEFAULT_MIXTURE
+    assert config_from_args(_parser().parse_args(["--mixture", "first"])).mixture == "first"
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--mixture", "nope"])
+    with pytest.raises(DemoError, match="unknown mixture 'nope'; valid: first, prompts"):
+        validate(DemoConfig(mixture="nope", out_dir=tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_shipped_tokenizer_is_regenerated_from_the_corpus_and_first_mixture():
+    """The bases' tokenizer (one for every size) comes back byte for byte from
+    ``pretraining_data``: a change to the tuning mixture leaves the bases reproducible."""
+    pytest.importorskip("sentencepiece")
+    from mixlight_tune.experiment import SHIPPED_BASES, DemoConfig, pretraining_data
+    from mixlight_tune.tokenizer import train_tokenizer
+
+    cfg = DemoConfig()
+    tokenizer = train_tokenizer(pretraining_data(cfg)[1], cfg.base.vocab_size)
+    for folder in SHIPPED_BASES:
+        assert (folder / "spiece.model").read_bytes() == tokenizer._proto, folder
 
 
 def test_every_task_has_a_semantic_check():
