@@ -77,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-data",
         type=Path,
-        help="also score these prompts (.jsonl rows with answer_choices) as table D",
+        action="append",
+        help="also score these prompts (.jsonl rows with answer_choices) as table D; "
+        "repeat for more files (tables E, F, ...)",
     )
     p.add_argument(
         "--select",
@@ -126,7 +128,6 @@ _OVERRIDES = {
     "cache_dir": "cache_dir",
     "model": "model_path",
     "data": "data_path",
-    "eval_data": "eval_data_path",
     "backend": "backend",
     "mixture": "mixture",
     "threads": "threads",
@@ -138,6 +139,8 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
     changes = {f: getattr(args, a) for a, f in _OVERRIDES.items() if getattr(args, a) is not None}
     changes["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     changes["progress"] = not args.no_progress
+    if args.eval_data:
+        changes["eval_data_paths"] = tuple(args.eval_data)
     if args.base_size is not None:
         changes["base"] = BASE_SIZES[args.base_size]
     return dataclasses.replace(QUICK if args.quick else DemoConfig(), **changes)

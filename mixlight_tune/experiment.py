@@ -152,7 +152,7 @@ class DemoConfig:
     cache_dir: Path = Path("runs/cache")
     model_path: Path | None = None
     data_path: Path | None = None
-    eval_data_path: Path | None = None
+    eval_data_paths: tuple[Path, ...] = ()
     backend: str = "torch"
     base: BaseSpec = field(default_factory=BaseSpec)
     data_seed: int = 0
@@ -254,8 +254,16 @@ TABLE_TITLES = {
     "A": "A. Held-in: fresh items of the training tasks, training prompts",
     "B": "B. Held-out prompts (headline): new wording and label words for the training tasks",
     "C": "C. Held-out tasks: task families never trained on (the paper's setting)",
-    "D": "D. Your prompts (--eval-data)",
 }
+# The tables of ``--eval-data`` files, one letter per file in the order given.
+EVAL_DATA_TABLES = "DEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def table_title(name: str, cfg: DemoConfig) -> str:
+    """A table's heading; an ``--eval-data`` table names its file."""
+    if name in TABLE_TITLES:
+        return TABLE_TITLES[name]
+    return f"{name}. Your prompts (--eval-data {cfg.eval_data_paths[EVAL_DATA_TABLES.index(name)]})"
 
 
 CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
@@ -348,10 +356,12 @@ def _load_data(cfg: DemoConfig) -> tuple[list[Example], dict[str, list[Example]]
         if not train:
             raise DemoError(f"--data {cfg.data_path}: no rows to train on")
         tables = {"A": [e for e in train if e.choices]}
-    if cfg.eval_data_path is not None:
-        tables["D"] = [e for e in _read(cfg.eval_data_path, "--eval-data") if e.choices]
-        if not tables["D"]:
-            raise DemoError(f"--eval-data {cfg.eval_data_path}: no rows with answer_choices")
+    if len(cfg.eval_data_paths) > len(EVAL_DATA_TABLES):
+        raise DemoError(f"--eval-data: at most {len(EVAL_DATA_TABLES)} files")
+    for name, path in zip(EVAL_DATA_TABLES, cfg.eval_data_paths, strict=False):
+        tables[name] = [e for e in _read(path, "--eval-data") if e.choices]
+        if not tables[name]:
+            raise DemoError(f"--eval-data {path}: no rows with answer_choices")
     tables = {k: v for k, v in tables.items() if v}
     if not tables:
         raise DemoError("no rows with answer_choices to evaluate on (add --eval-data)")
@@ -534,7 +544,7 @@ class Outputs:
             "probes": self.probes,
             "tables": {
                 name: {
-                    "title": TABLE_TITLES[name],
+                    "title": table_title(name, self.cfg),
                     "chance": self.chance[name],
                     "base": self.base_scores.get(name),
                     "methods": self.table(name),
@@ -556,7 +566,7 @@ class Outputs:
             )
         for name in self.chance:
             parts.append(
-                f"## {TABLE_TITLES[name]}\n\n"
+                f"## {table_title(name, self.cfg)}\n\n"
                 + format_table(
                     self.table(name), self.info, self.chance[name], self.base_scores.get(name)
                 )

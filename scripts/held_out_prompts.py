@@ -116,11 +116,18 @@ FAMILIES: tuple[Callable[[random.Random, bool], Row], ...] = (
 
 
 def rows(seed: int = 2026) -> Iterator[Row]:
+    """This set's rows (:func:`balanced_rows` of its families)."""
+    return balanced_rows(FAMILIES, seed)
+
+
+def balanced_rows(
+    families: tuple[Callable[[random.Random, bool], Row], ...], seed: int
+) -> Iterator[Row]:
     """Up to ``PER_FAMILY`` distinct rows of every family, as many with each answer side (a
     family with fewer distinct rows of one side, such as the animals that can fly, gives
     that many of each)."""
     rng = random.Random(seed)
-    for family in FAMILIES:
+    for family in families:
         seen: set[str] = set()
         sides: list[list[Row]] = [[], []]
         for side, kept in zip((True, False), sides, strict=True):

@@ -1,7 +1,7 @@
 """The scale trend in miniature: the demo's comparison at every base size, and the gap plot.
 
-Runs ``mixlight demo --base-size SIZE --seeds 3 --threads 1`` with the second held-out prompt
-set as table D, for each size whose run folder holds no ``results.json`` yet, then writes
+Runs ``mixlight demo --base-size SIZE --seeds 3 --threads 1`` with our two held-out prompt
+sets as tables D and E, for each size whose run folder holds no ``results.json`` yet, then writes
 ``scaling.md``, ``scaling.json`` and ``gap_vs_size.png`` to ``--out`` and copies each size's
 ``results.md``/``results.json`` beside them::
 
@@ -22,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mixlight_tune._files import atomic_write
 from mixlight_tune.experiment import BASE_SIZES, TABLE_TITLES, DemoConfig, base_checkpoint
 from mixlight_tune.scaling import (
     SizePoint,
@@ -31,14 +32,18 @@ from mixlight_tune.scaling import (
     scaling_summary,
 )
 
-HELD_OUT = Path("docs/demo/held_out_prompts.jsonl")
+HELD_OUT = {
+    "D": Path("docs/demo/held_out_prompts.jsonl"),
+    "E": Path("docs/demo/held_out_prompts_e.jsonl"),
+}
 
 
 def run_size(size: str, folder: Path, seeds: int) -> None:
     command = [
         *(sys.executable, "-m", "mixlight.cli", "demo", "--base-size", size),
         *("--seeds", str(seeds), "--threads", "1", "--no-progress"),
-        *("--eval-data", str(HELD_OUT), "--output-dir", str(folder)),
+        *(a for path in HELD_OUT.values() for a in ("--eval-data", str(path))),
+        *("--output-dir", str(folder)),
     ]
     print("running:", " ".join(command), flush=True)
     subprocess.run(command, check=True)
@@ -67,14 +72,15 @@ def main() -> None:
     summary = scaling_summary(points)
     titles = {
         **TABLE_TITLES,
-        "D": "D. The second held-out prompt set (docs/demo/held_out_prompts.jsonl)",
+        **{k: f"{k}. Our held-out prompts ({p})" for k, p in HELD_OUT.items()},
     }
-    (args.out / "scaling.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (args.out / "scaling.md").write_text(
-        "# The scale trend in miniature\n\n" + format_scaling(summary, titles)
+    atomic_write(args.out / "scaling.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write(
+        args.out / "scaling.md",
+        "# The scale trend in miniature\n\n" + format_scaling(summary, titles),
     )
     plot_gap_vs_size(
-        summary, args.out / "gap_vs_size.png", [t for t in ("B", "D") if t in summary["tables"]]
+        summary, args.out / "gap_vs_size.png", [t for t in "BDE" if t in summary["tables"]]
     )
     print(f"wrote {args.out}")
 

@@ -21,7 +21,8 @@ pre-training corpus, the training mixture, and the three evaluation sets. It is 
 two equal.
 
 **Writing your own prompts.** Any prompt about this world can be scored against the trained
-adapters with `mixlight demo --eval-data FILE.jsonl` (table D). One JSON object per line:
+adapters with `mixlight demo --eval-data FILE.jsonl` (table D; repeat the flag for tables E,
+F, ...). One JSON object per line:
 `{"inputs": "...", "targets": "...", "answer_choices": ["...", ...], "task": "name"}`;
 `targets` must be one of `answer_choices`, and the task name groups rows into a column. The
 model has seen only the entities and facts below, in English sentences, and answers by

@@ -157,6 +157,15 @@ def test_no_unseen_template_text_in_training_inputs_or_corpus(suite, corpus, spl
         assert fresh, f"{task}/{template.name}: no wording that tuning or pre-training lacks"
 
 
+def test_the_committed_held_out_sets_share_no_prompt_with_the_mixture():
+    """Sets D and E (docs/demo) ask nothing the widest mixture trains on, word for word."""
+    root = Path(__file__).resolve().parents[2] / "docs" / "demo"
+    trained = {e.inputs for e in build_suite(0, 200, 0, "wide").train}
+    for name in ("held_out_prompts.jsonl", "held_out_prompts_e.jsonl"):
+        rows = load_examples(root / name)
+        assert len(rows) > 300 and not trained & {e.inputs for e in rows}, name
+
+
 def test_new_prompts_bring_new_label_words():
     """Where a task names its labels (a verbalizer), table B uses words tuning never answers."""
     for task in TRAIN_TASKS:

@@ -230,15 +230,20 @@ def test_quick_cli_data_file_and_eval_data(tmp_path, monkeypatch, capsys):
     extra = tmp_path / "extra.jsonl"
     extra.write_text(json.dumps({**rows[0], "task": "outside"}) + "\n")
     args = ["--quick", "--methods", "mov,ia3", "--data", str(data), "--no-progress"]
-    args += ["--eval-data", str(extra)]
+    second = tmp_path / "second.jsonl"
+    second.write_text(json.dumps({**rows[1], "task": "another"}) + "\n")
+    args += ["--eval-data", str(extra), "--eval-data", str(second)]
     args += ["--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
     assert cli.main(args) == 0
     tables = json.loads((tmp_path / "out" / "results.json").read_text())["tables"]
-    assert list(tables) == ["A", "D"]
+    assert list(tables) == ["A", "D", "E"]
     assert set(tables["A"]["methods"]) == {"mov", "ia3"}
     assert list(tables["A"]["methods"]["mov"]["tasks"]) == ["mine"]
     assert list(tables["D"]["methods"]["mov"]["tasks"]) == ["outside"]
-    assert "## D. Your prompts" in capsys.readouterr().out
+    assert list(tables["E"]["methods"]["mov"]["tasks"]) == ["another"]
+    assert tables["E"]["title"] == f"E. Your prompts (--eval-data {second})"
+    out = capsys.readouterr().out
+    assert f"## D. Your prompts (--eval-data {extra})" in out and "## E. Your prompts" in out
 
 
 def test_interrupted_run_keeps_finished_methods(tmp_path, monkeypatch, capsys):
