@@ -719,6 +719,7 @@ def select(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any
         "chosen": chosen,
     }
     lines = ["| method | " + " | ".join(f"lr {k}" for k in SELECTION_GRID["peft"]) + " | chosen |"]
+    lines.append("|---" * (len(SELECTION_GRID["peft"]) + 2) + "|")
     for m, r in runs.items():
         cells = " | ".join(f"{k}: {100 * v:.1f}" for k, v in r.items())
         lines.append(f"| {METHODS[m].label} | {cells} | {chosen[m]:g} |")
