@@ -131,8 +131,9 @@ def check_claims(
     return out
 
 
-def format_claims(claims: list[dict[str, Any]]) -> str:
-    """The claim check as markdown lines, each ending in its verdict."""
+def format_claims(claims: list[dict[str, Any]], rule: bool = True) -> str:
+    """The claim check as markdown lines, each ending in its verdict (then, with ``rule``,
+    the rule a verdict follows)."""
     if not claims:
         return "(no claim's two methods both ran)\n"
     lines = []
@@ -145,9 +146,11 @@ def format_claims(claims: list[dict[str, Any]]) -> str:
             f"{c['margin']:+.1f} points, 95% interval [{low:+.1f}, {high:+.1f}] over {over}: "
             f"{holds}"
         )
-    rule = (
+    if not rule:
+        return "\n".join(lines) + "\n"
+    text = (
         f"\nA claim that one method beats another holds when the whole interval is above 0; "
         f"'at least matches' when its lower end is above -{TOLERANCE:g}; 'close' when it lies "
         f"within ±{TOLERANCE:g} points (paired bootstrap, {REPLICATES} replicates)."
     )
-    return "\n".join(lines) + "\n" + rule + "\n"
+    return "\n".join(lines) + "\n" + text + "\n"

@@ -530,12 +530,18 @@ class Outputs:
         agg = aggregate_seeds(runs) if runs else {}
         return {m: agg[m] for m in self.cfg.methods if m in agg}
 
-    def claims(self) -> list[dict[str, Any]]:
-        """The claim check on table B, paired item by item and seed by seed."""
-        if "B" not in self.chance:
+    def claims(self, table: str = "B") -> list[dict[str, Any]]:
+        """The claim check on ``table`` (the headline's is B's), paired item by item and seed
+        by seed."""
+        if table not in self.chance:
             return []
-        hits = {m: self.hits["B"][m] for m in self.cfg.methods if m in self.hits.get("B", {})}
-        return check_claims(hits, self.cells["B"])
+        runs = self.hits.get(table, {})
+        hits = {m: runs[m] for m in self.cfg.methods if m in runs}
+        return check_claims(hits, self.cells[table])
+
+    def eval_data_tables(self) -> list[str]:
+        """The ``--eval-data`` tables of this run (D, E, ...)."""
+        return [name for name in self.chance if name in EVAL_DATA_TABLES]
 
     def payload(self) -> dict[str, Any]:
         """Everything ``results.json`` holds."""
@@ -552,6 +558,7 @@ class Outputs:
                 for name in self.chance
             },
             "claims": self.claims(),
+            "eval_data_claims": {name: self.claims(name) for name in self.eval_data_tables()},
             "methods_info": self.info,
             "real_size_shares": self.shares,
             "timings_seconds": self.timings,
@@ -573,6 +580,11 @@ class Outputs:
             )
         if "B" in self.chance:
             parts.append("## Claim check (table B)\n\n" + format_claims(self.claims()))
+        for name in self.eval_data_tables():  # the same claims on prompts written elsewhere
+            parts.append(
+                f"## Claim check on your prompts (table {name})\n\n"
+                + format_claims(self.claims(name), rule="B" not in self.chance)
+            )
         if self.shares:
             labels = {m: METHODS[m].label for m in self.shares[next(iter(self.shares))]}
             toy = {m: i["trainable_percent"] for m, i in self.info.items()}

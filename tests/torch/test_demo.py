@@ -242,6 +242,14 @@ def test_quick_cli_data_file_and_eval_data(tmp_path, monkeypatch, capsys):
     assert list(tables["D"]["methods"]["mov"]["tasks"]) == ["outside"]
     assert list(tables["E"]["methods"]["mov"]["tasks"]) == ["another"]
     assert tables["E"]["title"] == f"E. Your prompts (--eval-data {second})"
+    claims = json.loads((tmp_path / "out" / "results.json").read_text())["eval_data_claims"]
+    assert {t: [(c["first"], c["second"]) for c in cs] for t, cs in claims.items()} == {
+        "D": [("mov", "ia3")],
+        "E": [("mov", "ia3")],
+    }
+    assert (
+        "## Claim check on your prompts (table E)" in (tmp_path / "out" / "results.md").read_text()
+    )
     out = capsys.readouterr().out
     assert f"## D. Your prompts (--eval-data {extra})" in out and "## E. Your prompts" in out
 
