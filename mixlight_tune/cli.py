@@ -102,9 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mixture",
         choices=MIXTURES,
-        help=f"the built-in training mixture (default {DEFAULT_MIXTURE}; first: the ten "
-        "pick-one families with five prompts each, as before the two-way families; "
-        "docs/demo/README.md has the ablation)",
+        help=f"the built-in training mixture (default {DEFAULT_MIXTURE}: ten task families, "
+        "five prompts each; prompts: ten prompts each; formats: five two-way yes/no and "
+        "pick-of-two families added; wide: both; docs/demo/mixtures has the ablation)",
     )
     p.add_argument("--backend", choices=BACKENDS, help="default torch")
     p.add_argument(

@@ -5,16 +5,17 @@
    (``mixlight_tune/miniature/base``); ``mixlight demo --build-base DIR`` regenerates it from
    its seed. Fact probes measure what it knows before any tuning.
 2. **Tuning.** Full fine-tuning, (IA)³, LoRA, MoV-10 and MoLoRA-10 on the training mixture
-   (ten task families, five prompts each), each method at its learning rate picked on
-   held-in data (``LEARNING_RATES``; the selection runs are in docs/demo/), the same data
-   order per seed. PEFT methods get more steps than full FT, as in the paper.
+   (``--mixture``; the default ``first`` is ten task families, five prompts each), each
+   method at its learning rate picked on held-in data (``LEARNING_RATES``; the selection
+   runs are in docs/demo/), the same data order per seed. PEFT methods get more steps than
+   full FT, as in the paper.
 3. **Scoring** by rank classification (median over templates per task, mean over tasks) on
    three tables, each beside its chance level and the untuned base:
    **A** held-in (fresh items, training prompts), **B** held-out prompts (new wording and
    label words; the headline), **C** held-out task families (the paper's setting), and
-   **D** the user's ``--eval-data`` prompts when given.
-4. **Claim check** on table B (``claims.py``) and the **trainable share** at real T5 sizes
-   (``shares.py``).
+   **D**, **E**, ... the user's ``--eval-data`` prompt files when given.
+4. **Claim check** on table B and on every ``--eval-data`` table (``claims.py``), and the
+   **trainable share** at real T5 sizes (``shares.py``).
 
 The framework does only the train and score steps (:mod:`mixlight_tune.steps`).
 """

@@ -38,8 +38,9 @@ MIXTURE_NOTE = """## Training mixtures
 |---|---|---|
 {rows}
 
-`first` is the mixture of every run before the two-way tasks; the shipped bases' tokenizer
-was trained on the corpus and its prompts, so it stays reproducible whatever the mixture.
+The shipped bases' tokenizer was trained on the corpus and the `first` mixture's prompts,
+so it stays reproducible whatever the mixture. What each mixture changes, over 3 seeds and
+two prompt sets written apart from the templates: `docs/demo/mixtures/ablation.md`.
 """
 
 WORLD_FACTS = """\
@@ -58,8 +59,7 @@ sentences before any tuning.
 TWO_WAY = """\
 Each item is a claim about a fact or a scene: `{claim}` is true half the time, and `{other}`
 is the alternative. A yes/no (or true/false) prompt asks whether the claim holds; a two-choice
-prompt asks for the right word of `{claim}` and `{other}`. Every method of the `first`
-mixture answered such prompts with one fixed label (docs/demo/README.md).
+prompt asks for the right word of `{claim}` and `{other}`.
 """
 
 EVALUATION = """\

@@ -33,7 +33,8 @@ from mixlight_tune.report import aggregate_seeds, chance_table, format_table, sc
 from mixlight_tune.schema import Example, Item
 
 SENTINELS = list(range(3, 23))
-TRAIN_TASKS = MIXTURES[DEFAULT_MIXTURE].tasks  # the default mixture's, cut to its templates
+WIDEST = "wide"  # every training task and template of any mixture
+TRAIN_TASKS = MIXTURES[WIDEST].tasks
 TRAIN_NAMES = {t.name for t in TRAIN_TASKS}
 BINARY_NAMES = {t.name for t in BINARY_TASKS}
 HELD_OUT_NAMES = {t.name for t in HELD_OUT_TASKS}
@@ -41,7 +42,7 @@ HELD_OUT_NAMES = {t.name for t in HELD_OUT_TASKS}
 
 @pytest.fixture(scope="module")
 def suite():
-    return build_suite(seed=0, train_per_task=60, eval_per_template=30)
+    return build_suite(seed=0, train_per_task=60, eval_per_template=30, mixture=WIDEST)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ def test_same_seed_same_data_and_different_seed_differs():
 
 def test_adding_items_keeps_the_earlier_ones():
     """Each (split, task) has its own stream: more items extend, never reshuffle, a task."""
-    small, big = build_suite(0, 10, 5), build_suite(0, 10, 8)
+    small, big = build_suite(0, 10, 5, WIDEST), build_suite(0, 10, 8, WIDEST)
     for task in TRAIN_TASKS:
         first = [e for e in small.held_in if e.task == task.name]
         assert first == [e for e in big.held_in if e.task == task.name][: len(first)]
@@ -160,7 +161,7 @@ def test_no_unseen_template_text_in_training_inputs_or_corpus(suite, corpus, spl
 def test_the_committed_held_out_sets_share_no_prompt_with_the_mixture():
     """Sets D and E (docs/demo) ask nothing the widest mixture trains on, word for word."""
     root = Path(__file__).resolve().parents[2] / "docs" / "demo"
-    trained = {e.inputs for e in build_suite(0, 200, 0, "wide").train}
+    trained = {e.inputs for e in build_suite(0, 200, 0, WIDEST).train}
     for name in ("held_out_prompts.jsonl", "held_out_prompts_e.jsonl"):
         rows = load_examples(root / name)
         assert len(rows) > 300 and not trained & {e.inputs for e in rows}, name
