@@ -2,7 +2,8 @@
 
 Runs ``mixlight demo --mixture NAME --seeds 3 --threads 1`` with our two held-out prompt sets
 (tables D and E) for each mixture whose run folder holds no ``results.json`` yet, then writes
-``ablation.md`` and ``ablation.json`` to ``--out``::
+``ablation.md`` and ``ablation.json`` to ``--out`` and copies each run's ``results.md``,
+``results.json`` and ``config.json`` beside them::
 
     python scripts/mixture_ablation.py --runs runs/mixtures --out docs/demo/mixtures
 
@@ -162,6 +163,8 @@ def main() -> None:
         if not (folder / "results.json").is_file():
             run_mixture(name, folder, args.seeds)
         results[name] = json.loads((folder / "results.json").read_text())
+        for file in ("results.md", "results.json", "config.json"):
+            atomic_write(args.out / name / file, (folder / file).read_bytes())
     summary = summarise(results)
     atomic_write(args.out / "ablation.json", json.dumps(summary, indent=1) + "\n")
     atomic_write(
