@@ -18,33 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from scaling import HELD_OUT, run_demo
 
 from mixlight_tune._files import atomic_write
 from mixlight_tune.data_files import load_examples
 from mixlight_tune.miniature.suite import MIXTURES
 from mixlight_tune.miniature.train_tasks import TRAIN_TASKS
 
-SETS = {
-    "D": Path("docs/demo/held_out_prompts.jsonl"),
-    "E": Path("docs/demo/held_out_prompts_e.jsonl"),
-}
 PICK_ONE = [t.name for t in TRAIN_TASKS]
-
-
-def run_mixture(name: str, folder: Path, seeds: int) -> None:
-    command = [
-        *(sys.executable, "-m", "mixlight.cli", "demo", "--mixture", name),
-        *("--seeds", str(seeds), "--threads", "1", "--no-progress"),
-        *(a for path in SETS.values() for a in ("--eval-data", str(path))),
-        *("--output-dir", str(folder)),
-    ]
-    print("running:", " ".join(command), flush=True)
-    subprocess.run(command, check=True)
 
 
 def label_families(path: Path) -> set[str]:
@@ -84,7 +69,7 @@ def column(table: dict[str, Any], tasks: Iterable[str]) -> dict[str, Any]:
 
 def summarise(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Every column of the ablation, per mixture."""
-    labels = {k: label_families(p) for k, p in SETS.items()}
+    labels = {k: label_families(p) for k, p in HELD_OUT.items()}
     columns: dict[str, dict[str, Any]] = {}
     for mixture, res in results.items():
         tables = res["tables"]
@@ -92,7 +77,7 @@ def summarise(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "B: the ten pick-one families": column(tables["B"], PICK_ONE),
             "C: held-out tasks": column(tables["C"], tables["C"]["chance"]["tasks"]),
         }
-        for name in SETS:
+        for name in HELD_OUT:
             tasks = list(tables[name]["chance"]["tasks"])
             cols[f"{name}: all"] = column(tables[name], tasks)
             cols[f"{name}: label-word families"] = column(
@@ -161,7 +146,7 @@ def main() -> None:
     for name in args.mixtures.split(","):
         folder = Path(reused.get(name, args.runs / name))
         if not (folder / "results.json").is_file():
-            run_mixture(name, folder, args.seeds)
+            run_demo(["--mixture", name], folder, args.seeds)
         results[name] = json.loads((folder / "results.json").read_text())
         for file in ("results.md", "results.json", "config.json"):
             atomic_write(args.out / name / file, (folder / file).read_bytes())

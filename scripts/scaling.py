@@ -38,9 +38,11 @@ HELD_OUT = {
 }
 
 
-def run_size(size: str, folder: Path, seeds: int) -> None:
+def run_demo(flags: list[str], folder: Path, seeds: int) -> None:
+    """``mixlight demo FLAGS`` over ``seeds`` seeds on one thread, our held-out sets as tables
+    D and E, into ``folder`` (also scripts/mixture_ablation.py's runs)."""
     command = [
-        *(sys.executable, "-m", "mixlight.cli", "demo", "--base-size", size),
+        *(sys.executable, "-m", "mixlight.cli", "demo", *flags),
         *("--seeds", str(seeds), "--threads", "1", "--no-progress"),
         *(a for path in HELD_OUT.values() for a in ("--eval-data", str(path))),
         *("--output-dir", str(folder)),
@@ -62,7 +64,7 @@ def main() -> None:
     for size in args.sizes.split(","):
         folder = Path(reused.get(size, args.runs / size))
         if not (folder / "results.json").is_file():
-            run_size(size, folder, args.seeds)
+            run_demo(["--base-size", size], folder, args.seeds)
         base = base_checkpoint(DemoConfig(base=BASE_SIZES[size]))
         results = json.loads((folder / "results.json").read_text())
         points.append(SizePoint(size, count_parameters(base), results))
